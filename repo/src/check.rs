@@ -1,0 +1,249 @@
+//! Verify a repository: snapshots decode, every referenced object exists and decodes, and
+//! (with `read_data`) every stored object decrypts and matches its id and checksum. Damage is
+//! reported with the snapshots and paths that depend on it.
+
+use crate::crypto::Kind;
+use crate::error::{Error, Result};
+use crate::format::{Content, Tree};
+use crate::id::Id;
+use crate::repo::Repository;
+use crate::store::{checksum, Location, Space, View};
+use rayon::prelude::*;
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+const MAX_PATHS_PER_OBJECT: usize = 20;
+const CURSOR_KEY: &str = "check_cursor";
+
+#[derive(Clone, Debug, Default)]
+pub struct CheckOptions {
+    pub read_data: bool,
+    /// Verify this percentage of objects, continuing where the previous run stopped.
+    pub subset_percent: Option<f64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Damage {
+    pub id: Id,
+    pub problem: String,
+    /// (snapshot id, path) pairs that depend on this object, at most `MAX_PATHS_PER_OBJECT`.
+    pub used_by: Vec<(Id, String)>,
+    pub uses: u64,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct CheckReport {
+    pub snapshots: u64,
+    pub trees: u64,
+    pub objects: u64,
+    pub objects_read: u64,
+    pub bytes_read: u64,
+    pub damaged: Vec<Damage>,
+    pub space: Space,
+    /// For a subset check: where it started and whether it wrapped around.
+    pub subset_wrapped: bool,
+}
+
+pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
+    let view = repo.view()?;
+    let mut report = CheckReport { objects: view.object_count()?, space: repo.store().space()?, ..Default::default() };
+    let mut bad: BTreeMap<Id, String> = BTreeMap::new();
+    if opts.read_data || opts.subset_percent.is_some() {
+        let objects = select_objects(repo, &view, opts, &mut report)?;
+        report.objects_read = objects.len() as u64;
+        report.bytes_read = objects.iter().map(|(_, l)| l.len as u64).sum();
+        let found: Vec<(Id, String)> = objects
+            .par_iter()
+            .filter_map(|(id, loc)| verify_object(repo, &view, id, loc).err().map(|e| (*id, e)))
+            .collect();
+        bad.extend(found);
+    }
+    let mut walker = Walker { repo, view: &view, bad, clean: HashSet::new(), users: HashMap::new(), trees: 0 };
+    for (id, blob) in repo.store().snapshot_blobs()? {
+        report.snapshots += 1;
+        let snap = repo
+            .keys()
+            .open(Kind::Snapshot, &id, &blob)
+            .and_then(|p| crate::format::Snapshot::decode(&p));
+        match snap {
+            Ok(s) => {
+                walker.tree(&id, &s.root, "/")?;
+            }
+            Err(e) => {
+                walker.bad.insert(id, format!("snapshot does not open: {e}"));
+                walker.note(&id, &id, "(snapshot)");
+            }
+        }
+    }
+    report.trees = walker.trees;
+    let Walker { bad, users, .. } = walker;
+    for (id, problem) in bad {
+        let (uses, used_by) = users.get(&id).cloned().unwrap_or_default();
+        report.damaged.push(Damage { id, problem, used_by, uses });
+    }
+    Ok(report)
+}
+
+fn select_objects(repo: &Repository, view: &View, opts: &CheckOptions, report: &mut CheckReport) -> Result<Vec<(Id, Location)>> {
+    let Some(pct) = opts.subset_percent.filter(|_| !opts.read_data) else {
+        let mut all = Vec::new();
+        view.for_each_object(|id, loc| {
+            all.push((id, loc));
+            Ok(())
+        })?;
+        return Ok(all);
+    };
+    if !(pct > 0.0 && pct <= 100.0) {
+        return Err(Error::Invalid("--read-data-subset takes a percentage between 0 and 100".into()));
+    }
+    let total = view.object_count()?;
+    let want = ((total as f64) * pct / 100.0).ceil() as usize;
+    let cursor = repo
+        .store()
+        .state(CURSOR_KEY)?
+        .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
+        .map(Id)
+        .unwrap_or_default();
+    let mut objects = view.objects_from(&cursor, want)?;
+    if objects.len() < want {
+        report.subset_wrapped = true;
+        let more = view.objects_from(&Id::default(), want - objects.len())?;
+        objects.extend(more.into_iter().filter(|(id, _)| *id < cursor));
+    }
+    let next = match objects.last() {
+        Some((id, _)) if !report.subset_wrapped => next_id(id),
+        Some((id, _)) => next_id(id),
+        None => Id::default(),
+    };
+    repo.store().set_state(CURSOR_KEY, &next.0)?;
+    Ok(objects)
+}
+
+fn next_id(id: &Id) -> Id {
+    let mut b = id.0;
+    for i in (0..32).rev() {
+        if b[i] == 0xff {
+            b[i] = 0;
+        } else {
+            b[i] += 1;
+            return Id(b);
+        }
+    }
+    Id::default()
+}
+
+fn verify_object(repo: &Repository, view: &View, id: &Id, loc: &Location) -> std::result::Result<(), String> {
+    let sealed = view.read_sealed(id, loc, repo.config().piece_size).map_err(|e| e.to_string())?;
+    if checksum(&sealed) != loc.check {
+        return Err("stored bytes do not match their checksum (disk damage)".into());
+    }
+    repo.keys().open_verified(loc.kind, id, &sealed).map(|_| ()).map_err(|e| match e {
+        Error::Corrupt { reason, .. } => reason,
+        other => other.to_string(),
+    })
+}
+
+struct Walker<'a> {
+    repo: &'a Repository,
+    view: &'a View,
+    bad: BTreeMap<Id, String>,
+    /// Trees known to reference no damaged object.
+    clean: HashSet<Id>,
+    users: HashMap<Id, (u64, Vec<(Id, String)>)>,
+    trees: u64,
+}
+
+impl Walker<'_> {
+    fn note(&mut self, object: &Id, snapshot: &Id, path: &str) {
+        let u = self.users.entry(*object).or_default();
+        u.0 += 1;
+        if u.1.len() < MAX_PATHS_PER_OBJECT {
+            u.1.push((*snapshot, path.to_string()));
+        }
+    }
+
+    /// Check one reference: present, and (if not read already) loadable for trees/lists.
+    fn exists(&mut self, id: &Id) -> Result<bool> {
+        if self.bad.contains_key(id) {
+            return Ok(false);
+        }
+        if !self.view.contains(id)? {
+            self.bad.insert(*id, "missing from the repository".into());
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    /// Walk a tree; returns true if nothing under it is damaged.
+    fn tree(&mut self, snap: &Id, id: &Id, path: &str) -> Result<bool> {
+        if self.clean.contains(id) {
+            return Ok(true);
+        }
+        if !self.exists(id)? {
+            self.note(id, snap, path);
+            return Ok(false);
+        }
+        let tree: Tree = match self.repo.load_tree(self.view, id) {
+            Ok(t) => t,
+            Err(e) if e.is_damage() || matches!(e, Error::Format(_)) => {
+                self.bad.insert(*id, reason(e));
+                self.note(id, snap, path);
+                return Ok(false);
+            }
+            Err(e) => return Err(e),
+        };
+        self.trees += 1;
+        let mut ok = true;
+        for e in &tree.entries {
+            let p = format!("{}/{}", path.trim_end_matches('/'), String::from_utf8_lossy(&e.name));
+            if let Some(sub) = e.subtree {
+                ok &= self.tree(snap, &sub, &p)?;
+            }
+            ok &= self.content(snap, &e.content, &p)?;
+        }
+        if ok {
+            self.clean.insert(*id);
+        }
+        Ok(ok)
+    }
+
+    fn content(&mut self, snap: &Id, content: &Content, path: &str) -> Result<bool> {
+        let mut ok = true;
+        match content {
+            Content::None => {}
+            Content::Inline(extents) => {
+                for id in extents.iter().filter_map(|x| x.id) {
+                    if !self.exists(&id)? {
+                        self.note(&id, snap, path);
+                        ok = false;
+                    }
+                }
+            }
+            Content::Lists(lists) => {
+                for l in lists {
+                    if !self.exists(&l.id)? {
+                        self.note(&l.id, snap, path);
+                        ok = false;
+                        continue;
+                    }
+                    match self.repo.extents(self.view, &Content::Lists(vec![*l])) {
+                        Ok(x) => ok &= self.content(snap, &Content::Inline(x), path)?,
+                        Err(e) if e.is_damage() || matches!(e, Error::Format(_)) => {
+                            self.bad.insert(l.id, reason(e));
+                            self.note(&l.id, snap, path);
+                            ok = false;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        Ok(ok)
+    }
+}
+
+fn reason(e: Error) -> String {
+    match e {
+        Error::Corrupt { reason, .. } => reason,
+        other => other.to_string(),
+    }
+}

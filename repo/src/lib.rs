@@ -1,0 +1,23 @@
+//! cairn-repo: the Cairn repository engine. No command-line parsing, no printing, no exits:
+//! callers get values and typed errors. The format is specified in `DESIGN.md`.
+#![deny(clippy::unwrap_used, clippy::expect_used)]
+
+pub mod backup;
+pub mod check;
+pub mod crypto;
+pub mod diff;
+pub mod error;
+pub mod format;
+pub mod fsmeta;
+pub mod id;
+pub mod packer;
+pub mod reader;
+pub mod repo;
+pub mod restore;
+pub mod store;
+pub mod util;
+
+pub use error::{Error, Result};
+pub use format::{Content, Entry, Extent, FileType, Snapshot, Time, Tree};
+pub use id::Id;
+pub use repo::{OpenOptions, Repository, SnapshotEntry};

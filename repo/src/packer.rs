@@ -1,0 +1,109 @@
+//! Appends sealed objects to a pack and commits them in batches.
+//!
+//! Invariant (DESIGN.md, write ordering): objects are indexed in the order they were added, and
+//! an object becomes visible only in a commit that also holds every byte of it. Since a writer
+//! adds a tree only after its children, and a snapshot only in the final commit, a crash at any
+//! moment leaves every visible snapshot whole.
+
+use crate::crypto::Kind;
+use crate::error::Result;
+use crate::id::Id;
+use crate::store::{checksum, Batch, Location, Store};
+
+pub struct Packer<'s> {
+    store: &'s Store,
+    piece_size: usize,
+    pack_max: u64,
+    batch_bytes: usize,
+    pack: Option<u64>,
+    /// Bytes of the current pack already committed (a multiple of the piece size).
+    committed: u64,
+    /// The pack's bytes after `committed`.
+    buf: Vec<u8>,
+    /// Objects not yet indexed, in pack order; offsets are within the pack.
+    pending: Vec<(Id, Location)>,
+    pack_objects: u64,
+    pub bytes_written: u64,
+    pub objects_written: u64,
+}
+
+impl<'s> Packer<'s> {
+    pub fn new(store: &'s Store, piece_size: u32, pack_max: u64, batch_bytes: usize) -> Self {
+        Packer {
+            store,
+            piece_size: piece_size as usize,
+            pack_max,
+            batch_bytes: batch_bytes.max(piece_size as usize),
+            pack: None,
+            committed: 0,
+            buf: Vec::new(),
+            pending: Vec::new(),
+            pack_objects: 0,
+            bytes_written: 0,
+            objects_written: 0,
+        }
+    }
+
+    pub fn add(&mut self, id: Id, kind: Kind, sealed: &[u8]) -> Result<()> {
+        let loc = Location {
+            pack: 0,
+            offset: self.committed + self.buf.len() as u64,
+            len: sealed.len() as u32,
+            kind,
+            check: checksum(sealed),
+        };
+        self.buf.extend_from_slice(sealed);
+        self.pending.push((id, loc));
+        self.pack_objects += 1;
+        self.bytes_written += sealed.len() as u64;
+        self.objects_written += 1;
+        if self.buf.len() >= self.batch_bytes {
+            self.commit(false, &[])?;
+        }
+        Ok(())
+    }
+
+    /// Commit what is complete. `last` also writes the partial last piece and closes the pack;
+    /// `snapshots` are committed in the same transaction, after everything else.
+    pub fn commit(&mut self, last: bool, snapshots: &[(Id, Vec<u8>)]) -> Result<()> {
+        let ps = self.piece_size;
+        let close = last || self.committed + self.buf.len() as u64 >= self.pack_max;
+        let full = self.buf.len() / ps;
+        let first = (self.committed / ps as u64) as u32;
+        let mut pieces: Vec<(u32, &[u8])> = (0..full)
+            .map(|i| (first + i as u32, &self.buf[i * ps..(i + 1) * ps]))
+            .collect();
+        if close && self.buf.len() > full * ps {
+            pieces.push((first + full as u32, &self.buf[full * ps..]));
+        }
+        let boundary = self.committed
+            + if close {
+                self.buf.len() as u64
+            } else {
+                (full * ps) as u64
+            };
+        let ready = self
+            .pending
+            .partition_point(|(_, l)| l.offset + l.len as u64 <= boundary);
+        let pack = self.store.commit_batch(Batch {
+            pack: self.pack,
+            pieces: &pieces,
+            objects: &self.pending[..ready],
+            pack_len: boundary,
+            pack_objects: self.pack_objects,
+            snapshots,
+        })?;
+        self.pending.drain(..ready);
+        if close {
+            self.pack = None;
+            self.committed = 0;
+            self.buf.clear();
+            self.pack_objects = 0;
+        } else {
+            self.pack = pack;
+            self.buf.drain(..full * ps);
+            self.committed = boundary;
+        }
+        Ok(())
+    }
+}

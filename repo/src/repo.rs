@@ -1,0 +1,258 @@
+//! An open repository: the store plus the unwrapped master keys.
+
+use crate::crypto::{KdfParams, KeySlot, Kind, MasterKeys};
+use crate::error::{Error, Result};
+use crate::format::{decode_list, Config, Content, Extent, Snapshot, Tree};
+use crate::id::Id;
+use crate::store::{Store, View, DEFAULT_DB_CACHE};
+use rand::RngCore;
+use std::path::Path;
+use std::sync::Arc;
+
+pub const DEFAULT_CHUNK_MIN: u32 = 256 << 10;
+pub const DEFAULT_CHUNK_AVG: u32 = 1 << 20;
+pub const DEFAULT_CHUNK_MAX: u32 = 4 << 20;
+/// 1 MiB minus one 4 KiB page: redb stores such values with almost no slack (DESIGN.md).
+pub const DEFAULT_PIECE_SIZE: u32 = (1 << 20) - 4096;
+pub const DEFAULT_PACK_MAX: u64 = 128 << 20;
+
+/// Tunables for opening a repository.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    pub db_cache_bytes: usize,
+    /// Argon2 parameters for new key slots (`None`: the defaults).
+    pub kdf: Option<KdfParams>,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions {
+            db_cache_bytes: DEFAULT_DB_CACHE,
+            kdf: None,
+        }
+    }
+}
+
+pub struct Repository {
+    store: Store,
+    keys: MasterKeys,
+    config: Config,
+    /// The key slot the password opened.
+    slot: u64,
+}
+
+/// A snapshot together with its id.
+#[derive(Clone, Debug)]
+pub struct SnapshotEntry {
+    pub id: Id,
+    pub snapshot: Snapshot,
+}
+
+impl Repository {
+    pub fn init(dir: &Path, password: &[u8], opts: &OpenOptions) -> Result<Repository> {
+        let mut repo_id = [0u8; 16];
+        rand::rng().fill_bytes(&mut repo_id);
+        let config = Config {
+            repo_id,
+            chunk_min: DEFAULT_CHUNK_MIN,
+            chunk_avg: DEFAULT_CHUNK_AVG,
+            chunk_max: DEFAULT_CHUNK_MAX,
+            piece_size: DEFAULT_PIECE_SIZE,
+            pack_max: DEFAULT_PACK_MAX,
+            created: crate::util::now_unix(),
+        };
+        let keys = MasterKeys::random();
+        let kdf = opts.kdf.clone().unwrap_or_else(KdfParams::new_default);
+        let slot = KeySlot::wrap(&keys, password, &repo_id, kdf)?;
+        let store = Store::create(dir, &[("config", config.encode())])?;
+        let slot = store.add_key_slot(&encode_slot(&slot)?)?;
+        Ok(Repository {
+            store,
+            keys,
+            config,
+            slot,
+        })
+    }
+
+    pub fn open(dir: &Path, password: &[u8], opts: &OpenOptions) -> Result<Repository> {
+        let store = Store::open(dir, opts.db_cache_bytes)?;
+        let config = load_config(&store)?;
+        for (slot_id, bytes) in store.key_slots()? {
+            let slot: KeySlot = match postcard::from_bytes(&bytes) {
+                Ok(s) => s,
+                Err(_) => continue,
+            };
+            if let Some(keys) = slot.unwrap_keys(password, &config.repo_id)? {
+                return Ok(Repository {
+                    store,
+                    keys,
+                    config,
+                    slot: slot_id,
+                });
+            }
+        }
+        Err(Error::WrongPassword(dir.to_path_buf()))
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    pub fn keys(&self) -> &MasterKeys {
+        &self.keys
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    pub fn current_slot(&self) -> u64 {
+        self.slot
+    }
+
+    pub fn view(&self) -> Result<View> {
+        self.store.view()
+    }
+
+    // ----- snapshots -----
+
+    /// All snapshots, oldest first. Undecodable ones are reported as errors.
+    pub fn snapshots(&self) -> Result<Vec<SnapshotEntry>> {
+        let mut out = Vec::new();
+        for (id, blob) in self.store.snapshot_blobs()? {
+            let plain = self.keys.open(Kind::Snapshot, &id, &blob)?;
+            let snapshot = Snapshot::decode(&plain).map_err(|e| Error::corrupt(id, e.to_string()))?;
+            out.push(SnapshotEntry { id, snapshot });
+        }
+        out.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Resolve `latest` or a unique hex prefix of a snapshot id.
+    pub fn find_snapshot(&self, spec: &str) -> Result<SnapshotEntry> {
+        let all = self.snapshots()?;
+        if spec == "latest" {
+            return all
+                .into_iter()
+                .next_back()
+                .ok_or_else(|| Error::Invalid("the repository has no snapshots yet".into()));
+        }
+        let spec_l = spec.to_ascii_lowercase();
+        if spec_l.is_empty() || !spec_l.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(Error::Invalid(format!(
+                "`{spec}` is not a snapshot id; give an id prefix from `cairn snapshots` or `latest`"
+            )));
+        }
+        let mut hits: Vec<SnapshotEntry> = all.into_iter().filter(|s| s.id.to_hex().starts_with(&spec_l)).collect();
+        match hits.len() {
+            0 => Err(Error::Invalid(format!("no snapshot matches `{spec}`; see `cairn snapshots`"))),
+            1 => Ok(hits.remove(0)),
+            n => Err(Error::Invalid(format!("`{spec}` matches {n} snapshots; give more digits"))),
+        }
+    }
+
+    pub fn seal_snapshot(&self, snapshot: &Snapshot) -> Result<(Id, Vec<u8>)> {
+        let plain = snapshot.encode();
+        let id = self.keys.id_of(Kind::Snapshot, &plain);
+        let sealed = self.keys.seal(Kind::Snapshot, &id, &plain, 3)?;
+        Ok((id, sealed))
+    }
+
+    // ----- objects -----
+
+    /// Read, decrypt and verify one object.
+    pub fn load(&self, view: &View, id: &Id, kind: Kind) -> Result<Vec<u8>> {
+        let loc = view.locate(id)?.ok_or_else(|| Error::Missing(id.to_hex()))?;
+        if loc.kind != kind {
+            return Err(Error::corrupt(id, format!("is a {:?}, expected a {:?}", loc.kind, kind)));
+        }
+        let sealed = view.read_sealed(id, &loc, self.config.piece_size)?;
+        self.keys.open_verified(kind, id, &sealed)
+    }
+
+    pub fn load_tree(&self, view: &View, id: &Id) -> Result<Tree> {
+        let plain = self.load(view, id, Kind::Tree)?;
+        Tree::decode(&plain).map_err(|e| Error::corrupt(id, e.to_string()))
+    }
+
+    /// The full extent list of a file entry's content.
+    pub fn extents(&self, view: &View, content: &Content) -> Result<Vec<Extent>> {
+        match content {
+            Content::None => Ok(Vec::new()),
+            Content::Inline(v) => Ok(v.clone()),
+            Content::Lists(lists) => {
+                let mut out = Vec::new();
+                for l in lists {
+                    let plain = self.load(view, &l.id, Kind::List)?;
+                    let part = decode_list(&plain).map_err(|e| Error::corrupt(l.id, e.to_string()))?;
+                    if part.len() != l.count as usize {
+                        return Err(Error::corrupt(l.id, "content list length mismatch"));
+                    }
+                    out.extend(part);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    /// The entry at an absolute `path` inside a snapshot rooted at `root` (`/` gives a
+    /// synthetic directory entry for the root).
+    pub fn lookup(&self, view: &View, root: &Id, path: &[u8]) -> Result<Option<crate::format::Entry>> {
+        let mut entry = crate::format::Entry::new(b"/".to_vec(), crate::format::FileType::Dir);
+        entry.mode = 0o755;
+        entry.subtree = Some(*root);
+        for comp in path.split(|b| *b == b'/').filter(|c| !c.is_empty() && *c != b".") {
+            let Some(sub) = entry.subtree else { return Ok(None) };
+            let tree = self.load_tree(view, &sub)?;
+            match tree.find(comp) {
+                Some(e) => entry = e.clone(),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(entry))
+    }
+
+    // ----- key slots -----
+
+    pub fn add_password(&self, password: &[u8], kdf: Option<KdfParams>) -> Result<u64> {
+        let kdf = kdf.unwrap_or_else(KdfParams::new_default);
+        let slot = KeySlot::wrap(&self.keys, password, &self.config.repo_id, kdf)?;
+        self.store.add_key_slot(&encode_slot(&slot)?)
+    }
+
+    pub fn key_slots(&self) -> Result<Vec<(u64, KeySlot)>> {
+        let mut out = Vec::new();
+        for (id, bytes) in self.store.key_slots()? {
+            let slot: KeySlot = postcard::from_bytes(&bytes).map_err(|e| Error::Format(format!("key slot {id}: {e}")))?;
+            out.push((id, slot));
+        }
+        Ok(out)
+    }
+
+    pub fn remove_key_slot(&self, id: u64) -> Result<()> {
+        self.store.remove_key_slot(id)
+    }
+
+    /// Change the current password: add a slot for the new one, then remove the old slot.
+    pub fn change_password(&mut self, new_password: &[u8], kdf: Option<KdfParams>) -> Result<u64> {
+        let new_slot = self.add_password(new_password, kdf)?;
+        self.store.remove_key_slot(self.slot)?;
+        self.slot = new_slot;
+        Ok(new_slot)
+    }
+}
+
+/// Shared handle used by parallel workers.
+pub type SharedRepo = Arc<Repository>;
+
+fn load_config(store: &Store) -> Result<Config> {
+    let bytes = store.meta("config")?.ok_or_else(|| Error::RepoNotFound {
+        path: store.dir().to_path_buf(),
+        reason: "the database has no Cairn config".into(),
+    })?;
+    Config::decode(&bytes)
+}
+
+fn encode_slot(slot: &KeySlot) -> Result<Vec<u8>> {
+    postcard::to_stdvec(slot).map_err(|e| Error::Invalid(format!("encoding key slot: {e}")))
+}

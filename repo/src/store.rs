@@ -1,0 +1,493 @@
+//! The redb layer: every redb type stays in this module.
+//!
+//! Sealed objects are appended to *packs*; a pack is cut into fixed-size *pieces* (values of
+//! `piece_size` bytes, just under a power of two so redb wastes almost nothing; the last piece of
+//! a pack may be shorter). An object may span pieces. `INDEX` maps an object id to its place.
+
+use crate::crypto::Kind;
+use crate::error::{Error, Result};
+use crate::id::Id;
+use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
+use std::fs::OpenOptions;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+pub const DB_FILE: &str = "cairn.redb";
+pub const FORMAT_VERSION: u32 = 1;
+
+/// object id -> (pack, offset in pack, sealed length, kind, first 16 bytes of BLAKE3(sealed))
+pub(crate) type IndexValue = (u64, u64, u32, u8, [u8; 16]);
+
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const KEYS: TableDefinition<u64, &[u8]> = TableDefinition::new("keys");
+const PIECES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("pieces");
+/// pack -> (length in bytes, objects written)
+const PACKS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("packs");
+const INDEX: TableDefinition<[u8; 32], IndexValue> = TableDefinition::new("index");
+const SNAPSHOTS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("snapshots");
+const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
+const TARGETS: TableDefinition<&str, &str> = TableDefinition::new("targets");
+const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+
+/// Where one object lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Location {
+    pub pack: u64,
+    pub offset: u64,
+    pub len: u32,
+    pub kind: Kind,
+    pub check: [u8; 16],
+}
+
+impl Location {
+    fn from_value(id: &Id, v: IndexValue) -> Result<Location> {
+        let kind = Kind::from_u8(v.3).ok_or_else(|| Error::corrupt(id, "index entry with unknown kind"))?;
+        Ok(Location {
+            pack: v.0,
+            offset: v.1,
+            len: v.2,
+            kind,
+            check: v.4,
+        })
+    }
+
+    fn value(&self) -> IndexValue {
+        (self.pack, self.offset, self.len, self.kind as u8, self.check)
+    }
+}
+
+/// The ciphertext checksum kept in the index: lets `check` and replicas verify stored bytes
+/// without the password.
+pub fn checksum(sealed: &[u8]) -> [u8; 16] {
+    let h = blake3::hash(sealed);
+    let mut c = [0u8; 16];
+    c.copy_from_slice(&h.as_bytes()[..16]);
+    c
+}
+
+pub struct Store {
+    db: redb::Database,
+    dir: PathBuf,
+}
+
+fn builder(cache_bytes: usize) -> redb::Builder {
+    let mut b = redb::Builder::new();
+    b.set_concurrency_mode(redb::ConcurrencyMode::MultiWriter);
+    b.set_cache_size(cache_bytes);
+    b
+}
+
+pub const DEFAULT_DB_CACHE: usize = 64 << 20;
+
+fn map_open_error(dir: &Path, e: redb::DatabaseError) -> Error {
+    match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked {
+            path: dir.to_path_buf(),
+            reason: "opened exclusively, e.g. by `prune --compact`".into(),
+        },
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => Error::io(format!("opening {}", dir.display()), io),
+        other => Error::RepoNotFound {
+            path: dir.to_path_buf(),
+            reason: format!("the database does not open ({other})"),
+        },
+    }
+}
+
+impl Store {
+    /// Create a new, empty repository directory (mode 0700) and database (mode 0600).
+    pub fn create(dir: &Path, meta: &[(&str, Vec<u8>)]) -> Result<Store> {
+        let file = dir.join(DB_FILE);
+        if file.exists() {
+            return Err(Error::RepoExists(dir.to_path_buf()));
+        }
+        if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+            return Err(Error::Invalid(format!(
+                "{} exists and is not empty; give a new or empty directory",
+                dir.display()
+            )));
+        }
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .map_err(|e| Error::io(format!("setting mode of {}", dir.display()), e))?;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&file)
+            .map_err(|e| Error::io(format!("creating {}", file.display()), e))?;
+        let db = builder(DEFAULT_DB_CACHE).create_with_backend(redb::backends::FileBackend::new(f).map_err(|e| map_open_error(dir, e))?).map_err(|e| map_open_error(dir, e))?;
+        let store = Store {
+            db,
+            dir: dir.to_path_buf(),
+        };
+        let txn = store.db.begin_write()?;
+        {
+            let mut m = txn.open_table(META)?;
+            for (k, v) in meta {
+                m.insert(*k, v.as_slice())?;
+            }
+            m.insert("format", FORMAT_VERSION.to_le_bytes().as_slice())?;
+            for t in [KEYS] {
+                txn.open_table(t)?;
+            }
+            txn.open_table(PIECES)?;
+            txn.open_table(PACKS)?;
+            txn.open_table(INDEX)?;
+            txn.open_table(SNAPSHOTS)?;
+            txn.open_table(SESSIONS)?;
+            txn.open_table(TARGETS)?;
+            txn.open_table(STATE)?;
+        }
+        txn.commit()?;
+        Ok(store)
+    }
+
+    pub fn open(dir: &Path, cache_bytes: usize) -> Result<Store> {
+        let file = dir.join(DB_FILE);
+        let not_found = |reason: &str| Error::RepoNotFound {
+            path: dir.to_path_buf(),
+            reason: reason.to_string(),
+        };
+        match std::fs::metadata(dir) {
+            Err(_) => return Err(not_found("the directory does not exist; create one with `cairn init`")),
+            Ok(m) if !m.is_dir() => return Err(not_found("it is not a directory")),
+            Ok(_) => {}
+        }
+        if !file.is_file() {
+            return Err(not_found("no cairn.redb in it; is this the right path? (`cairn init` creates one)"));
+        }
+        let db = builder(cache_bytes).open(&file).map_err(|e| map_open_error(dir, e))?;
+        let store = Store {
+            db,
+            dir: dir.to_path_buf(),
+        };
+        match store.meta("format")? {
+            Some(v) if v == FORMAT_VERSION.to_le_bytes() => Ok(store),
+            Some(v) => Err(Error::Format(format!(
+                "repository format {:?} is newer than this cairn understands; upgrade cairn",
+                v
+            ))),
+            None => Err(not_found("the database is not a Cairn repository")),
+        }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn db_file(&self) -> PathBuf {
+        self.dir.join(DB_FILE)
+    }
+
+    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let txn = self.db.begin_read()?;
+        let t = match txn.open_table(META) {
+            Ok(t) => t,
+            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn state(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(STATE)?;
+        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+    }
+
+    pub fn set_state(&self, key: &str, value: &[u8]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(STATE)?.insert(key, value)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    // ----- key slots -----
+
+    pub fn key_slots(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(KEYS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    pub fn add_key_slot(&self, slot: &[u8]) -> Result<u64> {
+        let txn = self.db.begin_write()?;
+        let id = {
+            let mut t = txn.open_table(KEYS)?;
+            let id = t.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+            t.insert(id, slot)?;
+            id
+        };
+        txn.commit()?;
+        Ok(id)
+    }
+
+    /// Remove a slot; refuses to remove the last one (that would lock everyone out).
+    pub fn remove_key_slot(&self, id: u64) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(KEYS)?;
+            if t.get(id)?.is_none() {
+                return Err(Error::Invalid(format!("no key slot {id}; see `cairn key list`")));
+            }
+            if t.len()? <= 1 {
+                return Err(Error::Invalid("refusing to remove the last key slot".into()));
+            }
+            t.remove(id)?;
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    // ----- snapshots -----
+
+    pub fn snapshot_blobs(&self) -> Result<Vec<(Id, Vec<u8>)>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(SNAPSHOTS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.push((Id(k.value()), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    pub fn remove_snapshots(&self, ids: &[Id]) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut t = txn.open_table(SNAPSHOTS)?;
+            for id in ids {
+                t.remove(id.0)?;
+            }
+        }
+        txn.commit()?;
+        Ok(())
+    }
+
+    // ----- reading objects -----
+
+    pub fn view(&self) -> Result<View> {
+        let txn = self.db.begin_read()?;
+        Ok(View {
+            index: txn.open_table(INDEX)?,
+            pieces: txn.open_table(PIECES)?,
+            packs: txn.open_table(PACKS)?,
+        })
+    }
+
+    /// Sizes for the space report: (bytes of sealed objects indexed, bytes of pack data, file size).
+    pub fn space(&self) -> Result<Space> {
+        let txn = self.db.begin_read()?;
+        let index = txn.open_table(INDEX)?;
+        let packs = txn.open_table(PACKS)?;
+        let mut s = Space::default();
+        for row in index.iter()? {
+            let (_, v) = row?;
+            s.objects += 1;
+            s.object_bytes += v.value().2 as u64;
+        }
+        for row in packs.iter()? {
+            let (_, v) = row?;
+            s.pack_bytes += v.value().0;
+        }
+        s.file_bytes = std::fs::metadata(self.db_file()).map(|m| m.len()).unwrap_or(0);
+        Ok(s)
+    }
+
+    // ----- writing -----
+
+    pub fn begin_session(&self, info: &[u8]) -> Result<u64> {
+        let txn = self.db.begin_write()?;
+        let id = {
+            let mut t = txn.open_table(SESSIONS)?;
+            let id = t.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+            t.insert(id, info)?;
+            id
+        };
+        txn.commit()?;
+        Ok(id)
+    }
+
+    pub fn end_session(&self, id: u64) -> Result<()> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(SESSIONS)?.remove(id)?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    pub fn sessions(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+        let txn = self.db.begin_read()?;
+        let t = txn.open_table(SESSIONS)?;
+        let mut out = Vec::new();
+        for row in t.iter()? {
+            let (k, v) = row?;
+            out.push((k.value(), v.value().to_vec()));
+        }
+        Ok(out)
+    }
+
+    /// Commit a batch: pieces and the index entries of objects they complete, then snapshots.
+    pub(crate) fn commit_batch(&self, batch: Batch<'_>) -> Result<Option<u64>> {
+        let txn = self.db.begin_write()?;
+        let mut pack = batch.pack;
+        {
+            if pack.is_none() && !batch.pieces.is_empty() {
+                let mut meta = txn.open_table(META)?;
+                let next = meta
+                    .get("next_pack")?
+                    .map(|v| u64_from(v.value()))
+                    .unwrap_or(1);
+                meta.insert("next_pack", (next + 1).to_le_bytes().as_slice())?;
+                pack = Some(next);
+            }
+            if let Some(p) = pack {
+                let mut pieces = txn.open_table(PIECES)?;
+                for (n, bytes) in batch.pieces {
+                    pieces.insert((p, *n), *bytes)?;
+                }
+                let mut index = txn.open_table(INDEX)?;
+                for (id, loc) in batch.objects {
+                    if index.get(id.0)?.is_none() {
+                        let mut l = *loc;
+                        l.pack = p;
+                        index.insert(id.0, l.value())?;
+                    }
+                }
+                txn.open_table(PACKS)?.insert(p, (batch.pack_len, batch.pack_objects))?;
+            }
+            let mut snaps = txn.open_table(SNAPSHOTS)?;
+            for (id, blob) in batch.snapshots {
+                snaps.insert(id.0, blob.as_slice())?;
+            }
+        }
+        txn.commit()?;
+        Ok(pack)
+    }
+}
+
+fn u64_from(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    let n = b.len().min(8);
+    a[..n].copy_from_slice(&b[..n]);
+    u64::from_le_bytes(a)
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Space {
+    pub objects: u64,
+    pub object_bytes: u64,
+    pub pack_bytes: u64,
+    pub file_bytes: u64,
+}
+
+pub(crate) struct Batch<'a> {
+    pub pack: Option<u64>,
+    pub pieces: &'a [(u32, &'a [u8])],
+    pub objects: &'a [(Id, Location)],
+    pub pack_len: u64,
+    pub pack_objects: u64,
+    pub snapshots: &'a [(Id, Vec<u8>)],
+}
+
+/// A consistent read-only view of the repository's objects (one redb read transaction).
+pub struct View {
+    index: redb::ReadOnlyTable<[u8; 32], IndexValue>,
+    pieces: redb::ReadOnlyTable<(u64, u32), &'static [u8]>,
+    packs: redb::ReadOnlyTable<u64, (u64, u64)>,
+}
+
+impl View {
+    pub fn locate(&self, id: &Id) -> Result<Option<Location>> {
+        match self.index.get(id.0)? {
+            Some(v) => Ok(Some(Location::from_value(id, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    pub fn contains(&self, id: &Id) -> Result<bool> {
+        Ok(self.index.get(id.0)?.is_some())
+    }
+
+    /// The sealed bytes of an object, read from the pieces it spans.
+    pub fn read_sealed(&self, id: &Id, loc: &Location, piece_size: u32) -> Result<Vec<u8>> {
+        let ps = piece_size as u64;
+        let end = loc.offset + loc.len as u64;
+        let mut out = Vec::with_capacity(loc.len as usize);
+        let mut pos = loc.offset;
+        while pos < end {
+            let n = (pos / ps) as u32;
+            let piece = self
+                .pieces
+                .get((loc.pack, n))?
+                .ok_or_else(|| Error::corrupt(id, format!("piece {} of pack {} is missing", n, loc.pack)))?;
+            let bytes = piece.value();
+            let start = (pos - n as u64 * ps) as usize;
+            let stop = ((end - n as u64 * ps).min(ps) as usize).min(bytes.len());
+            if start >= stop {
+                return Err(Error::corrupt(id, format!("piece {} of pack {} is truncated", n, loc.pack)));
+            }
+            out.extend_from_slice(&bytes[start..stop]);
+            pos += (stop - start) as u64;
+        }
+        Ok(out)
+    }
+
+    /// Every indexed object, in id order.
+    pub fn for_each_object(&self, mut f: impl FnMut(Id, Location) -> Result<()>) -> Result<()> {
+        for row in self.index.iter()? {
+            let (k, v) = row?;
+            let id = Id(k.value());
+            f(id, Location::from_value(&id, v.value())?)?;
+        }
+        Ok(())
+    }
+
+    /// Objects whose id is at or after `from`, at most `limit` of them.
+    pub fn objects_from(&self, from: &Id, limit: usize) -> Result<Vec<(Id, Location)>> {
+        let mut out = Vec::new();
+        for row in self.index.range(from.0..)? {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = row?;
+            let id = Id(k.value());
+            out.push((id, Location::from_value(&id, v.value())?));
+        }
+        Ok(out)
+    }
+
+    pub fn object_count(&self) -> Result<u64> {
+        Ok(self.index.len()?)
+    }
+
+    pub fn pack_len(&self, pack: u64) -> Result<Option<u64>> {
+        Ok(self.packs.get(pack)?.map(|v| v.value().0))
+    }
+}
+
+/// Overwrite bytes of a stored piece in place — only for tests that simulate disk damage.
+#[doc(hidden)]
+pub fn damage_object_for_tests(store: &Store, id: &Id, piece_size: u32, flip_at: u64) -> Result<()> {
+    let loc = store.view()?.locate(id)?.ok_or_else(|| Error::Missing(id.to_hex()))?;
+    let pos = loc.offset + flip_at.min(loc.len as u64 - 1);
+    let n = (pos / piece_size as u64) as u32;
+    let txn = store.db.begin_write()?;
+    {
+        let mut pieces = txn.open_table(PIECES)?;
+        let mut bytes = pieces
+            .get((loc.pack, n))?
+            .map(|v| v.value().to_vec())
+            .ok_or_else(|| Error::Missing(id.to_hex()))?;
+        let off = (pos - n as u64 * piece_size as u64) as usize;
+        bytes[off] ^= 0x55;
+        pieces.insert((loc.pack, n), bytes.as_slice())?;
+    }
+    txn.commit()?;
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! Small helpers: clock, host and user names.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+pub fn now_unix() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// Now as (seconds, nanoseconds) since the epoch.
+pub fn now_precise() -> (i64, u32) {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| (d.as_secs() as i64, d.subsec_nanos()))
+        .unwrap_or((0, 0))
+}
+
+pub fn hostname() -> String {
+    rustix::system::uname()
+        .nodename()
+        .to_string_lossy()
+        .into_owned()
+}
+
+pub fn username() -> String {
+    let uid = rustix::process::getuid().as_raw();
+    uzers::get_user_by_uid(uid)
+        .map(|u| u.name().to_string_lossy().into_owned())
+        .unwrap_or_else(|| uid.to_string())
+}
+
+/// Who is writing: stored in the sessions table so prune can tell live writers from dead ones.
+#[derive(serde::Serialize, serde::Deserialize, Debug, Clone)]
+pub struct SessionInfo {
+    pub pid: u32,
+    pub host: String,
+    /// Process start time in clock ticks since boot (/proc/PID/stat field 22): with the pid,
+    /// identifies the process even after pid reuse.
+    pub start_ticks: u64,
+}
+
+pub fn process_start_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = stat.rsplit_once(')')?.1;
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+pub fn session_info() -> Vec<u8> {
+    let pid = std::process::id();
+    let info = SessionInfo { pid, host: hostname(), start_ticks: process_start_ticks(pid).unwrap_or(0) };
+    postcard::to_stdvec(&info).unwrap_or_default()
+}
+
+/// Whether the process that wrote `info` is still running (only knowable on the same host).
+pub fn session_alive(info: &[u8]) -> bool {
+    let Ok(info) = postcard::from_bytes::<SessionInfo>(info) else { return false };
+    if info.host != hostname() {
+        return true;
+    }
+    process_start_ticks(info.pid) == Some(info.start_ticks)
+}

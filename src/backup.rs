@@ -1,0 +1,88 @@
+use crate::{output, CmdResult, Failure, Global, EXIT_INCOMPLETE};
+use cairn_repo::backup::{backup, read_exclude_file, BackupOptions, Progress};
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Files and directories to back up
+    #[arg(required = true)]
+    paths: Vec<PathBuf>,
+    /// Tag the snapshot (repeatable)
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+    /// Host name recorded in the snapshot (default: this machine's)
+    #[arg(long)]
+    host: Option<String>,
+    /// Exclude paths matching this glob (repeatable); a leading / anchors it at the root
+    #[arg(long = "exclude", short = 'e')]
+    excludes: Vec<String>,
+    /// Read exclude globs from a file, one per line (repeatable)
+    #[arg(long = "exclude-file")]
+    exclude_files: Vec<PathBuf>,
+    /// Skip the contents of directories holding a valid CACHEDIR.TAG
+    #[arg(long)]
+    exclude_caches: bool,
+    /// Do not cross into other filesystems
+    #[arg(long, short = 'x')]
+    one_file_system: bool,
+    /// zstd level 1-19, or 0 for none
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(0..=19))]
+    compression: i32,
+    /// Read all files, even those whose metadata is unchanged since the parent snapshot
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn run(g: &Global, a: &Args) -> CmdResult {
+    let repo = g.open()?;
+    let mut excludes = a.excludes.clone();
+    for f in &a.exclude_files {
+        excludes.extend(read_exclude_file(f)?);
+    }
+    let opts = BackupOptions {
+        paths: a.paths.clone(),
+        tags: a.tags.clone(),
+        host: a.host.clone(),
+        excludes,
+        exclude_caches: a.exclude_caches,
+        one_file_system: a.one_file_system,
+        compression: a.compression,
+        parent: None,
+        force: a.force,
+    };
+    let progress = Progress::default();
+    let render = || {
+        let files = progress.files.load(Relaxed);
+        let bytes = progress.bytes.load(Relaxed);
+        (bytes, None, format!("{files} files, {} processed", output::bytes(bytes)))
+    };
+    let report = output::with_progress(g, render, || backup(&repo, &opts, &progress)).map_err(Failure::from)?;
+    for w in &report.warnings {
+        output::warn(w);
+    }
+    let s = &report.snapshot.stats;
+    if g.json {
+        output::json(&serde_json::json!({
+            "snapshot": report.id.to_hex(),
+            "short_id": report.id.short(),
+            "parent": report.snapshot.parent.map(|p| p.to_hex()),
+            "files": s.files, "dirs": s.dirs, "other": s.other, "bytes": s.bytes,
+            "files_new": s.files_new, "files_changed": s.files_changed, "files_unchanged": s.files_unchanged,
+            "bytes_read": s.bytes_read, "objects_added": s.objects_added,
+            "bytes_added": s.bytes_added, "bytes_added_stored": s.bytes_added_stored,
+            "duration_ms": s.duration_ms,
+            "warnings": report.warnings,
+        }));
+    } else {
+        output::info(g, &format!(
+            "snapshot {} saved: {} files ({} new, {} changed, {} unchanged), {} dirs, {} in {:.1}s; added {} ({} stored)",
+            report.id.short(), s.files, s.files_new, s.files_changed, s.files_unchanged, s.dirs,
+            output::bytes(s.bytes), s.duration_ms as f64 / 1000.0, output::bytes(s.bytes_added), output::bytes(s.bytes_added_stored),
+        ));
+        if !report.warnings.is_empty() {
+            output::warn(&format!("{} files or directories could not be read; the snapshot holds everything else", report.warnings.len()));
+        }
+    }
+    Ok(if report.warnings.is_empty() { 0 } else { EXIT_INCOMPLETE })
+}

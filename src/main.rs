@@ -1,0 +1,153 @@
+//! The `cairn` command line: parse, dispatch, map errors to the exit codes of the contract
+//! (design.md §5). Subcommands live one per file; all printing goes through `output`.
+
+mod backup;
+mod cat;
+mod check;
+mod diff;
+mod init;
+mod key;
+mod ls;
+mod output;
+mod restore;
+mod secrets;
+mod snapshots;
+mod stats;
+
+use cairn_repo::Error;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+pub const EXIT_FATAL: u8 = 1;
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_INCOMPLETE: u8 = 3;
+pub const EXIT_NO_REPO: u8 = 10;
+pub const EXIT_LOCKED: u8 = 11;
+pub const EXIT_WRONG_PASSWORD: u8 = 12;
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+#[derive(Parser)]
+#[command(name = "cairn", version, about = "Versioned, deduplicating, encrypted backups you can mount")]
+pub struct Cli {
+    #[command(flatten)]
+    global: Global,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct Global {
+    /// Repository directory
+    #[arg(long, short = 'r', env = "CAIRN_REPO", global = true)]
+    pub repo: Option<PathBuf>,
+    /// Read the password from this file (first line)
+    #[arg(long, env = "CAIRN_PASSWORD_FILE", global = true)]
+    pub password_file: Option<PathBuf>,
+    /// Run this shell command and use its output's first line as the password
+    #[arg(long, env = "CAIRN_PASSWORD_COMMAND", global = true)]
+    pub password_command: Option<String>,
+    /// Machine-readable output
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// No progress and no informational output (errors and warnings still go to stderr)
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new repository
+    Init(init::Args),
+    /// Back up files and directories into a new snapshot
+    Backup(backup::Args),
+    /// List snapshots
+    Snapshots(snapshots::Args),
+    /// List files in a snapshot
+    Ls(ls::Args),
+    /// Print a file from a snapshot to stdout
+    Cat(cat::Args),
+    /// Show what changed between two snapshots
+    Diff(diff::Args),
+    /// Restore a snapshot (or parts of it) into a directory
+    Restore(restore::Args),
+    /// Verify the repository's structure and (optionally) its data
+    Check(check::Args),
+    /// Manage passwords (key slots)
+    #[command(subcommand)]
+    Key(key::Command),
+    /// Show repository size, deduplication and space efficiency
+    Stats(stats::Args),
+}
+
+/// A failure with the exit code it maps to.
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl From<Error> for Failure {
+    fn from(e: Error) -> Self {
+        let code = match &e {
+            Error::RepoNotFound { .. } => EXIT_NO_REPO,
+            Error::Locked { .. } => EXIT_LOCKED,
+            Error::WrongPassword(_) => EXIT_WRONG_PASSWORD,
+            Error::Interrupted => EXIT_INTERRUPTED,
+            _ => EXIT_FATAL,
+        };
+        Failure { code, message: e.to_string() }
+    }
+}
+
+impl Failure {
+    pub fn usage(message: impl Into<String>) -> Self {
+        Failure { code: EXIT_USAGE, message: message.into() }
+    }
+
+    pub fn fatal(message: impl Into<String>) -> Self {
+        Failure { code: EXIT_FATAL, message: message.into() }
+    }
+}
+
+/// What a command returns: the exit code on success (0, or 3 for "finished but incomplete").
+pub type CmdResult = Result<u8, Failure>;
+
+impl Global {
+    pub fn repo_path(&self) -> Result<PathBuf, Failure> {
+        self.repo
+            .clone()
+            .ok_or_else(|| Failure::usage("no repository given: use --repo PATH or set CAIRN_REPO"))
+    }
+
+    pub fn open(&self) -> Result<cairn_repo::Repository, Failure> {
+        let path = self.repo_path()?;
+        // Fail on a missing repository before asking for a password.
+        cairn_repo::store::Store::open(&path, 1 << 20).map_err(Failure::from)?;
+        let password = secrets::password(self, false)?;
+        Ok(cairn_repo::Repository::open(&path, password.as_bytes(), &cairn_repo::OpenOptions::default())?)
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let g = &cli.global;
+    let result = match &cli.command {
+        Command::Init(a) => init::run(g, a),
+        Command::Backup(a) => backup::run(g, a),
+        Command::Snapshots(a) => snapshots::run(g, a),
+        Command::Ls(a) => ls::run(g, a),
+        Command::Cat(a) => cat::run(g, a),
+        Command::Diff(a) => diff::run(g, a),
+        Command::Restore(a) => restore::run(g, a),
+        Command::Check(a) => check::run(g, a),
+        Command::Key(c) => key::run(g, c),
+        Command::Stats(a) => stats::run(g, a),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            output::error(&f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}

@@ -1,0 +1,88 @@
+//! The only place that prints. Human output on stdout, warnings and errors on stderr,
+//! `--json` documents on stdout, progress bars only on a terminal.
+
+use crate::Global;
+use std::io::{IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+pub fn error(msg: &str) {
+    eprintln!("cairn: error: {msg}");
+}
+
+pub fn warn(msg: &str) {
+    eprintln!("cairn: warning: {msg}");
+}
+
+/// Print a line of human output unless --quiet or --json.
+pub fn info(g: &Global, msg: &str) {
+    if !g.quiet && !g.json {
+        println!("{msg}");
+    }
+}
+
+/// Print a line of primary output (tables, listings) unless --json.
+pub fn line(msg: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{msg}");
+}
+
+pub fn raw(bytes: &[u8]) -> std::io::Result<()> {
+    let mut out = std::io::stdout().lock();
+    out.write_all(bytes)
+}
+
+pub fn json(value: &serde_json::Value) {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer_pretty(&mut out, value);
+    let _ = writeln!(out);
+}
+
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.2} {}", UNITS[u])
+    }
+}
+
+/// A progress display refreshed from a closure on a background thread while `work` runs.
+pub fn with_progress<T>(g: &Global, render: impl Fn() -> (u64, Option<u64>, String) + Send + Sync, work: impl FnOnce() -> T) -> T {
+    if g.quiet || g.json || !std::io::stderr().is_terminal() {
+        return work();
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_msg} {binary_bytes_per_sec} ETA {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    std::thread::scope(|s| {
+        let stop2 = stop.clone();
+        let bar2 = bar.clone();
+        let render = &render;
+        s.spawn(move || {
+            while !stop2.load(Ordering::Relaxed) {
+                let (pos, total, msg) = render();
+                if let Some(t) = total {
+                    bar2.set_length(t.max(pos));
+                }
+                bar2.set_position(pos);
+                bar2.set_message(msg);
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        });
+        let r = work();
+        stop.store(true, Ordering::Relaxed);
+        bar.finish_and_clear();
+        r
+    })
+}
