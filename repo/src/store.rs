@@ -18,16 +18,16 @@ pub const FORMAT_VERSION: u32 = 1;
 /// object id -> (pack, offset in pack, sealed length, kind, first 16 bytes of BLAKE3(sealed))
 pub(crate) type IndexValue = (u64, u64, u32, u8, [u8; 16]);
 
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
-const KEYS: TableDefinition<u64, &[u8]> = TableDefinition::new("keys");
-const PIECES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("pieces");
+pub(crate) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+pub(crate) const KEYS: TableDefinition<u64, &[u8]> = TableDefinition::new("keys");
+pub(crate) const PIECES: TableDefinition<(u64, u32), &[u8]> = TableDefinition::new("pieces");
 /// pack -> (length in bytes, objects written)
-const PACKS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("packs");
-const INDEX: TableDefinition<[u8; 32], IndexValue> = TableDefinition::new("index");
-const SNAPSHOTS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("snapshots");
-const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
-const TARGETS: TableDefinition<&str, &str> = TableDefinition::new("targets");
-const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
+pub(crate) const PACKS: TableDefinition<u64, (u64, u64)> = TableDefinition::new("packs");
+pub(crate) const INDEX: TableDefinition<[u8; 32], IndexValue> = TableDefinition::new("index");
+pub(crate) const SNAPSHOTS: TableDefinition<[u8; 32], &[u8]> = TableDefinition::new("snapshots");
+pub(crate) const SESSIONS: TableDefinition<u64, &[u8]> = TableDefinition::new("sessions");
+pub(crate) const TARGETS: TableDefinition<&str, &str> = TableDefinition::new("targets");
+pub(crate) const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("state");
 
 /// Where one object lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -66,7 +66,7 @@ pub fn checksum(sealed: &[u8]) -> [u8; 16] {
 }
 
 pub struct Store {
-    db: redb::Database,
+    pub(crate) db: redb::Database,
     dir: PathBuf,
 }
 
