@@ -1,0 +1,76 @@
+//! Helpers shared by the end-to-end tests: run the real `cairn` binary against throwaway
+//! repositories.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_cairn"))
+}
+
+/// A `cairn` command with the test password in the environment and no inherited repo.
+pub fn cairn(repo: &Path) -> Command {
+    let mut c = Command::new(bin());
+    c.env_remove("CAIRN_PASSWORD_FILE")
+        .env_remove("CAIRN_PASSWORD_COMMAND")
+        .env("CAIRN_PASSWORD", PASSWORD)
+        .env("CAIRN_REPO", repo);
+    c
+}
+
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+pub fn run(c: &mut Command) -> Run {
+    let out: Output = c.output().expect("cairn runs");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Run and require exit code `code`, returning stdout.
+pub fn ok(c: &mut Command, code: i32) -> String {
+    let r = run(c);
+    assert_eq!(r.code, code, "exit code; stdout:\n{}\nstderr:\n{}", r.stdout, r.stderr);
+    r.stdout
+}
+
+pub fn init(repo: &Path) {
+    ok(cairn(repo).arg("init"), 0);
+}
+
+pub fn backup(repo: &Path, paths: &[&Path]) -> serde_json::Value {
+    let out = ok(cairn(repo).args(["backup", "--json"]).args(paths), 0);
+    serde_json::from_str(&out).expect("backup --json")
+}
+
+pub fn snapshots(repo: &Path) -> Vec<serde_json::Value> {
+    let out = ok(cairn(repo).args(["snapshots", "--json"]), 0);
+    let v: serde_json::Value = serde_json::from_str(&out).expect("snapshots --json");
+    v["snapshots"].as_array().cloned().unwrap_or_default()
+}
+
+/// `diff -r --no-dereference` plus a metadata comparison via `stat`, failing with the output.
+pub fn assert_same_tree(a: &Path, b: &Path) {
+    let out = Command::new("diff").arg("-r").arg("--no-dereference").arg(a).arg(b).output().expect("diff");
+    assert!(out.status.success(), "trees differ:\n{}", String::from_utf8_lossy(&out.stdout));
+    let meta = |root: &Path| -> String {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg("cd \"$1\" && find . -mindepth 1 -print0 | sort -z | xargs -0 stat --printf '%n %f %u %g %s %Y %y %h %t:%T\\n'")
+            .arg("sh")
+            .arg(root)
+            .output()
+            .expect("stat");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(meta(a), meta(b), "metadata differs between {} and {}", a.display(), b.display());
+}
