@@ -55,9 +55,14 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
     let render = || {
         let files = progress.files.load(Relaxed);
         let bytes = progress.bytes.load(Relaxed);
-        (bytes, None, format!("{files} files, {} processed", output::bytes(bytes)))
+        (
+            bytes,
+            None,
+            format!("{files} files, {} processed", output::bytes(bytes)),
+        )
     };
-    let report = output::with_progress(g, render, || backup(&repo, &opts, &progress)).map_err(Failure::from)?;
+    let report = output::with_progress(g, render, || backup(&repo, &opts, &progress))
+        .map_err(Failure::from)?;
     for w in &report.warnings {
         output::warn(w);
     }
@@ -81,8 +86,15 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
             output::bytes(s.bytes), s.duration_ms as f64 / 1000.0, output::bytes(s.bytes_added), output::bytes(s.bytes_added_stored),
         ));
         if !report.warnings.is_empty() {
-            output::warn(&format!("{} files or directories could not be read; the snapshot holds everything else", report.warnings.len()));
+            output::warn(&format!(
+                "{} files or directories could not be read; the snapshot holds everything else",
+                report.warnings.len()
+            ));
         }
     }
-    Ok(if report.warnings.is_empty() { 0 } else { EXIT_INCOMPLETE })
+    Ok(if report.warnings.is_empty() {
+        0
+    } else {
+        EXIT_INCOMPLETE
+    })
 }

@@ -16,7 +16,13 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
     let view = repo.view()?;
     let entry = repo
         .lookup(&view, &snap.snapshot.root, a.path.as_bytes())?
-        .ok_or_else(|| Failure::fatal(format!("{}: no such path in snapshot {}", a.path, snap.id.short())))?;
+        .ok_or_else(|| {
+            Failure::fatal(format!(
+                "{}: no such path in snapshot {}",
+                a.path,
+                snap.id.short()
+            ))
+        })?;
     if entry.kind != FileType::File {
         return Err(Failure::fatal(format!("{}: not a regular file", a.path)));
     }

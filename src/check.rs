@@ -12,20 +12,30 @@ pub struct Args {
 }
 
 fn parse_percent(s: &str) -> Result<f64, Failure> {
-    let v: f64 = s
-        .trim_end_matches('%')
-        .parse()
-        .map_err(|_| Failure::usage(format!("--read-data-subset: `{s}` is not a percentage like 10%")))?;
+    let v: f64 = s.trim_end_matches('%').parse().map_err(|_| {
+        Failure::usage(format!(
+            "--read-data-subset: `{s}` is not a percentage like 10%"
+        ))
+    })?;
     if !(v > 0.0 && v <= 100.0) {
-        return Err(Failure::usage("--read-data-subset takes a percentage above 0 and at most 100"));
+        return Err(Failure::usage(
+            "--read-data-subset takes a percentage above 0 and at most 100",
+        ));
     }
     Ok(v)
 }
 
 pub fn run(g: &Global, a: &Args) -> CmdResult {
     let repo = g.open()?;
-    let subset = a.read_data_subset.as_deref().map(parse_percent).transpose()?;
-    let opts = CheckOptions { read_data: a.read_data, subset_percent: subset };
+    let subset = a
+        .read_data_subset
+        .as_deref()
+        .map(parse_percent)
+        .transpose()?;
+    let opts = CheckOptions {
+        read_data: a.read_data,
+        subset_percent: subset,
+    };
     let report = check(&repo, &opts)?;
     let s = &report.space;
     if g.json {
@@ -40,21 +50,42 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
             "ok": report.damaged.is_empty(),
         }));
     } else {
-        output::info(g, &format!("{} snapshots, {} trees, {} objects checked for structure", report.snapshots, report.trees, report.objects));
+        output::info(
+            g,
+            &format!(
+                "{} snapshots, {} trees, {} objects checked for structure",
+                report.snapshots, report.trees, report.objects
+            ),
+        );
         if report.objects_read > 0 {
-            output::info(g, &format!("{} objects ({}) read and verified", report.objects_read, output::bytes(report.bytes_read)));
+            output::info(
+                g,
+                &format!(
+                    "{} objects ({}) read and verified",
+                    report.objects_read,
+                    output::bytes(report.bytes_read)
+                ),
+            );
         }
-        output::info(g, &format!(
-            "space: {} stored in a {} file (file/stored {:.3})",
-            output::bytes(s.object_bytes), output::bytes(s.file_bytes), crate::stats::overhead(s)
-        ));
+        output::info(
+            g,
+            &format!(
+                "space: {} stored in a {} file (file/stored {:.3})",
+                output::bytes(s.object_bytes),
+                output::bytes(s.file_bytes),
+                crate::stats::overhead(s)
+            ),
+        );
         for d in &report.damaged {
             output::line(&format!("damaged object {}: {}", d.id, d.problem));
             for (snap, p) in &d.used_by {
                 output::line(&format!("  used by snapshot {} at {}", snap.short(), p));
             }
             if d.uses > d.used_by.len() as u64 {
-                output::line(&format!("  … and {} more uses", d.uses - d.used_by.len() as u64));
+                output::line(&format!(
+                    "  … and {} more uses",
+                    d.uses - d.used_by.len() as u64
+                ));
             }
         }
     }
@@ -62,6 +93,9 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
         output::info(g, "no errors found");
         Ok(0)
     } else {
-        Err(Failure::fatal(format!("{} damaged or missing objects; see above", report.damaged.len())))
+        Err(Failure::fatal(format!(
+            "{} damaged or missing objects; see above",
+            report.damaged.len()
+        )))
     }
 }

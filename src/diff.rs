@@ -23,9 +23,26 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
         return Ok(0);
     }
     for l in &lines {
-        let slash = if l.kind == cairn_repo::FileType::Dir { "/" } else { "" };
-        output::line(&format!("{}    {}{}", l.change.symbol(), String::from_utf8_lossy(&l.path), slash));
+        let slash = if l.kind == cairn_repo::FileType::Dir {
+            "/"
+        } else {
+            ""
+        };
+        output::line(&format!(
+            "{}    {}{}",
+            l.change.symbol(),
+            String::from_utf8_lossy(&l.path),
+            slash
+        ));
     }
-    output::info(g, &format!("{} changes between {} and {}", lines.len(), s1.id.short(), s2.id.short()));
+    output::info(
+        g,
+        &format!(
+            "{} changes between {} and {}",
+            lines.len(),
+            s1.id.short(),
+            s2.id.short()
+        ),
+    );
     Ok(0)
 }

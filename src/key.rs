@@ -36,11 +36,17 @@ pub fn run(g: &Global, c: &Command) -> CmdResult {
                     "id": id, "current": *id == repo.current_slot(), "created": s.created, "host": s.host, "user": s.user,
                 })).collect()));
             } else {
-                output::line(&format!("{:>4}  {:<7}  {:<19}  {}", "id", "current", "created", "user@host"));
+                output::line(&format!(
+                    "{:>4}  {:<7}  {:<19}  {}",
+                    "id", "current", "created", "user@host"
+                ));
                 for (id, s) in &slots {
                     let cur = if *id == repo.current_slot() { "*" } else { "" };
                     let when = crate::snapshots::format_local(s.created, "%Y-%m-%d %H:%M:%S");
-                    output::line(&format!("{:>4}  {:<7}  {:<19}  {}@{}", id, cur, when, s.user, s.host));
+                    output::line(&format!(
+                        "{:>4}  {:<7}  {:<19}  {}@{}",
+                        id, cur, when, s.user, s.host
+                    ));
                 }
             }
         }

@@ -1,6 +1,6 @@
 use crate::{output, CmdResult, Failure, Global};
 use cairn_repo::format::{Entry, FileType};
-use cairn_repo::{Repository, store::View};
+use cairn_repo::{store::View, Repository};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -32,7 +32,17 @@ pub fn mode_string(e: &Entry) -> String {
     let m = e.mode;
     let mut s = String::new();
     s.push(type_char(e.kind));
-    let bits = [(0o400, 'r'), (0o200, 'w'), (0o100, 'x'), (0o40, 'r'), (0o20, 'w'), (0o10, 'x'), (0o4, 'r'), (0o2, 'w'), (0o1, 'x')];
+    let bits = [
+        (0o400, 'r'),
+        (0o200, 'w'),
+        (0o100, 'x'),
+        (0o40, 'r'),
+        (0o20, 'w'),
+        (0o10, 'x'),
+        (0o4, 'r'),
+        (0o2, 'w'),
+        (0o1, 'x'),
+    ];
     for (i, (bit, c)) in bits.iter().enumerate() {
         let special = match i {
             2 => m & 0o4000 != 0,
@@ -77,10 +87,26 @@ impl Lister<'_> {
         if self.json {
             self.items.push(entry_json(path, e));
         } else if self.long {
-            let owner = if e.user.is_empty() { e.uid.to_string() } else { e.user.clone() };
-            let group = if e.group.is_empty() { e.gid.to_string() } else { e.group.clone() };
+            let owner = if e.user.is_empty() {
+                e.uid.to_string()
+            } else {
+                e.user.clone()
+            };
+            let group = if e.group.is_empty() {
+                e.gid.to_string()
+            } else {
+                e.group.clone()
+            };
             let when = crate::snapshots::format_local(e.mtime.sec, "%Y-%m-%d %H:%M:%S");
-            let mut l = format!("{} {:>8} {:>8} {:>12} {} {}", mode_string(e), owner, group, e.size, when, path);
+            let mut l = format!(
+                "{} {:>8} {:>8} {:>12} {} {}",
+                mode_string(e),
+                owner,
+                group,
+                e.size,
+                when,
+                path
+            );
             if e.kind == FileType::Symlink {
                 l.push_str(&format!(" -> {}", String::from_utf8_lossy(&e.target)));
             }
@@ -100,7 +126,11 @@ impl Lister<'_> {
         let Some(sub) = e.subtree else { return Ok(()) };
         let tree = self.repo.load_tree(&self.view, &sub)?;
         for child in &tree.entries {
-            let p = format!("{}/{}", path.trim_end_matches('/'), String::from_utf8_lossy(&child.name));
+            let p = format!(
+                "{}/{}",
+                path.trim_end_matches('/'),
+                String::from_utf8_lossy(&child.name)
+            );
             self.walk(&p, child, depth + 1)?;
         }
         Ok(())
@@ -114,8 +144,20 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
     let path = a.path.clone().unwrap_or_else(|| "/".into());
     let entry = repo
         .lookup(&view, &snap.snapshot.root, path.as_bytes())?
-        .ok_or_else(|| Failure::fatal(format!("{path}: no such path in snapshot {}", snap.id.short())))?;
-    let mut l = Lister { repo: &repo, view, long: a.long, json: g.json, recursive: !a.no_recursive, items: Vec::new() };
+        .ok_or_else(|| {
+            Failure::fatal(format!(
+                "{path}: no such path in snapshot {}",
+                snap.id.short()
+            ))
+        })?;
+    let mut l = Lister {
+        repo: &repo,
+        view,
+        long: a.long,
+        json: g.json,
+        recursive: !a.no_recursive,
+        items: Vec::new(),
+    };
     if entry.kind != FileType::Dir {
         l.print(&path, &entry);
     } else {

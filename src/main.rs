@@ -28,7 +28,11 @@ pub const EXIT_WRONG_PASSWORD: u8 = 12;
 pub const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Parser)]
-#[command(name = "cairn", version, about = "Versioned, deduplicating, encrypted backups you can mount")]
+#[command(
+    name = "cairn",
+    version,
+    about = "Versioned, deduplicating, encrypted backups you can mount"
+)]
 pub struct Cli {
     #[command(flatten)]
     global: Global,
@@ -95,17 +99,26 @@ impl From<Error> for Failure {
             Error::Interrupted => EXIT_INTERRUPTED,
             _ => EXIT_FATAL,
         };
-        Failure { code, message: e.to_string() }
+        Failure {
+            code,
+            message: e.to_string(),
+        }
     }
 }
 
 impl Failure {
     pub fn usage(message: impl Into<String>) -> Self {
-        Failure { code: EXIT_USAGE, message: message.into() }
+        Failure {
+            code: EXIT_USAGE,
+            message: message.into(),
+        }
     }
 
     pub fn fatal(message: impl Into<String>) -> Self {
-        Failure { code: EXIT_FATAL, message: message.into() }
+        Failure {
+            code: EXIT_FATAL,
+            message: message.into(),
+        }
     }
 }
 
@@ -124,7 +137,11 @@ impl Global {
         // Fail on a missing repository before asking for a password.
         cairn_repo::store::Store::open(&path, 1 << 20).map_err(Failure::from)?;
         let password = secrets::password(self, false)?;
-        Ok(cairn_repo::Repository::open(&path, password.as_bytes(), &cairn_repo::OpenOptions::default())?)
+        Ok(cairn_repo::Repository::open(
+            &path,
+            password.as_bytes(),
+            &cairn_repo::OpenOptions::default(),
+        )?)
     }
 }
 

@@ -55,14 +55,20 @@ pub fn bytes(n: u64) -> String {
 }
 
 /// A progress display refreshed from a closure on a background thread while `work` runs.
-pub fn with_progress<T>(g: &Global, render: impl Fn() -> (u64, Option<u64>, String) + Send + Sync, work: impl FnOnce() -> T) -> T {
+pub fn with_progress<T>(
+    g: &Global,
+    render: impl Fn() -> (u64, Option<u64>, String) + Send + Sync,
+    work: impl FnOnce() -> T,
+) -> T {
     if g.quiet || g.json || !std::io::stderr().is_terminal() {
         return work();
     }
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
-        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {wide_msg} {binary_bytes_per_sec} ETA {eta}")
-            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        indicatif::ProgressStyle::with_template(
+            "{spinner} [{elapsed_precise}] {wide_msg} {binary_bytes_per_sec} ETA {eta}",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     let stop = Arc::new(AtomicBool::new(false));
     std::thread::scope(|s| {

@@ -41,9 +41,20 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
     let total = snap.snapshot.stats.bytes;
     let render = || {
         let b = progress.bytes.load(Relaxed);
-        (b, Some(total), format!("{} files, {} restored", progress.files.load(Relaxed), output::bytes(b)))
+        (
+            b,
+            Some(total),
+            format!(
+                "{} files, {} restored",
+                progress.files.load(Relaxed),
+                output::bytes(b)
+            ),
+        )
     };
-    let report = output::with_progress(g, render, || restore(&repo, &snap.snapshot.root, &opts, &progress)).map_err(Failure::from)?;
+    let report = output::with_progress(g, render, || {
+        restore(&repo, &snap.snapshot.root, &opts, &progress)
+    })
+    .map_err(Failure::from)?;
     for w in &report.warnings {
         output::warn(w);
     }
@@ -53,11 +64,26 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
             "bytes": report.bytes, "skipped": report.skipped, "warnings": report.warnings,
         }));
     } else {
-        output::info(g, &format!(
-            "restored snapshot {} to {}: {} files, {} dirs, {}{}",
-            snap.id.short(), a.target.display(), report.files, report.dirs, output::bytes(report.bytes),
-            if report.skipped > 0 { format!(", {} existing entries left alone", report.skipped) } else { String::new() }
-        ));
+        output::info(
+            g,
+            &format!(
+                "restored snapshot {} to {}: {} files, {} dirs, {}{}",
+                snap.id.short(),
+                a.target.display(),
+                report.files,
+                report.dirs,
+                output::bytes(report.bytes),
+                if report.skipped > 0 {
+                    format!(", {} existing entries left alone", report.skipped)
+                } else {
+                    String::new()
+                }
+            ),
+        );
     }
-    Ok(if report.warnings.is_empty() { 0 } else { EXIT_INCOMPLETE })
+    Ok(if report.warnings.is_empty() {
+        0
+    } else {
+        EXIT_INCOMPLETE
+    })
 }

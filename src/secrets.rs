@@ -16,8 +16,9 @@ pub fn password(g: &Global, confirm: bool) -> Result<Zeroizing<String>, Failure>
         return Ok(Zeroizing::new(p));
     }
     if let Some(file) = &g.password_file {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| Failure::fatal(format!("cannot read password file {}: {e}", file.display())))?;
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            Failure::fatal(format!("cannot read password file {}: {e}", file.display()))
+        })?;
         return Ok(first_line(text));
     }
     if let Some(cmd) = &g.password_command {
@@ -33,8 +34,12 @@ pub fn new_password(file: Option<&std::path::Path>) -> Result<Zeroizing<String>,
         return Ok(Zeroizing::new(p));
     }
     if let Some(file) = file {
-        let text = std::fs::read_to_string(file)
-            .map_err(|e| Failure::fatal(format!("cannot read new password file {}: {e}", file.display())))?;
+        let text = std::fs::read_to_string(file).map_err(|e| {
+            Failure::fatal(format!(
+                "cannot read new password file {}: {e}",
+                file.display()
+            ))
+        })?;
         return Ok(first_line(text));
     }
     prompt("New password: ", true)
@@ -48,9 +53,13 @@ fn from_command(cmd: &str) -> Result<Zeroizing<String>, Failure> {
         .output()
         .map_err(|e| Failure::fatal(format!("cannot run password command: {e}")))?;
     if !out.status.success() {
-        return Err(Failure::fatal(format!("password command failed ({})", out.status)));
+        return Err(Failure::fatal(format!(
+            "password command failed ({})",
+            out.status
+        )));
     }
-    let text = String::from_utf8(out.stdout).map_err(|_| Failure::fatal("password command printed non-UTF-8 output"))?;
+    let text = String::from_utf8(out.stdout)
+        .map_err(|_| Failure::fatal("password command printed non-UTF-8 output"))?;
     Ok(first_line(text))
 }
 
@@ -60,9 +69,15 @@ fn prompt(label: &str, confirm: bool) -> Result<Zeroizing<String>, Failure> {
             "no password given: set CAIRN_PASSWORD_FILE, CAIRN_PASSWORD_COMMAND or CAIRN_PASSWORD, or run on a terminal",
         ));
     }
-    let p = Zeroizing::new(rpassword::prompt_password(label).map_err(|e| Failure::fatal(format!("reading password: {e}")))?);
+    let p = Zeroizing::new(
+        rpassword::prompt_password(label)
+            .map_err(|e| Failure::fatal(format!("reading password: {e}")))?,
+    );
     if confirm {
-        let again = Zeroizing::new(rpassword::prompt_password("Again: ").map_err(|e| Failure::fatal(format!("reading password: {e}")))?);
+        let again = Zeroizing::new(
+            rpassword::prompt_password("Again: ")
+                .map_err(|e| Failure::fatal(format!("reading password: {e}")))?,
+        );
         if *again != *p {
             return Err(Failure::fatal("the passwords do not match"));
         }

@@ -26,7 +26,12 @@ pub fn format_local(sec: i64, fmt: &str) -> String {
         }
         let mut buf = [0u8; 64];
         let cfmt = std::ffi::CString::new(fmt).unwrap_or_default();
-        let n = libc::strftime(buf.as_mut_ptr() as *mut libc::c_char, buf.len(), cfmt.as_ptr(), &tm);
+        let n = libc::strftime(
+            buf.as_mut_ptr() as *mut libc::c_char,
+            buf.len(),
+            cfmt.as_ptr(),
+            &tm,
+        );
         String::from_utf8_lossy(&buf[..n]).into_owned()
     }
 }
@@ -71,10 +76,17 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
         }));
         return Ok(0);
     }
-    output::line(&format!("{:<8}  {:<19}  {:<16}  {:<12}  {:>10}  paths", "id", "time", "host", "tags", "size"));
+    output::line(&format!(
+        "{:<8}  {:<19}  {:<16}  {:<12}  {:>10}  paths",
+        "id", "time", "host", "tags", "size"
+    ));
     for s in &list {
         let sn = &s.snapshot;
-        let paths: Vec<String> = sn.paths.iter().map(|p| String::from_utf8_lossy(p).into_owned()).collect();
+        let paths: Vec<String> = sn
+            .paths
+            .iter()
+            .map(|p| String::from_utf8_lossy(p).into_owned())
+            .collect();
         output::line(&format!(
             "{:<8}  {:<19}  {:<16}  {:<12}  {:>10}  {}",
             s.id.short(),

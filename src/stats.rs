@@ -10,6 +10,7 @@ pub fn space_json(s: &Space) -> serde_json::Value {
         "object_bytes": s.object_bytes,
         "pack_bytes": s.pack_bytes,
         "file_bytes": s.file_bytes,
+        "file_length": s.file_len,
         "overhead_ratio": overhead(s),
     })
 }
@@ -38,11 +39,20 @@ pub fn run(g: &Global, _a: &Args) -> CmdResult {
     output::line(&format!("snapshots:            {}", snaps.len()));
     output::line(&format!("objects:              {}", space.objects));
     output::line(&format!("data in snapshots:    {}", output::bytes(logical)));
-    output::line(&format!("stored (sealed):      {}", output::bytes(space.object_bytes)));
-    output::line(&format!("repository file:      {}", output::bytes(space.file_bytes)));
+    output::line(&format!(
+        "stored (sealed):      {}",
+        output::bytes(space.object_bytes)
+    ));
+    output::line(&format!(
+        "repository file:      {}",
+        output::bytes(space.file_bytes)
+    ));
     output::line(&format!("file / stored:        {:.3}", overhead(&space)));
     if space.object_bytes > 0 {
-        output::line(&format!("dedup+compression:    {:.2}x", logical as f64 / space.object_bytes as f64));
+        output::line(&format!(
+            "dedup+compression:    {:.2}x",
+            logical as f64 / space.object_bytes as f64
+        ));
     }
     Ok(0)
 }

@@ -4,7 +4,10 @@
 
 use crate::crypto::Kind;
 use crate::error::{Error, Result};
-use crate::format::{encode_list, Content, Entry, Extent, FileType, ListRef, Snapshot, SnapshotStats, Time, Tree, INLINE_EXTENTS};
+use crate::format::{
+    encode_list, Content, Entry, Extent, FileType, ListRef, Snapshot, SnapshotStats, Time, Tree,
+    INLINE_EXTENTS,
+};
 use crate::fsmeta::{entry_from_stat, proc_path, read_xattrs, Names};
 use crate::id::Id;
 use crate::packer::Packer;
@@ -21,7 +24,10 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+const VIEW_REFRESH: Duration = Duration::from_secs(2);
 
 const READ_BUF: usize = 16 << 20;
 const BATCH_BYTES: usize = 48 << 20;
@@ -88,7 +94,11 @@ impl Excludes {
         let mut b = GlobSetBuilder::new();
         for p in patterns {
             let p = p.trim_end_matches('/');
-            let pat = if p.starts_with('/') { p.to_string() } else { format!("**/{p}") };
+            let pat = if p.starts_with('/') {
+                p.to_string()
+            } else {
+                format!("**/{p}")
+            };
             let glob = globset::GlobBuilder::new(&pat)
                 .literal_separator(true)
                 .build()
@@ -111,7 +121,8 @@ impl Excludes {
 
 /// Read exclude patterns from a file: one per line, `#` comments and blank lines ignored.
 pub fn read_exclude_file(path: &Path) -> Result<Vec<String>> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading exclude file {}", path.display()), e))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::io(format!("reading exclude file {}", path.display()), e))?;
     Ok(text
         .lines()
         .map(str::trim)
@@ -124,9 +135,34 @@ enum Msg {
     Object(Id, Kind, Vec<u8>),
 }
 
+/// A read view that is replaced every few seconds: a redb read transaction pins the pages it
+/// sees, so holding one for a whole backup would keep every page freed by our own commits from
+/// being reused (the file would grow by the index and tree churn).
+struct FreshView<'r> {
+    repo: &'r Repository,
+    current: Mutex<(Arc<View>, Instant)>,
+}
+
+impl<'r> FreshView<'r> {
+    fn new(repo: &'r Repository) -> Result<Self> {
+        Ok(FreshView {
+            repo,
+            current: Mutex::new((Arc::new(repo.view()?), Instant::now())),
+        })
+    }
+
+    fn get(&self) -> Result<Arc<View>> {
+        let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if cur.1.elapsed() > VIEW_REFRESH {
+            *cur = (Arc::new(self.repo.view()?), Instant::now());
+        }
+        Ok(cur.0.clone())
+    }
+}
+
 struct Ctx<'r> {
     repo: &'r Repository,
-    view: View,
+    view: FreshView<'r>,
     names: Names,
     excludes: Excludes,
     compression: i32,
@@ -168,7 +204,10 @@ fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
 
 impl<'r> Ctx<'r> {
     fn warn(&self, msg: String) {
-        self.warnings.lock().unwrap_or_else(|e| e.into_inner()).push(msg);
+        self.warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(msg);
     }
 
     /// Store an object unless the repository (or this backup) already has it.
@@ -179,16 +218,22 @@ impl<'r> Ctx<'r> {
             if known.contains(&id) {
                 return Ok(id);
             }
-            if self.view.contains(&id)? {
+            if self.view.get()?.contains(&id)? {
                 known.insert(id);
                 return Ok(id);
             }
             known.insert(id);
         }
-        let level = if kind == Kind::Chunk { self.compression } else { 3 };
+        let level = if kind == Kind::Chunk {
+            self.compression
+        } else {
+            3
+        };
         let sealed = self.repo.keys().seal(kind, &id, plain, level)?;
         self.stats.objects_added.fetch_add(1, Relaxed);
-        self.stats.bytes_added.fetch_add(plain.len() as u64, Relaxed);
+        self.stats
+            .bytes_added
+            .fetch_add(plain.len() as u64, Relaxed);
         if self.tx.send(Msg::Object(id, kind, sealed)).is_err() {
             self.failed.store(true, Relaxed);
             return Err(Error::Invalid("the repository writer stopped".into()));
@@ -202,7 +247,7 @@ impl<'r> Ctx<'r> {
 
     fn parent_tree(&self, id: Option<Id>) -> Option<Tree> {
         let id = id?;
-        self.repo.load_tree(&self.view, &id).ok()
+        self.repo.load_tree(&*self.view.get().ok()?, &id).ok()
     }
 
     fn check_failed(&self) -> Result<()> {
@@ -222,7 +267,8 @@ impl<'r> Ctx<'r> {
                 return self.put_tree(&Tree::default());
             }
         };
-        let cache_tag = self.excludes.caches && names.iter().any(|n| n == b"CACHEDIR.TAG") && is_cache_dir(dir);
+        let cache_tag =
+            self.excludes.caches && names.iter().any(|n| n == b"CACHEDIR.TAG") && is_cache_dir(dir);
         let entries: Vec<Option<Entry>> = names
             .par_iter()
             .filter(|n| !cache_tag || n.as_slice() == b"CACHEDIR.TAG")
@@ -231,14 +277,23 @@ impl<'r> Ctx<'r> {
                 self.backup_entry(dir.as_fd(), name, &join(path, name), prev, dev)
             })
             .collect::<Result<_>>()?;
-        let tree = Tree { entries: entries.into_iter().flatten().collect() };
+        let tree = Tree {
+            entries: entries.into_iter().flatten().collect(),
+        };
         self.progress.dirs.fetch_add(1, Relaxed);
         self.stats.dirs.fetch_add(1, Relaxed);
         self.put_tree(&tree)
     }
 
     /// Back up one directory entry; `None` when it vanished, is excluded or unreadable.
-    fn backup_entry(&self, dir: BorrowedFd<'_>, name: &[u8], path: &[u8], prev: Option<&Entry>, dev: u64) -> Result<Option<Entry>> {
+    fn backup_entry(
+        &self,
+        dir: BorrowedFd<'_>,
+        name: &[u8],
+        path: &[u8],
+        prev: Option<&Entry>,
+        dev: u64,
+    ) -> Result<Option<Entry>> {
         if self.excludes.excluded(path) {
             return Ok(None);
         }
@@ -246,7 +301,11 @@ impl<'r> Ctx<'r> {
         let st = match rustix::fs::statat(dir, cname, AtFlags::SYMLINK_NOFOLLOW) {
             Ok(st) => st,
             Err(e) => {
-                let why = if e == rustix::io::Errno::NOENT { "vanished before it could be read".to_string() } else { io::Error::from(e).to_string() };
+                let why = if e == rustix::io::Errno::NOENT {
+                    "vanished before it could be read".to_string()
+                } else {
+                    io::Error::from(e).to_string()
+                };
                 self.warn(format!("{}: {why}", display(path)));
                 return Ok(None);
             }
@@ -263,7 +322,11 @@ impl<'r> Ctx<'r> {
                 match rustix::fs::readlinkat(dir, cname, Vec::new()) {
                     Ok(t) => e.target = t.into_bytes(),
                     Err(err) => {
-                        self.warn(format!("{}: cannot read link: {}", display(path), io::Error::from(err)));
+                        self.warn(format!(
+                            "{}: cannot read link: {}",
+                            display(path),
+                            io::Error::from(err)
+                        ));
                         return Ok(None);
                     }
                 }
@@ -281,11 +344,21 @@ impl<'r> Ctx<'r> {
     fn other_xattrs(&self, dir: BorrowedFd<'_>, e: &mut Entry, path: &[u8]) {
         match read_xattrs(None, &proc_path(dir, &e.name)) {
             Ok(x) => e.xattrs = x,
-            Err(err) => self.warn(format!("{}: cannot read extended attributes: {err}", display(path))),
+            Err(err) => self.warn(format!(
+                "{}: cannot read extended attributes: {err}",
+                display(path)
+            )),
         }
     }
 
-    fn dir_entry(&self, dir: BorrowedFd<'_>, e: &mut Entry, path: &[u8], prev: Option<&Entry>, dev: u64) -> Result<()> {
+    fn dir_entry(
+        &self,
+        dir: BorrowedFd<'_>,
+        e: &mut Entry,
+        path: &[u8],
+        prev: Option<&Entry>,
+        dev: u64,
+    ) -> Result<()> {
         if self.excludes.one_fs && e.dev != dev {
             e.subtree = Some(self.put_tree(&Tree::default())?);
             return Ok(());
@@ -294,16 +367,26 @@ impl<'r> Ctx<'r> {
         let fd = match rustix::fs::openat(dir, OsStr::from_bytes(&e.name), flags, Mode::empty()) {
             Ok(fd) => fd,
             Err(err) => {
-                self.warn(format!("{}: cannot open directory: {}", display(path), io::Error::from(err)));
+                self.warn(format!(
+                    "{}: cannot open directory: {}",
+                    display(path),
+                    io::Error::from(err)
+                ));
                 e.subtree = Some(self.put_tree(&Tree::default())?);
                 return Ok(());
             }
         };
         match read_xattrs(Some(fd.as_fd()), &proc_path(dir, &e.name)) {
             Ok(x) => e.xattrs = x,
-            Err(err) => self.warn(format!("{}: cannot read extended attributes: {err}", display(path))),
+            Err(err) => self.warn(format!(
+                "{}: cannot read extended attributes: {err}",
+                display(path)
+            )),
         }
-        let parent = self.parent_tree(prev.filter(|p| p.kind == FileType::Dir).and_then(|p| p.subtree));
+        let parent = self.parent_tree(
+            prev.filter(|p| p.kind == FileType::Dir)
+                .and_then(|p| p.subtree),
+        );
         e.subtree = Some(self.backup_dir(&fd, path, parent, dev)?);
         Ok(())
     }
@@ -320,7 +403,13 @@ impl<'r> Ctx<'r> {
     }
 
     /// Fill a file entry's content; false when the file could not be read at all.
-    fn file_entry(&self, dir: BorrowedFd<'_>, e: &mut Entry, path: &[u8], prev: Option<&Entry>) -> Result<bool> {
+    fn file_entry(
+        &self,
+        dir: BorrowedFd<'_>,
+        e: &mut Entry,
+        path: &[u8],
+        prev: Option<&Entry>,
+    ) -> Result<bool> {
         self.stats.files.fetch_add(1, Relaxed);
         if let Some(p) = self.unchanged(e, prev) {
             e.content = p.content;
@@ -331,20 +420,33 @@ impl<'r> Ctx<'r> {
             self.progress.bytes.fetch_add(e.size, Relaxed);
             return Ok(true);
         }
-        let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
-        let open = rustix::fs::openat(dir, OsStr::from_bytes(&e.name), flags | OFlags::NOATIME, Mode::empty())
-            .or_else(|_| rustix::fs::openat(dir, OsStr::from_bytes(&e.name), flags, Mode::empty()));
+        let flags =
+            OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY | OFlags::NONBLOCK;
+        let open = rustix::fs::openat(
+            dir,
+            OsStr::from_bytes(&e.name),
+            flags | OFlags::NOATIME,
+            Mode::empty(),
+        )
+        .or_else(|_| rustix::fs::openat(dir, OsStr::from_bytes(&e.name), flags, Mode::empty()));
         let fd = match open {
             Ok(fd) => fd,
             Err(err) => {
-                let why = if err == rustix::io::Errno::NOENT { "vanished before it could be read".to_string() } else { io::Error::from(err).to_string() };
+                let why = if err == rustix::io::Errno::NOENT {
+                    "vanished before it could be read".to_string()
+                } else {
+                    io::Error::from(err).to_string()
+                };
                 self.warn(format!("{}: {why}", display(path)));
                 return Ok(false);
             }
         };
         match read_xattrs(Some(fd.as_fd()), &proc_path(dir, &e.name)) {
             Ok(x) => e.xattrs = x,
-            Err(err) => self.warn(format!("{}: cannot read extended attributes: {err}", display(path))),
+            Err(err) => self.warn(format!(
+                "{}: cannot read extended attributes: {err}",
+                display(path)
+            )),
         }
         let sparse = (e.blocks * 512) < e.size;
         let extents = match self.read_content(&fd, sparse) {
@@ -357,7 +459,11 @@ impl<'r> Ctx<'r> {
         };
         let read: u64 = extents.iter().map(|x| x.len).sum();
         if read != e.size {
-            self.warn(format!("{}: changed size while being read ({} -> {read} bytes)", display(path), e.size));
+            self.warn(format!(
+                "{}: changed size while being read ({} -> {read} bytes)",
+                display(path),
+                e.size
+            ));
             e.size = read;
         }
         e.content = self.content_of(extents)?;
@@ -378,13 +484,21 @@ impl<'r> Ctx<'r> {
         let mut lists = Vec::new();
         for part in extents.chunks(INLINE_EXTENTS) {
             let id = self.put(Kind::List, &encode_list(part))?;
-            lists.push(ListRef { id, len: part.iter().map(|x| x.len).sum(), count: part.len() as u32 });
+            lists.push(ListRef {
+                id,
+                len: part.iter().map(|x| x.len).sum(),
+                count: part.len() as u32,
+            });
         }
         Ok(Content::Lists(lists))
     }
 
     fn read_content(&self, fd: &OwnedFd, sparse: bool) -> Result<Vec<Extent>, ReadError> {
-        let regions = if sparse { data_regions(fd)? } else { vec![(0, u64::MAX)] };
+        let regions = if sparse {
+            data_regions(fd)?
+        } else {
+            vec![(0, u64::MAX)]
+        };
         let mut extents: Vec<Extent> = Vec::new();
         let mut pos = 0u64;
         for (start, end) in regions {
@@ -394,7 +508,9 @@ impl<'r> Ctx<'r> {
             pos = start + self.chunk_region(fd, start, end, &mut extents)?;
         }
         if sparse {
-            let size = rustix::fs::fstat(fd).map_err(|e| ReadError::Io(e.into()))?.st_size as u64;
+            let size = rustix::fs::fstat(fd)
+                .map_err(|e| ReadError::Io(e.into()))?
+                .st_size as u64;
             if size > pos {
                 push_hole(&mut extents, size - pos);
             }
@@ -403,7 +519,13 @@ impl<'r> Ctx<'r> {
     }
 
     /// Chunk `[start, end)` of the file (to EOF when `end` is `u64::MAX`); returns bytes read.
-    fn chunk_region(&self, fd: &OwnedFd, start: u64, end: u64, out: &mut Vec<Extent>) -> Result<u64, ReadError> {
+    fn chunk_region(
+        &self,
+        fd: &OwnedFd,
+        start: u64,
+        end: u64,
+        out: &mut Vec<Extent>,
+    ) -> Result<u64, ReadError> {
         let cfg = self.repo.config();
         let seed = self.repo.keys().chunker_seed();
         let mut buf: Vec<u8> = Vec::new();
@@ -422,10 +544,19 @@ impl<'r> Ctx<'r> {
             )
             .map(|c| (c.offset, c.length))
             .collect();
-            let keep = if eof || chunks.len() <= 1 { chunks.len() } else { chunks.len() - 1 };
+            let keep = if eof || chunks.len() <= 1 {
+                chunks.len()
+            } else {
+                chunks.len() - 1
+            };
             let done: Vec<Extent> = chunks[..keep]
                 .par_iter()
-                .map(|&(o, l)| self.put(Kind::Chunk, &buf[o..o + l]).map(|id| Extent { id: Some(id), len: l as u64 }))
+                .map(|&(o, l)| {
+                    self.put(Kind::Chunk, &buf[o..o + l]).map(|id| Extent {
+                        id: Some(id),
+                        len: l as u64,
+                    })
+                })
                 .collect::<Result<_>>()
                 .map_err(ReadError::Repo)?;
             let consumed: usize = chunks[..keep].iter().map(|c| c.1).sum();
@@ -462,7 +593,9 @@ fn push_hole(extents: &mut Vec<Extent>, len: u64) {
 
 /// Read until `buf` holds `READ_BUF` bytes, `end` is reached or EOF; true at EOF/end.
 fn fill(fd: &OwnedFd, buf: &mut Vec<u8>, off: &mut u64, end: u64) -> io::Result<bool> {
-    let want = READ_BUF.min((end - *off).min(READ_BUF as u64) as usize + buf.len()).max(buf.len());
+    let want = READ_BUF
+        .min((end - *off).min(READ_BUF as u64) as usize + buf.len())
+        .max(buf.len());
     let old = buf.len();
     buf.resize(want.max(old), 0);
     let mut filled = old;
@@ -520,7 +653,12 @@ fn list_dir(dir: &OwnedFd) -> io::Result<Vec<Vec<u8>>> {
 }
 
 fn is_cache_dir(dir: &OwnedFd) -> bool {
-    let Ok(fd) = rustix::fs::openat(dir, "CACHEDIR.TAG", OFlags::RDONLY | OFlags::NOFOLLOW, Mode::empty()) else {
+    let Ok(fd) = rustix::fs::openat(
+        dir,
+        "CACHEDIR.TAG",
+        OFlags::RDONLY | OFlags::NOFOLLOW,
+        Mode::empty(),
+    ) else {
         return false;
     };
     let mut buf = [0u8; 43];
@@ -552,12 +690,14 @@ impl PathTrie {
 /// Make a source path absolute without resolving its last component (a symlink given as a
 /// source is stored as the link).
 pub fn absolute_source(p: &Path) -> Result<PathBuf> {
-    let abs = std::path::absolute(p).map_err(|e| Error::io(format!("resolving {}", p.display()), e))?;
+    let abs =
+        std::path::absolute(p).map_err(|e| Error::io(format!("resolving {}", p.display()), e))?;
     let parent = abs.parent();
     let name = abs.file_name();
     match (parent, name) {
         (Some(parent), Some(name)) => {
-            let parent = std::fs::canonicalize(parent).map_err(|e| Error::io(format!("{}", p.display()), e))?;
+            let parent = std::fs::canonicalize(parent)
+                .map_err(|e| Error::io(format!("{}", p.display()), e))?;
             Ok(parent.join(name))
         }
         _ => Ok(PathBuf::from("/")),
@@ -576,7 +716,13 @@ fn components(p: &Path) -> Vec<Vec<u8>> {
 impl<'r> Ctx<'r> {
     /// Build the tree for one level of the source trie: intermediate directories get their real
     /// metadata, leaves are backed up in full.
-    fn root_level(&self, dir: &OwnedFd, path: &[u8], trie: &PathTrie, parent: Option<Tree>) -> Result<Id> {
+    fn root_level(
+        &self,
+        dir: &OwnedFd,
+        path: &[u8],
+        trie: &PathTrie,
+        parent: Option<Tree>,
+    ) -> Result<Id> {
         if trie.leaf {
             let st = rustix::fs::fstat(dir).map_err(|e| Error::io(display(path), e.into()))?;
             return self.backup_dir(dir, path, parent, st.st_dev);
@@ -585,15 +731,18 @@ impl<'r> Ctx<'r> {
         for (name, sub) in &trie.children {
             let child_path = join(path, name);
             let prev = parent.as_ref().and_then(|t| t.find(name));
-            let st = match rustix::fs::statat(dir, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW) {
-                Ok(st) => st,
-                Err(e) => {
-                    self.warn(format!("{}: {}", display(&child_path), io::Error::from(e)));
-                    continue;
-                }
-            };
+            let st =
+                match rustix::fs::statat(dir, OsStr::from_bytes(name), AtFlags::SYMLINK_NOFOLLOW) {
+                    Ok(st) => st,
+                    Err(e) => {
+                        self.warn(format!("{}: {}", display(&child_path), io::Error::from(e)));
+                        continue;
+                    }
+                };
             if sub.leaf {
-                if let Some(e) = self.backup_entry(dir.as_fd(), name, &child_path, prev, st.st_dev)? {
+                if let Some(e) =
+                    self.backup_entry(dir.as_fd(), name, &child_path, prev, st.st_dev)?
+                {
                     entries.push(e);
                 }
                 continue;
@@ -606,7 +755,8 @@ impl<'r> Ctx<'r> {
             let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
             let fd = rustix::fs::openat(dir, OsStr::from_bytes(name), flags, Mode::empty())
                 .map_err(|err| Error::io(display(&child_path), err.into()))?;
-            e.xattrs = read_xattrs(Some(fd.as_fd()), &proc_path(dir.as_fd(), name)).unwrap_or_default();
+            e.xattrs =
+                read_xattrs(Some(fd.as_fd()), &proc_path(dir.as_fd(), name)).unwrap_or_default();
             let sub_parent = self.parent_tree(prev.and_then(|p| p.subtree));
             e.subtree = Some(self.root_level(&fd, &child_path, sub, sub_parent)?);
             entries.push(e);
@@ -635,7 +785,11 @@ impl<'r> Ctx<'r> {
 }
 
 /// The latest snapshot with the same host and the same set of paths.
-pub fn find_parent(repo: &Repository, host: &str, paths: &[Vec<u8>]) -> Result<Option<(Id, Snapshot)>> {
+pub fn find_parent(
+    repo: &Repository,
+    host: &str,
+    paths: &[Vec<u8>],
+) -> Result<Option<(Id, Snapshot)>> {
     let mut want: Vec<&Vec<u8>> = paths.iter().collect();
     want.sort();
     Ok(repo
@@ -651,10 +805,16 @@ pub fn find_parent(repo: &Repository, host: &str, paths: &[Vec<u8>]) -> Result<O
 }
 
 /// Run a backup and commit its snapshot.
-pub fn backup(repo: &Repository, opts: &BackupOptions, progress: &Progress) -> Result<BackupReport> {
+pub fn backup(
+    repo: &Repository,
+    opts: &BackupOptions,
+    progress: &Progress,
+) -> Result<BackupReport> {
     let started = std::time::Instant::now();
     if opts.paths.is_empty() {
-        return Err(Error::Invalid("nothing to back up: give at least one path".into()));
+        return Err(Error::Invalid(
+            "nothing to back up: give at least one path".into(),
+        ));
     }
     let mut sources = Vec::new();
     let mut warnings = Vec::new();
@@ -667,23 +827,34 @@ pub fn backup(repo: &Repository, opts: &BackupOptions, progress: &Progress) -> R
         sources.push(abs);
     }
     if sources.is_empty() {
-        return Err(Error::Invalid("none of the given paths exists; nothing backed up".into()));
+        return Err(Error::Invalid(
+            "none of the given paths exists; nothing backed up".into(),
+        ));
     }
     let mut trie = PathTrie::default();
     for s in &sources {
         trie.insert(&components(s));
     }
-    let paths: Vec<Vec<u8>> = sources.iter().map(|s| s.as_os_str().as_bytes().to_vec()).collect();
+    let paths: Vec<Vec<u8>> = sources
+        .iter()
+        .map(|s| s.as_os_str().as_bytes().to_vec())
+        .collect();
     let host = opts.host.clone().unwrap_or_else(crate::util::hostname);
     let parent = match opts.parent {
         Some(id) => {
-            let s = repo.snapshots()?.into_iter().find(|s| s.id == id).ok_or_else(|| Error::Invalid(format!("no parent snapshot {id}")))?;
+            let s = repo
+                .snapshots()?
+                .into_iter()
+                .find(|s| s.id == id)
+                .ok_or_else(|| Error::Invalid(format!("no parent snapshot {id}")))?;
             Some((s.id, s.snapshot))
         }
         None => find_parent(repo, &host, &paths)?,
     };
     let session = repo.store().begin_session(&crate::util::session_info())?;
-    let result = run(repo, opts, progress, &trie, parent, paths, host, started, warnings);
+    let result = run(
+        repo, opts, progress, &trie, parent, paths, host, started, warnings,
+    );
     // The session marker only protects unreferenced objects from a concurrent prune; a failure
     // to remove it is harmless (prune treats dead processes' sessions as ended).
     let _ = repo.store().end_session(session);
@@ -709,7 +880,7 @@ fn run(
     mut warnings: Vec<String>,
 ) -> Result<BackupReport> {
     let excludes = Excludes::new(&opts.excludes, opts.exclude_caches, opts.one_file_system)?;
-    let view = repo.view()?;
+    let view = FreshView::new(repo)?;
     let (tx, rx) = sync_channel::<Msg>(64);
     let (walked, packer) = std::thread::scope(|scope| {
         let writer = scope.spawn(move || write_loop(repo, rx));
@@ -768,12 +939,20 @@ fn run(
     };
     let (id, sealed) = repo.seal_snapshot(&snapshot)?;
     packer.commit(true, &[(id, sealed)])?;
-    Ok(BackupReport { id, snapshot, warnings })
+    Ok(BackupReport {
+        id,
+        snapshot,
+        warnings,
+    })
 }
 
 fn walk_root(ctx: &Ctx<'_>, trie: &PathTrie, parent: Option<&(Id, Snapshot)>) -> Result<Id> {
-    let fd = rustix::fs::open("/", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| Error::io("opening /", e.into()))?;
+    let fd = rustix::fs::open(
+        "/",
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io("opening /", e.into()))?;
     let parent_root = parent.and_then(|(_, s)| ctx.parent_tree(Some(s.root)));
     ctx.root_level(&fd, b"/", trie, parent_root)
 }

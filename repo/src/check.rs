@@ -45,7 +45,11 @@ pub struct CheckReport {
 
 pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
     let view = repo.view()?;
-    let mut report = CheckReport { objects: view.object_count()?, space: repo.store().space()?, ..Default::default() };
+    let mut report = CheckReport {
+        objects: view.object_count()?,
+        space: repo.store().space()?,
+        ..Default::default()
+    };
     let mut bad: BTreeMap<Id, String> = BTreeMap::new();
     if opts.read_data || opts.subset_percent.is_some() {
         let objects = select_objects(repo, &view, opts, &mut report)?;
@@ -57,7 +61,14 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
             .collect();
         bad.extend(found);
     }
-    let mut walker = Walker { repo, view: &view, bad, clean: HashSet::new(), users: HashMap::new(), trees: 0 };
+    let mut walker = Walker {
+        repo,
+        view: &view,
+        bad,
+        clean: HashSet::new(),
+        users: HashMap::new(),
+        trees: 0,
+    };
     for (id, blob) in repo.store().snapshot_blobs()? {
         report.snapshots += 1;
         let snap = repo
@@ -69,7 +80,9 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
                 walker.tree(&id, &s.root, "/")?;
             }
             Err(e) => {
-                walker.bad.insert(id, format!("snapshot does not open: {e}"));
+                walker
+                    .bad
+                    .insert(id, format!("snapshot does not open: {e}"));
                 walker.note(&id, &id, "(snapshot)");
             }
         }
@@ -78,12 +91,22 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
     let Walker { bad, users, .. } = walker;
     for (id, problem) in bad {
         let (uses, used_by) = users.get(&id).cloned().unwrap_or_default();
-        report.damaged.push(Damage { id, problem, used_by, uses });
+        report.damaged.push(Damage {
+            id,
+            problem,
+            used_by,
+            uses,
+        });
     }
     Ok(report)
 }
 
-fn select_objects(repo: &Repository, view: &View, opts: &CheckOptions, report: &mut CheckReport) -> Result<Vec<(Id, Location)>> {
+fn select_objects(
+    repo: &Repository,
+    view: &View,
+    opts: &CheckOptions,
+    report: &mut CheckReport,
+) -> Result<Vec<(Id, Location)>> {
     let Some(pct) = opts.subset_percent.filter(|_| !opts.read_data) else {
         let mut all = Vec::new();
         view.for_each_object(|id, loc| {
@@ -93,7 +116,9 @@ fn select_objects(repo: &Repository, view: &View, opts: &CheckOptions, report: &
         return Ok(all);
     };
     if !(pct > 0.0 && pct <= 100.0) {
-        return Err(Error::Invalid("--read-data-subset takes a percentage between 0 and 100".into()));
+        return Err(Error::Invalid(
+            "--read-data-subset takes a percentage between 0 and 100".into(),
+        ));
     }
     let total = view.object_count()?;
     let want = ((total as f64) * pct / 100.0).ceil() as usize;
@@ -131,15 +156,25 @@ fn next_id(id: &Id) -> Id {
     Id::default()
 }
 
-fn verify_object(repo: &Repository, view: &View, id: &Id, loc: &Location) -> std::result::Result<(), String> {
-    let sealed = view.read_sealed(id, loc, repo.config().piece_size).map_err(|e| e.to_string())?;
+fn verify_object(
+    repo: &Repository,
+    view: &View,
+    id: &Id,
+    loc: &Location,
+) -> std::result::Result<(), String> {
+    let sealed = view
+        .read_sealed(id, loc, repo.config().piece_size)
+        .map_err(|e| e.to_string())?;
     if checksum(&sealed) != loc.check {
         return Err("stored bytes do not match their checksum (disk damage)".into());
     }
-    repo.keys().open_verified(loc.kind, id, &sealed).map(|_| ()).map_err(|e| match e {
-        Error::Corrupt { reason, .. } => reason,
-        other => other.to_string(),
-    })
+    repo.keys()
+        .open_verified(loc.kind, id, &sealed)
+        .map(|_| ())
+        .map_err(|e| match e {
+            Error::Corrupt { reason, .. } => reason,
+            other => other.to_string(),
+        })
 }
 
 struct Walker<'a> {
@@ -194,7 +229,11 @@ impl Walker<'_> {
         self.trees += 1;
         let mut ok = true;
         for e in &tree.entries {
-            let p = format!("{}/{}", path.trim_end_matches('/'), String::from_utf8_lossy(&e.name));
+            let p = format!(
+                "{}/{}",
+                path.trim_end_matches('/'),
+                String::from_utf8_lossy(&e.name)
+            );
             if let Some(sub) = e.subtree {
                 ok &= self.tree(snap, &sub, &p)?;
             }

@@ -119,7 +119,9 @@ impl MasterKeys {
                 body.drain(..payload_start);
                 Ok(body)
             }
-            Some(CODEC_ZSTD) => decompress(&body[payload_start..]).map_err(|r| Error::corrupt(id, r)),
+            Some(CODEC_ZSTD) => {
+                decompress(&body[payload_start..]).map_err(|r| Error::corrupt(id, r))
+            }
             _ => Err(Error::corrupt(id, "unknown compression codec")),
         }
     }
@@ -138,14 +140,25 @@ impl MasterKeys {
             return Err(Error::corrupt(id, "sealed object too short"));
         }
         if sealed[0] != SEAL_VERSION {
-            return Err(Error::corrupt(id, format!("unknown envelope version {}", sealed[0])));
+            return Err(Error::corrupt(
+                id,
+                format!("unknown envelope version {}", sealed[0]),
+            ));
         }
-        let nonce = XNonce::try_from(&sealed[1..1 + NONCE_LEN]).map_err(|_| Error::corrupt(id, "bad nonce"))?;
+        let nonce = XNonce::try_from(&sealed[1..1 + NONCE_LEN])
+            .map_err(|_| Error::corrupt(id, "bad nonce"))?;
         let (ct, tag) = sealed[1 + NONCE_LEN..].split_at(sealed.len() - 1 - NONCE_LEN - TAG_LEN);
         let mut body = ct.to_vec();
         self.cipher()
-            .decrypt_inout_detached(&nonce, &aad(kind, id), body.as_mut_slice().into(), &tag_of(tag)?)
-            .map_err(|_| Error::corrupt(id, "authentication failed (tampered, truncated or swapped)"))?;
+            .decrypt_inout_detached(
+                &nonce,
+                &aad(kind, id),
+                body.as_mut_slice().into(),
+                &tag_of(tag)?,
+            )
+            .map_err(|_| {
+                Error::corrupt(id, "authentication failed (tampered, truncated or swapped)")
+            })?;
         Ok(body)
     }
 }
@@ -172,7 +185,11 @@ fn compress_into(plain: &[u8], level: i32, out: &mut Vec<u8>) -> bool {
     let mut spare = zstd::zstd_safe::OutBuffer::around_pos(out, start);
     let mut input = zstd::zstd_safe::InBuffer::around(plain);
     let ok = matches!(
-        cctx.compress_stream2(&mut spare, &mut input, zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_end),
+        cctx.compress_stream2(
+            &mut spare,
+            &mut input,
+            zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_end
+        ),
         Ok(0)
     );
     ok && out.len() - start <= limit
@@ -214,11 +231,15 @@ impl KdfParams {
 
     fn derive(&self, password: &[u8]) -> Result<Zeroizing<[u8; 32]>> {
         if self.memory_kib > 4 * 1024 * 1024 || self.iterations > 100 || self.parallelism > 64 {
-            return Err(Error::Format("key slot asks for absurd Argon2 parameters".into()));
+            return Err(Error::Format(
+                "key slot asks for absurd Argon2 parameters".into(),
+            ));
         }
-        let params = argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
-            .map_err(|e| Error::Format(format!("bad Argon2 parameters in key slot: {e}")))?;
-        let argon = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+        let params =
+            argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
+                .map_err(|e| Error::Format(format!("bad Argon2 parameters in key slot: {e}")))?;
+        let argon =
+            argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
         let mut key = Zeroizing::new([0u8; 32]);
         argon
             .hash_password_into(password, &self.salt, key.as_mut())
@@ -239,14 +260,24 @@ pub struct KeySlot {
 }
 
 impl KeySlot {
-    pub fn wrap(keys: &MasterKeys, password: &[u8], repo_id: &[u8; 16], kdf: KdfParams) -> Result<KeySlot> {
+    pub fn wrap(
+        keys: &MasterKeys,
+        password: &[u8],
+        repo_id: &[u8; 16],
+        kdf: KdfParams,
+    ) -> Result<KeySlot> {
         let kek = kdf.derive(password)?;
         let mut nonce = [0u8; 24];
         rand::rng().fill_bytes(&mut nonce);
-        let mut plain = Zeroizing::new(postcard::to_stdvec(keys).map_err(|e| Error::Invalid(e.to_string()))?);
+        let mut plain =
+            Zeroizing::new(postcard::to_stdvec(keys).map_err(|e| Error::Invalid(e.to_string()))?);
         let cipher = XChaCha20Poly1305::new(&chacha20poly1305::Key::from(*kek));
         let tag = cipher
-            .encrypt_inout_detached(&XNonce::try_from(&nonce[..]).map_err(|_| Error::Invalid("nonce".into()))?, &slot_aad(repo_id), plain.as_mut_slice().into())
+            .encrypt_inout_detached(
+                &XNonce::try_from(&nonce[..]).map_err(|_| Error::Invalid("nonce".into()))?,
+                &slot_aad(repo_id),
+                plain.as_mut_slice().into(),
+            )
             .map_err(|_| Error::Invalid("key wrapping failed".into()))?;
         let mut wrapped = plain.to_vec();
         wrapped.extend_from_slice(&tag);
@@ -278,8 +309,8 @@ impl KeySlot {
         if opened.is_err() {
             return Ok(None);
         }
-        let keys: MasterKeys =
-            postcard::from_bytes(&plain).map_err(|e| Error::Format(format!("key slot contents: {e}")))?;
+        let keys: MasterKeys = postcard::from_bytes(&plain)
+            .map_err(|e| Error::Format(format!("key slot contents: {e}")))?;
         Ok(Some(keys))
     }
 }
@@ -316,7 +347,9 @@ mod tests {
         }
         let id = k.id_of(Kind::Chunk, &text);
         assert!(k.seal(Kind::Chunk, &id, &text, 3).unwrap().len() < text.len() / 10);
-        assert!(k.seal(Kind::Chunk, &id, &random, 3).unwrap().len() <= random.len() + SEAL_OVERHEAD);
+        assert!(
+            k.seal(Kind::Chunk, &id, &random, 3).unwrap().len() <= random.len() + SEAL_OVERHEAD
+        );
     }
 
     #[test]
@@ -328,7 +361,10 @@ mod tests {
         for i in 0..sealed.len() {
             let mut bad = sealed.clone();
             bad[i] ^= 0x40;
-            assert!(k.open(Kind::Chunk, &id, &bad).is_err(), "flip at {i} not detected");
+            assert!(
+                k.open(Kind::Chunk, &id, &bad).is_err(),
+                "flip at {i} not detected"
+            );
         }
         // Swapping: the same bytes presented as another id or kind fail.
         let other = k.id_of(Kind::Chunk, b"other");
@@ -336,7 +372,9 @@ mod tests {
         assert!(k.open(Kind::Tree, &id, &sealed).is_err());
         assert!(k.open(Kind::Chunk, &id, &sealed[..10]).is_err());
         // Another repository's keys fail.
-        assert!(MasterKeys::random().open(Kind::Chunk, &id, &sealed).is_err());
+        assert!(MasterKeys::random()
+            .open(Kind::Chunk, &id, &sealed)
+            .is_err());
     }
 
     #[test]
@@ -356,7 +394,10 @@ mod tests {
         let opened = slot.unwrap_keys(b"correct horse", &rid).unwrap().unwrap();
         assert_eq!(opened.id_of(Kind::Chunk, b"q"), k.id_of(Kind::Chunk, b"q"));
         assert!(slot.unwrap_keys(b"wrong", &rid).unwrap().is_none());
-        assert!(slot.unwrap_keys(b"correct horse", &[2u8; 16]).unwrap().is_none());
+        assert!(slot
+            .unwrap_keys(b"correct horse", &[2u8; 16])
+            .unwrap()
+            .is_none());
     }
 
     #[test]

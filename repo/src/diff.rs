@@ -48,7 +48,14 @@ fn load(repo: &Repository, view: &View, id: Option<&Id>) -> Result<Tree> {
     }
 }
 
-fn diff_trees(repo: &Repository, view: &View, a: Option<&Id>, b: Option<&Id>, path: &[u8], out: &mut Vec<DiffLine>) -> Result<()> {
+fn diff_trees(
+    repo: &Repository,
+    view: &View,
+    a: Option<&Id>,
+    b: Option<&Id>,
+    path: &[u8],
+    out: &mut Vec<DiffLine>,
+) -> Result<()> {
     if a.is_some() && a == b {
         return Ok(());
     }
@@ -94,28 +101,66 @@ fn child_path(path: &[u8], name: &[u8]) -> Vec<u8> {
     p
 }
 
-fn removed_or_added(repo: &Repository, view: &View, e: &Entry, change: Change, path: &[u8], out: &mut Vec<DiffLine>) -> Result<()> {
+fn removed_or_added(
+    repo: &Repository,
+    view: &View,
+    e: &Entry,
+    change: Change,
+    path: &[u8],
+    out: &mut Vec<DiffLine>,
+) -> Result<()> {
     let p = child_path(path, &e.name);
-    out.push(DiffLine { change, path: p.clone(), kind: e.kind });
+    out.push(DiffLine {
+        change,
+        path: p.clone(),
+        kind: e.kind,
+    });
     if let Some(sub) = e.subtree {
-        let (a, b) = if change == Change::Removed { (Some(&sub), None) } else { (None, Some(&sub)) };
+        let (a, b) = if change == Change::Removed {
+            (Some(&sub), None)
+        } else {
+            (None, Some(&sub))
+        };
         diff_trees(repo, view, a, b, &p, out)?;
     }
     Ok(())
 }
 
-fn compare(repo: &Repository, view: &View, a: &Entry, b: &Entry, path: &[u8], out: &mut Vec<DiffLine>) -> Result<()> {
+fn compare(
+    repo: &Repository,
+    view: &View,
+    a: &Entry,
+    b: &Entry,
+    path: &[u8],
+    out: &mut Vec<DiffLine>,
+) -> Result<()> {
     let p = child_path(path, &a.name);
     if a.kind != b.kind {
-        out.push(DiffLine { change: Change::TypeChanged, path: p.clone(), kind: b.kind });
+        out.push(DiffLine {
+            change: Change::TypeChanged,
+            path: p.clone(),
+            kind: b.kind,
+        });
         return Ok(());
     }
     let content_differs = a.content != b.content || a.target != b.target || a.rdev != b.rdev;
-    let meta_differs = a.mode != b.mode || a.uid != b.uid || a.gid != b.gid || a.mtime != b.mtime || a.xattrs != b.xattrs;
+    let meta_differs = a.mode != b.mode
+        || a.uid != b.uid
+        || a.gid != b.gid
+        || a.mtime != b.mtime
+        || a.xattrs != b.xattrs;
     if content_differs {
-        out.push(DiffLine { change: Change::Modified, path: p.clone(), kind: b.kind });
+        out.push(DiffLine {
+            change: Change::Modified,
+            path: p.clone(),
+            kind: b.kind,
+        });
     } else if meta_differs {
-        out.push(DiffLine { change: Change::Metadata, path: p.clone(), kind: b.kind });
+        out.push(DiffLine {
+            change: Change::Metadata,
+            path: p.clone(),
+            kind: b.kind,
+        });
     }
     if a.kind == FileType::Dir {
         diff_trees(repo, view, a.subtree.as_ref(), b.subtree.as_ref(), &p, out)?;

@@ -13,11 +13,17 @@ pub enum Error {
     RepoExists(PathBuf),
     #[error("wrong password: no key slot of the repository at {0} opens with it")]
     WrongPassword(PathBuf),
-    #[error("repository {path} is locked by another process ({reason}); try again when it is done")]
+    #[error(
+        "repository {path} is locked by another process ({reason}); try again when it is done"
+    )]
     Locked { path: PathBuf, reason: String },
-    #[error("object {id} is damaged: {reason}; run `cairn check --read-data` to see what depends on it")]
+    #[error(
+        "object {id} is damaged: {reason}; run `cairn check --read-data` to see what depends on it"
+    )]
     Corrupt { id: String, reason: String },
-    #[error("object {0} is missing from the repository; run `cairn check` to see what depends on it")]
+    #[error(
+        "object {0} is missing from the repository; run `cairn check` to see what depends on it"
+    )]
     Missing(String),
     #[error("{context}: {source}")]
     Io {

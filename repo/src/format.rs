@@ -139,12 +139,13 @@ impl Tree {
     pub fn decode(bytes: &[u8]) -> Result<Tree> {
         let t: Tree = decode(TREE_VERSION, bytes, "tree")?;
         let sorted = t.entries.windows(2).all(|w| w[0].name < w[1].name);
-        let names_ok = t
-            .entries
-            .iter()
-            .all(|e| !e.name.is_empty() && !e.name.contains(&b'/') && e.name != b"." && e.name != b"..");
+        let names_ok = t.entries.iter().all(|e| {
+            !e.name.is_empty() && !e.name.contains(&b'/') && e.name != b"." && e.name != b".."
+        });
         if !sorted || !names_ok {
-            return Err(Error::Format("tree entries unsorted, duplicated or with invalid names".into()));
+            return Err(Error::Format(
+                "tree entries unsorted, duplicated or with invalid names".into(),
+            ));
         }
         Ok(t)
     }
@@ -226,7 +227,9 @@ impl Config {
             && (64 << 10..=64 << 20).contains(&c.piece_size)
             && c.pack_max >= c.piece_size as u64;
         if !sane {
-            return Err(Error::Format("repository config has out-of-range parameters".into()));
+            return Err(Error::Format(
+                "repository config has out-of-range parameters".into(),
+            ));
         }
         Ok(c)
     }
@@ -251,7 +254,9 @@ fn decode<T: DeserializeOwned>(version: u8, bytes: &[u8], what: &str) -> Result<
             }
             Ok(value)
         }
-        Some((v, _)) => Err(Error::Format(format!("{what} format version {v} is not supported"))),
+        Some((v, _)) => Err(Error::Format(format!(
+            "{what} format version {v} is not supported"
+        ))),
         None => Err(Error::Format(format!("{what} is empty"))),
     }
 }
@@ -263,29 +268,56 @@ mod tests {
 
     fn entry(name: &[u8]) -> Entry {
         let mut e = Entry::new(name.to_vec(), FileType::File);
-        e.mtime = Time { sec: -1_000_000_000, nsec: 999_999_999 };
-        e.content = Content::Inline(vec![Extent { id: Some(Id([3; 32])), len: 5 }, Extent { id: None, len: 1 << 40 }]);
-        e.xattrs.push(Xattr { name: b"user.x".to_vec(), value: vec![0, 255] });
+        e.mtime = Time {
+            sec: -1_000_000_000,
+            nsec: 999_999_999,
+        };
+        e.content = Content::Inline(vec![
+            Extent {
+                id: Some(Id([3; 32])),
+                len: 5,
+            },
+            Extent {
+                id: None,
+                len: 1 << 40,
+            },
+        ]);
+        e.xattrs.push(Xattr {
+            name: b"user.x".to_vec(),
+            value: vec![0, 255],
+        });
         e
     }
 
     #[test]
     fn tree_round_trip_and_golden_prefix() {
-        let t = Tree { entries: vec![entry(b"a"), entry(b"\xff\xfe")] };
+        let t = Tree {
+            entries: vec![entry(b"a"), entry(b"\xff\xfe")],
+        };
         let bytes = t.encode();
         assert_eq!(bytes[0], TREE_VERSION);
         assert_eq!(bytes[1], 2, "postcard: entry count as varint");
-        assert_eq!(&bytes[2..4], &[1, b'a'], "name as length-prefixed raw bytes");
+        assert_eq!(
+            &bytes[2..4],
+            &[1, b'a'],
+            "name as length-prefixed raw bytes"
+        );
         assert_eq!(Tree::decode(&bytes).unwrap(), t);
     }
 
     #[test]
     fn unsorted_or_bad_names_are_rejected() {
-        let t = Tree { entries: vec![entry(b"b"), entry(b"a")] };
+        let t = Tree {
+            entries: vec![entry(b"b"), entry(b"a")],
+        };
         assert!(Tree::decode(&t.encode()).is_err());
-        let t = Tree { entries: vec![entry(b"a/b")] };
+        let t = Tree {
+            entries: vec![entry(b"a/b")],
+        };
         assert!(Tree::decode(&t.encode()).is_err());
-        let t = Tree { entries: vec![entry(b"..")] };
+        let t = Tree {
+            entries: vec![entry(b"..")],
+        };
         assert!(Tree::decode(&t.encode()).is_err());
     }
 

@@ -60,10 +60,23 @@ pub fn entry_from_stat(name: &[u8], st: &Stat, names: &Names) -> Entry {
     e.gid = st.st_gid;
     e.user = names.user(st.st_uid);
     e.group = names.group(st.st_gid);
-    e.size = if e.kind == FileType::File { st.st_size as u64 } else { 0 };
-    e.mtime = Time { sec: st.st_mtime, nsec: st.st_mtime_nsec as u32 };
-    e.ctime = Time { sec: st.st_ctime, nsec: st.st_ctime_nsec as u32 };
-    e.atime = Time { sec: st.st_atime, nsec: st.st_atime_nsec as u32 };
+    e.size = if e.kind == FileType::File {
+        st.st_size as u64
+    } else {
+        0
+    };
+    e.mtime = Time {
+        sec: st.st_mtime,
+        nsec: st.st_mtime_nsec as u32,
+    };
+    e.ctime = Time {
+        sec: st.st_ctime,
+        nsec: st.st_ctime_nsec as u32,
+    };
+    e.atime = Time {
+        sec: st.st_atime,
+        nsec: st.st_atime_nsec as u32,
+    };
     e.dev = st.st_dev;
     e.ino = st.st_ino;
     e.nlink = st.st_nlink;
@@ -142,19 +155,31 @@ pub fn read_xattrs(fd: Option<BorrowedFd<'_>>, path: &CString) -> io::Result<Vec
             }
         };
         if let Some(value) = value {
-            out.push(Xattr { name: name.to_vec(), value });
+            out.push(Xattr {
+                name: name.to_vec(),
+                value,
+            });
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }
 
-pub fn write_xattrs(fd: Option<BorrowedFd<'_>>, path: &CString, xattrs: &[Xattr]) -> io::Result<()> {
+pub fn write_xattrs(
+    fd: Option<BorrowedFd<'_>>,
+    path: &CString,
+    xattrs: &[Xattr],
+) -> io::Result<()> {
     for x in xattrs {
         let name = OsStr::from_bytes(&x.name);
         let r = match fd {
             Some(f) => rustix::fs::fsetxattr(f, name, &x.value, rustix::fs::XattrFlags::empty()),
-            None => rustix::fs::lsetxattr(path.as_c_str(), name, &x.value, rustix::fs::XattrFlags::empty()),
+            None => rustix::fs::lsetxattr(
+                path.as_c_str(),
+                name,
+                &x.value,
+                rustix::fs::XattrFlags::empty(),
+            ),
         };
         r?;
     }
@@ -162,11 +187,17 @@ pub fn write_xattrs(fd: Option<BorrowedFd<'_>>, path: &CString, xattrs: &[Xattr]
 }
 
 pub fn timestamp(t: Time) -> rustix::fs::Timespec {
-    rustix::fs::Timespec { tv_sec: t.sec, tv_nsec: t.nsec as _ }
+    rustix::fs::Timespec {
+        tv_sec: t.sec,
+        tv_nsec: t.nsec as _,
+    }
 }
 
 pub fn timestamps(e: &Entry) -> rustix::fs::Timestamps {
-    rustix::fs::Timestamps { last_access: timestamp(e.atime), last_modification: timestamp(e.mtime) }
+    rustix::fs::Timestamps {
+        last_access: timestamp(e.atime),
+        last_modification: timestamp(e.mtime),
+    }
 }
 
 pub fn is_root() -> bool {
@@ -204,8 +235,18 @@ pub fn apply_at_meta(dir: BorrowedFd<'_>, name: &[u8], e: &Entry) -> io::Result<
     let path = proc_path(dir, name);
     write_xattrs(None, &path, &e.xattrs)?;
     if e.kind != FileType::Symlink {
-        rustix::fs::chmodat(dir, cname, rustix::fs::Mode::from_raw_mode(e.mode), rustix::fs::AtFlags::empty())?;
+        rustix::fs::chmodat(
+            dir,
+            cname,
+            rustix::fs::Mode::from_raw_mode(e.mode),
+            rustix::fs::AtFlags::empty(),
+        )?;
     }
-    rustix::fs::utimensat(dir, cname, &timestamps(e), rustix::fs::AtFlags::SYMLINK_NOFOLLOW)?;
+    rustix::fs::utimensat(
+        dir,
+        cname,
+        &timestamps(e),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )?;
     Ok(())
 }

@@ -23,7 +23,11 @@ impl ExtentMap {
             starts.push(pos);
             pos += x.len;
         }
-        ExtentMap { extents, starts, size: pos }
+        ExtentMap {
+            extents,
+            starts,
+            size: pos,
+        }
     }
 
     pub fn size(&self) -> u64 {
@@ -45,11 +49,18 @@ impl ExtentMap {
 
     /// Fill `buf` from `offset`, fetching chunks with `load`; returns bytes written (short only
     /// at end of file).
-    pub fn read_at(&self, offset: u64, buf: &mut [u8], mut load: impl FnMut(&Id) -> Result<std::sync::Arc<Vec<u8>>>) -> Result<usize> {
+    pub fn read_at(
+        &self,
+        offset: u64,
+        buf: &mut [u8],
+        mut load: impl FnMut(&Id) -> Result<std::sync::Arc<Vec<u8>>>,
+    ) -> Result<usize> {
         let mut done = 0usize;
         let mut pos = offset;
         while done < buf.len() {
-            let Some((i, start)) = self.find(pos) else { break };
+            let Some((i, start)) = self.find(pos) else {
+                break;
+            };
             let x = self.extents[i];
             let within = (pos - start) as usize;
             let n = ((x.len as usize) - within).min(buf.len() - done);

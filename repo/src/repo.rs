@@ -121,7 +121,8 @@ impl Repository {
         let mut out = Vec::new();
         for (id, blob) in self.store.snapshot_blobs()? {
             let plain = self.keys.open(Kind::Snapshot, &id, &blob)?;
-            let snapshot = Snapshot::decode(&plain).map_err(|e| Error::corrupt(id, e.to_string()))?;
+            let snapshot =
+                Snapshot::decode(&plain).map_err(|e| Error::corrupt(id, e.to_string()))?;
             out.push(SnapshotEntry { id, snapshot });
         }
         out.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
@@ -143,11 +144,18 @@ impl Repository {
                 "`{spec}` is not a snapshot id; give an id prefix from `cairn snapshots` or `latest`"
             )));
         }
-        let mut hits: Vec<SnapshotEntry> = all.into_iter().filter(|s| s.id.to_hex().starts_with(&spec_l)).collect();
+        let mut hits: Vec<SnapshotEntry> = all
+            .into_iter()
+            .filter(|s| s.id.to_hex().starts_with(&spec_l))
+            .collect();
         match hits.len() {
-            0 => Err(Error::Invalid(format!("no snapshot matches `{spec}`; see `cairn snapshots`"))),
+            0 => Err(Error::Invalid(format!(
+                "no snapshot matches `{spec}`; see `cairn snapshots`"
+            ))),
             1 => Ok(hits.remove(0)),
-            n => Err(Error::Invalid(format!("`{spec}` matches {n} snapshots; give more digits"))),
+            n => Err(Error::Invalid(format!(
+                "`{spec}` matches {n} snapshots; give more digits"
+            ))),
         }
     }
 
@@ -162,9 +170,14 @@ impl Repository {
 
     /// Read, decrypt and verify one object.
     pub fn load(&self, view: &View, id: &Id, kind: Kind) -> Result<Vec<u8>> {
-        let loc = view.locate(id)?.ok_or_else(|| Error::Missing(id.to_hex()))?;
+        let loc = view
+            .locate(id)?
+            .ok_or_else(|| Error::Missing(id.to_hex()))?;
         if loc.kind != kind {
-            return Err(Error::corrupt(id, format!("is a {:?}, expected a {:?}", loc.kind, kind)));
+            return Err(Error::corrupt(
+                id,
+                format!("is a {:?}, expected a {:?}", loc.kind, kind),
+            ));
         }
         let sealed = view.read_sealed(id, &loc, self.config.piece_size)?;
         self.keys.open_verified(kind, id, &sealed)
@@ -184,7 +197,8 @@ impl Repository {
                 let mut out = Vec::new();
                 for l in lists {
                     let plain = self.load(view, &l.id, Kind::List)?;
-                    let part = decode_list(&plain).map_err(|e| Error::corrupt(l.id, e.to_string()))?;
+                    let part =
+                        decode_list(&plain).map_err(|e| Error::corrupt(l.id, e.to_string()))?;
                     if part.len() != l.count as usize {
                         return Err(Error::corrupt(l.id, "content list length mismatch"));
                     }
@@ -197,12 +211,22 @@ impl Repository {
 
     /// The entry at an absolute `path` inside a snapshot rooted at `root` (`/` gives a
     /// synthetic directory entry for the root).
-    pub fn lookup(&self, view: &View, root: &Id, path: &[u8]) -> Result<Option<crate::format::Entry>> {
+    pub fn lookup(
+        &self,
+        view: &View,
+        root: &Id,
+        path: &[u8],
+    ) -> Result<Option<crate::format::Entry>> {
         let mut entry = crate::format::Entry::new(b"/".to_vec(), crate::format::FileType::Dir);
         entry.mode = 0o755;
         entry.subtree = Some(*root);
-        for comp in path.split(|b| *b == b'/').filter(|c| !c.is_empty() && *c != b".") {
-            let Some(sub) = entry.subtree else { return Ok(None) };
+        for comp in path
+            .split(|b| *b == b'/')
+            .filter(|c| !c.is_empty() && *c != b".")
+        {
+            let Some(sub) = entry.subtree else {
+                return Ok(None);
+            };
             let tree = self.load_tree(view, &sub)?;
             match tree.find(comp) {
                 Some(e) => entry = e.clone(),
@@ -223,7 +247,8 @@ impl Repository {
     pub fn key_slots(&self) -> Result<Vec<(u64, KeySlot)>> {
         let mut out = Vec::new();
         for (id, bytes) in self.store.key_slots()? {
-            let slot: KeySlot = postcard::from_bytes(&bytes).map_err(|e| Error::Format(format!("key slot {id}: {e}")))?;
+            let slot: KeySlot = postcard::from_bytes(&bytes)
+                .map_err(|e| Error::Format(format!("key slot {id}: {e}")))?;
             out.push((id, slot));
         }
         Ok(out)

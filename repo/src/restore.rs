@@ -98,7 +98,9 @@ fn selected(includes: &[Vec<u8>], path: &[u8]) -> (bool, bool) {
     }
     let mut visit = false;
     for inc in includes {
-        let inside = path == inc.as_slice() || (path.starts_with(inc) && path.get(inc.len()) == Some(&b'/')) || inc.as_slice() == b"/";
+        let inside = path == inc.as_slice()
+            || (path.starts_with(inc) && path.get(inc.len()) == Some(&b'/'))
+            || inc.as_slice() == b"/";
         if inside {
             return (true, true);
         }
@@ -109,16 +111,35 @@ fn selected(includes: &[Vec<u8>], path: &[u8]) -> (bool, bool) {
     (visit, false)
 }
 
-pub fn restore(repo: &Repository, root: &crate::id::Id, opts: &RestoreOptions, progress: &RestoreProgress) -> Result<RestoreReport> {
-    std::fs::create_dir_all(&opts.target).map_err(|e| Error::io(format!("creating {}", opts.target.display()), e))?;
-    let target = rustix::fs::open(&opts.target, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
-        .map_err(|e| Error::io(format!("opening {}", opts.target.display()), e.into()))?;
-    let includes: Vec<Vec<u8>> = opts.includes.iter().map(|p| {
-        let mut p = p.clone();
-        while p.len() > 1 && p.ends_with(b"/") { p.pop(); }
-        p
-    }).collect();
-    let opts_norm = RestoreOptions { includes, ..opts.clone() };
+pub fn restore(
+    repo: &Repository,
+    root: &crate::id::Id,
+    opts: &RestoreOptions,
+    progress: &RestoreProgress,
+) -> Result<RestoreReport> {
+    std::fs::create_dir_all(&opts.target)
+        .map_err(|e| Error::io(format!("creating {}", opts.target.display()), e))?;
+    let target = rustix::fs::open(
+        &opts.target,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| Error::io(format!("opening {}", opts.target.display()), e.into()))?;
+    let includes: Vec<Vec<u8>> = opts
+        .includes
+        .iter()
+        .map(|p| {
+            let mut p = p.clone();
+            while p.len() > 1 && p.ends_with(b"/") {
+                p.pop();
+            }
+            p
+        })
+        .collect();
+    let opts_norm = RestoreOptions {
+        includes,
+        ..opts.clone()
+    };
     let ctx = Ctx {
         repo,
         view: repo.view()?,
@@ -137,7 +158,9 @@ pub fn restore(repo: &Repository, root: &crate::id::Id, opts: &RestoreOptions, p
     ctx.restore_tree(&target, &tree, b"/", None)?;
     ctx.make_links();
     if !opts_norm.includes.is_empty() && ctx.files.load(Relaxed) + ctx.dirs.load(Relaxed) == 0 {
-        return Err(Error::Invalid("no path in the snapshot matches --include".into()));
+        return Err(Error::Invalid(
+            "no path in the snapshot matches --include".into(),
+        ));
     }
     Ok(RestoreReport {
         files: ctx.files.load(Relaxed),
@@ -150,10 +173,19 @@ pub fn restore(repo: &Repository, root: &crate::id::Id, opts: &RestoreOptions, p
 
 impl<'r> Ctx<'r> {
     fn warn(&self, m: String) {
-        self.warnings.lock().unwrap_or_else(|e| e.into_inner()).push(m);
+        self.warnings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(m);
     }
 
-    fn restore_tree(&self, dir: &Arc<OwnedFd>, tree: &Tree, path: &[u8], dir_mtime: Option<crate::format::Time>) -> Result<()> {
+    fn restore_tree(
+        &self,
+        dir: &Arc<OwnedFd>,
+        tree: &Tree,
+        path: &[u8],
+        dir_mtime: Option<crate::format::Time>,
+    ) -> Result<()> {
         tree.entries.par_iter().try_for_each(|e| {
             let p = join(path, &e.name);
             let (visit, all) = selected(&self.opts.includes, &p);
@@ -178,9 +210,19 @@ impl<'r> Ctx<'r> {
         })
     }
 
-    fn restore_entry(&self, dir: &Arc<OwnedFd>, e: &Entry, path: &[u8], dir_mtime: Option<crate::format::Time>) -> Result<()> {
-        let io_err = |what: &str, err: io::Error| Error::io(format!("{}: {what}", display(path)), err);
-        if !self.prepare(dir.as_fd(), e, path).map_err(|err| io_err("checking existing", err))? {
+    fn restore_entry(
+        &self,
+        dir: &Arc<OwnedFd>,
+        e: &Entry,
+        path: &[u8],
+        dir_mtime: Option<crate::format::Time>,
+    ) -> Result<()> {
+        let io_err =
+            |what: &str, err: io::Error| Error::io(format!("{}: {what}", display(path)), err);
+        if !self
+            .prepare(dir.as_fd(), e, path)
+            .map_err(|err| io_err("checking existing", err))?
+        {
             self.skipped.fetch_add(1, Relaxed);
             return Ok(());
         }
@@ -189,8 +231,17 @@ impl<'r> Ctx<'r> {
             match links.get(&key) {
                 Some(_) => {
                     drop(links);
-                    let link = DeferredLink { key, dir: dir.clone(), dir_times: dir_mtime, name: e.name.clone(), path: path.to_vec() };
-                    self.deferred_links.lock().unwrap_or_else(|x| x.into_inner()).push(link);
+                    let link = DeferredLink {
+                        key,
+                        dir: dir.clone(),
+                        dir_times: dir_mtime,
+                        name: e.name.clone(),
+                        path: path.to_vec(),
+                    };
+                    self.deferred_links
+                        .lock()
+                        .unwrap_or_else(|x| x.into_inner())
+                        .push(link);
                     return Ok(());
                 }
                 None => {
@@ -206,8 +257,10 @@ impl<'r> Ctx<'r> {
                 RestoreErr::Repo(x) => x,
             })?,
             FileType::Symlink => {
-                rustix::fs::symlinkat(OsStr::from_bytes(&e.target), dir, name).map_err(|x| io_err("creating symlink", x.into()))?;
-                apply_at_meta(dir.as_fd(), &e.name, e).map_err(|x| io_err("setting metadata", x))?;
+                rustix::fs::symlinkat(OsStr::from_bytes(&e.target), dir, name)
+                    .map_err(|x| io_err("creating symlink", x.into()))?;
+                apply_at_meta(dir.as_fd(), &e.name, e)
+                    .map_err(|x| io_err("setting metadata", x))?;
             }
             _ => {
                 let ft = match e.kind {
@@ -218,11 +271,15 @@ impl<'r> Ctx<'r> {
                 };
                 rustix::fs::mknodat(dir, name, ft, Mode::from_raw_mode(e.mode & 0o777), e.rdev)
                     .map_err(|x| io_err("creating special file", x.into()))?;
-                apply_at_meta(dir.as_fd(), &e.name, e).map_err(|x| io_err("setting metadata", x))?;
+                apply_at_meta(dir.as_fd(), &e.name, e)
+                    .map_err(|x| io_err("setting metadata", x))?;
             }
         }
         if let Some(key) = e.link_key() {
-            self.links.lock().unwrap_or_else(|x| x.into_inner()).insert(key, Some((dir.clone(), e.name.clone())));
+            self.links
+                .lock()
+                .unwrap_or_else(|x| x.into_inner())
+                .insert(key, Some((dir.clone(), e.name.clone())));
         }
         self.files.fetch_add(1, Relaxed);
         self.progress.files.fetch_add(1, Relaxed);
@@ -231,18 +288,36 @@ impl<'r> Ctx<'r> {
 
     /// Create the deferred hard links, then put back the mtime of the directories they landed in.
     fn make_links(&self) {
-        let deferred = std::mem::take(&mut *self.deferred_links.lock().unwrap_or_else(|x| x.into_inner()));
+        let deferred = std::mem::take(
+            &mut *self
+                .deferred_links
+                .lock()
+                .unwrap_or_else(|x| x.into_inner()),
+        );
         let links = self.links.lock().unwrap_or_else(|x| x.into_inner());
         for d in &deferred {
             let Some(Some((src_dir, src_name))) = links.get(&d.key) else {
-                self.warn(format!("{}: hard link source was not restored", display(&d.path)));
+                self.warn(format!(
+                    "{}: hard link source was not restored",
+                    display(&d.path)
+                ));
                 continue;
             };
-            match rustix::fs::linkat(&**src_dir, OsStr::from_bytes(src_name), &*d.dir, OsStr::from_bytes(&d.name), AtFlags::empty()) {
+            match rustix::fs::linkat(
+                &**src_dir,
+                OsStr::from_bytes(src_name),
+                &*d.dir,
+                OsStr::from_bytes(&d.name),
+                AtFlags::empty(),
+            ) {
                 Ok(()) => {
                     self.files.fetch_add(1, Relaxed);
                 }
-                Err(err) => self.warn(format!("{}: creating hard link: {}", display(&d.path), io::Error::from(err))),
+                Err(err) => self.warn(format!(
+                    "{}: creating hard link: {}",
+                    display(&d.path),
+                    io::Error::from(err)
+                )),
             }
         }
         for d in &deferred {
@@ -275,11 +350,18 @@ impl<'r> Ctx<'r> {
             Overwrite::IfNewer => newer,
         };
         if keep {
-            self.warn(format!("{}: exists{}, not overwritten (use --overwrite always to replace it)", display(path), if newer { " and is newer" } else { "" }));
+            self.warn(format!(
+                "{}: exists{}, not overwritten (use --overwrite always to replace it)",
+                display(path),
+                if newer { " and is newer" } else { "" }
+            ));
             return Ok(false);
         }
         if existing == FileType::Dir {
-            self.warn(format!("{}: a directory is in the way, not replaced", display(path)));
+            self.warn(format!(
+                "{}: a directory is in the way, not replaced",
+                display(path)
+            ));
             return Ok(false);
         }
         rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
@@ -288,14 +370,20 @@ impl<'r> Ctx<'r> {
 
     fn restore_dir(&self, parent: &Arc<OwnedFd>, e: &Entry, path: &[u8]) -> Result<()> {
         let name = OsStr::from_bytes(&e.name);
-        let io_err = |what: &str, err: io::Error| Error::io(format!("{}: {what}", display(path)), err);
+        let io_err =
+            |what: &str, err: io::Error| Error::io(format!("{}: {what}", display(path)), err);
         match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o700)) {
             Ok(()) => {}
             Err(err) if err == rustix::io::Errno::EXIST => {}
             Err(err) => return Err(io_err("creating directory", err.into())),
         }
-        let fd = rustix::fs::openat(parent, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|err| io_err("opening directory", err.into()))?;
+        let fd = rustix::fs::openat(
+            parent,
+            name,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|err| io_err("opening directory", err.into()))?;
         let fd = Arc::new(fd);
         if let Some(sub) = e.subtree {
             let tree = self.repo.load_tree(&self.view, &sub)?;
@@ -303,7 +391,8 @@ impl<'r> Ctx<'r> {
         }
         let (_, all) = selected(&self.opts.includes, path);
         if all || self.opts.includes.is_empty() {
-            apply_fd_meta(&*fd, e, &proc_path(parent.as_fd(), &e.name)).map_err(|err| io_err("setting metadata", err))?;
+            apply_fd_meta(&*fd, e, &proc_path(parent.as_fd(), &e.name))
+                .map_err(|err| io_err("setting metadata", err))?;
         }
         self.dirs.fetch_add(1, Relaxed);
         Ok(())
@@ -317,19 +406,32 @@ impl<'r> Ctx<'r> {
             Mode::from_raw_mode(0o600),
         )
         .map_err(|x| RestoreErr::Io(x.into()))?;
-        let map = ExtentMap::new(self.repo.extents(&self.view, &e.content).map_err(RestoreErr::Repo)?);
+        let map = ExtentMap::new(
+            self.repo
+                .extents(&self.view, &e.content)
+                .map_err(RestoreErr::Repo)?,
+        );
         let offsets: Vec<(u64, crate::format::Extent)> = {
             let mut pos = 0;
-            map.extents().iter().map(|x| { let o = pos; pos += x.len; (o, *x) }).collect()
+            map.extents()
+                .iter()
+                .map(|x| {
+                    let o = pos;
+                    pos += x.len;
+                    (o, *x)
+                })
+                .collect()
         };
-        offsets.par_iter().try_for_each(|(off, x)| -> Result<(), RestoreErr> {
-            let Some(id) = x.id else { return Ok(()) };
-            let data = load_chunk(self.repo, &self.view, &id).map_err(RestoreErr::Repo)?;
-            write_all_at(&fd, &data, *off).map_err(RestoreErr::Io)?;
-            self.bytes.fetch_add(data.len() as u64, Relaxed);
-            self.progress.bytes.fetch_add(data.len() as u64, Relaxed);
-            Ok(())
-        })?;
+        offsets
+            .par_iter()
+            .try_for_each(|(off, x)| -> Result<(), RestoreErr> {
+                let Some(id) = x.id else { return Ok(()) };
+                let data = load_chunk(self.repo, &self.view, &id).map_err(RestoreErr::Repo)?;
+                write_all_at(&fd, &data, *off).map_err(RestoreErr::Io)?;
+                self.bytes.fetch_add(data.len() as u64, Relaxed);
+                self.progress.bytes.fetch_add(data.len() as u64, Relaxed);
+                Ok(())
+            })?;
         rustix::fs::ftruncate(&fd, map.size()).map_err(|x| RestoreErr::Io(x.into()))?;
         apply_fd_meta(&fd, e, &proc_path(dir, &e.name)).map_err(RestoreErr::Io)?;
         Ok(())
@@ -355,4 +457,3 @@ fn write_all_at(fd: &OwnedFd, mut data: &[u8], mut off: u64) -> io::Result<()> {
     }
     Ok(())
 }
-

@@ -41,7 +41,8 @@ pub struct Location {
 
 impl Location {
     fn from_value(id: &Id, v: IndexValue) -> Result<Location> {
-        let kind = Kind::from_u8(v.3).ok_or_else(|| Error::corrupt(id, "index entry with unknown kind"))?;
+        let kind = Kind::from_u8(v.3)
+            .ok_or_else(|| Error::corrupt(id, "index entry with unknown kind"))?;
         Ok(Location {
             pack: v.0,
             offset: v.1,
@@ -52,7 +53,13 @@ impl Location {
     }
 
     fn value(&self) -> IndexValue {
-        (self.pack, self.offset, self.len, self.kind as u8, self.check)
+        (
+            self.pack,
+            self.offset,
+            self.len,
+            self.kind as u8,
+            self.check,
+        )
     }
 }
 
@@ -85,7 +92,11 @@ fn map_open_error(dir: &Path, e: redb::DatabaseError) -> Error {
             path: dir.to_path_buf(),
             reason: "opened exclusively, e.g. by `prune --compact`".into(),
         },
-        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => Error::io(format!("opening {}", dir.display()), io),
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if io.kind() != std::io::ErrorKind::InvalidData =>
+        {
+            Error::io(format!("opening {}", dir.display()), io)
+        }
         other => Error::RepoNotFound {
             path: dir.to_path_buf(),
             reason: format!("the database does not open ({other})"),
@@ -100,13 +111,18 @@ impl Store {
         if file.exists() {
             return Err(Error::RepoExists(dir.to_path_buf()));
         }
-        if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
+        if dir.exists()
+            && std::fs::read_dir(dir)
+                .map(|mut d| d.next().is_some())
+                .unwrap_or(true)
+        {
             return Err(Error::Invalid(format!(
                 "{} exists and is not empty; give a new or empty directory",
                 dir.display()
             )));
         }
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
             .map_err(|e| Error::io(format!("setting mode of {}", dir.display()), e))?;
         let f = OpenOptions::new()
@@ -116,7 +132,11 @@ impl Store {
             .mode(0o600)
             .open(&file)
             .map_err(|e| Error::io(format!("creating {}", file.display()), e))?;
-        let db = builder(DEFAULT_DB_CACHE).create_with_backend(redb::backends::FileBackend::new(f).map_err(|e| map_open_error(dir, e))?).map_err(|e| map_open_error(dir, e))?;
+        let db = builder(DEFAULT_DB_CACHE)
+            .create_with_backend(
+                redb::backends::FileBackend::new(f).map_err(|e| map_open_error(dir, e))?,
+            )
+            .map_err(|e| map_open_error(dir, e))?;
         let store = Store {
             db,
             dir: dir.to_path_buf(),
@@ -150,14 +170,22 @@ impl Store {
             reason: reason.to_string(),
         };
         match std::fs::metadata(dir) {
-            Err(_) => return Err(not_found("the directory does not exist; create one with `cairn init`")),
+            Err(_) => {
+                return Err(not_found(
+                    "the directory does not exist; create one with `cairn init`",
+                ))
+            }
             Ok(m) if !m.is_dir() => return Err(not_found("it is not a directory")),
             Ok(_) => {}
         }
         if !file.is_file() {
-            return Err(not_found("no cairn.redb in it; is this the right path? (`cairn init` creates one)"));
+            return Err(not_found(
+                "no cairn.redb in it; is this the right path? (`cairn init` creates one)",
+            ));
         }
-        let db = builder(cache_bytes).open(&file).map_err(|e| map_open_error(dir, e))?;
+        let db = builder(cache_bytes)
+            .open(&file)
+            .map_err(|e| map_open_error(dir, e))?;
         let store = Store {
             db,
             dir: dir.to_path_buf(),
@@ -234,10 +262,14 @@ impl Store {
         {
             let mut t = txn.open_table(KEYS)?;
             if t.get(id)?.is_none() {
-                return Err(Error::Invalid(format!("no key slot {id}; see `cairn key list`")));
+                return Err(Error::Invalid(format!(
+                    "no key slot {id}; see `cairn key list`"
+                )));
             }
             if t.len()? <= 1 {
-                return Err(Error::Invalid("refusing to remove the last key slot".into()));
+                return Err(Error::Invalid(
+                    "refusing to remove the last key slot".into(),
+                ));
             }
             t.remove(id)?;
         }
@@ -281,7 +313,7 @@ impl Store {
         })
     }
 
-    /// Sizes for the space report: (bytes of sealed objects indexed, bytes of pack data, file size).
+    /// Sizes for the space report: sealed bytes indexed, pack bytes, and the file's size on disk.
     pub fn space(&self) -> Result<Space> {
         let txn = self.db.begin_read()?;
         let index = txn.open_table(INDEX)?;
@@ -296,7 +328,11 @@ impl Store {
             let (_, v) = row?;
             s.pack_bytes += v.value().0;
         }
-        s.file_bytes = std::fs::metadata(self.db_file()).map(|m| m.len()).unwrap_or(0);
+        if let Ok(m) = std::fs::metadata(self.db_file()) {
+            use std::os::unix::fs::MetadataExt;
+            s.file_bytes = m.blocks() * 512;
+            s.file_len = m.len();
+        }
         Ok(s)
     }
 
@@ -359,7 +395,8 @@ impl Store {
                         index.insert(id.0, l.value())?;
                     }
                 }
-                txn.open_table(PACKS)?.insert(p, (batch.pack_len, batch.pack_objects))?;
+                txn.open_table(PACKS)?
+                    .insert(p, (batch.pack_len, batch.pack_objects))?;
             }
             let mut snaps = txn.open_table(SNAPSHOTS)?;
             for (id, blob) in batch.snapshots {
@@ -383,7 +420,10 @@ pub struct Space {
     pub objects: u64,
     pub object_bytes: u64,
     pub pack_bytes: u64,
+    /// Bytes the database file occupies on disk (allocated blocks).
     pub file_bytes: u64,
+    /// The file's length; redb grows it ahead of use, the tail is sparse.
+    pub file_len: u64,
 }
 
 pub(crate) struct Batch<'a> {
@@ -422,15 +462,17 @@ impl View {
         let mut pos = loc.offset;
         while pos < end {
             let n = (pos / ps) as u32;
-            let piece = self
-                .pieces
-                .get((loc.pack, n))?
-                .ok_or_else(|| Error::corrupt(id, format!("piece {} of pack {} is missing", n, loc.pack)))?;
+            let piece = self.pieces.get((loc.pack, n))?.ok_or_else(|| {
+                Error::corrupt(id, format!("piece {} of pack {} is missing", n, loc.pack))
+            })?;
             let bytes = piece.value();
             let start = (pos - n as u64 * ps) as usize;
             let stop = ((end - n as u64 * ps).min(ps) as usize).min(bytes.len());
             if start >= stop {
-                return Err(Error::corrupt(id, format!("piece {} of pack {} is truncated", n, loc.pack)));
+                return Err(Error::corrupt(
+                    id,
+                    format!("piece {} of pack {} is truncated", n, loc.pack),
+                ));
             }
             out.extend_from_slice(&bytes[start..stop]);
             pos += (stop - start) as u64;
@@ -473,8 +515,16 @@ impl View {
 
 /// Overwrite bytes of a stored piece in place — only for tests that simulate disk damage.
 #[doc(hidden)]
-pub fn damage_object_for_tests(store: &Store, id: &Id, piece_size: u32, flip_at: u64) -> Result<()> {
-    let loc = store.view()?.locate(id)?.ok_or_else(|| Error::Missing(id.to_hex()))?;
+pub fn damage_object_for_tests(
+    store: &Store,
+    id: &Id,
+    piece_size: u32,
+    flip_at: u64,
+) -> Result<()> {
+    let loc = store
+        .view()?
+        .locate(id)?
+        .ok_or_else(|| Error::Missing(id.to_hex()))?;
     let pos = loc.offset + flip_at.min(loc.len as u64 - 1);
     let n = (pos / piece_size as u64) as u32;
     let txn = store.db.begin_write()?;

@@ -49,13 +49,19 @@ pub fn process_start_ticks(pid: u32) -> Option<u64> {
 
 pub fn session_info() -> Vec<u8> {
     let pid = std::process::id();
-    let info = SessionInfo { pid, host: hostname(), start_ticks: process_start_ticks(pid).unwrap_or(0) };
+    let info = SessionInfo {
+        pid,
+        host: hostname(),
+        start_ticks: process_start_ticks(pid).unwrap_or(0),
+    };
     postcard::to_stdvec(&info).unwrap_or_default()
 }
 
 /// Whether the process that wrote `info` is still running (only knowable on the same host).
 pub fn session_alive(info: &[u8]) -> bool {
-    let Ok(info) = postcard::from_bytes::<SessionInfo>(info) else { return false };
+    let Ok(info) = postcard::from_bytes::<SessionInfo>(info) else {
+        return false;
+    };
     if info.host != hostname() {
         return true;
     }
