@@ -1,5 +1,5 @@
 use crate::{output, CmdResult, Failure, Global, EXIT_INCOMPLETE};
-use cairn_repo::backup::{backup, read_exclude_file, BackupOptions, Progress};
+use cairn_repo::backup::{backup, read_exclude_file, scan_totals, BackupOptions, Progress};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -55,14 +55,35 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
     let render = || {
         let files = progress.files.load(Relaxed);
         let bytes = progress.bytes.load(Relaxed);
+        let (of_files, total) = if progress.scan_done.load(Relaxed) {
+            let total = progress.total_bytes.load(Relaxed);
+            (
+                format!("/{}", progress.total_files.load(Relaxed)),
+                Some(total),
+            )
+        } else {
+            (String::new(), None)
+        };
         (
             bytes,
-            None,
-            format!("{files} files, {} processed", output::bytes(bytes)),
+            total,
+            format!(
+                "{files}{of_files} files, {} processed",
+                output::bytes(bytes)
+            ),
         )
     };
-    let report = output::with_progress(g, render, || backup(&repo, &opts, &progress))
-        .map_err(Failure::from)?;
+    let report = output::with_progress(g, render, || {
+        std::thread::scope(|s| {
+            if output::shows_progress(g) {
+                s.spawn(|| scan_totals(&opts, &progress));
+            }
+            let r = backup(&repo, &opts, &progress);
+            progress.scan_done.store(true, Relaxed);
+            r
+        })
+    })
+    .map_err(Failure::from)?;
     for w in &report.warnings {
         output::warn(w);
     }

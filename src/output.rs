@@ -54,13 +54,18 @@ pub fn bytes(n: u64) -> String {
     }
 }
 
+/// Whether a progress display is shown: on a terminal, without --quiet or --json.
+pub fn shows_progress(g: &Global) -> bool {
+    !g.quiet && !g.json && std::io::stderr().is_terminal()
+}
+
 /// A progress display refreshed from a closure on a background thread while `work` runs.
 pub fn with_progress<T>(
     g: &Global,
     render: impl Fn() -> (u64, Option<u64>, String) + Send + Sync,
     work: impl FnOnce() -> T,
 ) -> T {
-    if g.quiet || g.json || !std::io::stderr().is_terminal() {
+    if !shows_progress(g) {
         return work();
     }
     let bar = indicatif::ProgressBar::new(0);

@@ -348,6 +348,24 @@ fn excludes_caches_and_unreadable_files() {
         "{ls}"
     );
     assert!(ls.contains("cache/CACHEDIR.TAG"), "{ls}");
+    // --one-file-system: a filesystem mounted inside the source is recorded as an empty dir.
+    let inner = src.join("keep/other-fs");
+    std::fs::create_dir_all(&inner).unwrap();
+    assert!(Command::new("mount")
+        .args(["-t", "tmpfs", "tmpfs"])
+        .arg(&inner)
+        .status()
+        .unwrap()
+        .success());
+    std::fs::write(inner.join("on-other-fs"), "x").unwrap();
+    let r = run(cairn(&repo).args(["backup", "--one-file-system"]).arg(&src));
+    let _ = Command::new("umount").arg("-l").arg(&inner).status();
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let ls = ok(cairn(&repo).args(["ls", "latest"]).arg(&src), 0);
+    assert!(
+        ls.contains("keep/other-fs") && !ls.contains("on-other-fs"),
+        "{ls}"
+    );
     // A path that does not exist among ones that do: snapshot of the rest, exit 3.
     let r = run(cairn(&repo)
         .arg("backup")

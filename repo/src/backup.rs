@@ -213,16 +213,24 @@ impl<'r> Ctx<'r> {
     /// Store an object unless the repository (or this backup) already has it.
     fn put(&self, kind: Kind, plain: &[u8]) -> Result<Id> {
         let id = self.repo.keys().id_of(kind, plain);
+        if self
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .contains(&id)
         {
-            let mut known = self.known.lock().unwrap_or_else(|e| e.into_inner());
-            if known.contains(&id) {
-                return Ok(id);
-            }
-            if self.view.get()?.contains(&id)? {
-                known.insert(id);
-                return Ok(id);
-            }
-            known.insert(id);
+            return Ok(id);
+        }
+        let stored = self.view.get()?.contains(&id)?;
+        // Claim the id; a worker that lost the race leaves the object to the winner.
+        if !self
+            .known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id)
+            || stored
+        {
+            return Ok(id);
         }
         let level = if kind == Kind::Chunk {
             self.compression
@@ -966,4 +974,38 @@ fn write_loop(repo: &Repository, rx: Receiver<Msg>) -> Result<Packer<'_>> {
         }
     }
     Ok(packer)
+}
+
+/// Count the files and bytes a backup with `opts` will visit, into `progress.total_*`, for an
+/// ETA. Runs beside the backup; stops early when `progress.scan_done` is set by someone else.
+pub fn scan_totals(opts: &BackupOptions, progress: &Progress) {
+    let Ok(excludes) = Excludes::new(&opts.excludes, opts.exclude_caches, opts.one_file_system)
+    else {
+        return;
+    };
+    let mut stack: Vec<PathBuf> = opts
+        .paths
+        .iter()
+        .filter_map(|p| absolute_source(p).ok())
+        .collect();
+    while let Some(p) = stack.pop() {
+        if progress.scan_done.load(Relaxed) {
+            return;
+        }
+        if excludes.excluded(p.as_os_str().as_bytes()) {
+            continue;
+        }
+        let Ok(m) = std::fs::symlink_metadata(&p) else {
+            continue;
+        };
+        if m.is_dir() {
+            if let Ok(rd) = std::fs::read_dir(&p) {
+                stack.extend(rd.filter_map(|e| e.ok().map(|e| e.path())));
+            }
+        } else if m.is_file() {
+            progress.total_files.fetch_add(1, Relaxed);
+            progress.total_bytes.fetch_add(m.len(), Relaxed);
+        }
+    }
+    progress.scan_done.store(true, Relaxed);
 }

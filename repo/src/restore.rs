@@ -389,11 +389,8 @@ impl<'r> Ctx<'r> {
             let tree = self.repo.load_tree(&self.view, &sub)?;
             self.restore_tree(&fd, &tree, path, Some(e.mtime))?;
         }
-        let (_, all) = selected(&self.opts.includes, path);
-        if all || self.opts.includes.is_empty() {
-            apply_fd_meta(&*fd, e, &proc_path(parent.as_fd(), &e.name))
-                .map_err(|err| io_err("setting metadata", err))?;
-        }
+        apply_fd_meta(&*fd, e, &proc_path(parent.as_fd(), &e.name))
+            .map_err(|err| io_err("setting metadata", err))?;
         self.dirs.fetch_add(1, Relaxed);
         Ok(())
     }

@@ -8,7 +8,15 @@ use proptest::prelude::*;
 use std::path::Path;
 
 fn fast_open() -> OpenOptions {
-    OpenOptions { kdf: Some(KdfParams { memory_kib: 64, iterations: 1, parallelism: 1, salt: [1; 16] }), ..OpenOptions::default() }
+    OpenOptions {
+        kdf: Some(KdfParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+            salt: [1; 16],
+        }),
+        ..OpenOptions::default()
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -20,13 +28,21 @@ enum Node {
 
 fn node() -> impl Strategy<Value = Node> {
     let leaf = prop_oneof![
-        (proptest::collection::vec(any::<u8>(), 0..3000), prop_oneof![Just(0o644u32), Just(0o600), Just(0o755), Just(0o4755)])
+        (
+            proptest::collection::vec(any::<u8>(), 0..3000),
+            prop_oneof![Just(0o644u32), Just(0o600), Just(0o755), Just(0o4755)]
+        )
             .prop_map(|(d, m)| Node::File(d, m)),
         "[a-z]{1,8}".prop_map(Node::Link),
     ];
     leaf.prop_recursive(3, 24, 5, |inner| {
-        proptest::collection::btree_map("[a-zA-Z0-9_.-]{1,12}", inner, 0..5)
-            .prop_map(|m| Node::Dir(m.into_iter().filter(|(k, _)| k != "." && k != "..").collect()))
+        proptest::collection::btree_map("[a-zA-Z0-9_.-]{1,12}", inner, 0..5).prop_map(|m| {
+            Node::Dir(
+                m.into_iter()
+                    .filter(|(k, _)| k != "." && k != "..")
+                    .collect(),
+            )
+        })
     })
 }
 
@@ -49,8 +65,14 @@ fn write(path: &Path, n: &Node) {
 
 fn same(a: &Path, b: &Path) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt;
-    let (ma, mb) = (std::fs::symlink_metadata(a).unwrap(), std::fs::symlink_metadata(b).map_err(|e| format!("{}: {e}", b.display()))?);
-    if ma.mode() != mb.mode() || (!ma.is_dir() && ma.mtime_nsec() != mb.mtime_nsec()) || ma.mtime() != mb.mtime() {
+    let (ma, mb) = (
+        std::fs::symlink_metadata(a).unwrap(),
+        std::fs::symlink_metadata(b).map_err(|e| format!("{}: {e}", b.display()))?,
+    );
+    if ma.mode() != mb.mode()
+        || (!ma.is_dir() && ma.mtime_nsec() != mb.mtime_nsec())
+        || ma.mtime() != mb.mtime()
+    {
         return Err(format!("metadata of {} differs", a.display()));
     }
     if ma.file_type().is_symlink() {
@@ -62,8 +84,14 @@ fn same(a: &Path, b: &Path) -> Result<(), String> {
             return Err(format!("content of {} differs", a.display()));
         }
     } else {
-        let mut na: Vec<_> = std::fs::read_dir(a).unwrap().map(|e| e.unwrap().file_name()).collect();
-        let mut nb: Vec<_> = std::fs::read_dir(b).unwrap().map(|e| e.unwrap().file_name()).collect();
+        let mut na: Vec<_> = std::fs::read_dir(a)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        let mut nb: Vec<_> = std::fs::read_dir(b)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
         na.sort();
         nb.sort();
         if na != nb {
@@ -112,12 +140,18 @@ fn chunk_boundaries_are_stable_and_keyed() {
     }
     std::fs::write(src.join("a"), &data).unwrap();
     let repo = Repository::init(&t.path().join("repo"), b"pw", &fast_open()).unwrap();
-    let opts = BackupOptions { paths: vec![src.clone()], ..BackupOptions::default() };
+    let opts = BackupOptions {
+        paths: vec![src.clone()],
+        ..BackupOptions::default()
+    };
     let first = backup(&repo, &opts, &Progress::default()).unwrap();
     let mut shifted = b"an insertion at the front".to_vec();
     shifted.extend_from_slice(&data);
     std::fs::write(src.join("a"), &shifted).unwrap();
     let second = backup(&repo, &opts, &Progress::default()).unwrap();
     let added = second.snapshot.stats.bytes_added;
-    assert!(added < first.snapshot.stats.bytes_added / 3, "only the first chunk(s) are new: {added}");
+    assert!(
+        added < first.snapshot.stats.bytes_added / 3,
+        "only the first chunk(s) are new: {added}"
+    );
 }
