@@ -109,7 +109,7 @@ impl Excludes {
         }
         Ok(Excludes {
             set: b.build().map_err(|e| Error::Invalid(e.to_string()))?,
-            caches: caches,
+            caches,
             one_fs,
         })
     }
@@ -647,9 +647,9 @@ fn data_regions(fd: &OwnedFd) -> io::Result<Vec<(u64, u64)>> {
 }
 
 fn list_dir(dir: &OwnedFd) -> io::Result<Vec<Vec<u8>>> {
-    let mut d = rustix::fs::Dir::read_from(dir)?;
+    let d = rustix::fs::Dir::read_from(dir)?;
     let mut names = Vec::new();
-    while let Some(ent) = d.next() {
+    for ent in d {
         let ent = ent?;
         let n = ent.file_name().to_bytes();
         if n != b"." && n != b".." {

@@ -148,9 +148,7 @@ impl Store {
                 m.insert(*k, v.as_slice())?;
             }
             m.insert("format", FORMAT_VERSION.to_le_bytes().as_slice())?;
-            for t in [KEYS] {
-                txn.open_table(t)?;
-            }
+            txn.open_table(KEYS)?;
             txn.open_table(PIECES)?;
             txn.open_table(PACKS)?;
             txn.open_table(INDEX)?;
