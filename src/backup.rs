@@ -32,6 +32,9 @@ pub struct Args {
     /// Read all files, even those whose metadata is unchanged since the parent snapshot
     #[arg(long)]
     force: bool,
+    /// Worker threads (default: twice the cores, at least 4)
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
+    threads: usize,
 }
 
 pub fn run(g: &Global, a: &Args) -> CmdResult {
@@ -50,6 +53,7 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
         compression: a.compression,
         parent: None,
         force: a.force,
+        threads: a.threads,
     };
     let progress = Progress::default();
     let render = || {

@@ -23,6 +23,9 @@ pub struct Args {
     /// What to do with files that already exist at the target
     #[arg(long, value_enum, default_value = "if-newer")]
     overwrite: OverwriteArg,
+    /// Worker threads (default: twice the cores, at least 4)
+    #[arg(long, default_value_t = 0, hide_default_value = true)]
+    threads: usize,
 }
 
 pub fn run(g: &Global, a: &Args) -> CmdResult {
@@ -36,6 +39,7 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
             OverwriteArg::IfNewer => Overwrite::IfNewer,
             OverwriteArg::Never => Overwrite::Never,
         },
+        threads: a.threads,
     };
     let progress = RestoreProgress::default();
     let total = snap.snapshot.stats.bytes;

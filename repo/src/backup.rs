@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 const VIEW_REFRESH: Duration = Duration::from_secs(2);
 
-const READ_BUF: usize = 16 << 20;
-const BATCH_BYTES: usize = 48 << 20;
+const READ_BUF: usize = 8 << 20;
+const BATCH_BYTES: usize = 16 << 20;
 const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
 
 #[derive(Clone, Debug)]
@@ -47,6 +47,9 @@ pub struct BackupOptions {
     pub parent: Option<Id>,
     /// Read every file even if its metadata says it is unchanged.
     pub force: bool,
+    /// Worker threads (0: `util::default_threads()`): more than cores, since much of a backup
+    /// waits on the disk.
+    pub threads: usize,
 }
 
 impl Default for BackupOptions {
@@ -61,6 +64,7 @@ impl Default for BackupOptions {
             compression: 3,
             parent: None,
             force: false,
+            threads: 0,
         }
     }
 }
@@ -457,7 +461,7 @@ impl<'r> Ctx<'r> {
             )),
         }
         let sparse = (e.blocks * 512) < e.size;
-        let extents = match self.read_content(&fd, sparse) {
+        let extents = match self.read_content(&fd, sparse, e.size) {
             Ok(x) => x,
             Err(ReadError::Io(err)) => {
                 self.warn(format!("{}: read failed: {err}", display(path)));
@@ -501,7 +505,12 @@ impl<'r> Ctx<'r> {
         Ok(Content::Lists(lists))
     }
 
-    fn read_content(&self, fd: &OwnedFd, sparse: bool) -> Result<Vec<Extent>, ReadError> {
+    fn read_content(
+        &self,
+        fd: &OwnedFd,
+        sparse: bool,
+        size: u64,
+    ) -> Result<Vec<Extent>, ReadError> {
         let regions = if sparse {
             data_regions(fd)?
         } else {
@@ -513,7 +522,8 @@ impl<'r> Ctx<'r> {
             if start > pos {
                 push_hole(&mut extents, start - pos);
             }
-            pos = start + self.chunk_region(fd, start, end, &mut extents)?;
+            let hint = if end == u64::MAX { size } else { end - start };
+            pos = start + self.chunk_region(fd, start, end, hint, &mut extents)?;
         }
         if sparse {
             let size = rustix::fs::fstat(fd)
@@ -532,6 +542,7 @@ impl<'r> Ctx<'r> {
         fd: &OwnedFd,
         start: u64,
         end: u64,
+        size_hint: u64,
         out: &mut Vec<Extent>,
     ) -> Result<u64, ReadError> {
         let cfg = self.repo.config();
@@ -540,7 +551,8 @@ impl<'r> Ctx<'r> {
         let mut off = start;
         let mut total = 0u64;
         loop {
-            let eof = fill(fd, &mut buf, &mut off, end)?;
+            let expect = size_hint.saturating_sub(off - start);
+            let eof = fill(fd, &mut buf, &mut off, end, expect)?;
             self.check_failed().map_err(ReadError::Repo)?;
             let chunks: Vec<(usize, usize)> = fastcdc::v2020::FastCDC::with_level_and_seed(
                 &buf,
@@ -600,12 +612,20 @@ fn push_hole(extents: &mut Vec<Extent>, len: u64) {
 }
 
 /// Read until `buf` holds `READ_BUF` bytes, `end` is reached or EOF; true at EOF/end.
-fn fill(fd: &OwnedFd, buf: &mut Vec<u8>, off: &mut u64, end: u64) -> io::Result<bool> {
-    let want = READ_BUF
-        .min((end - *off).min(READ_BUF as u64) as usize + buf.len())
-        .max(buf.len());
+/// `expect` is how many more bytes the file should have: the buffer is sized for them (plus one,
+/// to see EOF in the same call), never larger than `READ_BUF`, so small files cost small buffers.
+fn fill(fd: &OwnedFd, buf: &mut Vec<u8>, off: &mut u64, end: u64, expect: u64) -> io::Result<bool> {
+    let room = if expect == 0 {
+        64 << 10
+    } else {
+        expect.saturating_add(1)
+    };
+    let want = (buf.len() as u64)
+        .saturating_add(room)
+        .min((end - *off).saturating_add(buf.len() as u64));
+    let want = (want.min(READ_BUF as u64) as usize).max(buf.len());
     let old = buf.len();
-    buf.resize(want.max(old), 0);
+    buf.resize(want, 0);
     let mut filled = old;
     while filled < buf.len() {
         match rustix::io::pread(fd, &mut buf[filled..], *off) {
@@ -860,9 +880,11 @@ pub fn backup(
         None => find_parent(repo, &host, &paths)?,
     };
     let session = repo.store().begin_session(&crate::util::session_info())?;
-    let result = run(
-        repo, opts, progress, &trie, parent, paths, host, started, warnings,
-    );
+    let result = crate::util::pool(opts.threads)?.install(|| {
+        run(
+            repo, opts, progress, &trie, parent, paths, host, started, warnings,
+        )
+    });
     // The session marker only protects unreferenced objects from a concurrent prune; a failure
     // to remove it is harmless (prune treats dead processes' sessions as ended).
     let _ = repo.store().end_session(session);
@@ -889,7 +911,7 @@ fn run(
 ) -> Result<BackupReport> {
     let excludes = Excludes::new(&opts.excludes, opts.exclude_caches, opts.one_file_system)?;
     let view = FreshView::new(repo)?;
-    let (tx, rx) = sync_channel::<Msg>(64);
+    let (tx, rx) = sync_channel::<Msg>(16);
     let (walked, packer) = std::thread::scope(|scope| {
         let writer = scope.spawn(move || write_loop(repo, rx));
         let walked = {

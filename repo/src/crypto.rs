@@ -180,18 +180,27 @@ fn compress_into(plain: &[u8], level: i32, out: &mut Vec<u8>) -> bool {
     let start = out.len();
     let limit = plain.len().saturating_sub(plain.len() / 64 + 16);
     out.reserve(zstd::zstd_safe::compress_bound(plain.len()));
-    let mut cctx = zstd::zstd_safe::CCtx::create();
-    let _ = cctx.set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(level));
-    let mut spare = zstd::zstd_safe::OutBuffer::around_pos(out, start);
-    let mut input = zstd::zstd_safe::InBuffer::around(plain);
-    let ok = matches!(
-        cctx.compress_stream2(
+    // One compression context per thread: creating one per object costs more than compressing
+    // a small file.
+    thread_local! {
+        static CCTX: std::cell::RefCell<zstd::zstd_safe::CCtx<'static>> = std::cell::RefCell::new(zstd::zstd_safe::CCtx::create());
+    }
+    let ok = CCTX.with(|c| {
+        let mut cctx = c.borrow_mut();
+        let _ = cctx.set_parameter(zstd::zstd_safe::CParameter::CompressionLevel(level));
+        let mut spare = zstd::zstd_safe::OutBuffer::around_pos(out, start);
+        let mut input = zstd::zstd_safe::InBuffer::around(plain);
+        let r = cctx.compress_stream2(
             &mut spare,
             &mut input,
-            zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_end
-        ),
-        Ok(0)
-    );
+            zstd::zstd_safe::zstd_sys::ZSTD_EndDirective::ZSTD_e_end,
+        );
+        if !matches!(r, Ok(0)) {
+            let _ = cctx.reset(zstd::zstd_safe::ResetDirective::SessionAndParameters);
+            return false;
+        }
+        true
+    });
     ok && out.len() - start <= limit
 }
 
@@ -201,7 +210,21 @@ fn decompress(frame: &[u8]) -> std::result::Result<Vec<u8>, String> {
         Ok(Some(n)) => return Err(format!("declared size {n} exceeds the object limit")),
         _ => return Err("zstd frame without a valid content size".into()),
     };
-    let out = zstd::bulk::decompress(frame, size).map_err(|e| format!("zstd: {e}"))?;
+    thread_local! {
+        static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+    }
+    let out = DCTX
+        .with(|d| {
+            let mut d = d.borrow_mut();
+            if d.is_none() {
+                *d = Some(zstd::bulk::Decompressor::new()?);
+            }
+            match d.as_mut() {
+                Some(d) => d.decompress(frame, size),
+                None => Err(std::io::Error::other("no zstd context")),
+            }
+        })
+        .map_err(|e| format!("zstd: {e}"))?;
     if out.len() != size {
         return Err("zstd frame shorter than declared".into());
     }

@@ -73,10 +73,9 @@ pub fn entry_from_stat(name: &[u8], st: &Stat, names: &Names) -> Entry {
         sec: st.st_ctime,
         nsec: st.st_ctime_nsec as u32,
     };
-    e.atime = Time {
-        sec: st.st_atime,
-        nsec: st.st_atime_nsec as u32,
-    };
+    // Access times are not kept (like borg's default): reading a directory changes its atime,
+    // which would give every directory a new tree id in every snapshot. Restore sets atime = mtime.
+    e.atime = e.mtime;
     e.dev = st.st_dev;
     e.ino = st.st_ino;
     e.nlink = st.st_nlink;

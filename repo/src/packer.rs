@@ -36,7 +36,7 @@ impl<'s> Packer<'s> {
             batch_bytes: batch_bytes.max(piece_size as usize),
             pack: None,
             committed: 0,
-            buf: Vec::new(),
+            buf: Vec::with_capacity(batch_bytes.max(piece_size as usize) + (8 << 20)),
             pending: Vec::new(),
             pack_objects: 0,
             bytes_written: 0,

@@ -35,6 +35,8 @@ pub struct RestoreOptions {
     /// Absolute paths inside the snapshot to restore (empty: everything).
     pub includes: Vec<Vec<u8>>,
     pub overwrite: Overwrite,
+    /// Worker threads (0: `util::default_threads()`).
+    pub threads: usize,
 }
 
 #[derive(Default)]
@@ -112,6 +114,15 @@ fn selected(includes: &[Vec<u8>], path: &[u8]) -> (bool, bool) {
 }
 
 pub fn restore(
+    repo: &Repository,
+    root: &crate::id::Id,
+    opts: &RestoreOptions,
+    progress: &RestoreProgress,
+) -> Result<RestoreReport> {
+    crate::util::pool(opts.threads)?.install(|| restore_in_pool(repo, root, opts, progress))
+}
+
+fn restore_in_pool(
     repo: &Repository,
     root: &crate::id::Id,
     opts: &RestoreOptions,

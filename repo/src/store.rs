@@ -84,7 +84,7 @@ fn builder(cache_bytes: usize) -> redb::Builder {
     b
 }
 
-pub const DEFAULT_DB_CACHE: usize = 64 << 20;
+pub const DEFAULT_DB_CACHE: usize = 16 << 20;
 
 fn map_open_error(dir: &Path, e: redb::DatabaseError) -> Error {
     match e {

@@ -67,3 +67,24 @@ pub fn session_alive(info: &[u8]) -> bool {
     }
     process_start_ticks(info.pid) == Some(info.start_ticks)
 }
+
+/// Threads for backup and restore: twice the cores, at least 4, because much of the work waits
+/// on the disk (stat, open, small reads and writes) rather than the CPU.
+pub fn default_threads() -> usize {
+    let cores = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    (cores * 2).max(4)
+}
+
+pub fn pool(threads: usize) -> crate::Result<rayon::ThreadPool> {
+    let n = if threads == 0 {
+        default_threads()
+    } else {
+        threads
+    };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build()
+        .map_err(|e| crate::Error::Invalid(format!("cannot start {n} worker threads: {e}")))
+}

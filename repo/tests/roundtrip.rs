@@ -116,7 +116,7 @@ proptest! {
         let report = backup(&repo, &opts, &Progress::default()).unwrap();
         prop_assert!(report.warnings.is_empty(), "{:?}", report.warnings);
         let out = t.path().join("out");
-        let ropts = RestoreOptions { target: out.clone(), includes: vec![], overwrite: Overwrite::Always };
+        let ropts = RestoreOptions { target: out.clone(), includes: vec![], overwrite: Overwrite::Always, threads: 0 };
         restore(&repo, &report.snapshot.root, &ropts, &RestoreProgress::default()).unwrap();
         let restored = out.join(src.strip_prefix("/").unwrap());
         prop_assert_eq!(same(&src, &restored), Ok(()));
