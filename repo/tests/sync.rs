@@ -1,0 +1,312 @@
+//! Sync between repositories: local replicas, resumption after an interrupted sync, refusal
+//! of foreign repositories, append-only serving, and the wire protocol in-process.
+
+use cairn_repo::backup::{backup, BackupOptions, Progress};
+use cairn_repo::check::{check, CheckOptions};
+use cairn_repo::crypto::KdfParams;
+use cairn_repo::restore::{restore, Overwrite, RestoreOptions, RestoreProgress};
+use cairn_repo::store::Store;
+use cairn_repo::sync::proto::{self, Request, Response};
+use cairn_repo::sync::{self, LocalTarget, Sink, StreamTarget, SyncOptions, SyncProgress, SyncReport, Target};
+use cairn_repo::{Error, Id, OpenOptions, Repository, Result};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+const PASSWORD: &[u8] = b"sync test password";
+
+fn opts() -> OpenOptions {
+    OpenOptions {
+        kdf: Some(KdfParams { memory_kib: 8, iterations: 1, parallelism: 1, salt: [7; 16] }),
+        ..OpenOptions::default()
+    }
+}
+
+fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// A source tree with nested directories, small files and a few multi-chunk files.
+fn make_source(dir: &Path) {
+    for d in 0..4 {
+        let sub = dir.join(format!("dir{d}/nested"));
+        std::fs::create_dir_all(&sub).unwrap();
+        for f in 0..5 {
+            std::fs::write(sub.join(format!("small{f}")), format!("file {d}/{f}\n").repeat(50)).unwrap();
+        }
+        std::fs::write(dir.join(format!("dir{d}/big")), pseudo_random(1_500_000 + d * 700_000, d as u64 + 1)).unwrap();
+    }
+    std::fs::create_dir_all(dir.join("empty")).unwrap();
+    std::fs::create_dir_all(dir.join("dir0/empty")).unwrap();
+}
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    src: PathBuf,
+    primary: Repository,
+    root: PathBuf,
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().to_path_buf();
+    let src = root.join("src");
+    make_source(&src);
+    let primary = Repository::init(&root.join("primary"), PASSWORD, &opts()).unwrap();
+    run_backup(&primary, &src);
+    Fixture { _tmp: tmp, src, primary, root }
+}
+
+fn run_backup(repo: &Repository, src: &Path) -> Id {
+    let o = BackupOptions { paths: vec![src.to_path_buf()], ..BackupOptions::default() };
+    backup(repo, &o, &Progress::default()).unwrap().id
+}
+
+fn sync_local(primary: &Repository, dir: &Path, o: &SyncOptions) -> Result<SyncReport> {
+    let (store, created) = sync::open_local_replica(primary, dir)?;
+    let mut target = LocalTarget::new(&store)?;
+    let mut report = SyncReport { created, ..SyncReport::default() };
+    sync::sync(primary, &mut target, o, &SyncProgress::default(), &mut report)?;
+    Ok(report)
+}
+
+fn restore_latest(repo: &Repository, dir: &Path) {
+    let latest = repo.find_snapshot("latest").unwrap();
+    let o = RestoreOptions { target: dir.to_path_buf(), includes: Vec::new(), overwrite: Overwrite::Always };
+    restore(repo, &latest.snapshot.root, &o, &RestoreProgress::default()).unwrap();
+}
+
+fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.push((p.strip_prefix(dir).unwrap().to_path_buf(), Vec::new()));
+                stack.push(p);
+            } else {
+                out.push((p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap()));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+fn snapshot_ids(repo: &Repository) -> Vec<Id> {
+    repo.snapshots().unwrap().into_iter().map(|s| s.id).collect()
+}
+
+fn assert_clean(repo: &Repository) {
+    let r = check(repo, &CheckOptions { read_data: true, subset_percent: None }).unwrap();
+    assert!(r.damaged.is_empty(), "replica damaged: {:?}", r.damaged.iter().map(|d| &d.problem).collect::<Vec<_>>());
+}
+
+#[test]
+fn replica_restores_with_the_same_password_and_matches() {
+    let f = fixture();
+    let replica_dir = f.root.join("replica");
+    let report = sync_local(&f.primary, &replica_dir, &SyncOptions::default()).unwrap();
+    assert!(report.created);
+    assert_eq!(report.snapshots_sent, 1);
+    assert!(report.objects_sent > 10 && report.bytes_sent > 4_000_000, "{report:?}");
+
+    let replica = Repository::open(&replica_dir, PASSWORD, &opts()).unwrap();
+    assert_eq!(replica.config(), f.primary.config());
+    assert_eq!(snapshot_ids(&replica), snapshot_ids(&f.primary));
+    assert_clean(&replica);
+    restore_latest(&f.primary, &f.root.join("out-primary"));
+    restore_latest(&replica, &f.root.join("out-replica"));
+    let (a, b) = (files(&f.root.join("out-primary")), files(&f.root.join("out-replica")));
+    assert!(a.len() > 20);
+    assert_eq!(a, b);
+    assert!(matches!(Repository::open(&replica_dir, b"wrong", &opts()), Err(Error::WrongPassword(_))));
+}
+
+#[test]
+fn second_sync_sends_nothing_and_an_increment_sends_little() {
+    let f = fixture();
+    let dir = f.root.join("replica");
+    let first = sync_local(&f.primary, &dir, &SyncOptions::default()).unwrap();
+    let again = sync_local(&f.primary, &dir, &SyncOptions::default()).unwrap();
+    assert!(!again.created);
+    assert_eq!((again.snapshots_sent, again.objects_sent, again.bytes_sent), (0, 0, 0));
+    assert_eq!(again.round_trips, 0, "nothing missing: only the snapshot list is exchanged");
+
+    std::fs::write(f.src.join("dir2/nested/small1"), b"changed\n").unwrap();
+    run_backup(&f.primary, &f.src);
+    let inc = sync_local(&f.primary, &dir, &SyncOptions::default()).unwrap();
+    assert_eq!(inc.snapshots_sent, 1);
+    // The changed file's chunk and the trees on its path (nested, dir2, src, and the root chain).
+    assert!(inc.objects_sent >= 4 && inc.objects_sent <= 10, "{inc:?}");
+    assert!(inc.bytes_sent * 20 < first.bytes_sent, "{inc:?} vs {first:?}");
+    let replica = Repository::open(&dir, PASSWORD, &opts()).unwrap();
+    assert_eq!(snapshot_ids(&replica), snapshot_ids(&f.primary));
+    assert_clean(&replica);
+}
+
+/// Fails every `PutObjects` once `budget` objects have gone through.
+struct FailAfter<T> {
+    inner: T,
+    budget: usize,
+}
+
+impl<T: Target> Target for FailAfter<T> {
+    fn call(&mut self, req: Request) -> Result<Response> {
+        if let Request::PutObjects(objs) = &req {
+            if objs.len() > self.budget {
+                return Err(Error::Invalid("injected failure: link dropped".into()));
+            }
+            self.budget -= objs.len();
+        }
+        self.inner.call(req)
+    }
+}
+
+#[test]
+fn interrupted_sync_shows_nothing_partial_and_resumes() {
+    let f = fixture();
+    let dir = f.root.join("replica");
+    let small = SyncOptions { batch_bytes: 64 << 10, ..SyncOptions::default() };
+    let total = {
+        let (store, _) = sync::open_local_replica(&f.primary, &dir).unwrap();
+        let mut t = FailAfter { inner: LocalTarget::new(&store).unwrap(), budget: 8 };
+        let mut report = SyncReport::default();
+        let err = sync::sync(&f.primary, &mut t, &small, &SyncProgress::default(), &mut report).unwrap_err();
+        assert!(err.to_string().contains("injected"), "{err}");
+        assert!(report.objects_sent > 0 && report.snapshots_sent == 0, "{report:?}");
+        f.primary.view().unwrap().object_count().unwrap()
+    };
+    {
+        let store = Store::open(&dir, 1 << 20).unwrap();
+        assert!(store.snapshot_blobs().unwrap().is_empty(), "no snapshot may show before its data");
+        let stored = store.view().unwrap().object_count().unwrap();
+        assert!(stored > 0 && stored < total, "a prefix was kept: {stored} of {total}");
+    }
+    let resumed = sync_local(&f.primary, &dir, &small).unwrap();
+    assert_eq!(resumed.snapshots_sent, 1);
+    assert!(resumed.objects_sent < total, "resume sends only what is missing: {resumed:?}");
+    let replica = Repository::open(&dir, PASSWORD, &opts()).unwrap();
+    assert_eq!(snapshot_ids(&replica), snapshot_ids(&f.primary));
+    assert_clean(&replica);
+}
+
+#[test]
+fn a_foreign_repository_is_refused_and_untouched() {
+    let f = fixture();
+    let other_dir = f.root.join("other");
+    let other = Repository::init(&other_dir, PASSWORD, &opts()).unwrap();
+    run_backup(&other, &f.src.join("dir1"));
+    let before = snapshot_ids(&other);
+    drop(other);
+    let err = sync_local(&f.primary, &other_dir, &SyncOptions::default()).unwrap_err();
+    assert!(err.to_string().contains("not a replica of this repository"), "{err}");
+    let other = Repository::open(&other_dir, PASSWORD, &opts()).unwrap();
+    assert_eq!(snapshot_ids(&other), before);
+
+    // A non-empty directory that is no repository is not overwritten either.
+    let junk = f.root.join("junk");
+    std::fs::create_dir_all(&junk).unwrap();
+    std::fs::write(junk.join("keep"), b"mine").unwrap();
+    assert!(sync_local(&f.primary, &junk, &SyncOptions::default()).is_err());
+    assert_eq!(std::fs::read(junk.join("keep")).unwrap(), b"mine");
+}
+
+/// Run `serve` on one end of a socket pair in a thread; return a client on the other end.
+fn served(dir: PathBuf, append_only: bool) -> (StreamTarget<UnixStream, UnixStream>, std::thread::JoinHandle<Result<()>>) {
+    let (a, b) = UnixStream::pair().unwrap();
+    let server = std::thread::spawn(move || {
+        let mut r = b.try_clone().unwrap();
+        let mut w = b;
+        sync::serve::serve(&dir, append_only, &mut r, &mut w)
+    });
+    let client = StreamTarget::new(a.try_clone().unwrap(), a);
+    (client, server)
+}
+
+#[test]
+fn over_the_protocol_append_only_syncs_but_refuses_deletes() {
+    let f = fixture();
+    let dir = f.root.join("remote");
+    let (mut client, server) = served(dir.clone(), true);
+    assert!(client.handshake(&f.primary).unwrap(), "created on first use");
+    let mut report = SyncReport::default();
+    sync::sync(&f.primary, &mut client, &SyncOptions::default(), &SyncProgress::default(), &mut report).unwrap();
+    assert_eq!(report.snapshots_sent, 1);
+    let ids = sync::list_snapshots(&mut client).unwrap();
+    let err = client.call(Request::DeleteSnapshots(ids.clone())).unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+    assert_eq!(sync::list_snapshots(&mut client).unwrap(), ids);
+    assert_eq!(client.call(Request::Bye).unwrap(), Response::Done);
+    server.join().unwrap().unwrap();
+
+    let replica = Repository::open(&dir, PASSWORD, &opts()).unwrap();
+    assert_eq!(snapshot_ids(&replica), snapshot_ids(&f.primary));
+    assert_clean(&replica);
+
+    // The same sink, not append-only, deletes.
+    let store = Store::open(&dir, 1 << 20).unwrap();
+    let mut sink = Sink::new(&store, false).unwrap();
+    assert_eq!(sink.try_handle(Request::DeleteSnapshots(ids)).unwrap(), Response::Done);
+    assert!(store.snapshot_blobs().unwrap().is_empty());
+}
+
+#[test]
+fn over_the_protocol_a_foreign_repository_is_refused() {
+    let f = fixture();
+    let other_dir = f.root.join("other");
+    drop(Repository::init(&other_dir, PASSWORD, &opts()).unwrap());
+    let (mut client, server) = served(other_dir, false);
+    let err = client.handshake(&f.primary).unwrap_err();
+    assert!(err.to_string().contains("not a replica of this repository"), "{err}");
+    assert!(server.join().unwrap().is_err());
+}
+
+#[test]
+fn hostile_peers_get_clean_errors() {
+    let f = fixture();
+    // A client that sends garbage: the server answers with an error and stops.
+    let (a, b) = UnixStream::pair().unwrap();
+    let dir = f.root.join("r1");
+    let server = std::thread::spawn(move || {
+        let mut r = b.try_clone().unwrap();
+        let mut w = b;
+        sync::serve::serve(&dir, false, &mut r, &mut w)
+    });
+    let mut w = a.try_clone().unwrap();
+    std::io::Write::write_all(&mut w, &u32::MAX.to_le_bytes()).unwrap();
+    let err = server.join().unwrap().unwrap_err();
+    assert!(err.to_string().contains("protocol error"), "{err}");
+    let mut r = a;
+    let reply: Response = proto::read_msg(&mut r).unwrap();
+    assert!(matches!(reply, Response::Error(m) if m.contains("frame length")));
+
+    // A server that answers a hello with garbage, then hangs up mid-frame.
+    let (a, b) = UnixStream::pair().unwrap();
+    let fake = std::thread::spawn(move || {
+        let mut r = b.try_clone().unwrap();
+        let mut w = b;
+        let _ = proto::read_frame(&mut r);
+        std::io::Write::write_all(&mut w, &[10, 0, 0, 0, 1, 2, 3]).unwrap();
+    });
+    let mut client = StreamTarget::new(a.try_clone().unwrap(), a);
+    let err = client.handshake(&f.primary).unwrap_err();
+    assert!(err.to_string().contains("truncated frame"), "{err}");
+    fake.join().unwrap();
+
+    // Objects whose bytes do not match their checksum are refused by the sink.
+    let dir = f.root.join("r2");
+    let (store, _) = sync::open_local_replica(&f.primary, &dir).unwrap();
+    let mut sink = Sink::new(&store, false).unwrap();
+    let o = proto::WireObject { id: Id([1; 32]), kind: 1, check: [0; 16], sealed: vec![1; 100] };
+    assert!(sink.try_handle(Request::PutObjects(vec![o])).is_err());
+    assert!(sink.try_handle(Request::Have(vec![Id([0; 32]); proto::MAX_HAVE + 1])).is_err());
+}
