@@ -52,7 +52,7 @@ pub fn parse_rate(s: &str) -> Result<u64, Failure> {
         _ => (t, 1),
     };
     let n: f64 = num.trim().parse().map_err(|_| Failure::usage(format!("--limit-rate {s}: give bytes per second like 10M or 512K")))?;
-    if !(n > 0.0) {
+    if n.is_nan() || n <= 0.0 {
         return Err(Failure::usage(format!("--limit-rate {s}: must be positive")));
     }
     Ok(((n * mult as f64) as u64).max(1))

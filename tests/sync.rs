@@ -117,6 +117,24 @@ fn a_foreign_repository_is_refused() {
     assert!(snapshot_ids(&other).is_empty());
 }
 
+#[test]
+fn sync_runs_beside_a_backup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, src, nas) = (tmp.path().join("repo"), tmp.path().join("src"), tmp.path().join("nas"));
+    make_source(&src);
+    init(&repo);
+    backup(&repo, &[&src]);
+    std::fs::write(src.join("bigger"), pseudo_random(40_000_000, 9)).unwrap();
+    let mut running = cairn(&repo).args(["backup", "--quiet"]).arg(&src).spawn().unwrap();
+    let first = sync_json(cairn(&repo).args(["sync", "--json"]).arg(&nas), 0);
+    assert_eq!(first["targets"][0]["ok"], true);
+    assert!(running.wait().unwrap().success(), "the backup beside the sync succeeds");
+    ok(cairn(&repo).arg("sync").arg(&nas), 0);
+    assert_eq!(snapshot_ids(&nas), snapshot_ids(&repo));
+    assert_eq!(snapshot_ids(&nas).len(), 2);
+    ok(cairn(&nas).args(["check", "--read-data"]), 0);
+}
+
 // ----- over ssh -----
 
 /// An sshd on 127.0.0.1 with throwaway host and user keys, killed on drop.
@@ -251,6 +269,11 @@ fn over_ssh_with_an_unreachable_second_target() {
     let r = run(ssh_cairn(&repo, &sshd).args(["sync", "--quiet", "dead"]));
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("dead"), "{}", r.stderr);
+
+    // A far side without cairn: a clear message.
+    let r = run(ssh_cairn(&repo, &sshd).args(["sync", "--remote-cairn", "/nonexistent/cairn", "offsite"]));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("is cairn installed on the far side"), "{}", r.stderr);
 }
 
 #[test]

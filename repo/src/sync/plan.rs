@@ -143,6 +143,7 @@ pub fn post_order(roots: &[Id], children: &HashMap<Id, Vec<Id>>) -> Vec<Id> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

@@ -157,6 +157,7 @@ pub fn check_object(o: &WireObject) -> Result<crate::crypto::Kind> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use proptest::prelude::*;

@@ -206,21 +206,33 @@ impl SshTarget {
     /// Add what ssh said on stderr once it has exited, so "connection refused" and "permission
     /// denied" reach the user instead of a bare protocol error.
     fn explain(&mut self, e: Error) -> Error {
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while Instant::now() < deadline {
-            match self.child.try_wait() {
-                Ok(Some(_)) | Err(_) => break,
-                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
+        let status = self.wait_briefly(Duration::from_secs(2));
         std::thread::sleep(Duration::from_millis(50));
         let said = self.stderr.lock().map(|s| s.trim().to_string()).unwrap_or_default();
-        if said.is_empty() {
+        let code = status.and_then(|s| s.code());
+        if said.is_empty() && code.is_none() {
             return e;
         }
         let last: Vec<&str> = said.lines().rev().take(3).collect();
         let said: Vec<&str> = last.into_iter().rev().collect();
-        Error::Invalid(format!("{e} (ssh to {}: {})", self.label, said.join("; ")))
+        let hint = match code {
+            Some(127) => "; is cairn installed on the far side? (--remote-cairn, $CAIRN_REMOTE_BINARY)",
+            _ => "",
+        };
+        let how = code.map(|c| format!(" (exit {c})")).unwrap_or_default();
+        Error::Invalid(format!("ssh to {} failed{how}: {}{hint} [{e}]", self.label, said.join("; ")))
+    }
+
+    fn wait_briefly(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(Some(st)) => return Some(st),
+                Err(_) => return None,
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        None
     }
 }
 
@@ -239,19 +251,15 @@ impl Drop for SshTarget {
         if let Some(mut s) = self.stream.take() {
             let _ = s.call(Request::Bye);
         }
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if !matches!(self.child.try_wait(), Ok(None)) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        if self.wait_briefly(Duration::from_secs(5)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
         }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
