@@ -176,6 +176,7 @@ fn outcome_json(o: &Outcome) -> serde_json::Value {
         "objects": o.report.objects_sent,
         "bytes": o.report.bytes_sent,
         "round_trips": o.report.round_trips,
+        "ids_asked": o.report.ids_asked,
         "seconds": (o.seconds * 1000.0).round() / 1000.0,
         "target_snapshots": o.report.target_snapshots.len(),
         "error": o.error,

@@ -134,8 +134,16 @@ fn replica_restores_with_the_same_password_and_matches() {
 #[test]
 fn second_sync_sends_nothing_and_an_increment_sends_little() {
     let f = fixture();
+    for d in 0..40 {
+        let sub = f.src.join(format!("many/d{d}"));
+        std::fs::create_dir_all(&sub).unwrap();
+        std::fs::write(sub.join("a"), format!("a{d}")).unwrap();
+        std::fs::write(sub.join("b"), format!("b{d}")).unwrap();
+    }
+    run_backup(&f.primary, &f.src);
     let dir = f.root.join("replica");
     let first = sync_local(&f.primary, &dir, &SyncOptions::default()).unwrap();
+    assert!(first.objects_sent > 150, "{first:?}");
     let again = sync_local(&f.primary, &dir, &SyncOptions::default()).unwrap();
     assert!(!again.created);
     assert_eq!((again.snapshots_sent, again.objects_sent, again.bytes_sent), (0, 0, 0));
@@ -148,6 +156,11 @@ fn second_sync_sends_nothing_and_an_increment_sends_little() {
     // The changed file's chunk and the trees on its path (nested, dir2, src, and the root chain).
     assert!(inc.objects_sent >= 4 && inc.objects_sent <= 10, "{inc:?}");
     assert!(inc.bytes_sent * 20 < first.bytes_sent, "{inc:?} vs {first:?}");
+    // Negotiation skips the subtrees the target holds: the 80 files under `many/` are never asked
+    // about. (`many` itself may count as changed: the first backup's reads can change its
+    // entries' atimes, so its 40 subtree ids are asked once.)
+    assert!(inc.ids_asked * 2 < first.objects_sent, "asked about {} ids: {inc:?}", inc.ids_asked);
+    assert!(inc.round_trips < 30, "{inc:?}");
     let replica = Repository::open(&dir, PASSWORD, &opts()).unwrap();
     assert_eq!(snapshot_ids(&replica), snapshot_ids(&f.primary));
     assert_clean(&replica);
@@ -300,6 +313,36 @@ fn hostile_peers_get_clean_errors() {
     let mut client = StreamTarget::new(a.try_clone().unwrap(), a);
     let err = client.handshake(&f.primary).unwrap_err();
     assert!(err.to_string().contains("truncated frame"), "{err}");
+    fake.join().unwrap();
+
+    // A server that claims another repository id, or answers with the wrong number of flags.
+    for (reply, expect) in [
+        (Response::Hello { version: proto::VERSION, repo_id: [9; 16], exists: true, append_only: false }, "repository id"),
+        (Response::Have(vec![true]), "unexpected have list reply"),
+    ] {
+        let (a, b) = UnixStream::pair().unwrap();
+        let fake = std::thread::spawn(move || {
+            let mut r = b.try_clone().unwrap();
+            let mut w = b;
+            let _ = proto::read_frame(&mut r);
+            proto::write_msg(&mut w, &reply).unwrap();
+        });
+        let mut client = StreamTarget::new(a.try_clone().unwrap(), a);
+        let err = client.handshake(&f.primary).unwrap_err();
+        assert!(err.to_string().contains(expect), "{err}");
+        fake.join().unwrap();
+    }
+    let (a, b) = UnixStream::pair().unwrap();
+    let fake = std::thread::spawn(move || {
+        let mut r = b.try_clone().unwrap();
+        let mut w = b;
+        let _ = proto::read_frame(&mut r);
+        proto::write_msg(&mut w, &Response::Have(vec![false])).unwrap();
+    });
+    let mut client = StreamTarget::new(a.try_clone().unwrap(), a);
+    let mut plan = sync::plan::Plan::default();
+    let err = sync::plan::missing(&mut client, &[Id([1; 32]), Id([2; 32])], 100, &mut plan).unwrap_err();
+    assert!(err.to_string().contains("asked about 2 ids, the target answered 1"), "{err}");
     fake.join().unwrap();
 
     // Objects whose bytes do not match their checksum are refused by the sink.

@@ -94,6 +94,8 @@ pub struct SyncReport {
     pub objects_sent: u64,
     pub bytes_sent: u64,
     pub round_trips: u64,
+    /// Object ids the negotiation asked the target about.
+    pub ids_asked: u64,
     /// Snapshots the target holds (as last known).
     pub target_snapshots: Vec<Id>,
 }
@@ -119,6 +121,7 @@ pub fn sync(
     let roots = lacking.iter().map(|(id, blob)| snapshot_root(repo, id, blob)).collect::<Result<Vec<Id>>>()?;
     let plan = plan::plan(repo, &view, target, &roots, opts.have_batch)?;
     report.round_trips += plan.round_trips;
+    report.ids_asked += plan.asked;
     send::send_objects(repo, &view, target, &plan, opts, progress, report)?;
     expect_done(target.call(Request::PutSnapshots(lacking.clone()))?)?;
     report.round_trips += 1;
