@@ -155,7 +155,9 @@ pub fn ssh_argv(url: &SshUrl, opts: &SshOptions) -> Vec<String> {
         argv.extend(["-l".into(), u.clone()]);
     }
     argv.push(url.host.clone());
-    argv.push(format!("{} serve --repo {}", shell_quote(&opts.remote_binary), shell_quote(&url.path)));
+    // `ssh://host/~/dir`: relative to the remote home, where ssh starts the command.
+    let path = url.path.strip_prefix("/~/").unwrap_or(&url.path);
+    argv.push(format!("{} serve --repo {}", shell_quote(&opts.remote_binary), shell_quote(path)));
     argv
 }
 
@@ -283,5 +285,7 @@ mod tests {
         assert_eq!(&argv[..7], ["ssh", "-o", "BatchMode=yes", "-p", "2200", "-l", "me"]);
         assert_eq!(argv[7], "h");
         assert_eq!(argv[8], r"'cairn' serve --repo '/it'\''s here'");
+        let u = SshUrl::parse("ssh://h/~/backups/x").unwrap();
+        assert_eq!(ssh_argv(&u, &SshOptions::default()).last().unwrap(), "'cairn' serve --repo 'backups/x'");
     }
 }
