@@ -299,6 +299,33 @@ fn serve_append_only_and_hostile_input() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("protocol error"), "{err}");
     assert!(!dir.exists());
+
+    // A real client against `cairn serve --append-only`: syncs, but deletions are refused.
+    let (repo, src) = (tmp.path().join("repo"), tmp.path().join("src"));
+    make_source(&src);
+    init(&repo);
+    backup(&repo, &[&src]);
+    let primary = cairn_repo::Repository::open(&repo, PASSWORD.as_bytes(), &cairn_repo::OpenOptions::default()).unwrap();
+    let mut child = Command::new(bin())
+        .args(["serve", "--append-only", "--repo"])
+        .arg(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut client = cairn_repo::sync::StreamTarget::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
+    assert!(client.handshake(&primary).unwrap());
+    let mut report = cairn_repo::sync::SyncReport::default();
+    let progress = cairn_repo::sync::SyncProgress::default();
+    cairn_repo::sync::sync(&primary, &mut client, &Default::default(), &progress, &mut report).unwrap();
+    assert_eq!(report.snapshots_sent, 1);
+    use cairn_repo::sync::{proto::Request, Target};
+    let err = client.call(Request::DeleteSnapshots(report.target_snapshots.clone())).unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+    client.call(Request::Bye).unwrap();
+    drop(client);
+    assert!(child.wait().unwrap().success());
+    assert_eq!(snapshot_ids(&dir), snapshot_ids(&repo));
 }
 
 trait TapCreate {
