@@ -51,7 +51,10 @@ pub fn parse_rate(s: &str) -> Result<u64, Failure> {
         Some((i, c)) if c.eq_ignore_ascii_case(&'g') => (&t[..i], 1 << 30),
         _ => (t, 1),
     };
-    let n: f64 = num.trim().parse().map_err(|_| Failure::usage(format!("--limit-rate {s}: give bytes per second like 10M or 512K")))?;
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| Failure::usage(format!("--limit-rate {s}: give bytes per second like 10M or 512K")))?;
     if n.is_nan() || n <= 0.0 {
         return Err(Failure::usage(format!("--limit-rate {s}: must be positive")));
     }
@@ -62,7 +65,9 @@ fn open_primary(g: &Global, lock_wait: u64) -> Result<Repository, Failure> {
     let deadline = Instant::now() + Duration::from_secs(lock_wait);
     loop {
         match g.open() {
-            Err(f) if f.code == EXIT_LOCKED && Instant::now() < deadline => std::thread::sleep(Duration::from_millis(250)),
+            Err(f) if f.code == EXIT_LOCKED && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(250))
+            }
             r => return r,
         }
     }

@@ -66,7 +66,10 @@ fn local_target_add_list_sync_restore() {
 
     let v = sync_json(cairn(&repo).args(["sync", "--json"]), 0);
     let t = &v["targets"][0];
-    assert_eq!((t["target"].as_str(), t["ok"].as_bool(), t["created"].as_bool()), (Some("nas"), Some(true), Some(true)));
+    assert_eq!(
+        (t["target"].as_str(), t["ok"].as_bool(), t["created"].as_bool()),
+        (Some("nas"), Some(true), Some(true))
+    );
     assert_eq!(t["snapshots_sent"], 1);
     assert!(t["bytes"].as_u64().unwrap() > 2_000_000, "{t}");
     assert!(t["error"].is_null());
@@ -203,7 +206,8 @@ fn start_sshd(dir: &Path) -> Sshd {
         .stderr(log)
         .spawn()
         .unwrap_or_else(|e| panic!("starting {}: {e}", sshd.display()));
-    let mut s = Sshd { child, port, dir: dir.to_path_buf(), ssh_command: format!("ssh -F {}/ssh_config", dir.display()) };
+    let mut s =
+        Sshd { child, port, dir: dir.to_path_buf(), ssh_command: format!("ssh -F {}/ssh_config", dir.display()) };
     wait_listening(&mut s);
     s
 }
@@ -305,7 +309,8 @@ fn serve_append_only_and_hostile_input() {
     make_source(&src);
     init(&repo);
     backup(&repo, &[&src]);
-    let primary = cairn_repo::Repository::open(&repo, PASSWORD.as_bytes(), &cairn_repo::OpenOptions::default()).unwrap();
+    let primary =
+        cairn_repo::Repository::open(&repo, PASSWORD.as_bytes(), &cairn_repo::OpenOptions::default()).unwrap();
     let mut child = Command::new(bin())
         .args(["serve", "--append-only", "--repo"])
         .arg(&dir)

@@ -234,7 +234,10 @@ fn a_foreign_repository_is_refused_and_untouched() {
 }
 
 /// Run `serve` on one end of a socket pair in a thread; return a client on the other end.
-fn served(dir: PathBuf, append_only: bool) -> (StreamTarget<UnixStream, UnixStream>, std::thread::JoinHandle<Result<()>>) {
+fn served(
+    dir: PathBuf,
+    append_only: bool,
+) -> (StreamTarget<UnixStream, UnixStream>, std::thread::JoinHandle<Result<()>>) {
     let (a, b) = UnixStream::pair().unwrap();
     let server = std::thread::spawn(move || {
         let mut r = b.try_clone().unwrap();
@@ -317,7 +320,10 @@ fn hostile_peers_get_clean_errors() {
 
     // A server that claims another repository id, or answers with the wrong number of flags.
     for (reply, expect) in [
-        (Response::Hello { version: proto::VERSION, repo_id: [9; 16], exists: true, append_only: false }, "repository id"),
+        (
+            Response::Hello { version: proto::VERSION, repo_id: [9; 16], exists: true, append_only: false },
+            "repository id",
+        ),
         (Response::Have(vec![true]), "unexpected have list reply"),
     ] {
         let (a, b) = UnixStream::pair().unwrap();

@@ -114,7 +114,8 @@ pub fn sync(
     // Snapshots first, then the view: the view is newer, so it holds all they reference.
     let blobs = repo.store().snapshot_blobs()?;
     let view = repo.view()?;
-    let lacking: Vec<(Id, Vec<u8>)> = blobs.into_iter().filter(|(id, _)| !report.target_snapshots.contains(id)).collect();
+    let theirs: std::collections::HashSet<Id> = report.target_snapshots.iter().copied().collect();
+    let lacking: Vec<(Id, Vec<u8>)> = blobs.into_iter().filter(|(id, _)| !theirs.contains(id)).collect();
     if lacking.is_empty() {
         return Ok(());
     }

@@ -36,9 +36,16 @@ pub struct WireObject {
 /// Client to server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Request {
-    Hello { magic: [u8; 8], version: u32, repo_id: [u8; 16] },
+    Hello {
+        magic: [u8; 8],
+        version: u32,
+        repo_id: [u8; 16],
+    },
     /// Create the replica (only after a hello answered `exists: false`).
-    Create { config: Vec<u8>, key_slots: Vec<Vec<u8>> },
+    Create {
+        config: Vec<u8>,
+        key_slots: Vec<Vec<u8>>,
+    },
     Info,
     ListSnapshots,
     Have(Vec<Id>),
@@ -54,12 +61,24 @@ pub enum Request {
 /// Server to client.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Response {
-    Hello { version: u32, repo_id: [u8; 16], exists: bool, append_only: bool },
-    Info { snapshots: u64, objects: u64, append_only: bool },
+    Hello {
+        version: u32,
+        repo_id: [u8; 16],
+        exists: bool,
+        append_only: bool,
+    },
+    Info {
+        snapshots: u64,
+        objects: u64,
+        append_only: bool,
+    },
     Snapshots(Vec<Id>),
     Have(Vec<bool>),
     /// Objects accepted (buffered or committed) and their bytes.
-    Stored { objects: u64, bytes: u64 },
+    Stored {
+        objects: u64,
+        bytes: u64,
+    },
     Done,
     Error(String),
 }
@@ -78,7 +97,8 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>> {
 
 /// Decode a frame body; the whole body must be one message.
 pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T> {
-    let (msg, rest) = postcard::take_from_bytes(body).map_err(|e| protocol_error(format!("undecodable message: {e}")))?;
+    let (msg, rest) =
+        postcard::take_from_bytes(body).map_err(|e| protocol_error(format!("undecodable message: {e}")))?;
     if !rest.is_empty() {
         return Err(protocol_error("trailing bytes after the message"));
     }
@@ -108,9 +128,7 @@ pub fn read_frame<R: Read>(r: &mut R) -> Result<Option<Vec<u8>>> {
     }
     // Grow with the data actually received, so a lying length costs no memory up front.
     let mut body = Vec::with_capacity(len.min(1 << 20));
-    r.take(len as u64)
-        .read_to_end(&mut body)
-        .map_err(|e| Error::io("reading from the sync peer", e))?;
+    r.take(len as u64).read_to_end(&mut body).map_err(|e| Error::io("reading from the sync peer", e))?;
     if body.len() != len {
         return Err(protocol_error(format!("truncated frame: {} of {len} bytes", body.len())));
     }

@@ -36,7 +36,9 @@ impl<R: Read, W: Write> StreamTarget<R, W> {
         let exists = match self.exchange(&hello)? {
             Response::Hello { version, repo_id: theirs, exists, .. } => {
                 if version != proto::VERSION || theirs != repo_id {
-                    return Err(proto::protocol_error("the server answered the hello with another version or repository id"));
+                    return Err(proto::protocol_error(
+                        "the server answered the hello with another version or repository id",
+                    ));
                 }
                 exists
             }
@@ -88,7 +90,9 @@ pub struct SshUrl {
 
 impl SshUrl {
     pub fn parse(url: &str) -> Result<SshUrl> {
-        let bad = |why: &str| Error::Invalid(format!("`{url}` is not a valid ssh target ({why}); use ssh://[user@]host[:port]/path"));
+        let bad = |why: &str| {
+            Error::Invalid(format!("`{url}` is not a valid ssh target ({why}); use ssh://[user@]host[:port]/path"))
+        };
         let rest = url.strip_prefix("ssh://").ok_or_else(|| bad("no ssh:// prefix"))?;
         let slash = rest.find('/').ok_or_else(|| bad("no path"))?;
         let (auth, path) = rest.split_at(slash);
@@ -98,7 +102,9 @@ impl SshUrl {
         };
         let (host, port) = split_port(hostport).ok_or_else(|| bad("bad port"))?;
         let host_ok = !host.is_empty() && !host.starts_with('-') && host.bytes().all(|b| b.is_ascii_graphic());
-        let user_ok = user.as_deref().is_none_or(|u| !u.is_empty() && !u.starts_with('-') && u.bytes().all(|b| b.is_ascii_graphic()));
+        let user_ok = user
+            .as_deref()
+            .is_none_or(|u| !u.is_empty() && !u.starts_with('-') && u.bytes().all(|b| b.is_ascii_graphic()));
         if !host_ok || !user_ok || path.len() < 2 {
             return Err(bad("empty or invalid user, host or path"));
         }
@@ -268,7 +274,15 @@ mod tests {
     #[test]
     fn parses_ssh_urls() {
         let u = SshUrl::parse("ssh://bob@example.org:2222/srv/backup").unwrap();
-        assert_eq!(u, SshUrl { user: Some("bob".into()), host: "example.org".into(), port: Some(2222), path: "/srv/backup".into() });
+        assert_eq!(
+            u,
+            SshUrl {
+                user: Some("bob".into()),
+                host: "example.org".into(),
+                port: Some(2222),
+                path: "/srv/backup".into()
+            }
+        );
         let u = SshUrl::parse("ssh://host/x").unwrap();
         assert_eq!((u.user, u.port, u.path.as_str()), (None, None, "/x"));
         let u = SshUrl::parse("ssh://[::1]:22/x").unwrap();

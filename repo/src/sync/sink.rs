@@ -140,7 +140,11 @@ impl<'s> Sink<'s> {
 
     fn have(&self, ids: &[Id]) -> Result<Response> {
         if ids.len() > proto::MAX_HAVE {
-            return Err(proto::protocol_error(format!("have request of {} ids exceeds {}", ids.len(), proto::MAX_HAVE)));
+            return Err(proto::protocol_error(format!(
+                "have request of {} ids exceeds {}",
+                ids.len(),
+                proto::MAX_HAVE
+            )));
         }
         let view = self.store.view()?;
         let mut out = Vec::with_capacity(ids.len());
