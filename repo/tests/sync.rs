@@ -129,6 +129,74 @@ fn replica_restores_with_the_same_password_and_matches() {
     assert!(a.len() > 20);
     assert_eq!(a, b);
     assert!(matches!(Repository::open(&replica_dir, b"wrong", &opts()), Err(Error::WrongPassword(_))));
+    assert_verbatim(&f.primary, &replica);
+}
+
+/// Every object of the primary is in the replica with the same kind, checksum and sealed bytes.
+fn assert_verbatim(primary: &Repository, replica: &Repository) {
+    let (pv, rv) = (primary.view().unwrap(), replica.view().unwrap());
+    let ps = primary.config().piece_size;
+    let mut n = 0;
+    pv.for_each_object(|id, loc| {
+        let theirs = rv.locate(&id)?.unwrap_or_else(|| panic!("{id} missing from the replica"));
+        assert_eq!((theirs.kind, theirs.check, theirs.len), (loc.kind, loc.check, loc.len));
+        assert_eq!(pv.read_sealed(&id, &loc, ps)?, rv.read_sealed(&id, &theirs, ps)?, "{id} differs");
+        n += 1;
+        Ok(())
+    })
+    .unwrap();
+    assert!(n > 10);
+}
+
+/// A file whose extents live in `List` objects (backups make these only for files of
+/// thousands of chunks, so the objects are written by hand here).
+#[test]
+fn content_lists_and_their_chunks_travel() {
+    use cairn_repo::crypto::Kind;
+    use cairn_repo::format::{encode_list, Content, Entry, Extent, FileType, ListRef, Snapshot, Time, Tree};
+    use cairn_repo::packer::Packer;
+    let tmp = tempfile::tempdir().unwrap();
+    let primary = Repository::init(&tmp.path().join("primary"), PASSWORD, &opts()).unwrap();
+    let keys = primary.keys();
+    let cfg = primary.config().clone();
+    let mut packer = Packer::new(primary.store(), cfg.piece_size, cfg.pack_max, 1 << 20);
+    let mut add = |kind: Kind, plain: &[u8]| {
+        let id = keys.id_of(kind, plain);
+        packer.add(id, kind, &keys.seal(kind, &id, plain, 3).unwrap()).unwrap();
+        id
+    };
+    let mut lists = Vec::new();
+    for l in 0..3u8 {
+        let extents: Vec<Extent> =
+            (0..4u8).map(|c| Extent { id: Some(add(Kind::Chunk, &[l, c, 42].repeat(100))), len: 300 }).collect();
+        lists.push(ListRef { id: add(Kind::List, &encode_list(&extents)), len: 1200, count: 4 });
+    }
+    let mut file = Entry::new(b"big".to_vec(), FileType::File);
+    file.size = 3600;
+    file.mode = 0o644;
+    file.content = Content::Lists(lists);
+    let root = add(Kind::Tree, &Tree { entries: vec![file] }.encode());
+    let snapshot = Snapshot {
+        time: Time { sec: 1_700_000_000, nsec: 0 },
+        host: "h".into(),
+        user: "u".into(),
+        tags: Vec::new(),
+        paths: vec![b"/".to_vec()],
+        root,
+        parent: None,
+        stats: Default::default(),
+        program: "test".into(),
+    };
+    let sealed = primary.seal_snapshot(&snapshot).unwrap();
+    packer.commit(true, &[sealed]).unwrap();
+    drop(packer);
+
+    let dir = tmp.path().join("replica");
+    let report = sync_local(&primary, &dir, &SyncOptions::default()).unwrap();
+    assert_eq!((report.snapshots_sent, report.objects_sent), (1, 12 + 3 + 1), "{report:?}");
+    let replica = Repository::open(&dir, PASSWORD, &opts()).unwrap();
+    assert_verbatim(&primary, &replica);
+    assert_clean(&replica);
 }
 
 #[test]
@@ -273,6 +341,37 @@ fn over_the_protocol_append_only_syncs_but_refuses_deletes() {
     let mut sink = Sink::new(&store, false).unwrap();
     assert_eq!(sink.try_handle(Request::DeleteSnapshots(ids)).unwrap(), Response::Done);
     assert!(store.snapshot_blobs().unwrap().is_empty());
+}
+
+#[test]
+fn over_the_protocol_a_dropped_connection_keeps_what_arrived_and_resumes() {
+    let f = fixture();
+    let dir = f.root.join("remote");
+    let small = SyncOptions { batch_bytes: 64 << 10, ..SyncOptions::default() };
+    let (mut client, server) = served(dir.clone(), false);
+    client.handshake(&f.primary).unwrap();
+    let mut t = FailAfter { inner: client, budget: 8 };
+    let mut report = SyncReport::default();
+    assert!(sync::sync(&f.primary, &mut t, &small, &SyncProgress::default(), &mut report).is_err());
+    drop(t); // the connection drops without a goodbye
+    server.join().unwrap().unwrap();
+    let total = f.primary.view().unwrap().object_count().unwrap();
+    {
+        let store = Store::open(&dir, 1 << 20).unwrap();
+        assert!(store.snapshot_blobs().unwrap().is_empty());
+        let kept = store.view().unwrap().object_count().unwrap();
+        assert!(kept > 0 && kept < total, "{kept} of {total}");
+    }
+    let (mut client, server) = served(dir.clone(), false);
+    assert!(!client.handshake(&f.primary).unwrap(), "the replica exists now");
+    let mut resumed = SyncReport::default();
+    sync::sync(&f.primary, &mut client, &small, &SyncProgress::default(), &mut resumed).unwrap();
+    assert!(resumed.snapshots_sent == 1 && resumed.objects_sent < total, "{resumed:?}");
+    drop(client);
+    server.join().unwrap().unwrap();
+    let replica = Repository::open(&dir, PASSWORD, &opts()).unwrap();
+    assert_verbatim(&f.primary, &replica);
+    assert_clean(&replica);
 }
 
 #[test]
