@@ -124,10 +124,11 @@ pub fn sync(
     report.round_trips += plan.round_trips;
     report.ids_asked += plan.asked;
     send::send_objects(repo, &view, target, &plan, opts, progress, report)?;
-    expect_done(target.call(Request::PutSnapshots(lacking.clone()))?)?;
+    let ids: Vec<Id> = lacking.iter().map(|(id, _)| *id).collect();
+    expect_done(target.call(Request::PutSnapshots(lacking))?)?;
     report.round_trips += 1;
-    report.snapshots_sent = lacking.len() as u64;
-    report.target_snapshots.extend(lacking.iter().map(|(id, _)| *id));
+    report.snapshots_sent = ids.len() as u64;
+    report.target_snapshots.extend(ids);
     Ok(())
 }
 
