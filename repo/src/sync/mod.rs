@@ -30,6 +30,16 @@ pub use targets::TargetUrl;
 /// The receiving end of a sync, after the handshake: one request, one response.
 pub trait Target {
     fn call(&mut self, req: Request) -> Result<Response>;
+
+    /// Send a request whose reply may come later: `Some` if it was answered at once (the
+    /// default), `None` if it is in flight and `recv` returns its reply, in order.
+    fn send(&mut self, req: Request) -> Result<Option<Response>> {
+        self.call(req).map(Some)
+    }
+
+    fn recv(&mut self) -> Result<Response> {
+        Err(proto::protocol_error("no request in flight"))
+    }
 }
 
 /// A replica on a local path, written directly through its store.

@@ -23,6 +23,10 @@ impl<R: Read, W: Write> StreamTarget<R, W> {
 
     fn exchange(&mut self, req: &Request) -> Result<Response> {
         proto::write_msg(&mut self.w, req)?;
+        self.reply()
+    }
+
+    fn reply(&mut self) -> Result<Response> {
         match proto::read_msg(&mut self.r)? {
             Response::Error(msg) => Err(Error::Invalid(format!("the target refused: {msg}"))),
             resp => Ok(resp),
@@ -56,6 +60,14 @@ impl<R: Read, W: Write> StreamTarget<R, W> {
 impl<R: Read, W: Write> Target for StreamTarget<R, W> {
     fn call(&mut self, req: Request) -> Result<Response> {
         self.exchange(&req)
+    }
+
+    fn send(&mut self, req: Request) -> Result<Option<Response>> {
+        proto::write_msg(&mut self.w, &req).map(|_| None)
+    }
+
+    fn recv(&mut self) -> Result<Response> {
+        self.reply()
     }
 }
 
@@ -204,11 +216,7 @@ impl SshTarget {
     }
 
     pub fn handshake(&mut self, primary: &Repository) -> Result<bool> {
-        let r = match self.stream.as_mut() {
-            Some(s) => s.handshake(primary),
-            None => Err(Error::Invalid("connection closed".into())),
-        };
-        r.map_err(|e| self.explain(e))
+        self.with_stream(|s| s.handshake(primary))
     }
 
     /// Add what ssh said on stderr once it has exited, so "connection refused" and "permission
@@ -244,13 +252,27 @@ impl SshTarget {
     }
 }
 
-impl Target for SshTarget {
-    fn call(&mut self, req: Request) -> Result<Response> {
+impl SshTarget {
+    fn with_stream<T>(&mut self, f: impl FnOnce(&mut StreamTarget<ChildStdout, ChildStdin>) -> Result<T>) -> Result<T> {
         let r = match self.stream.as_mut() {
-            Some(s) => s.call(req),
+            Some(s) => f(s),
             None => Err(Error::Invalid("connection closed".into())),
         };
         r.map_err(|e| self.explain(e))
+    }
+}
+
+impl Target for SshTarget {
+    fn call(&mut self, req: Request) -> Result<Response> {
+        self.with_stream(|s| s.call(req))
+    }
+
+    fn send(&mut self, req: Request) -> Result<Option<Response>> {
+        self.with_stream(|s| s.send(req))
+    }
+
+    fn recv(&mut self) -> Result<Response> {
+        self.with_stream(|s| s.recv())
     }
 }
 

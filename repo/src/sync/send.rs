@@ -9,6 +9,7 @@ use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::repo::Repository;
 use crate::store::{checksum, Location, View};
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,27 @@ fn locate(view: &View, id: &Id) -> Result<Location> {
     view.locate(id)?.ok_or_else(|| Error::Missing(id.to_hex()))
 }
 
+/// `PutObjects` requests in flight at once: the receiver commits one batch while the next
+/// travels. Replies are small, so a window this size cannot fill a pipe and deadlock.
+pub const WINDOW: usize = 2;
+
+/// The order objects leave in: chunks by place in the primary, then lists, then trees.
+fn sending_order(view: &View, plan: &Plan) -> Result<Vec<(Id, Location)>> {
+    let mut order = by_location(view, &plan.chunks)?;
+    for id in plan.lists.iter().chain(&plan.trees) {
+        order.push((*id, locate(view, id)?));
+    }
+    Ok(order)
+}
+
+fn read_verified(view: &View, id: Id, loc: &Location, piece: u32) -> Result<WireObject> {
+    let sealed = view.read_sealed(&id, loc, piece)?;
+    if checksum(&sealed) != loc.check {
+        return Err(Error::corrupt(id, "stored bytes do not match their checksum; not sending a damaged object"));
+    }
+    Ok(WireObject { id, kind: loc.kind as u8, check: loc.check, sealed })
+}
+
 pub fn send_objects(
     repo: &Repository,
     view: &View,
@@ -68,53 +90,70 @@ pub fn send_objects(
     progress: &SyncProgress,
     report: &mut SyncReport,
 ) -> Result<()> {
-    progress.total_objects.fetch_add(plan.objects() as u64, Ordering::Relaxed);
-    let mut order = by_location(view, &plan.chunks)?;
-    for id in plan.lists.iter().chain(&plan.trees) {
-        order.push((*id, locate(view, id)?));
-    }
-    let total: u64 = order.iter().map(|(_, l)| l.len as u64).sum();
-    progress.total_bytes.fetch_add(total, Ordering::Relaxed);
+    let order = sending_order(view, plan)?;
+    progress.total_objects.fetch_add(order.len() as u64, Ordering::Relaxed);
+    progress.total_bytes.fetch_add(order.iter().map(|(_, l)| l.len as u64).sum(), Ordering::Relaxed);
     let limit = batch_bytes(opts);
-    let mut throttle = Throttle::new(opts.limit_rate);
+    let mut out =
+        Outbox { target, progress, report, throttle: Throttle::new(opts.limit_rate), inflight: VecDeque::new() };
     let mut batch: Vec<WireObject> = Vec::new();
     let mut batch_len = 0usize;
-    let piece = repo.config().piece_size;
     for (id, loc) in order {
-        let sealed = view.read_sealed(&id, &loc, piece)?;
-        if checksum(&sealed) != loc.check {
-            return Err(Error::corrupt(id, "stored bytes do not match their checksum; not sending a damaged object"));
-        }
-        if batch_len + sealed.len() > limit && !batch.is_empty() {
-            put(target, std::mem::take(&mut batch), progress, report, &mut throttle)?;
+        let o = read_verified(view, id, &loc, repo.config().piece_size)?;
+        if batch_len + o.sealed.len() > limit && !batch.is_empty() {
+            out.put(std::mem::take(&mut batch))?;
             batch_len = 0;
         }
-        batch_len += sealed.len();
-        batch.push(WireObject { id, kind: loc.kind as u8, check: loc.check, sealed });
+        batch_len += o.sealed.len();
+        batch.push(o);
     }
     if !batch.is_empty() {
-        put(target, batch, progress, report, &mut throttle)?;
+        out.put(batch)?;
     }
-    Ok(())
+    out.drain(0)
 }
 
-fn put(
-    target: &mut dyn Target,
-    batch: Vec<WireObject>,
-    progress: &SyncProgress,
-    report: &mut SyncReport,
-    throttle: &mut Throttle,
-) -> Result<()> {
-    let (n, bytes) = (batch.len() as u64, batch.iter().map(|o| o.sealed.len() as u64).sum::<u64>());
-    match target.call(Request::PutObjects(batch))? {
-        Response::Stored { objects, .. } if objects == n => {}
-        Response::Stored { objects, .. } => {
-            return Err(super::proto::protocol_error(format!("sent {n} objects, the target stored {objects}")))
+/// Sends batches, keeping up to `WINDOW` unanswered.
+struct Outbox<'a, 't> {
+    target: &'t mut dyn Target,
+    progress: &'a SyncProgress,
+    report: &'a mut SyncReport,
+    throttle: Throttle,
+    /// (objects, bytes) of each request not answered yet, oldest first.
+    inflight: VecDeque<(u64, u64)>,
+}
+
+impl Outbox<'_, '_> {
+    fn put(&mut self, batch: Vec<WireObject>) -> Result<()> {
+        let sent = (batch.len() as u64, batch.iter().map(|o| o.sealed.len() as u64).sum::<u64>());
+        match self.target.send(Request::PutObjects(batch))? {
+            Some(resp) => self.acknowledge(sent, resp)?,
+            None => self.inflight.push_back(sent),
         }
-        other => return Err(unexpected(&other)),
+        self.throttle.pace(sent.1);
+        self.drain(WINDOW - 1)
     }
-    report.round_trips += 1;
-    count(progress, report, n, bytes);
-    throttle.pace(bytes);
-    Ok(())
+
+    /// Collect replies until at most `keep` requests are unanswered.
+    fn drain(&mut self, keep: usize) -> Result<()> {
+        while self.inflight.len() > keep {
+            let resp = self.target.recv()?;
+            let sent = self.inflight.pop_front().unwrap_or_default();
+            self.acknowledge(sent, resp)?;
+        }
+        Ok(())
+    }
+
+    fn acknowledge(&mut self, (n, bytes): (u64, u64), resp: Response) -> Result<()> {
+        match resp {
+            Response::Stored { objects, .. } if objects == n => {}
+            Response::Stored { objects, .. } => {
+                return Err(super::proto::protocol_error(format!("sent {n} objects, the target stored {objects}")))
+            }
+            other => return Err(unexpected(&other)),
+        }
+        self.report.round_trips += 1;
+        count(self.progress, self.report, n, bytes);
+        Ok(())
+    }
 }
