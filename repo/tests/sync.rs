@@ -375,6 +375,24 @@ fn over_the_protocol_a_dropped_connection_keeps_what_arrived_and_resumes() {
 }
 
 #[test]
+fn over_the_protocol_pipelined_replies_come_back_in_order() {
+    let f = fixture();
+    let (mut client, server) = served(f.root.join("remote"), false);
+    client.handshake(&f.primary).unwrap();
+    let sealed = vec![1u8; 100];
+    let good = proto::WireObject { id: Id([5; 32]), kind: 1, check: cairn_repo::store::checksum(&sealed), sealed };
+    let bad = proto::WireObject { check: [0; 16], id: Id([6; 32]), ..good.clone() };
+    assert!(client.send(Request::PutObjects(vec![bad])).unwrap().is_none());
+    assert!(client.send(Request::PutObjects(vec![good])).unwrap().is_none());
+    let first = client.recv().unwrap_err();
+    assert!(first.to_string().contains("checksum"), "{first}");
+    assert_eq!(client.recv().unwrap(), Response::Stored { objects: 1, bytes: 100 });
+    assert_eq!(client.call(Request::Have(vec![Id([6; 32])])).unwrap(), Response::Have(vec![false]));
+    assert_eq!(client.call(Request::Bye).unwrap(), Response::Done);
+    server.join().unwrap().unwrap();
+}
+
+#[test]
 fn over_the_protocol_a_foreign_repository_is_refused() {
     let f = fixture();
     let other_dir = f.root.join("other");
