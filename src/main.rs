@@ -11,8 +11,11 @@ mod ls;
 mod output;
 mod restore;
 mod secrets;
+mod serve;
 mod snapshots;
 mod stats;
+mod sync;
+mod target;
 
 use cairn_repo::Error;
 use clap::{Parser, Subcommand};
@@ -82,6 +85,13 @@ enum Command {
     Key(key::Command),
     /// Show repository size, deduplication and space efficiency
     Stats(stats::Args),
+    /// Push snapshots to secondary repositories (replicas)
+    Sync(sync::Args),
+    /// Manage named sync targets
+    #[command(subcommand)]
+    Target(target::Command),
+    /// Serve a replica over stdin/stdout for `cairn sync` (run by ssh on the far side)
+    Serve(serve::Args),
 }
 
 /// A failure with the exit code it maps to.
@@ -159,6 +169,9 @@ fn main() -> ExitCode {
         Command::Check(a) => check::run(g, a),
         Command::Key(c) => key::run(g, c),
         Command::Stats(a) => stats::run(g, a),
+        Command::Sync(a) => sync::run(g, a),
+        Command::Target(c) => target::run(g, c),
+        Command::Serve(a) => serve::run(g, a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -15,6 +15,7 @@ pub mod reader;
 pub mod repo;
 pub mod restore;
 pub mod store;
+pub mod sync;
 pub mod util;
 
 pub use error::{Error, Result};

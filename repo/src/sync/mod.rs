@@ -1,0 +1,163 @@
+//! Sync to secondary repositories (replicas): sealed objects travel verbatim, negotiated by
+//! fingerprints, snapshots last. See DESIGN.md, "Sync protocol".
+//!
+//! The sending side ([`sync`]) needs the primary's keys only to read trees for the walk; the
+//! receiving side ([`sink::Sink`]) never needs a key.
+
+pub mod plan;
+pub mod proto;
+pub mod remote;
+pub mod send;
+pub mod serve;
+pub mod sink;
+pub mod targets;
+
+use crate::crypto::Kind;
+use crate::error::{Error, Result};
+use crate::format::Snapshot;
+use crate::id::Id;
+use crate::repo::Repository;
+use crate::store::Store;
+use proto::{Request, Response};
+use remote::{expect_done, unexpected};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub use remote::{SshOptions, SshTarget, SshUrl, StreamTarget};
+pub use sink::Sink;
+pub use targets::TargetUrl;
+
+/// The receiving end of a sync, after the handshake: one request, one response.
+pub trait Target {
+    fn call(&mut self, req: Request) -> Result<Response>;
+
+    /// Send a request whose reply may come later: `Some` if it was answered at once (the
+    /// default), `None` if it is in flight and `recv` returns its reply, in order.
+    fn send(&mut self, req: Request) -> Result<Option<Response>> {
+        self.call(req).map(Some)
+    }
+
+    fn recv(&mut self) -> Result<Response> {
+        Err(proto::protocol_error("no request in flight"))
+    }
+}
+
+/// A replica on a local path, written directly through its store.
+pub struct LocalTarget<'s> {
+    sink: Sink<'s>,
+}
+
+impl<'s> LocalTarget<'s> {
+    pub fn new(store: &'s Store) -> Result<LocalTarget<'s>> {
+        Ok(LocalTarget { sink: Sink::new(store, false)? })
+    }
+}
+
+impl Target for LocalTarget<'_> {
+    fn call(&mut self, req: Request) -> Result<Response> {
+        self.sink.try_handle(req)
+    }
+}
+
+/// Open the replica at `dir`, creating it from `primary` if there is none yet. Returns the
+/// store and whether it was created. A repository with another id is refused.
+pub fn open_local_replica(primary: &Repository, dir: &Path) -> Result<(Store, bool)> {
+    let repo_id = primary.config().repo_id;
+    if sink::repository_exists(dir) {
+        return Ok((sink::open_replica(dir, &repo_id, crate::store::DEFAULT_DB_CACHE)?, false));
+    }
+    let slots: Vec<Vec<u8>> = primary.store().key_slots()?.into_iter().map(|(_, b)| b).collect();
+    let store = sink::create_replica(dir, &repo_id, &primary.config().encode(), &slots)?;
+    Ok((store, true))
+}
+
+#[derive(Clone, Debug)]
+pub struct SyncOptions {
+    /// Cap on bytes sent per second.
+    pub limit_rate: Option<u64>,
+    /// Bytes of objects per `PutObjects` request.
+    pub batch_bytes: usize,
+    /// Ids per `Have` request.
+    pub have_batch: usize,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions { limit_rate: None, batch_bytes: 8 << 20, have_batch: 4096 }
+    }
+}
+
+/// Live counters for a progress display.
+#[derive(Default)]
+pub struct SyncProgress {
+    pub objects: AtomicU64,
+    pub bytes: AtomicU64,
+    pub total_objects: AtomicU64,
+    pub total_bytes: AtomicU64,
+}
+
+/// What one sync did. Filled as it goes, so it is meaningful after a failure too.
+#[derive(Clone, Debug, Default)]
+pub struct SyncReport {
+    pub created: bool,
+    pub snapshots_sent: u64,
+    pub objects_sent: u64,
+    pub bytes_sent: u64,
+    pub round_trips: u64,
+    /// Object ids the negotiation asked the target about.
+    pub ids_asked: u64,
+    /// Snapshots the target holds (as last known).
+    pub target_snapshots: Vec<Id>,
+}
+
+/// Push every snapshot the target lacks, with everything they need.
+pub fn sync(
+    repo: &Repository,
+    target: &mut dyn Target,
+    opts: &SyncOptions,
+    progress: &SyncProgress,
+    report: &mut SyncReport,
+) -> Result<()> {
+    let slots: Vec<Vec<u8>> = repo.store().key_slots()?.into_iter().map(|(_, b)| b).collect();
+    expect_done(target.call(Request::AddKeySlots(slots))?)?;
+    report.target_snapshots = list_snapshots(target)?;
+    // Snapshots first, then the view: the view is newer, so it holds all they reference.
+    let blobs = repo.store().snapshot_blobs()?;
+    let view = repo.view()?;
+    let theirs: std::collections::HashSet<Id> = report.target_snapshots.iter().copied().collect();
+    let lacking: Vec<(Id, Vec<u8>)> = blobs.into_iter().filter(|(id, _)| !theirs.contains(id)).collect();
+    if lacking.is_empty() {
+        return Ok(());
+    }
+    let roots = lacking.iter().map(|(id, blob)| snapshot_root(repo, id, blob)).collect::<Result<Vec<Id>>>()?;
+    let plan = plan::plan(repo, &view, target, &roots, opts.have_batch)?;
+    report.round_trips += plan.round_trips;
+    report.ids_asked += plan.asked;
+    send::send_objects(repo, &view, target, &plan, opts, progress, report)?;
+    let ids: Vec<Id> = lacking.iter().map(|(id, _)| *id).collect();
+    expect_done(target.call(Request::PutSnapshots(lacking))?)?;
+    report.round_trips += 1;
+    report.snapshots_sent = ids.len() as u64;
+    report.target_snapshots.extend(ids);
+    Ok(())
+}
+
+fn snapshot_root(repo: &Repository, id: &Id, blob: &[u8]) -> Result<Id> {
+    let plain = repo.keys().open(Kind::Snapshot, id, blob)?;
+    Ok(Snapshot::decode(&plain).map_err(|e| Error::corrupt(id, e.to_string()))?.root)
+}
+
+pub fn list_snapshots(target: &mut dyn Target) -> Result<Vec<Id>> {
+    match target.call(Request::ListSnapshots)? {
+        Response::Snapshots(ids) => Ok(ids),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// Counters in `progress` and `report` advance together.
+fn count(progress: &SyncProgress, report: &mut SyncReport, objects: u64, bytes: u64) {
+    progress.objects.fetch_add(objects, Ordering::Relaxed);
+    progress.bytes.fetch_add(bytes, Ordering::Relaxed);
+    report.objects_sent += objects;
+    report.bytes_sent += bytes;
+}

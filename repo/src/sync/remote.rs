@@ -1,0 +1,327 @@
+//! Targets behind the wire protocol: any byte stream (`StreamTarget`), and `ssh` running
+//! `cairn serve` on the far side (`SshTarget`).
+
+use super::proto::{self, Request, Response};
+use super::Target;
+use crate::error::{Error, Result};
+use crate::repo::Repository;
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A protocol client over a reader (the server's replies) and a writer (our requests).
+pub struct StreamTarget<R: Read, W: Write> {
+    r: BufReader<R>,
+    w: BufWriter<W>,
+}
+
+impl<R: Read, W: Write> StreamTarget<R, W> {
+    pub fn new(r: R, w: W) -> Self {
+        StreamTarget { r: BufReader::new(r), w: BufWriter::new(w) }
+    }
+
+    fn exchange(&mut self, req: &Request) -> Result<Response> {
+        proto::write_msg(&mut self.w, req)?;
+        self.reply()
+    }
+
+    fn reply(&mut self) -> Result<Response> {
+        match proto::read_msg(&mut self.r)? {
+            Response::Error(msg) => Err(Error::Invalid(format!("the target refused: {msg}"))),
+            resp => Ok(resp),
+        }
+    }
+
+    /// Hello, and create the replica if the far side has none. Refuses a foreign repository.
+    pub fn handshake(&mut self, primary: &Repository) -> Result<bool> {
+        let repo_id = primary.config().repo_id;
+        let hello = Request::Hello { magic: proto::MAGIC, version: proto::VERSION, repo_id };
+        let exists = match self.exchange(&hello)? {
+            Response::Hello { version, repo_id: theirs, exists, .. } => {
+                if version != proto::VERSION || theirs != repo_id {
+                    return Err(proto::protocol_error(
+                        "the server answered the hello with another version or repository id",
+                    ));
+                }
+                exists
+            }
+            other => return Err(unexpected(&other)),
+        };
+        if !exists {
+            let key_slots = primary.store().key_slots()?.into_iter().map(|(_, b)| b).collect();
+            let create = Request::Create { config: primary.config().encode(), key_slots };
+            expect_done(self.exchange(&create)?)?;
+        }
+        Ok(!exists)
+    }
+}
+
+impl<R: Read, W: Write> Target for StreamTarget<R, W> {
+    fn call(&mut self, req: Request) -> Result<Response> {
+        self.exchange(&req)
+    }
+
+    fn send(&mut self, req: Request) -> Result<Option<Response>> {
+        proto::write_msg(&mut self.w, &req).map(|_| None)
+    }
+
+    fn recv(&mut self) -> Result<Response> {
+        self.reply()
+    }
+}
+
+pub fn unexpected(resp: &Response) -> Error {
+    let name = match resp {
+        Response::Hello { .. } => "hello",
+        Response::Info { .. } => "info",
+        Response::Snapshots(_) => "snapshot list",
+        Response::Have(_) => "have list",
+        Response::Stored { .. } => "stored",
+        Response::Done => "done",
+        Response::Error(_) => "error",
+    };
+    proto::protocol_error(format!("unexpected {name} reply"))
+}
+
+pub fn expect_done(resp: Response) -> Result<()> {
+    match resp {
+        Response::Done => Ok(()),
+        other => Err(unexpected(&other)),
+    }
+}
+
+/// A parsed `ssh://[user@]host[:port]/path`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SshUrl {
+    pub user: Option<String>,
+    pub host: String,
+    pub port: Option<u16>,
+    pub path: String,
+}
+
+impl SshUrl {
+    pub fn parse(url: &str) -> Result<SshUrl> {
+        let bad = |why: &str| {
+            Error::Invalid(format!("`{url}` is not a valid ssh target ({why}); use ssh://[user@]host[:port]/path"))
+        };
+        let rest = url.strip_prefix("ssh://").ok_or_else(|| bad("no ssh:// prefix"))?;
+        let slash = rest.find('/').ok_or_else(|| bad("no path"))?;
+        let (auth, path) = rest.split_at(slash);
+        let (user, hostport) = match auth.rsplit_once('@') {
+            Some((u, h)) => (Some(u.to_string()), h),
+            None => (None, auth),
+        };
+        let (host, port) = split_port(hostport).ok_or_else(|| bad("bad port"))?;
+        let host_ok = !host.is_empty() && !host.starts_with('-') && host.bytes().all(|b| b.is_ascii_graphic());
+        let user_ok = user
+            .as_deref()
+            .is_none_or(|u| !u.is_empty() && !u.starts_with('-') && u.bytes().all(|b| b.is_ascii_graphic()));
+        if !host_ok || !user_ok || path.len() < 2 {
+            return Err(bad("empty or invalid user, host or path"));
+        }
+        Ok(SshUrl { user, host: host.to_string(), port, path: path.to_string() })
+    }
+}
+
+fn split_port(hostport: &str) -> Option<(&str, Option<u16>)> {
+    if let Some(inner) = hostport.strip_prefix('[') {
+        let (h, after) = inner.split_once(']')?;
+        return match after.strip_prefix(':') {
+            Some(p) => Some((h, Some(p.parse().ok()?))),
+            None if after.is_empty() => Some((h, None)),
+            None => None,
+        };
+    }
+    match hostport.rsplit_once(':') {
+        Some((h, p)) => Some((h, Some(p.parse().ok()?))),
+        None => Some((hostport, None)),
+    }
+}
+
+/// Quote for a POSIX shell (the remote command line is run by the remote user's shell).
+pub fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// How to reach the far side.
+#[derive(Clone, Debug)]
+pub struct SshOptions {
+    /// The ssh program and its own options, e.g. `["ssh", "-F", "/etc/cairn/ssh_config"]`.
+    pub command: Vec<String>,
+    /// The `cairn` binary on the far side.
+    pub remote_binary: String,
+}
+
+impl Default for SshOptions {
+    fn default() -> Self {
+        SshOptions { command: vec!["ssh".into()], remote_binary: "cairn".into() }
+    }
+}
+
+/// The argument vector that runs `cairn serve` through ssh.
+pub fn ssh_argv(url: &SshUrl, opts: &SshOptions) -> Vec<String> {
+    let mut argv = opts.command.clone();
+    if argv.is_empty() {
+        argv.push("ssh".into());
+    }
+    argv.extend(["-o".into(), "BatchMode=yes".into()]);
+    if let Some(p) = url.port {
+        argv.extend(["-p".into(), p.to_string()]);
+    }
+    if let Some(u) = &url.user {
+        argv.extend(["-l".into(), u.clone()]);
+    }
+    argv.push(url.host.clone());
+    // `ssh://host/~/dir`: relative to the remote home, where ssh starts the command.
+    let path = url.path.strip_prefix("/~/").unwrap_or(&url.path);
+    argv.push(format!("{} serve --repo {}", shell_quote(&opts.remote_binary), shell_quote(path)));
+    argv
+}
+
+/// `cairn serve` on another machine through the system ssh.
+pub struct SshTarget {
+    child: Child,
+    stream: Option<StreamTarget<ChildStdout, ChildStdin>>,
+    stderr: Arc<Mutex<String>>,
+    label: String,
+}
+
+impl SshTarget {
+    pub fn connect(url: &SshUrl, opts: &SshOptions) -> Result<SshTarget> {
+        let argv = ssh_argv(url, opts);
+        let mut child = Command::new(&argv[0])
+            .args(&argv[1..])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| Error::io(format!("running {}", argv[0]), e))?;
+        let stderr = Arc::new(Mutex::new(String::new()));
+        if let Some(mut pipe) = child.stderr.take() {
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                let mut buf = String::new();
+                let _ = pipe.read_to_string(&mut buf);
+                if let Ok(mut s) = sink.lock() {
+                    s.push_str(&buf);
+                }
+            });
+        }
+        let (Some(out), Some(inp)) = (child.stdout.take(), child.stdin.take()) else {
+            return Err(Error::Invalid("ssh started without pipes".into()));
+        };
+        let label = format!("{}{}", url.host, url.port.map(|p| format!(":{p}")).unwrap_or_default());
+        Ok(SshTarget { child, stream: Some(StreamTarget::new(out, inp)), stderr, label })
+    }
+
+    pub fn handshake(&mut self, primary: &Repository) -> Result<bool> {
+        self.with_stream(|s| s.handshake(primary))
+    }
+
+    /// Add what ssh said on stderr once it has exited, so "connection refused" and "permission
+    /// denied" reach the user instead of a bare protocol error.
+    fn explain(&mut self, e: Error) -> Error {
+        let status = self.wait_briefly(Duration::from_secs(2));
+        std::thread::sleep(Duration::from_millis(50));
+        let said = self.stderr.lock().map(|s| s.trim().to_string()).unwrap_or_default();
+        let code = status.and_then(|s| s.code());
+        if said.is_empty() && code.is_none() {
+            return e;
+        }
+        let last: Vec<&str> = said.lines().rev().take(3).collect();
+        let said: Vec<&str> = last.into_iter().rev().collect();
+        let hint = match code {
+            Some(127) => "; is cairn installed on the far side? (--remote-cairn, $CAIRN_REMOTE_BINARY)",
+            _ => "",
+        };
+        let how = code.map(|c| format!(" (exit {c})")).unwrap_or_default();
+        Error::Invalid(format!("ssh to {} failed{how}: {}{hint} [{e}]", self.label, said.join("; ")))
+    }
+
+    fn wait_briefly(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            match self.child.try_wait() {
+                Ok(Some(st)) => return Some(st),
+                Err(_) => return None,
+                Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+        None
+    }
+}
+
+impl SshTarget {
+    fn with_stream<T>(&mut self, f: impl FnOnce(&mut StreamTarget<ChildStdout, ChildStdin>) -> Result<T>) -> Result<T> {
+        let r = match self.stream.as_mut() {
+            Some(s) => f(s),
+            None => Err(Error::Invalid("connection closed".into())),
+        };
+        r.map_err(|e| self.explain(e))
+    }
+}
+
+impl Target for SshTarget {
+    fn call(&mut self, req: Request) -> Result<Response> {
+        self.with_stream(|s| s.call(req))
+    }
+
+    fn send(&mut self, req: Request) -> Result<Option<Response>> {
+        self.with_stream(|s| s.send(req))
+    }
+
+    fn recv(&mut self) -> Result<Response> {
+        self.with_stream(|s| s.recv())
+    }
+}
+
+impl Drop for SshTarget {
+    fn drop(&mut self) {
+        if let Some(mut s) = self.stream.take() {
+            let _ = s.call(Request::Bye);
+        }
+        if self.wait_briefly(Duration::from_secs(5)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ssh_urls() {
+        let u = SshUrl::parse("ssh://bob@example.org:2222/srv/backup").unwrap();
+        assert_eq!(
+            u,
+            SshUrl {
+                user: Some("bob".into()),
+                host: "example.org".into(),
+                port: Some(2222),
+                path: "/srv/backup".into()
+            }
+        );
+        let u = SshUrl::parse("ssh://host/x").unwrap();
+        assert_eq!((u.user, u.port, u.path.as_str()), (None, None, "/x"));
+        let u = SshUrl::parse("ssh://[::1]:22/x").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", Some(22)));
+        for bad in ["ssh://host", "ssh://-oProxyCommand=x/p", "ssh://h:99999/p", "http://h/p", "ssh:///p", "ssh://h/"] {
+            assert!(SshUrl::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn argv_quotes_the_remote_command() {
+        let u = SshUrl::parse("ssh://me@h:2200/it's here").unwrap();
+        let argv = ssh_argv(&u, &SshOptions::default());
+        assert_eq!(&argv[..7], ["ssh", "-o", "BatchMode=yes", "-p", "2200", "-l", "me"]);
+        assert_eq!(argv[7], "h");
+        assert_eq!(argv[8], r"'cairn' serve --repo '/it'\''s here'");
+        let u = SshUrl::parse("ssh://h/~/backups/x").unwrap();
+        assert_eq!(ssh_argv(&u, &SshOptions::default()).last().unwrap(), "'cairn' serve --repo 'backups/x'");
+    }
+}

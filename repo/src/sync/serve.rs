@@ -1,0 +1,76 @@
+//! `cairn serve`: the far side of an ssh target. Reads frames from a stream, answers each one,
+//! and never needs the password.
+
+use super::proto::{self, Request, Response};
+use super::sink::{self, Sink};
+use crate::error::{Error, Result};
+use crate::store::{Store, DEFAULT_DB_CACHE};
+use std::io::{Read, Write};
+use std::path::Path;
+
+/// Serve one client session on `r`/`w` for the replica at `dir`. Returns when the client says
+/// goodbye or closes the stream; a protocol violation is reported to the client (when it can
+/// still be) and returned as an error.
+pub fn serve<R: Read, W: Write>(dir: &Path, append_only: bool, r: &mut R, w: &mut W) -> Result<()> {
+    let result = session(dir, append_only, r, w);
+    if let Err(e) = &result {
+        // Best effort: the peer may already be gone.
+        let _ = proto::write_msg(w, &Response::Error(e.to_string()));
+    }
+    result
+}
+
+fn session<R: Read, W: Write>(dir: &Path, append_only: bool, r: &mut R, w: &mut W) -> Result<()> {
+    let repo_id = match proto::read_msg(r)? {
+        Request::Hello { magic, version, repo_id } => {
+            if magic != proto::MAGIC {
+                return Err(proto::protocol_error("the peer is not a cairn sync client"));
+            }
+            if version != proto::VERSION {
+                return Err(Error::Invalid(format!(
+                    "sync protocol version {version} is not supported here (this cairn speaks {}); use the same cairn version on both sides",
+                    proto::VERSION
+                )));
+            }
+            repo_id
+        }
+        _ => return Err(proto::protocol_error("expected a hello")),
+    };
+    let store = open_or_create(dir, &repo_id, append_only, r, w)?;
+    let mut sink = Sink::new(&store, append_only)?;
+    loop {
+        let req: Request = match proto::read_frame(r)? {
+            Some(body) => proto::decode(&body)?,
+            None => return sink.flush(),
+        };
+        let bye = req == Request::Bye;
+        proto::write_msg(w, &sink.handle(req))?;
+        if bye {
+            return Ok(());
+        }
+    }
+}
+
+fn open_or_create<R: Read, W: Write>(
+    dir: &Path,
+    repo_id: &[u8; 16],
+    append_only: bool,
+    r: &mut R,
+    w: &mut W,
+) -> Result<Store> {
+    let hello = |exists| Response::Hello { version: proto::VERSION, repo_id: *repo_id, exists, append_only };
+    if sink::repository_exists(dir) {
+        let store = sink::open_replica(dir, repo_id, DEFAULT_DB_CACHE)?;
+        proto::write_msg(w, &hello(true))?;
+        return Ok(store);
+    }
+    proto::write_msg(w, &hello(false))?;
+    match proto::read_msg(r)? {
+        Request::Create { config, key_slots } => {
+            let store = sink::create_replica(dir, repo_id, &config, &key_slots)?;
+            proto::write_msg(w, &Response::Done)?;
+            Ok(store)
+        }
+        _ => Err(proto::protocol_error("expected a create request for the new replica")),
+    }
+}

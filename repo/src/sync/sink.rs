@@ -1,0 +1,210 @@
+//! The receiving side of a sync: applies requests to a replica's store without any key.
+//! Used directly by the local-path target and by `cairn serve` behind the wire protocol.
+
+use super::proto::{self, Request, Response, WireObject};
+use crate::crypto::KeySlot;
+use crate::error::{Error, Result};
+use crate::format::Config;
+use crate::id::Id;
+use crate::packer::Packer;
+use crate::store::{Store, DB_FILE};
+use std::path::Path;
+
+/// How many bytes the receiving packer buffers before committing a batch.
+pub const SINK_BATCH_BYTES: usize = 32 << 20;
+
+/// The repository config stored in a store, decoded.
+pub fn store_config(store: &Store) -> Result<Config> {
+    let bytes = store.meta("config")?.ok_or_else(|| Error::RepoNotFound {
+        path: store.dir().to_path_buf(),
+        reason: "the database has no Cairn config".into(),
+    })?;
+    Config::decode(&bytes)
+}
+
+fn foreign(path: &Path, theirs: &[u8; 16], ours: &[u8; 16]) -> Error {
+    Error::Invalid(format!(
+        "{} is not a replica of this repository (it is repository {}, this one is {}); refusing to touch it",
+        path.display(),
+        hex::encode(theirs),
+        hex::encode(ours)
+    ))
+}
+
+/// Whether `dir` already holds a repository database.
+pub fn repository_exists(dir: &Path) -> bool {
+    dir.join(DB_FILE).is_file()
+}
+
+/// Open an existing replica and make sure it shares `repo_id`.
+pub fn open_replica(dir: &Path, repo_id: &[u8; 16], cache: usize) -> Result<Store> {
+    let store = Store::open(dir, cache)?;
+    let config = store_config(&store)?;
+    if &config.repo_id != repo_id {
+        return Err(foreign(dir, &config.repo_id, repo_id));
+    }
+    Ok(store)
+}
+
+/// Create a replica: a new repository with the primary's config and its key slots, still
+/// wrapped. Never touches an existing repository or a non-empty directory.
+pub fn create_replica(dir: &Path, repo_id: &[u8; 16], config: &[u8], key_slots: &[Vec<u8>]) -> Result<Store> {
+    let decoded = Config::decode(config)?;
+    if &decoded.repo_id != repo_id {
+        return Err(proto::protocol_error("the config sent for the replica has another repository id"));
+    }
+    if key_slots.is_empty() {
+        return Err(proto::protocol_error("a replica needs at least one key slot"));
+    }
+    for s in key_slots {
+        postcard::from_bytes::<KeySlot>(s).map_err(|_| proto::protocol_error("undecodable key slot"))?;
+    }
+    let store = Store::create(dir, &[("config", config.to_vec())])?;
+    for s in key_slots {
+        store.add_key_slot(s)?;
+    }
+    Ok(store)
+}
+
+/// Add the slots the store lacks; returns how many were added.
+pub fn add_missing_slots(store: &Store, slots: &[Vec<u8>]) -> Result<u64> {
+    let have: Vec<Vec<u8>> = store.key_slots()?.into_iter().map(|(_, b)| b).collect();
+    let mut added = 0;
+    for s in slots {
+        if have.contains(s) {
+            continue;
+        }
+        postcard::from_bytes::<KeySlot>(s).map_err(|_| proto::protocol_error("undecodable key slot"))?;
+        store.add_key_slot(s)?;
+        added += 1;
+    }
+    Ok(added)
+}
+
+/// Applies sync requests to one replica store.
+pub struct Sink<'s> {
+    store: &'s Store,
+    packer: Packer<'s>,
+    append_only: bool,
+    /// Whether objects were added since the last commit.
+    dirty: bool,
+}
+
+impl<'s> Sink<'s> {
+    pub fn new(store: &'s Store, append_only: bool) -> Result<Sink<'s>> {
+        let cfg = store_config(store)?;
+        Ok(Sink {
+            store,
+            packer: Packer::new(store, cfg.piece_size, cfg.pack_max, SINK_BATCH_BYTES),
+            append_only,
+            dirty: false,
+        })
+    }
+
+    pub fn append_only(&self) -> bool {
+        self.append_only
+    }
+
+    /// Answer one request; failures become `Response::Error` for the peer.
+    pub fn handle(&mut self, req: Request) -> Response {
+        self.try_handle(req).unwrap_or_else(|e| Response::Error(e.to_string()))
+    }
+
+    pub fn try_handle(&mut self, req: Request) -> Result<Response> {
+        match req {
+            Request::Info => self.info(),
+            Request::ListSnapshots => Ok(Response::Snapshots(self.snapshot_ids()?)),
+            Request::Have(ids) => self.have(&ids),
+            Request::PutObjects(objs) => self.put_objects(objs),
+            Request::PutSnapshots(snaps) => self.put_snapshots(&snaps),
+            Request::AddKeySlots(slots) => add_missing_slots(self.store, &slots).map(|_| Response::Done),
+            Request::DeleteSnapshots(ids) => self.delete_snapshots(&ids),
+            Request::Bye => self.flush().map(|_| Response::Done),
+            Request::Hello { .. } | Request::Create { .. } => {
+                Err(proto::protocol_error("hello or create after the session started"))
+            }
+        }
+    }
+
+    fn info(&self) -> Result<Response> {
+        Ok(Response::Info {
+            snapshots: self.store.snapshot_blobs()?.len() as u64,
+            objects: self.store.view()?.object_count()?,
+            append_only: self.append_only,
+        })
+    }
+
+    fn snapshot_ids(&self) -> Result<Vec<Id>> {
+        Ok(self.store.snapshot_blobs()?.into_iter().map(|(id, _)| id).collect())
+    }
+
+    fn have(&self, ids: &[Id]) -> Result<Response> {
+        if ids.len() > proto::MAX_HAVE {
+            return Err(proto::protocol_error(format!(
+                "have request of {} ids exceeds {}",
+                ids.len(),
+                proto::MAX_HAVE
+            )));
+        }
+        let view = self.store.view()?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            out.push(view.contains(id)?);
+        }
+        Ok(Response::Have(out))
+    }
+
+    fn put_objects(&mut self, objs: Vec<WireObject>) -> Result<Response> {
+        let view = self.store.view()?;
+        let (mut objects, mut bytes) = (0u64, 0u64);
+        for o in objs {
+            let kind = proto::check_object(&o)?;
+            objects += 1;
+            bytes += o.sealed.len() as u64;
+            if view.contains(&o.id)? {
+                continue;
+            }
+            self.packer.add(o.id, kind, &o.sealed)?;
+            self.dirty = true;
+        }
+        Ok(Response::Stored { objects, bytes })
+    }
+
+    /// The final commit: every object received, then the snapshots, in one transaction.
+    fn put_snapshots(&mut self, snaps: &[(Id, Vec<u8>)]) -> Result<Response> {
+        if snaps.iter().any(|(_, b)| b.len() < crate::crypto::SEAL_OVERHEAD) {
+            return Err(proto::protocol_error("a snapshot blob is too short to be sealed"));
+        }
+        self.packer.commit(true, snaps)?;
+        self.dirty = false;
+        Ok(Response::Done)
+    }
+
+    fn delete_snapshots(&mut self, ids: &[Id]) -> Result<Response> {
+        if self.append_only {
+            return Err(Error::Invalid(format!(
+                "{} is served append-only: refusing to delete snapshots",
+                self.store.dir().display()
+            )));
+        }
+        self.store.remove_snapshots(ids)?;
+        Ok(Response::Done)
+    }
+
+    /// Commit what has arrived. Safe at any point: the sender sends children before parents,
+    /// so every committed prefix keeps the write-ordering invariant.
+    pub fn flush(&mut self) -> Result<()> {
+        if self.dirty {
+            self.packer.commit(true, &[])?;
+            self.dirty = false;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Sink<'_> {
+    fn drop(&mut self) {
+        // Keep what arrived so an interrupted sync resumes from it; nothing refers to it yet.
+        let _ = self.flush();
+    }
+}

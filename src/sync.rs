@@ -1,0 +1,256 @@
+//! `cairn sync`: push snapshots to secondary repositories (all named targets, or the ones
+//! given), one after another; a failure on one does not stop the others.
+//! Exit 0 when every target is in sync, 3 when some failed, 1 when none was.
+
+use crate::{output, CmdResult, Failure, Global, EXIT_FATAL, EXIT_INCOMPLETE, EXIT_LOCKED};
+use cairn_repo::sync::{self, LocalTarget, SshOptions, SshTarget, SyncOptions, SyncProgress, SyncReport, TargetUrl};
+use cairn_repo::{Error, Repository};
+use std::path::Path;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Target names (see `cairn target list`) or URLs; default: every named target
+    targets: Vec<String>,
+    /// Cap on bytes sent per second, per target (suffixes K, M, G: powers of 1024), e.g. 10M
+    #[arg(long, value_name = "RATE")]
+    limit_rate: Option<String>,
+    /// Wait up to this many seconds for a repository that is locked
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    lock_wait: u64,
+    /// The ssh command and its options, split at whitespace (default: ssh)
+    #[arg(long, env = "CAIRN_SSH_COMMAND", value_name = "COMMAND")]
+    ssh_command: Option<String>,
+    /// The cairn binary on ssh targets
+    #[arg(long, env = "CAIRN_REMOTE_BINARY", default_value = "cairn", value_name = "PATH")]
+    remote_cairn: String,
+}
+
+struct Resolved {
+    /// The name, or the URL for an unnamed target.
+    label: String,
+    url: String,
+}
+
+/// The outcome for one target.
+struct Outcome {
+    label: String,
+    url: String,
+    report: SyncReport,
+    seconds: f64,
+    error: Option<String>,
+}
+
+/// Parse `10M`, `512K`, `1G`, `1000` (bytes per second).
+pub fn parse_rate(s: &str) -> Result<u64, Failure> {
+    let t = s.trim().trim_end_matches("/s").trim_end_matches(['B', 'b']).trim_end_matches('i');
+    let (num, mult) = match t.char_indices().last() {
+        Some((i, c)) if c.eq_ignore_ascii_case(&'k') => (&t[..i], 1u64 << 10),
+        Some((i, c)) if c.eq_ignore_ascii_case(&'m') => (&t[..i], 1 << 20),
+        Some((i, c)) if c.eq_ignore_ascii_case(&'g') => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .map_err(|_| Failure::usage(format!("--limit-rate {s}: give bytes per second like 10M or 512K")))?;
+    if n.is_nan() || n <= 0.0 {
+        return Err(Failure::usage(format!("--limit-rate {s}: must be positive")));
+    }
+    Ok(((n * mult as f64) as u64).max(1))
+}
+
+fn open_primary(g: &Global, lock_wait: u64) -> Result<Repository, Failure> {
+    let deadline = Instant::now() + Duration::from_secs(lock_wait);
+    loop {
+        match g.open() {
+            Err(f) if f.code == EXIT_LOCKED && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(250))
+            }
+            r => return r,
+        }
+    }
+}
+
+fn resolve(repo: &Repository, wanted: &[String]) -> Result<Vec<Resolved>, Failure> {
+    let named = repo.store().targets()?;
+    if wanted.is_empty() {
+        if named.is_empty() {
+            return Err(Failure::usage("no sync targets: add one with `cairn target add NAME URL` or give a URL"));
+        }
+        return Ok(named.into_iter().map(|(label, url)| Resolved { label, url }).collect());
+    }
+    wanted
+        .iter()
+        .map(|w| match named.iter().find(|(n, _)| n == w) {
+            Some((n, u)) => Ok(Resolved { label: n.clone(), url: u.clone() }),
+            None if TargetUrl::looks_like_url(w) => {
+                let url = crate::target::absolute_url(w)?;
+                Ok(Resolved { label: url.clone(), url })
+            }
+            None => Err(Failure::usage(format!("no target named `{w}`; see `cairn target list`"))),
+        })
+        .collect()
+}
+
+fn ssh_options(a: &Args) -> SshOptions {
+    let command = a
+        .ssh_command
+        .as_deref()
+        .map(|c| c.split_whitespace().map(String::from).collect())
+        .filter(|v: &Vec<String>| !v.is_empty())
+        .unwrap_or_else(|| vec!["ssh".to_string()]);
+    SshOptions { command, remote_binary: a.remote_cairn.clone() }
+}
+
+fn retry_locked<T>(lock_wait: u64, mut f: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
+    let deadline = Instant::now() + Duration::from_secs(lock_wait);
+    loop {
+        match f() {
+            Err(Error::Locked { .. }) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(250)),
+            r => return r,
+        }
+    }
+}
+
+struct Ctx<'a> {
+    repo: &'a Repository,
+    opts: SyncOptions,
+    ssh: SshOptions,
+    lock_wait: u64,
+}
+
+fn sync_one(ctx: &Ctx<'_>, url: &str, progress: &SyncProgress, report: &mut SyncReport) -> Result<(), Error> {
+    match TargetUrl::parse(url)? {
+        TargetUrl::Local(dir) => sync_local(ctx, &dir, progress, report),
+        TargetUrl::Ssh(u) => {
+            let mut t = SshTarget::connect(&u, &ctx.ssh)?;
+            report.created = t.handshake(ctx.repo)?;
+            sync::sync(ctx.repo, &mut t, &ctx.opts, progress, report)
+        }
+    }
+}
+
+fn sync_local(ctx: &Ctx<'_>, dir: &Path, progress: &SyncProgress, report: &mut SyncReport) -> Result<(), Error> {
+    let (store, created) = retry_locked(ctx.lock_wait, || sync::open_local_replica(ctx.repo, dir))?;
+    report.created = created;
+    let mut t = LocalTarget::new(&store)?;
+    sync::sync(ctx.repo, &mut t, &ctx.opts, progress, report)
+}
+
+fn run_target(g: &Global, ctx: &Ctx<'_>, t: &Resolved) -> Outcome {
+    let started = Instant::now();
+    let progress = SyncProgress::default();
+    let mut report = SyncReport::default();
+    let render = || {
+        let (o, b) = (progress.objects.load(Ordering::Relaxed), progress.bytes.load(Ordering::Relaxed));
+        let total = progress.total_bytes.load(Ordering::Relaxed);
+        (b, (total > 0).then_some(total), format!("{}: {o} objects", t.label))
+    };
+    let result = output::with_progress(g, render, || sync_one(ctx, &t.url, &progress, &mut report));
+    Outcome {
+        label: t.label.clone(),
+        url: t.url.clone(),
+        report,
+        seconds: started.elapsed().as_secs_f64(),
+        error: result.err().map(|e| e.to_string()),
+    }
+}
+
+/// Record the outcome in the primary's state table (read by `cairn status`).
+fn record(repo: &Repository, o: &Outcome) {
+    let value = serde_json::json!({
+        "time": cairn_repo::util::now_unix(),
+        "ok": o.error.is_none(),
+        "snapshots": o.report.target_snapshots.iter().map(|id| id.to_hex()).collect::<Vec<_>>(),
+        "error": o.error,
+    });
+    if let Err(e) = repo.store().set_state(&format!("sync.{}", o.label), value.to_string().as_bytes()) {
+        output::warn(&format!("could not record the sync state of {}: {e}", o.label));
+    }
+}
+
+fn outcome_json(o: &Outcome) -> serde_json::Value {
+    serde_json::json!({
+        "target": o.label,
+        "url": o.url,
+        "ok": o.error.is_none(),
+        "created": o.report.created,
+        "snapshots_sent": o.report.snapshots_sent,
+        "objects": o.report.objects_sent,
+        "bytes": o.report.bytes_sent,
+        "round_trips": o.report.round_trips,
+        "ids_asked": o.report.ids_asked,
+        "seconds": (o.seconds * 1000.0).round() / 1000.0,
+        "target_snapshots": o.report.target_snapshots.len(),
+        "error": o.error,
+    })
+}
+
+fn print_human(g: &Global, o: &Outcome) {
+    match &o.error {
+        Some(e) => output::warn(&format!("sync to {} failed: {e}", o.label)),
+        None => output::info(
+            g,
+            &format!(
+                "{}: {}{} snapshots, {} objects, {} sent in {:.1} s",
+                o.label,
+                if o.report.created { "created replica; " } else { "" },
+                o.report.snapshots_sent,
+                o.report.objects_sent,
+                output::bytes(o.report.bytes_sent),
+                o.seconds
+            ),
+        ),
+    }
+}
+
+pub fn run(g: &Global, a: &Args) -> CmdResult {
+    let limit_rate = a.limit_rate.as_deref().map(parse_rate).transpose()?;
+    let repo = open_primary(g, a.lock_wait)?;
+    let targets = resolve(&repo, &a.targets)?;
+    let ctx = Ctx {
+        repo: &repo,
+        opts: SyncOptions { limit_rate, ..SyncOptions::default() },
+        ssh: ssh_options(a),
+        lock_wait: a.lock_wait,
+    };
+    let mut outcomes = Vec::new();
+    for t in &targets {
+        let o = run_target(g, &ctx, t);
+        record(&repo, &o);
+        if !g.json {
+            print_human(g, &o);
+        }
+        outcomes.push(o);
+    }
+    let failed = outcomes.iter().filter(|o| o.error.is_some()).count();
+    if g.json {
+        output::json(&serde_json::json!({
+            "targets": outcomes.iter().map(outcome_json).collect::<Vec<_>>(),
+            "ok": outcomes.len() - failed,
+            "failed": failed,
+        }));
+    }
+    match failed {
+        0 => Ok(0),
+        n if n == outcomes.len() => Err(Failure { code: EXIT_FATAL, message: "sync failed for every target".into() }),
+        _ => Ok(EXIT_INCOMPLETE),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_rate;
+
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("10M").ok(), Some(10 << 20));
+        assert_eq!(parse_rate("512k").ok(), Some(512 << 10));
+        assert_eq!(parse_rate("1.5G").ok(), Some(3 << 29));
+        assert_eq!(parse_rate("1000").ok(), Some(1000));
+        assert_eq!(parse_rate("10MiB/s").ok(), Some(10 << 20));
+        assert!(parse_rate("fast").is_err() && parse_rate("0").is_err());
+    }
+}

@@ -1,0 +1,345 @@
+//! `cairn sync`, `cairn target` and `cairn serve` end to end with the real binary: a local
+//! replica, and a replica over a real sshd started on 127.0.0.1 with throwaway keys.
+
+mod common;
+
+use common::*;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn make_source(dir: &Path) {
+    std::fs::create_dir_all(dir.join("a/b")).unwrap();
+    std::fs::write(dir.join("a/b/text"), "hello sync\n".repeat(1000)).unwrap();
+    std::fs::write(dir.join("a/random"), pseudo_random(2_500_000, 3)).unwrap();
+    std::fs::write(dir.join("top"), b"top file\n").unwrap();
+    std::os::unix::fs::symlink("a/b/text", dir.join("link")).unwrap();
+}
+
+fn sync_json(c: &mut Command, code: i32) -> serde_json::Value {
+    let out = ok(c, code);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("sync --json: {e}\n{out}"))
+}
+
+fn snapshot_ids(repo: &Path) -> Vec<String> {
+    snapshots(repo).iter().map(|s| s["id"].as_str().unwrap().to_string()).collect()
+}
+
+fn restore_and_compare(replica: &Path, src: &Path, out: &Path) {
+    ok(cairn(replica).args(["restore", "latest", "--target"]).arg(out), 0);
+    assert_same_tree(src, &out.join(src.strip_prefix("/").unwrap()));
+}
+
+fn sync_state(repo: &Path, key: &str) -> serde_json::Value {
+    let store = cairn_repo::store::Store::open(repo, 1 << 20).unwrap();
+    let bytes = store.state(&format!("sync.{key}")).unwrap().unwrap_or_else(|| panic!("no state sync.{key}"));
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[test]
+fn local_target_add_list_sync_restore() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, src, nas) = (tmp.path().join("repo"), tmp.path().join("src"), tmp.path().join("nas"));
+    make_source(&src);
+    init(&repo);
+    backup(&repo, &[&src]);
+    ok(cairn(&repo).args(["target", "add", "nas"]).arg(&nas), 0);
+    let r = run(cairn(&repo).args(["target", "add", "nas", "/elsewhere"]));
+    assert_ne!(r.code, 0, "duplicate names are refused");
+    let list = ok(cairn(&repo).args(["target", "list", "--json"]), 0);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(list["targets"][0]["name"], "nas");
+    assert_eq!(list["targets"][0]["kind"], "local");
+
+    let v = sync_json(cairn(&repo).args(["sync", "--json"]), 0);
+    let t = &v["targets"][0];
+    assert_eq!(
+        (t["target"].as_str(), t["ok"].as_bool(), t["created"].as_bool()),
+        (Some("nas"), Some(true), Some(true))
+    );
+    assert_eq!(t["snapshots_sent"], 1);
+    assert!(t["bytes"].as_u64().unwrap() > 2_000_000, "{t}");
+    assert!(t["error"].is_null());
+    assert_eq!(snapshot_ids(&nas), snapshot_ids(&repo));
+    restore_and_compare(&nas, &src, &tmp.path().join("out"));
+    let state = sync_state(&repo, "nas");
+    assert_eq!(state["ok"], true);
+    assert_eq!(state["snapshots"].as_array().unwrap().len(), 1);
+    assert!(state["error"].is_null() && state["time"].as_i64().unwrap() > 0);
+
+    // Again: nothing to send. Quiet prints nothing.
+    let out = ok(cairn(&repo).args(["sync", "--quiet", "nas"]), 0);
+    assert_eq!(out, "");
+    let v = sync_json(cairn(&repo).args(["sync", "--json", "nas"]), 0);
+    assert_eq!((v["targets"][0]["objects"].as_u64(), v["targets"][0]["bytes"].as_u64()), (Some(0), Some(0)));
+
+    ok(cairn(&repo).args(["target", "remove", "nas"]), 0);
+    let r = run(cairn(&repo).args(["sync"]));
+    assert_eq!(r.code, 2, "no targets is a usage error: {}", r.stderr);
+}
+
+#[test]
+fn limit_rate_caps_the_sending_speed() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, src) = (tmp.path().join("repo"), tmp.path().join("src"));
+    make_source(&src);
+    init(&repo);
+    backup(&repo, &[&src]);
+    let dest = tmp.path().join("slow");
+    let v = sync_json(cairn(&repo).args(["sync", "--json", "--limit-rate", "1M"]).arg(&dest), 0);
+    let t = &v["targets"][0];
+    let (bytes, secs) = (t["bytes"].as_f64().unwrap(), t["seconds"].as_f64().unwrap());
+    assert!(bytes > 2_000_000.0);
+    assert!(secs >= bytes / (1 << 20) as f64 * 0.8, "{bytes} bytes in {secs} s at 1 MiB/s");
+}
+
+#[test]
+fn a_foreign_repository_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, other, src) = (tmp.path().join("repo"), tmp.path().join("other"), tmp.path().join("src"));
+    make_source(&src);
+    init(&repo);
+    init(&other);
+    backup(&repo, &[&src]);
+    let r = run(cairn(&repo).arg("sync").arg(&other));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("not a replica of this repository"), "{}", r.stderr);
+    assert!(snapshot_ids(&other).is_empty());
+}
+
+#[test]
+fn sync_runs_beside_a_backup() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, src, nas) = (tmp.path().join("repo"), tmp.path().join("src"), tmp.path().join("nas"));
+    make_source(&src);
+    init(&repo);
+    backup(&repo, &[&src]);
+    std::fs::write(src.join("bigger"), pseudo_random(40_000_000, 9)).unwrap();
+    let mut running = cairn(&repo).args(["backup", "--quiet"]).arg(&src).spawn().unwrap();
+    let first = sync_json(cairn(&repo).args(["sync", "--json"]).arg(&nas), 0);
+    assert_eq!(first["targets"][0]["ok"], true);
+    assert!(running.wait().unwrap().success(), "the backup beside the sync succeeds");
+    ok(cairn(&repo).arg("sync").arg(&nas), 0);
+    assert_eq!(snapshot_ids(&nas), snapshot_ids(&repo));
+    assert_eq!(snapshot_ids(&nas).len(), 2);
+    ok(cairn(&nas).args(["check", "--read-data"]), 0);
+}
+
+// ----- over ssh -----
+
+/// An sshd on 127.0.0.1 with throwaway host and user keys, killed on drop.
+struct Sshd {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+    ssh_command: String,
+}
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn find_sshd() -> PathBuf {
+    for p in ["/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd"] {
+        if Path::new(p).is_file() {
+            return PathBuf::from(p);
+        }
+    }
+    panic!("sshd not found: the ssh sync tests need OpenSSH's server; install openssh-server (scripts/test does)");
+}
+
+fn keygen(path: &Path) {
+    let st = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(path)
+        .status()
+        .expect("ssh-keygen runs (install openssh-client)");
+    assert!(st.success(), "ssh-keygen failed");
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn start_sshd(dir: &Path) -> Sshd {
+    let sshd = find_sshd();
+    keygen(&dir.join("host_key"));
+    keygen(&dir.join("user_key"));
+    std::fs::copy(dir.join("user_key.pub"), dir.join("authorized_keys")).unwrap();
+    // sshd insists on its privilege separation directory.
+    let _ = std::fs::create_dir_all("/run/sshd");
+    let port = free_port();
+    let config = format!(
+        "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\nStrictModes no\nUsePAM no\n\
+         AuthorizedKeysFile {d}/authorized_keys\nPubkeyAuthentication yes\nPasswordAuthentication no\n\
+         KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nLogLevel ERROR\n",
+        d = dir.display()
+    );
+    std::fs::write(dir.join("sshd_config"), config).unwrap();
+    let client = format!(
+        "Host *\n  IdentityFile {d}/user_key\n  IdentitiesOnly yes\n  UserKnownHostsFile /dev/null\n  StrictHostKeyChecking no\n  LogLevel ERROR\n  ConnectTimeout 10\n",
+        d = dir.display()
+    );
+    std::fs::write(dir.join("ssh_config"), client).unwrap();
+    let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
+    let child = Command::new(&sshd)
+        .args(["-D", "-e", "-f"])
+        .arg(dir.join("sshd_config"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {}: {e}", sshd.display()));
+    let mut s =
+        Sshd { child, port, dir: dir.to_path_buf(), ssh_command: format!("ssh -F {}/ssh_config", dir.display()) };
+    wait_listening(&mut s);
+    s
+}
+
+fn wait_listening(s: &mut Sshd) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while TcpStream::connect(("127.0.0.1", s.port)).is_err() {
+        if let Ok(Some(st)) = s.child.try_wait() {
+            let log = std::fs::read_to_string(s.dir.join("sshd.log")).unwrap_or_default();
+            panic!("sshd exited ({st}) before listening:\n{log}");
+        }
+        assert!(Instant::now() < deadline, "sshd did not listen on port {} within 15 s", s.port);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn user() -> String {
+    let out = Command::new("id").arg("-un").output().unwrap();
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn ssh_cairn(repo: &Path, sshd: &Sshd) -> Command {
+    let mut c = cairn(repo);
+    c.env("CAIRN_SSH_COMMAND", &sshd.ssh_command).env("CAIRN_REMOTE_BINARY", bin());
+    c
+}
+
+#[test]
+fn over_ssh_with_an_unreachable_second_target() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sshd = start_sshd(&tmp.path().join("ssh").tap_create());
+    let (repo, src) = (tmp.path().join("repo"), tmp.path().join("src"));
+    let remote = tmp.path().join("remote replica");
+    make_source(&src);
+    init(&repo);
+    backup(&repo, &[&src]);
+    let url = format!("ssh://{}@127.0.0.1:{}{}", user(), sshd.port, remote.display());
+    ok(cairn(&repo).args(["target", "add", "offsite", &url]), 0);
+    let dead = format!("ssh://127.0.0.1:{}/nowhere", free_port());
+    ok(cairn(&repo).args(["target", "add", "dead", &dead]), 0);
+
+    let v = sync_json(ssh_cairn(&repo, &sshd).args(["sync", "--json"]), 3);
+    let by_name = |n: &str| v["targets"].as_array().unwrap().iter().find(|t| t["target"] == n).cloned().unwrap();
+    let (off, dead_t) = (by_name("offsite"), by_name("dead"));
+    assert_eq!(off["ok"], true, "{off}");
+    assert_eq!(off["snapshots_sent"], 1);
+    assert_eq!(dead_t["ok"], false);
+    assert!(dead_t["error"].as_str().unwrap().contains("ssh"), "{dead_t}");
+    assert_eq!((v["ok"].as_u64(), v["failed"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(snapshot_ids(&remote), snapshot_ids(&repo), "the replica opens with the same password");
+    restore_and_compare(&remote, &src, &tmp.path().join("out"));
+    assert_eq!(sync_state(&repo, "dead")["ok"], false);
+    assert_eq!(sync_state(&repo, "offsite")["ok"], true);
+
+    // An increment sends little; only the unreachable target: exit 1.
+    std::fs::write(src.join("top"), b"changed\n").unwrap();
+    backup(&repo, &[&src]);
+    let v = sync_json(ssh_cairn(&repo, &sshd).args(["sync", "--json", "offsite"]), 0);
+    let t = &v["targets"][0];
+    assert_eq!(t["snapshots_sent"], 1);
+    assert!(t["bytes"].as_u64().unwrap() < 50_000, "{t}");
+    assert_eq!(snapshot_ids(&remote), snapshot_ids(&repo));
+    let r = run(ssh_cairn(&repo, &sshd).args(["sync", "--quiet", "dead"]));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("dead"), "{}", r.stderr);
+
+    // A far side without cairn: a clear message.
+    let r = run(ssh_cairn(&repo, &sshd).args(["sync", "--remote-cairn", "/nonexistent/cairn", "offsite"]));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("is cairn installed on the far side"), "{}", r.stderr);
+}
+
+#[test]
+fn serve_append_only_and_hostile_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("served");
+    // Garbage instead of a hello: a clean protocol error, exit 1, no repository created.
+    let mut child = Command::new(bin())
+        .args(["serve", "--append-only", "--repo"])
+        .arg(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(&[0xff, 0xff, 0xff, 0x7f, 1, 2, 3]).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("protocol error"), "{err}");
+    assert!(!dir.exists());
+
+    // A real client against `cairn serve --append-only`: syncs, but deletions are refused.
+    let (repo, src) = (tmp.path().join("repo"), tmp.path().join("src"));
+    make_source(&src);
+    init(&repo);
+    backup(&repo, &[&src]);
+    let primary =
+        cairn_repo::Repository::open(&repo, PASSWORD.as_bytes(), &cairn_repo::OpenOptions::default()).unwrap();
+    let mut child = Command::new(bin())
+        .args(["serve", "--append-only", "--repo"])
+        .arg(&dir)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut client = cairn_repo::sync::StreamTarget::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
+    assert!(client.handshake(&primary).unwrap());
+    let mut report = cairn_repo::sync::SyncReport::default();
+    let progress = cairn_repo::sync::SyncProgress::default();
+    cairn_repo::sync::sync(&primary, &mut client, &Default::default(), &progress, &mut report).unwrap();
+    assert_eq!(report.snapshots_sent, 1);
+    use cairn_repo::sync::{proto::Request, Target};
+    let err = client.call(Request::DeleteSnapshots(report.target_snapshots.clone())).unwrap_err();
+    assert!(err.to_string().contains("append-only"), "{err}");
+    client.call(Request::Bye).unwrap();
+    drop(client);
+    assert!(child.wait().unwrap().success());
+    assert_eq!(snapshot_ids(&dir), snapshot_ids(&repo));
+}
+
+trait TapCreate {
+    fn tap_create(self) -> Self;
+}
+
+impl TapCreate for PathBuf {
+    fn tap_create(self) -> Self {
+        std::fs::create_dir_all(&self).unwrap();
+        self
+    }
+}
