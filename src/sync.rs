@@ -3,7 +3,9 @@
 //! Exit 0 when every target is in sync, 3 when some failed, 1 when none was.
 
 use crate::{output, CmdResult, Failure, Global, EXIT_FATAL, EXIT_INCOMPLETE, EXIT_LOCKED};
-use cairn_repo::sync::{self, LocalTarget, SshOptions, SshTarget, SyncOptions, SyncProgress, SyncReport, TargetUrl};
+use cairn_repo::sync::{
+    self, LocalTarget, SshOptions, SshTarget, SyncOptions, SyncProgress, SyncReport, TargetUrl,
+};
 use cairn_repo::{Error, Repository};
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -23,7 +25,12 @@ pub struct Args {
     #[arg(long, env = "CAIRN_SSH_COMMAND", value_name = "COMMAND")]
     ssh_command: Option<String>,
     /// The cairn binary on ssh targets
-    #[arg(long, env = "CAIRN_REMOTE_BINARY", default_value = "cairn", value_name = "PATH")]
+    #[arg(
+        long,
+        env = "CAIRN_REMOTE_BINARY",
+        default_value = "cairn",
+        value_name = "PATH"
+    )]
     remote_cairn: String,
 }
 
@@ -44,19 +51,26 @@ struct Outcome {
 
 /// Parse `10M`, `512K`, `1G`, `1000` (bytes per second).
 pub fn parse_rate(s: &str) -> Result<u64, Failure> {
-    let t = s.trim().trim_end_matches("/s").trim_end_matches(['B', 'b']).trim_end_matches('i');
+    let t = s
+        .trim()
+        .trim_end_matches("/s")
+        .trim_end_matches(['B', 'b'])
+        .trim_end_matches('i');
     let (num, mult) = match t.char_indices().last() {
         Some((i, c)) if c.eq_ignore_ascii_case(&'k') => (&t[..i], 1u64 << 10),
         Some((i, c)) if c.eq_ignore_ascii_case(&'m') => (&t[..i], 1 << 20),
         Some((i, c)) if c.eq_ignore_ascii_case(&'g') => (&t[..i], 1 << 30),
         _ => (t, 1),
     };
-    let n: f64 = num
-        .trim()
-        .parse()
-        .map_err(|_| Failure::usage(format!("--limit-rate {s}: give bytes per second like 10M or 512K")))?;
+    let n: f64 = num.trim().parse().map_err(|_| {
+        Failure::usage(format!(
+            "--limit-rate {s}: give bytes per second like 10M or 512K"
+        ))
+    })?;
     if n.is_nan() || n <= 0.0 {
-        return Err(Failure::usage(format!("--limit-rate {s}: must be positive")));
+        return Err(Failure::usage(format!(
+            "--limit-rate {s}: must be positive"
+        )));
     }
     Ok(((n * mult as f64) as u64).max(1))
 }
@@ -77,19 +91,32 @@ fn resolve(repo: &Repository, wanted: &[String]) -> Result<Vec<Resolved>, Failur
     let named = repo.store().targets()?;
     if wanted.is_empty() {
         if named.is_empty() {
-            return Err(Failure::usage("no sync targets: add one with `cairn target add NAME URL` or give a URL"));
+            return Err(Failure::usage(
+                "no sync targets: add one with `cairn target add NAME URL` or give a URL",
+            ));
         }
-        return Ok(named.into_iter().map(|(label, url)| Resolved { label, url }).collect());
+        return Ok(named
+            .into_iter()
+            .map(|(label, url)| Resolved { label, url })
+            .collect());
     }
     wanted
         .iter()
         .map(|w| match named.iter().find(|(n, _)| n == w) {
-            Some((n, u)) => Ok(Resolved { label: n.clone(), url: u.clone() }),
+            Some((n, u)) => Ok(Resolved {
+                label: n.clone(),
+                url: u.clone(),
+            }),
             None if TargetUrl::looks_like_url(w) => {
                 let url = crate::target::absolute_url(w)?;
-                Ok(Resolved { label: url.clone(), url })
+                Ok(Resolved {
+                    label: url.clone(),
+                    url,
+                })
             }
-            None => Err(Failure::usage(format!("no target named `{w}`; see `cairn target list`"))),
+            None => Err(Failure::usage(format!(
+                "no target named `{w}`; see `cairn target list`"
+            ))),
         })
         .collect()
 }
@@ -101,14 +128,19 @@ fn ssh_options(a: &Args) -> SshOptions {
         .map(|c| c.split_whitespace().map(String::from).collect())
         .filter(|v: &Vec<String>| !v.is_empty())
         .unwrap_or_else(|| vec!["ssh".to_string()]);
-    SshOptions { command, remote_binary: a.remote_cairn.clone() }
+    SshOptions {
+        command,
+        remote_binary: a.remote_cairn.clone(),
+    }
 }
 
 fn retry_locked<T>(lock_wait: u64, mut f: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
     let deadline = Instant::now() + Duration::from_secs(lock_wait);
     loop {
         match f() {
-            Err(Error::Locked { .. }) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(250)),
+            Err(Error::Locked { .. }) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(250))
+            }
             r => return r,
         }
     }
@@ -121,7 +153,12 @@ struct Ctx<'a> {
     lock_wait: u64,
 }
 
-fn sync_one(ctx: &Ctx<'_>, url: &str, progress: &SyncProgress, report: &mut SyncReport) -> Result<(), Error> {
+fn sync_one(
+    ctx: &Ctx<'_>,
+    url: &str,
+    progress: &SyncProgress,
+    report: &mut SyncReport,
+) -> Result<(), Error> {
     match TargetUrl::parse(url)? {
         TargetUrl::Local(dir) => sync_local(ctx, &dir, progress, report),
         TargetUrl::Ssh(u) => {
@@ -132,7 +169,12 @@ fn sync_one(ctx: &Ctx<'_>, url: &str, progress: &SyncProgress, report: &mut Sync
     }
 }
 
-fn sync_local(ctx: &Ctx<'_>, dir: &Path, progress: &SyncProgress, report: &mut SyncReport) -> Result<(), Error> {
+fn sync_local(
+    ctx: &Ctx<'_>,
+    dir: &Path,
+    progress: &SyncProgress,
+    report: &mut SyncReport,
+) -> Result<(), Error> {
     let (store, created) = retry_locked(ctx.lock_wait, || sync::open_local_replica(ctx.repo, dir))?;
     report.created = created;
     let mut t = LocalTarget::new(&store)?;
@@ -144,9 +186,16 @@ fn run_target(g: &Global, ctx: &Ctx<'_>, t: &Resolved) -> Outcome {
     let progress = SyncProgress::default();
     let mut report = SyncReport::default();
     let render = || {
-        let (o, b) = (progress.objects.load(Ordering::Relaxed), progress.bytes.load(Ordering::Relaxed));
+        let (o, b) = (
+            progress.objects.load(Ordering::Relaxed),
+            progress.bytes.load(Ordering::Relaxed),
+        );
         let total = progress.total_bytes.load(Ordering::Relaxed);
-        (b, (total > 0).then_some(total), format!("{}: {o} objects", t.label))
+        (
+            b,
+            (total > 0).then_some(total),
+            format!("{}: {o} objects", t.label),
+        )
     };
     let result = output::with_progress(g, render, || sync_one(ctx, &t.url, &progress, &mut report));
     Outcome {
@@ -166,8 +215,14 @@ fn record(repo: &Repository, o: &Outcome) {
         "snapshots": o.report.target_snapshots.iter().map(|id| id.to_hex()).collect::<Vec<_>>(),
         "error": o.error,
     });
-    if let Err(e) = repo.store().set_state(&format!("sync.{}", o.label), value.to_string().as_bytes()) {
-        output::warn(&format!("could not record the sync state of {}: {e}", o.label));
+    if let Err(e) = repo
+        .store()
+        .set_state(&format!("sync.{}", o.label), value.to_string().as_bytes())
+    {
+        output::warn(&format!(
+            "could not record the sync state of {}: {e}",
+            o.label
+        ));
     }
 }
 
@@ -196,7 +251,11 @@ fn print_human(g: &Global, o: &Outcome) {
             &format!(
                 "{}: {}{} snapshots, {} objects, {} sent in {:.1} s",
                 o.label,
-                if o.report.created { "created replica; " } else { "" },
+                if o.report.created {
+                    "created replica; "
+                } else {
+                    ""
+                },
                 o.report.snapshots_sent,
                 o.report.objects_sent,
                 output::bytes(o.report.bytes_sent),
@@ -212,7 +271,10 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
     let targets = resolve(&repo, &a.targets)?;
     let ctx = Ctx {
         repo: &repo,
-        opts: SyncOptions { limit_rate, ..SyncOptions::default() },
+        opts: SyncOptions {
+            limit_rate,
+            ..SyncOptions::default()
+        },
         ssh: ssh_options(a),
         lock_wait: a.lock_wait,
     };
@@ -235,7 +297,10 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
     }
     match failed {
         0 => Ok(0),
-        n if n == outcomes.len() => Err(Failure { code: EXIT_FATAL, message: "sync failed for every target".into() }),
+        n if n == outcomes.len() => Err(Failure {
+            code: EXIT_FATAL,
+            message: "sync failed for every target".into(),
+        }),
         _ => Ok(EXIT_INCOMPLETE),
     }
 }

@@ -20,7 +20,8 @@ pub fn absolute_url(url: &str) -> Result<String, Failure> {
     if url.contains("://") || url.starts_with('/') {
         return Ok(url.to_string());
     }
-    let cwd = std::env::current_dir().map_err(|e| Failure::fatal(format!("current directory: {e}")))?;
+    let cwd =
+        std::env::current_dir().map_err(|e| Failure::fatal(format!("current directory: {e}")))?;
     Ok(cwd.join(url).to_string_lossy().into_owned())
 }
 

@@ -35,24 +35,39 @@ fn sync_json(c: &mut Command, code: i32) -> serde_json::Value {
 }
 
 fn snapshot_ids(repo: &Path) -> Vec<String> {
-    snapshots(repo).iter().map(|s| s["id"].as_str().unwrap().to_string()).collect()
+    snapshots(repo)
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect()
 }
 
 fn restore_and_compare(replica: &Path, src: &Path, out: &Path) {
-    ok(cairn(replica).args(["restore", "latest", "--target"]).arg(out), 0);
+    ok(
+        cairn(replica)
+            .args(["restore", "latest", "--target"])
+            .arg(out),
+        0,
+    );
     assert_same_tree(src, &out.join(src.strip_prefix("/").unwrap()));
 }
 
 fn sync_state(repo: &Path, key: &str) -> serde_json::Value {
     let store = cairn_repo::store::Store::open(repo, 1 << 20).unwrap();
-    let bytes = store.state(&format!("sync.{key}")).unwrap().unwrap_or_else(|| panic!("no state sync.{key}"));
+    let bytes = store
+        .state(&format!("sync.{key}"))
+        .unwrap()
+        .unwrap_or_else(|| panic!("no state sync.{key}"));
     serde_json::from_slice(&bytes).unwrap()
 }
 
 #[test]
 fn local_target_add_list_sync_restore() {
     let tmp = tempfile::tempdir().unwrap();
-    let (repo, src, nas) = (tmp.path().join("repo"), tmp.path().join("src"), tmp.path().join("nas"));
+    let (repo, src, nas) = (
+        tmp.path().join("repo"),
+        tmp.path().join("src"),
+        tmp.path().join("nas"),
+    );
     make_source(&src);
     init(&repo);
     backup(&repo, &[&src]);
@@ -67,7 +82,11 @@ fn local_target_add_list_sync_restore() {
     let v = sync_json(cairn(&repo).args(["sync", "--json"]), 0);
     let t = &v["targets"][0];
     assert_eq!(
-        (t["target"].as_str(), t["ok"].as_bool(), t["created"].as_bool()),
+        (
+            t["target"].as_str(),
+            t["ok"].as_bool(),
+            t["created"].as_bool()
+        ),
         (Some("nas"), Some(true), Some(true))
     );
     assert_eq!(t["snapshots_sent"], 1);
@@ -84,7 +103,13 @@ fn local_target_add_list_sync_restore() {
     let out = ok(cairn(&repo).args(["sync", "--quiet", "nas"]), 0);
     assert_eq!(out, "");
     let v = sync_json(cairn(&repo).args(["sync", "--json", "nas"]), 0);
-    assert_eq!((v["targets"][0]["objects"].as_u64(), v["targets"][0]["bytes"].as_u64()), (Some(0), Some(0)));
+    assert_eq!(
+        (
+            v["targets"][0]["objects"].as_u64(),
+            v["targets"][0]["bytes"].as_u64()
+        ),
+        (Some(0), Some(0))
+    );
 
     ok(cairn(&repo).args(["target", "remove", "nas"]), 0);
     let r = run(cairn(&repo).args(["sync"]));
@@ -99,39 +124,66 @@ fn limit_rate_caps_the_sending_speed() {
     init(&repo);
     backup(&repo, &[&src]);
     let dest = tmp.path().join("slow");
-    let v = sync_json(cairn(&repo).args(["sync", "--json", "--limit-rate", "1M"]).arg(&dest), 0);
+    let v = sync_json(
+        cairn(&repo)
+            .args(["sync", "--json", "--limit-rate", "1M"])
+            .arg(&dest),
+        0,
+    );
     let t = &v["targets"][0];
     let (bytes, secs) = (t["bytes"].as_f64().unwrap(), t["seconds"].as_f64().unwrap());
     assert!(bytes > 2_000_000.0);
-    assert!(secs >= bytes / (1 << 20) as f64 * 0.8, "{bytes} bytes in {secs} s at 1 MiB/s");
+    assert!(
+        secs >= bytes / (1 << 20) as f64 * 0.8,
+        "{bytes} bytes in {secs} s at 1 MiB/s"
+    );
 }
 
 #[test]
 fn a_foreign_repository_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let (repo, other, src) = (tmp.path().join("repo"), tmp.path().join("other"), tmp.path().join("src"));
+    let (repo, other, src) = (
+        tmp.path().join("repo"),
+        tmp.path().join("other"),
+        tmp.path().join("src"),
+    );
     make_source(&src);
     init(&repo);
     init(&other);
     backup(&repo, &[&src]);
     let r = run(cairn(&repo).arg("sync").arg(&other));
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("not a replica of this repository"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("not a replica of this repository"),
+        "{}",
+        r.stderr
+    );
     assert!(snapshot_ids(&other).is_empty());
 }
 
 #[test]
 fn sync_runs_beside_a_backup() {
     let tmp = tempfile::tempdir().unwrap();
-    let (repo, src, nas) = (tmp.path().join("repo"), tmp.path().join("src"), tmp.path().join("nas"));
+    let (repo, src, nas) = (
+        tmp.path().join("repo"),
+        tmp.path().join("src"),
+        tmp.path().join("nas"),
+    );
     make_source(&src);
     init(&repo);
     backup(&repo, &[&src]);
     std::fs::write(src.join("bigger"), pseudo_random(40_000_000, 9)).unwrap();
-    let mut running = cairn(&repo).args(["backup", "--quiet"]).arg(&src).spawn().unwrap();
+    let mut running = cairn(&repo)
+        .args(["backup", "--quiet"])
+        .arg(&src)
+        .spawn()
+        .unwrap();
     let first = sync_json(cairn(&repo).args(["sync", "--json"]).arg(&nas), 0);
     assert_eq!(first["targets"][0]["ok"], true);
-    assert!(running.wait().unwrap().success(), "the backup beside the sync succeeds");
+    assert!(
+        running.wait().unwrap().success(),
+        "the backup beside the sync succeeds"
+    );
     ok(cairn(&repo).arg("sync").arg(&nas), 0);
     assert_eq!(snapshot_ids(&nas), snapshot_ids(&repo));
     assert_eq!(snapshot_ids(&nas).len(), 2);
@@ -174,7 +226,11 @@ fn keygen(path: &Path) {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn start_sshd(dir: &Path) -> Sshd {
@@ -206,8 +262,12 @@ fn start_sshd(dir: &Path) -> Sshd {
         .stderr(log)
         .spawn()
         .unwrap_or_else(|e| panic!("starting {}: {e}", sshd.display()));
-    let mut s =
-        Sshd { child, port, dir: dir.to_path_buf(), ssh_command: format!("ssh -F {}/ssh_config", dir.display()) };
+    let mut s = Sshd {
+        child,
+        port,
+        dir: dir.to_path_buf(),
+        ssh_command: format!("ssh -F {}/ssh_config", dir.display()),
+    };
     wait_listening(&mut s);
     s
 }
@@ -219,7 +279,11 @@ fn wait_listening(s: &mut Sshd) {
             let log = std::fs::read_to_string(s.dir.join("sshd.log")).unwrap_or_default();
             panic!("sshd exited ({st}) before listening:\n{log}");
         }
-        assert!(Instant::now() < deadline, "sshd did not listen on port {} within 15 s", s.port);
+        assert!(
+            Instant::now() < deadline,
+            "sshd did not listen on port {} within 15 s",
+            s.port
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -231,7 +295,8 @@ fn user() -> String {
 
 fn ssh_cairn(repo: &Path, sshd: &Sshd) -> Command {
     let mut c = cairn(repo);
-    c.env("CAIRN_SSH_COMMAND", &sshd.ssh_command).env("CAIRN_REMOTE_BINARY", bin());
+    c.env("CAIRN_SSH_COMMAND", &sshd.ssh_command)
+        .env("CAIRN_REMOTE_BINARY", bin());
     c
 }
 
@@ -244,20 +309,40 @@ fn over_ssh_with_an_unreachable_second_target() {
     make_source(&src);
     init(&repo);
     backup(&repo, &[&src]);
-    let url = format!("ssh://{}@127.0.0.1:{}{}", user(), sshd.port, remote.display());
+    let url = format!(
+        "ssh://{}@127.0.0.1:{}{}",
+        user(),
+        sshd.port,
+        remote.display()
+    );
     ok(cairn(&repo).args(["target", "add", "offsite", &url]), 0);
     let dead = format!("ssh://127.0.0.1:{}/nowhere", free_port());
     ok(cairn(&repo).args(["target", "add", "dead", &dead]), 0);
 
     let v = sync_json(ssh_cairn(&repo, &sshd).args(["sync", "--json"]), 3);
-    let by_name = |n: &str| v["targets"].as_array().unwrap().iter().find(|t| t["target"] == n).cloned().unwrap();
+    let by_name = |n: &str| {
+        v["targets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["target"] == n)
+            .cloned()
+            .unwrap()
+    };
     let (off, dead_t) = (by_name("offsite"), by_name("dead"));
     assert_eq!(off["ok"], true, "{off}");
     assert_eq!(off["snapshots_sent"], 1);
     assert_eq!(dead_t["ok"], false);
-    assert!(dead_t["error"].as_str().unwrap().contains("ssh"), "{dead_t}");
+    assert!(
+        dead_t["error"].as_str().unwrap().contains("ssh"),
+        "{dead_t}"
+    );
     assert_eq!((v["ok"].as_u64(), v["failed"].as_u64()), (Some(1), Some(1)));
-    assert_eq!(snapshot_ids(&remote), snapshot_ids(&repo), "the replica opens with the same password");
+    assert_eq!(
+        snapshot_ids(&remote),
+        snapshot_ids(&repo),
+        "the replica opens with the same password"
+    );
     restore_and_compare(&remote, &src, &tmp.path().join("out"));
     assert_eq!(sync_state(&repo, "dead")["ok"], false);
     assert_eq!(sync_state(&repo, "offsite")["ok"], true);
@@ -265,7 +350,10 @@ fn over_ssh_with_an_unreachable_second_target() {
     // An increment sends little; only the unreachable target: exit 1.
     std::fs::write(src.join("top"), b"changed\n").unwrap();
     backup(&repo, &[&src]);
-    let v = sync_json(ssh_cairn(&repo, &sshd).args(["sync", "--json", "offsite"]), 0);
+    let v = sync_json(
+        ssh_cairn(&repo, &sshd).args(["sync", "--json", "offsite"]),
+        0,
+    );
     let t = &v["targets"][0];
     assert_eq!(t["snapshots_sent"], 1);
     assert!(t["bytes"].as_u64().unwrap() < 50_000, "{t}");
@@ -275,9 +363,18 @@ fn over_ssh_with_an_unreachable_second_target() {
     assert!(r.stderr.contains("dead"), "{}", r.stderr);
 
     // A far side without cairn: a clear message.
-    let r = run(ssh_cairn(&repo, &sshd).args(["sync", "--remote-cairn", "/nonexistent/cairn", "offsite"]));
+    let r = run(ssh_cairn(&repo, &sshd).args([
+        "sync",
+        "--remote-cairn",
+        "/nonexistent/cairn",
+        "offsite",
+    ]));
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("is cairn installed on the far side"), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("is cairn installed on the far side"),
+        "{}",
+        r.stderr
+    );
 }
 
 #[test]
@@ -309,8 +406,12 @@ fn serve_append_only_and_hostile_input() {
     make_source(&src);
     init(&repo);
     backup(&repo, &[&src]);
-    let primary =
-        cairn_repo::Repository::open(&repo, PASSWORD.as_bytes(), &cairn_repo::OpenOptions::default()).unwrap();
+    let primary = cairn_repo::Repository::open(
+        &repo,
+        PASSWORD.as_bytes(),
+        &cairn_repo::OpenOptions::default(),
+    )
+    .unwrap();
     let mut child = Command::new(bin())
         .args(["serve", "--append-only", "--repo"])
         .arg(&dir)
@@ -318,14 +419,26 @@ fn serve_append_only_and_hostile_input() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut client = cairn_repo::sync::StreamTarget::new(child.stdout.take().unwrap(), child.stdin.take().unwrap());
+    let mut client = cairn_repo::sync::StreamTarget::new(
+        child.stdout.take().unwrap(),
+        child.stdin.take().unwrap(),
+    );
     assert!(client.handshake(&primary).unwrap());
     let mut report = cairn_repo::sync::SyncReport::default();
     let progress = cairn_repo::sync::SyncProgress::default();
-    cairn_repo::sync::sync(&primary, &mut client, &Default::default(), &progress, &mut report).unwrap();
+    cairn_repo::sync::sync(
+        &primary,
+        &mut client,
+        &Default::default(),
+        &progress,
+        &mut report,
+    )
+    .unwrap();
     assert_eq!(report.snapshots_sent, 1);
     use cairn_repo::sync::{proto::Request, Target};
-    let err = client.call(Request::DeleteSnapshots(report.target_snapshots.clone())).unwrap_err();
+    let err = client
+        .call(Request::DeleteSnapshots(report.target_snapshots.clone()))
+        .unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
     client.call(Request::Bye).unwrap();
     drop(client);

@@ -7,7 +7,9 @@ use cairn_repo::crypto::KdfParams;
 use cairn_repo::restore::{restore, Overwrite, RestoreOptions, RestoreProgress};
 use cairn_repo::store::Store;
 use cairn_repo::sync::proto::{self, Request, Response};
-use cairn_repo::sync::{self, LocalTarget, Sink, StreamTarget, SyncOptions, SyncProgress, SyncReport, Target};
+use cairn_repo::sync::{
+    self, LocalTarget, Sink, StreamTarget, SyncOptions, SyncProgress, SyncReport, Target,
+};
 use cairn_repo::{Error, Id, OpenOptions, Repository, Result};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
@@ -16,7 +18,12 @@ const PASSWORD: &[u8] = b"sync test password";
 
 fn opts() -> OpenOptions {
     OpenOptions {
-        kdf: Some(KdfParams { memory_kib: 8, iterations: 1, parallelism: 1, salt: [7; 16] }),
+        kdf: Some(KdfParams {
+            memory_kib: 8,
+            iterations: 1,
+            parallelism: 1,
+            salt: [7; 16],
+        }),
         ..OpenOptions::default()
     }
 }
@@ -39,9 +46,17 @@ fn make_source(dir: &Path) {
         let sub = dir.join(format!("dir{d}/nested"));
         std::fs::create_dir_all(&sub).unwrap();
         for f in 0..5 {
-            std::fs::write(sub.join(format!("small{f}")), format!("file {d}/{f}\n").repeat(50)).unwrap();
+            std::fs::write(
+                sub.join(format!("small{f}")),
+                format!("file {d}/{f}\n").repeat(50),
+            )
+            .unwrap();
         }
-        std::fs::write(dir.join(format!("dir{d}/big")), pseudo_random(1_500_000 + d * 700_000, d as u64 + 1)).unwrap();
+        std::fs::write(
+            dir.join(format!("dir{d}/big")),
+            pseudo_random(1_500_000 + d * 700_000, d as u64 + 1),
+        )
+        .unwrap();
     }
     std::fs::create_dir_all(dir.join("empty")).unwrap();
     std::fs::create_dir_all(dir.join("dir0/empty")).unwrap();
@@ -61,25 +76,47 @@ fn fixture() -> Fixture {
     make_source(&src);
     let primary = Repository::init(&root.join("primary"), PASSWORD, &opts()).unwrap();
     run_backup(&primary, &src);
-    Fixture { _tmp: tmp, src, primary, root }
+    Fixture {
+        _tmp: tmp,
+        src,
+        primary,
+        root,
+    }
 }
 
 fn run_backup(repo: &Repository, src: &Path) -> Id {
-    let o = BackupOptions { paths: vec![src.to_path_buf()], ..BackupOptions::default() };
+    let o = BackupOptions {
+        paths: vec![src.to_path_buf()],
+        ..BackupOptions::default()
+    };
     backup(repo, &o, &Progress::default()).unwrap().id
 }
 
 fn sync_local(primary: &Repository, dir: &Path, o: &SyncOptions) -> Result<SyncReport> {
     let (store, created) = sync::open_local_replica(primary, dir)?;
     let mut target = LocalTarget::new(&store)?;
-    let mut report = SyncReport { created, ..SyncReport::default() };
-    sync::sync(primary, &mut target, o, &SyncProgress::default(), &mut report)?;
+    let mut report = SyncReport {
+        created,
+        ..SyncReport::default()
+    };
+    sync::sync(
+        primary,
+        &mut target,
+        o,
+        &SyncProgress::default(),
+        &mut report,
+    )?;
     Ok(report)
 }
 
 fn restore_latest(repo: &Repository, dir: &Path) {
     let latest = repo.find_snapshot("latest").unwrap();
-    let o = RestoreOptions { target: dir.to_path_buf(), includes: Vec::new(), overwrite: Overwrite::Always };
+    let o = RestoreOptions {
+        target: dir.to_path_buf(),
+        includes: Vec::new(),
+        overwrite: Overwrite::Always,
+        threads: 0,
+    };
     restore(repo, &latest.snapshot.root, &o, &RestoreProgress::default()).unwrap();
 }
 
@@ -93,7 +130,10 @@ fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
                 out.push((p.strip_prefix(dir).unwrap().to_path_buf(), Vec::new()));
                 stack.push(p);
             } else {
-                out.push((p.strip_prefix(dir).unwrap().to_path_buf(), std::fs::read(&p).unwrap()));
+                out.push((
+                    p.strip_prefix(dir).unwrap().to_path_buf(),
+                    std::fs::read(&p).unwrap(),
+                ));
             }
         }
     }
@@ -102,12 +142,27 @@ fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 }
 
 fn snapshot_ids(repo: &Repository) -> Vec<Id> {
-    repo.snapshots().unwrap().into_iter().map(|s| s.id).collect()
+    repo.snapshots()
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect()
 }
 
 fn assert_clean(repo: &Repository) {
-    let r = check(repo, &CheckOptions { read_data: true, subset_percent: None }).unwrap();
-    assert!(r.damaged.is_empty(), "replica damaged: {:?}", r.damaged.iter().map(|d| &d.problem).collect::<Vec<_>>());
+    let r = check(
+        repo,
+        &CheckOptions {
+            read_data: true,
+            subset_percent: None,
+        },
+    )
+    .unwrap();
+    assert!(
+        r.damaged.is_empty(),
+        "replica damaged: {:?}",
+        r.damaged.iter().map(|d| &d.problem).collect::<Vec<_>>()
+    );
 }
 
 #[test]
@@ -117,7 +172,10 @@ fn replica_restores_with_the_same_password_and_matches() {
     let report = sync_local(&f.primary, &replica_dir, &SyncOptions::default()).unwrap();
     assert!(report.created);
     assert_eq!(report.snapshots_sent, 1);
-    assert!(report.objects_sent > 10 && report.bytes_sent > 4_000_000, "{report:?}");
+    assert!(
+        report.objects_sent > 10 && report.bytes_sent > 4_000_000,
+        "{report:?}"
+    );
 
     let replica = Repository::open(&replica_dir, PASSWORD, &opts()).unwrap();
     assert_eq!(replica.config(), f.primary.config());
@@ -125,10 +183,16 @@ fn replica_restores_with_the_same_password_and_matches() {
     assert_clean(&replica);
     restore_latest(&f.primary, &f.root.join("out-primary"));
     restore_latest(&replica, &f.root.join("out-replica"));
-    let (a, b) = (files(&f.root.join("out-primary")), files(&f.root.join("out-replica")));
+    let (a, b) = (
+        files(&f.root.join("out-primary")),
+        files(&f.root.join("out-replica")),
+    );
     assert!(a.len() > 20);
     assert_eq!(a, b);
-    assert!(matches!(Repository::open(&replica_dir, b"wrong", &opts()), Err(Error::WrongPassword(_))));
+    assert!(matches!(
+        Repository::open(&replica_dir, b"wrong", &opts()),
+        Err(Error::WrongPassword(_))
+    ));
     assert_verbatim(&f.primary, &replica);
 }
 
@@ -138,9 +202,18 @@ fn assert_verbatim(primary: &Repository, replica: &Repository) {
     let ps = primary.config().piece_size;
     let mut n = 0;
     pv.for_each_object(|id, loc| {
-        let theirs = rv.locate(&id)?.unwrap_or_else(|| panic!("{id} missing from the replica"));
-        assert_eq!((theirs.kind, theirs.check, theirs.len), (loc.kind, loc.check, loc.len));
-        assert_eq!(pv.read_sealed(&id, &loc, ps)?, rv.read_sealed(&id, &theirs, ps)?, "{id} differs");
+        let theirs = rv
+            .locate(&id)?
+            .unwrap_or_else(|| panic!("{id} missing from the replica"));
+        assert_eq!(
+            (theirs.kind, theirs.check, theirs.len),
+            (loc.kind, loc.check, loc.len)
+        );
+        assert_eq!(
+            pv.read_sealed(&id, &loc, ps)?,
+            rv.read_sealed(&id, &theirs, ps)?,
+            "{id} differs"
+        );
         n += 1;
         Ok(())
     })
@@ -153,7 +226,9 @@ fn assert_verbatim(primary: &Repository, replica: &Repository) {
 #[test]
 fn content_lists_and_their_chunks_travel() {
     use cairn_repo::crypto::Kind;
-    use cairn_repo::format::{encode_list, Content, Entry, Extent, FileType, ListRef, Snapshot, Time, Tree};
+    use cairn_repo::format::{
+        encode_list, Content, Entry, Extent, FileType, ListRef, Snapshot, Time, Tree,
+    };
     use cairn_repo::packer::Packer;
     let tmp = tempfile::tempdir().unwrap();
     let primary = Repository::init(&tmp.path().join("primary"), PASSWORD, &opts()).unwrap();
@@ -162,22 +237,41 @@ fn content_lists_and_their_chunks_travel() {
     let mut packer = Packer::new(primary.store(), cfg.piece_size, cfg.pack_max, 1 << 20);
     let mut add = |kind: Kind, plain: &[u8]| {
         let id = keys.id_of(kind, plain);
-        packer.add(id, kind, &keys.seal(kind, &id, plain, 3).unwrap()).unwrap();
+        packer
+            .add(id, kind, &keys.seal(kind, &id, plain, 3).unwrap())
+            .unwrap();
         id
     };
     let mut lists = Vec::new();
     for l in 0..3u8 {
-        let extents: Vec<Extent> =
-            (0..4u8).map(|c| Extent { id: Some(add(Kind::Chunk, &[l, c, 42].repeat(100))), len: 300 }).collect();
-        lists.push(ListRef { id: add(Kind::List, &encode_list(&extents)), len: 1200, count: 4 });
+        let extents: Vec<Extent> = (0..4u8)
+            .map(|c| Extent {
+                id: Some(add(Kind::Chunk, &[l, c, 42].repeat(100))),
+                len: 300,
+            })
+            .collect();
+        lists.push(ListRef {
+            id: add(Kind::List, &encode_list(&extents)),
+            len: 1200,
+            count: 4,
+        });
     }
     let mut file = Entry::new(b"big".to_vec(), FileType::File);
     file.size = 3600;
     file.mode = 0o644;
     file.content = Content::Lists(lists);
-    let root = add(Kind::Tree, &Tree { entries: vec![file] }.encode());
+    let root = add(
+        Kind::Tree,
+        &Tree {
+            entries: vec![file],
+        }
+        .encode(),
+    );
     let snapshot = Snapshot {
-        time: Time { sec: 1_700_000_000, nsec: 0 },
+        time: Time {
+            sec: 1_700_000_000,
+            nsec: 0,
+        },
         host: "h".into(),
         user: "u".into(),
         tags: Vec::new(),
@@ -193,7 +287,11 @@ fn content_lists_and_their_chunks_travel() {
 
     let dir = tmp.path().join("replica");
     let report = sync_local(&primary, &dir, &SyncOptions::default()).unwrap();
-    assert_eq!((report.snapshots_sent, report.objects_sent), (1, 12 + 3 + 1), "{report:?}");
+    assert_eq!(
+        (report.snapshots_sent, report.objects_sent),
+        (1, 12 + 3 + 1),
+        "{report:?}"
+    );
     let replica = Repository::open(&dir, PASSWORD, &opts()).unwrap();
     assert_verbatim(&primary, &replica);
     assert_clean(&replica);
@@ -214,8 +312,14 @@ fn second_sync_sends_nothing_and_an_increment_sends_little() {
     assert!(first.objects_sent > 150, "{first:?}");
     let again = sync_local(&f.primary, &dir, &SyncOptions::default()).unwrap();
     assert!(!again.created);
-    assert_eq!((again.snapshots_sent, again.objects_sent, again.bytes_sent), (0, 0, 0));
-    assert_eq!(again.round_trips, 0, "nothing missing: only the snapshot list is exchanged");
+    assert_eq!(
+        (again.snapshots_sent, again.objects_sent, again.bytes_sent),
+        (0, 0, 0)
+    );
+    assert_eq!(
+        again.round_trips, 0,
+        "nothing missing: only the snapshot list is exchanged"
+    );
 
     std::fs::write(f.src.join("dir2/nested/small1"), b"changed\n").unwrap();
     run_backup(&f.primary, &f.src);
@@ -223,11 +327,18 @@ fn second_sync_sends_nothing_and_an_increment_sends_little() {
     assert_eq!(inc.snapshots_sent, 1);
     // The changed file's chunk and the trees on its path (nested, dir2, src, and the root chain).
     assert!(inc.objects_sent >= 4 && inc.objects_sent <= 10, "{inc:?}");
-    assert!(inc.bytes_sent * 20 < first.bytes_sent, "{inc:?} vs {first:?}");
+    assert!(
+        inc.bytes_sent * 20 < first.bytes_sent,
+        "{inc:?} vs {first:?}"
+    );
     // Negotiation skips the subtrees the target holds: the 80 files under `many/` are never asked
     // about. (`many` itself may count as changed: the first backup's reads can change its
     // entries' atimes, so its 40 subtree ids are asked once.)
-    assert!(inc.ids_asked * 2 < first.objects_sent, "asked about {} ids: {inc:?}", inc.ids_asked);
+    assert!(
+        inc.ids_asked * 2 < first.objects_sent,
+        "asked about {} ids: {inc:?}",
+        inc.ids_asked
+    );
     assert!(inc.round_trips < 30, "{inc:?}");
     let replica = Repository::open(&dir, PASSWORD, &opts()).unwrap();
     assert_eq!(snapshot_ids(&replica), snapshot_ids(&f.primary));
@@ -256,25 +367,50 @@ impl<T: Target> Target for FailAfter<T> {
 fn interrupted_sync_shows_nothing_partial_and_resumes() {
     let f = fixture();
     let dir = f.root.join("replica");
-    let small = SyncOptions { batch_bytes: 64 << 10, ..SyncOptions::default() };
+    let small = SyncOptions {
+        batch_bytes: 64 << 10,
+        ..SyncOptions::default()
+    };
     let total = {
         let (store, _) = sync::open_local_replica(&f.primary, &dir).unwrap();
-        let mut t = FailAfter { inner: LocalTarget::new(&store).unwrap(), budget: 8 };
+        let mut t = FailAfter {
+            inner: LocalTarget::new(&store).unwrap(),
+            budget: 8,
+        };
         let mut report = SyncReport::default();
-        let err = sync::sync(&f.primary, &mut t, &small, &SyncProgress::default(), &mut report).unwrap_err();
+        let err = sync::sync(
+            &f.primary,
+            &mut t,
+            &small,
+            &SyncProgress::default(),
+            &mut report,
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("injected"), "{err}");
-        assert!(report.objects_sent > 0 && report.snapshots_sent == 0, "{report:?}");
+        assert!(
+            report.objects_sent > 0 && report.snapshots_sent == 0,
+            "{report:?}"
+        );
         f.primary.view().unwrap().object_count().unwrap()
     };
     {
         let store = Store::open(&dir, 1 << 20).unwrap();
-        assert!(store.snapshot_blobs().unwrap().is_empty(), "no snapshot may show before its data");
+        assert!(
+            store.snapshot_blobs().unwrap().is_empty(),
+            "no snapshot may show before its data"
+        );
         let stored = store.view().unwrap().object_count().unwrap();
-        assert!(stored > 0 && stored < total, "a prefix was kept: {stored} of {total}");
+        assert!(
+            stored > 0 && stored < total,
+            "a prefix was kept: {stored} of {total}"
+        );
     }
     let resumed = sync_local(&f.primary, &dir, &small).unwrap();
     assert_eq!(resumed.snapshots_sent, 1);
-    assert!(resumed.objects_sent < total, "resume sends only what is missing: {resumed:?}");
+    assert!(
+        resumed.objects_sent < total,
+        "resume sends only what is missing: {resumed:?}"
+    );
     let replica = Repository::open(&dir, PASSWORD, &opts()).unwrap();
     assert_eq!(snapshot_ids(&replica), snapshot_ids(&f.primary));
     assert_clean(&replica);
@@ -289,7 +425,10 @@ fn a_foreign_repository_is_refused_and_untouched() {
     let before = snapshot_ids(&other);
     drop(other);
     let err = sync_local(&f.primary, &other_dir, &SyncOptions::default()).unwrap_err();
-    assert!(err.to_string().contains("not a replica of this repository"), "{err}");
+    assert!(
+        err.to_string().contains("not a replica of this repository"),
+        "{err}"
+    );
     let other = Repository::open(&other_dir, PASSWORD, &opts()).unwrap();
     assert_eq!(snapshot_ids(&other), before);
 
@@ -305,7 +444,10 @@ fn a_foreign_repository_is_refused_and_untouched() {
 fn served(
     dir: PathBuf,
     append_only: bool,
-) -> (StreamTarget<UnixStream, UnixStream>, std::thread::JoinHandle<Result<()>>) {
+) -> (
+    StreamTarget<UnixStream, UnixStream>,
+    std::thread::JoinHandle<Result<()>>,
+) {
     let (a, b) = UnixStream::pair().unwrap();
     let server = std::thread::spawn(move || {
         let mut r = b.try_clone().unwrap();
@@ -321,12 +463,24 @@ fn over_the_protocol_append_only_syncs_but_refuses_deletes() {
     let f = fixture();
     let dir = f.root.join("remote");
     let (mut client, server) = served(dir.clone(), true);
-    assert!(client.handshake(&f.primary).unwrap(), "created on first use");
+    assert!(
+        client.handshake(&f.primary).unwrap(),
+        "created on first use"
+    );
     let mut report = SyncReport::default();
-    sync::sync(&f.primary, &mut client, &SyncOptions::default(), &SyncProgress::default(), &mut report).unwrap();
+    sync::sync(
+        &f.primary,
+        &mut client,
+        &SyncOptions::default(),
+        &SyncProgress::default(),
+        &mut report,
+    )
+    .unwrap();
     assert_eq!(report.snapshots_sent, 1);
     let ids = sync::list_snapshots(&mut client).unwrap();
-    let err = client.call(Request::DeleteSnapshots(ids.clone())).unwrap_err();
+    let err = client
+        .call(Request::DeleteSnapshots(ids.clone()))
+        .unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
     assert_eq!(sync::list_snapshots(&mut client).unwrap(), ids);
     assert_eq!(client.call(Request::Bye).unwrap(), Response::Done);
@@ -339,7 +493,10 @@ fn over_the_protocol_append_only_syncs_but_refuses_deletes() {
     // The same sink, not append-only, deletes.
     let store = Store::open(&dir, 1 << 20).unwrap();
     let mut sink = Sink::new(&store, false).unwrap();
-    assert_eq!(sink.try_handle(Request::DeleteSnapshots(ids)).unwrap(), Response::Done);
+    assert_eq!(
+        sink.try_handle(Request::DeleteSnapshots(ids)).unwrap(),
+        Response::Done
+    );
     assert!(store.snapshot_blobs().unwrap().is_empty());
 }
 
@@ -347,12 +504,25 @@ fn over_the_protocol_append_only_syncs_but_refuses_deletes() {
 fn over_the_protocol_a_dropped_connection_keeps_what_arrived_and_resumes() {
     let f = fixture();
     let dir = f.root.join("remote");
-    let small = SyncOptions { batch_bytes: 64 << 10, ..SyncOptions::default() };
+    let small = SyncOptions {
+        batch_bytes: 64 << 10,
+        ..SyncOptions::default()
+    };
     let (mut client, server) = served(dir.clone(), false);
     client.handshake(&f.primary).unwrap();
-    let mut t = FailAfter { inner: client, budget: 8 };
+    let mut t = FailAfter {
+        inner: client,
+        budget: 8,
+    };
     let mut report = SyncReport::default();
-    assert!(sync::sync(&f.primary, &mut t, &small, &SyncProgress::default(), &mut report).is_err());
+    assert!(sync::sync(
+        &f.primary,
+        &mut t,
+        &small,
+        &SyncProgress::default(),
+        &mut report
+    )
+    .is_err());
     drop(t); // the connection drops without a goodbye
     server.join().unwrap().unwrap();
     let total = f.primary.view().unwrap().object_count().unwrap();
@@ -363,10 +533,23 @@ fn over_the_protocol_a_dropped_connection_keeps_what_arrived_and_resumes() {
         assert!(kept > 0 && kept < total, "{kept} of {total}");
     }
     let (mut client, server) = served(dir.clone(), false);
-    assert!(!client.handshake(&f.primary).unwrap(), "the replica exists now");
+    assert!(
+        !client.handshake(&f.primary).unwrap(),
+        "the replica exists now"
+    );
     let mut resumed = SyncReport::default();
-    sync::sync(&f.primary, &mut client, &small, &SyncProgress::default(), &mut resumed).unwrap();
-    assert!(resumed.snapshots_sent == 1 && resumed.objects_sent < total, "{resumed:?}");
+    sync::sync(
+        &f.primary,
+        &mut client,
+        &small,
+        &SyncProgress::default(),
+        &mut resumed,
+    )
+    .unwrap();
+    assert!(
+        resumed.snapshots_sent == 1 && resumed.objects_sent < total,
+        "{resumed:?}"
+    );
     drop(client);
     server.join().unwrap().unwrap();
     let replica = Repository::open(&dir, PASSWORD, &opts()).unwrap();
@@ -380,14 +563,38 @@ fn over_the_protocol_pipelined_replies_come_back_in_order() {
     let (mut client, server) = served(f.root.join("remote"), false);
     client.handshake(&f.primary).unwrap();
     let sealed = vec![1u8; 100];
-    let good = proto::WireObject { id: Id([5; 32]), kind: 1, check: cairn_repo::store::checksum(&sealed), sealed };
-    let bad = proto::WireObject { check: [0; 16], id: Id([6; 32]), ..good.clone() };
-    assert!(client.send(Request::PutObjects(vec![bad])).unwrap().is_none());
-    assert!(client.send(Request::PutObjects(vec![good])).unwrap().is_none());
+    let good = proto::WireObject {
+        id: Id([5; 32]),
+        kind: 1,
+        check: cairn_repo::store::checksum(&sealed),
+        sealed,
+    };
+    let bad = proto::WireObject {
+        check: [0; 16],
+        id: Id([6; 32]),
+        ..good.clone()
+    };
+    assert!(client
+        .send(Request::PutObjects(vec![bad]))
+        .unwrap()
+        .is_none());
+    assert!(client
+        .send(Request::PutObjects(vec![good]))
+        .unwrap()
+        .is_none());
     let first = client.recv().unwrap_err();
     assert!(first.to_string().contains("checksum"), "{first}");
-    assert_eq!(client.recv().unwrap(), Response::Stored { objects: 1, bytes: 100 });
-    assert_eq!(client.call(Request::Have(vec![Id([6; 32])])).unwrap(), Response::Have(vec![false]));
+    assert_eq!(
+        client.recv().unwrap(),
+        Response::Stored {
+            objects: 1,
+            bytes: 100
+        }
+    );
+    assert_eq!(
+        client.call(Request::Have(vec![Id([6; 32])])).unwrap(),
+        Response::Have(vec![false])
+    );
     assert_eq!(client.call(Request::Bye).unwrap(), Response::Done);
     server.join().unwrap().unwrap();
 }
@@ -399,7 +606,10 @@ fn over_the_protocol_a_foreign_repository_is_refused() {
     drop(Repository::init(&other_dir, PASSWORD, &opts()).unwrap());
     let (mut client, server) = served(other_dir, false);
     let err = client.handshake(&f.primary).unwrap_err();
-    assert!(err.to_string().contains("not a replica of this repository"), "{err}");
+    assert!(
+        err.to_string().contains("not a replica of this repository"),
+        "{err}"
+    );
     assert!(server.join().unwrap().is_err());
 }
 
@@ -438,7 +648,12 @@ fn hostile_peers_get_clean_errors() {
     // A server that claims another repository id, or answers with the wrong number of flags.
     for (reply, expect) in [
         (
-            Response::Hello { version: proto::VERSION, repo_id: [9; 16], exists: true, append_only: false },
+            Response::Hello {
+                version: proto::VERSION,
+                repo_id: [9; 16],
+                exists: true,
+                append_only: false,
+            },
             "repository id",
         ),
         (Response::Have(vec![true]), "unexpected have list reply"),
@@ -464,15 +679,27 @@ fn hostile_peers_get_clean_errors() {
     });
     let mut client = StreamTarget::new(a.try_clone().unwrap(), a);
     let mut plan = sync::plan::Plan::default();
-    let err = sync::plan::missing(&mut client, &[Id([1; 32]), Id([2; 32])], 100, &mut plan).unwrap_err();
-    assert!(err.to_string().contains("asked about 2 ids, the target answered 1"), "{err}");
+    let err =
+        sync::plan::missing(&mut client, &[Id([1; 32]), Id([2; 32])], 100, &mut plan).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("asked about 2 ids, the target answered 1"),
+        "{err}"
+    );
     fake.join().unwrap();
 
     // Objects whose bytes do not match their checksum are refused by the sink.
     let dir = f.root.join("r2");
     let (store, _) = sync::open_local_replica(&f.primary, &dir).unwrap();
     let mut sink = Sink::new(&store, false).unwrap();
-    let o = proto::WireObject { id: Id([1; 32]), kind: 1, check: [0; 16], sealed: vec![1; 100] };
+    let o = proto::WireObject {
+        id: Id([1; 32]),
+        kind: 1,
+        check: [0; 16],
+        sealed: vec![1; 100],
+    };
     assert!(sink.try_handle(Request::PutObjects(vec![o])).is_err());
-    assert!(sink.try_handle(Request::Have(vec![Id([0; 32]); proto::MAX_HAVE + 1])).is_err());
+    assert!(sink
+        .try_handle(Request::Have(vec![Id([0; 32]); proto::MAX_HAVE + 1]))
+        .is_err());
 }

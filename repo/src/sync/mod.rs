@@ -49,7 +49,9 @@ pub struct LocalTarget<'s> {
 
 impl<'s> LocalTarget<'s> {
     pub fn new(store: &'s Store) -> Result<LocalTarget<'s>> {
-        Ok(LocalTarget { sink: Sink::new(store, false)? })
+        Ok(LocalTarget {
+            sink: Sink::new(store, false)?,
+        })
     }
 }
 
@@ -64,9 +66,17 @@ impl Target for LocalTarget<'_> {
 pub fn open_local_replica(primary: &Repository, dir: &Path) -> Result<(Store, bool)> {
     let repo_id = primary.config().repo_id;
     if sink::repository_exists(dir) {
-        return Ok((sink::open_replica(dir, &repo_id, crate::store::DEFAULT_DB_CACHE)?, false));
+        return Ok((
+            sink::open_replica(dir, &repo_id, crate::store::DEFAULT_DB_CACHE)?,
+            false,
+        ));
     }
-    let slots: Vec<Vec<u8>> = primary.store().key_slots()?.into_iter().map(|(_, b)| b).collect();
+    let slots: Vec<Vec<u8>> = primary
+        .store()
+        .key_slots()?
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect();
     let store = sink::create_replica(dir, &repo_id, &primary.config().encode(), &slots)?;
     Ok((store, true))
 }
@@ -83,7 +93,11 @@ pub struct SyncOptions {
 
 impl Default for SyncOptions {
     fn default() -> Self {
-        SyncOptions { limit_rate: None, batch_bytes: 8 << 20, have_batch: 4096 }
+        SyncOptions {
+            limit_rate: None,
+            batch_bytes: 8 << 20,
+            have_batch: 4096,
+        }
     }
 }
 
@@ -118,18 +132,29 @@ pub fn sync(
     progress: &SyncProgress,
     report: &mut SyncReport,
 ) -> Result<()> {
-    let slots: Vec<Vec<u8>> = repo.store().key_slots()?.into_iter().map(|(_, b)| b).collect();
+    let slots: Vec<Vec<u8>> = repo
+        .store()
+        .key_slots()?
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect();
     expect_done(target.call(Request::AddKeySlots(slots))?)?;
     report.target_snapshots = list_snapshots(target)?;
     // Snapshots first, then the view: the view is newer, so it holds all they reference.
     let blobs = repo.store().snapshot_blobs()?;
     let view = repo.view()?;
     let theirs: std::collections::HashSet<Id> = report.target_snapshots.iter().copied().collect();
-    let lacking: Vec<(Id, Vec<u8>)> = blobs.into_iter().filter(|(id, _)| !theirs.contains(id)).collect();
+    let lacking: Vec<(Id, Vec<u8>)> = blobs
+        .into_iter()
+        .filter(|(id, _)| !theirs.contains(id))
+        .collect();
     if lacking.is_empty() {
         return Ok(());
     }
-    let roots = lacking.iter().map(|(id, blob)| snapshot_root(repo, id, blob)).collect::<Result<Vec<Id>>>()?;
+    let roots = lacking
+        .iter()
+        .map(|(id, blob)| snapshot_root(repo, id, blob))
+        .collect::<Result<Vec<Id>>>()?;
     let plan = plan::plan(repo, &view, target, &roots, opts.have_batch)?;
     report.round_trips += plan.round_trips;
     report.ids_asked += plan.asked;
@@ -144,7 +169,9 @@ pub fn sync(
 
 fn snapshot_root(repo: &Repository, id: &Id, blob: &[u8]) -> Result<Id> {
     let plain = repo.keys().open(Kind::Snapshot, id, blob)?;
-    Ok(Snapshot::decode(&plain).map_err(|e| Error::corrupt(id, e.to_string()))?.root)
+    Ok(Snapshot::decode(&plain)
+        .map_err(|e| Error::corrupt(id, e.to_string()))?
+        .root)
 }
 
 pub fn list_snapshots(target: &mut dyn Target) -> Result<Vec<Id>> {

@@ -32,7 +32,12 @@ impl Plan {
 }
 
 /// Ask the target which of `ids` it has, in batches; returns the ones it lacks.
-pub fn missing(target: &mut dyn Target, ids: &[Id], batch: usize, plan: &mut Plan) -> Result<Vec<Id>> {
+pub fn missing(
+    target: &mut dyn Target,
+    ids: &[Id],
+    batch: usize,
+    plan: &mut Plan,
+) -> Result<Vec<Id>> {
     let mut out = Vec::new();
     for part in ids.chunks(batch.clamp(1, MAX_HAVE)) {
         plan.round_trips += 1;
@@ -64,9 +69,26 @@ struct Walk<'a> {
 }
 
 /// Plan the transfer of everything the snapshots rooted at `roots` need.
-pub fn plan(repo: &Repository, view: &View, target: &mut dyn Target, roots: &[Id], batch: usize) -> Result<Plan> {
-    let mut w = Walk { repo, view, batch, seen: HashSet::new(), children: HashMap::new(), plan: Plan::default() };
-    let mut frontier: Vec<Id> = roots.iter().copied().filter(|r| w.seen.insert(*r)).collect();
+pub fn plan(
+    repo: &Repository,
+    view: &View,
+    target: &mut dyn Target,
+    roots: &[Id],
+    batch: usize,
+) -> Result<Plan> {
+    let mut w = Walk {
+        repo,
+        view,
+        batch,
+        seen: HashSet::new(),
+        children: HashMap::new(),
+        plan: Plan::default(),
+    };
+    let mut frontier: Vec<Id> = roots
+        .iter()
+        .copied()
+        .filter(|r| w.seen.insert(*r))
+        .collect();
     while !frontier.is_empty() {
         frontier = w.level(target, &frontier)?;
     }
@@ -88,7 +110,12 @@ impl Walk<'_> {
         for l in missing(target, &lists, self.batch, &mut self.plan)? {
             let plain = self.repo.load(self.view, &l, Kind::List)?;
             let extents = decode_list(&plain).map_err(|e| Error::corrupt(l, e.to_string()))?;
-            chunks.extend(extents.iter().filter_map(|x| x.id).filter(|id| self.seen.insert(*id)));
+            chunks.extend(
+                extents
+                    .iter()
+                    .filter_map(|x| x.id)
+                    .filter(|id| self.seen.insert(*id)),
+            );
             self.plan.lists.push(l);
         }
         let lacking = missing(target, &chunks, self.batch, &mut self.plan)?;
@@ -97,7 +124,13 @@ impl Walk<'_> {
     }
 
     /// Sort a tree's references into new subtrees, lists and chunks; returns all its subtrees.
-    fn scan(&mut self, tree: &Tree, next: &mut Vec<Id>, lists: &mut Vec<Id>, chunks: &mut Vec<Id>) -> Vec<Id> {
+    fn scan(
+        &mut self,
+        tree: &Tree,
+        next: &mut Vec<Id>,
+        lists: &mut Vec<Id>,
+        chunks: &mut Vec<Id>,
+    ) -> Vec<Id> {
         let mut subtrees = Vec::new();
         for e in &tree.entries {
             if let Some(s) = e.subtree {
@@ -108,8 +141,14 @@ impl Walk<'_> {
             }
             match &e.content {
                 Content::None => {}
-                Content::Inline(xs) => chunks.extend(xs.iter().filter_map(|x| x.id).filter(|id| self.seen.insert(*id))),
-                Content::Lists(ls) => lists.extend(ls.iter().map(|l| l.id).filter(|id| self.seen.insert(*id))),
+                Content::Inline(xs) => chunks.extend(
+                    xs.iter()
+                        .filter_map(|x| x.id)
+                        .filter(|id| self.seen.insert(*id)),
+                ),
+                Content::Lists(ls) => {
+                    lists.extend(ls.iter().map(|l| l.id).filter(|id| self.seen.insert(*id)))
+                }
             }
         }
         subtrees

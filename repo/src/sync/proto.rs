@@ -85,7 +85,8 @@ pub enum Response {
 
 /// Encode a message into a frame body.
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>> {
-    let body = postcard::to_stdvec(msg).map_err(|e| Error::Invalid(format!("encoding sync message: {e}")))?;
+    let body = postcard::to_stdvec(msg)
+        .map_err(|e| Error::Invalid(format!("encoding sync message: {e}")))?;
     if body.is_empty() || body.len() > MAX_FRAME {
         return Err(Error::Invalid(format!(
             "sync message of {} bytes exceeds the frame limit of {MAX_FRAME}",
@@ -97,8 +98,8 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>> {
 
 /// Decode a frame body; the whole body must be one message.
 pub fn decode<T: for<'de> Deserialize<'de>>(body: &[u8]) -> Result<T> {
-    let (msg, rest) =
-        postcard::take_from_bytes(body).map_err(|e| protocol_error(format!("undecodable message: {e}")))?;
+    let (msg, rest) = postcard::take_from_bytes(body)
+        .map_err(|e| protocol_error(format!("undecodable message: {e}")))?;
     if !rest.is_empty() {
         return Err(protocol_error("trailing bytes after the message"));
     }
@@ -120,17 +121,28 @@ pub fn read_frame<R: Read>(r: &mut R) -> Result<Option<Vec<u8>>> {
     match read_full(r, &mut len)? {
         0 => return Ok(None),
         4 => {}
-        n => return Err(protocol_error(format!("stream ended inside a frame header ({n} of 4 bytes)"))),
+        n => {
+            return Err(protocol_error(format!(
+                "stream ended inside a frame header ({n} of 4 bytes)"
+            )))
+        }
     }
     let len = u32::from_le_bytes(len) as usize;
     if len == 0 || len > MAX_FRAME {
-        return Err(protocol_error(format!("frame length {len} is outside 1..={MAX_FRAME}")));
+        return Err(protocol_error(format!(
+            "frame length {len} is outside 1..={MAX_FRAME}"
+        )));
     }
     // Grow with the data actually received, so a lying length costs no memory up front.
     let mut body = Vec::with_capacity(len.min(1 << 20));
-    r.take(len as u64).read_to_end(&mut body).map_err(|e| Error::io("reading from the sync peer", e))?;
+    r.take(len as u64)
+        .read_to_end(&mut body)
+        .map_err(|e| Error::io("reading from the sync peer", e))?;
     if body.len() != len {
-        return Err(protocol_error(format!("truncated frame: {} of {len} bytes", body.len())));
+        return Err(protocol_error(format!(
+            "truncated frame: {} of {len} bytes",
+            body.len()
+        )));
     }
     Ok(Some(body))
 }
@@ -164,12 +176,24 @@ pub fn write_msg<W: Write, T: Serialize>(w: &mut W, msg: &T) -> Result<()> {
 pub fn check_object(o: &WireObject) -> Result<crate::crypto::Kind> {
     let kind = crate::crypto::Kind::from_u8(o.kind)
         .filter(|_| OBJECT_KINDS.contains(&o.kind))
-        .ok_or_else(|| protocol_error(format!("object {} has kind {}, not chunk, tree or list", o.id, o.kind)))?;
+        .ok_or_else(|| {
+            protocol_error(format!(
+                "object {} has kind {}, not chunk, tree or list",
+                o.id, o.kind
+            ))
+        })?;
     if u32::try_from(o.sealed.len()).is_err() || o.sealed.len() < crate::crypto::SEAL_OVERHEAD {
-        return Err(protocol_error(format!("object {} has an impossible length {}", o.id, o.sealed.len())));
+        return Err(protocol_error(format!(
+            "object {} has an impossible length {}",
+            o.id,
+            o.sealed.len()
+        )));
     }
     if crate::store::checksum(&o.sealed) != o.check {
-        return Err(Error::corrupt(o.id, "arrived with bytes that do not match its checksum"));
+        return Err(Error::corrupt(
+            o.id,
+            "arrived with bytes that do not match its checksum",
+        ));
     }
     Ok(kind)
 }
@@ -215,9 +239,18 @@ mod tests {
         body.push(0);
         assert!(decode::<Request>(&body).is_err());
         let sealed = vec![1u8; 64];
-        let o = WireObject { id: Id([1; 32]), kind: 4, check: crate::store::checksum(&sealed), sealed };
+        let o = WireObject {
+            id: Id([1; 32]),
+            kind: 4,
+            check: crate::store::checksum(&sealed),
+            sealed,
+        };
         assert!(check_object(&o).is_err());
-        let o = WireObject { kind: 1, check: [0; 16], ..o };
+        let o = WireObject {
+            kind: 1,
+            check: [0; 16],
+            ..o
+        };
         assert!(check_object(&o).is_err(), "checksum mismatch");
     }
 

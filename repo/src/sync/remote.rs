@@ -18,7 +18,10 @@ pub struct StreamTarget<R: Read, W: Write> {
 
 impl<R: Read, W: Write> StreamTarget<R, W> {
     pub fn new(r: R, w: W) -> Self {
-        StreamTarget { r: BufReader::new(r), w: BufWriter::new(w) }
+        StreamTarget {
+            r: BufReader::new(r),
+            w: BufWriter::new(w),
+        }
     }
 
     fn exchange(&mut self, req: &Request) -> Result<Response> {
@@ -36,9 +39,18 @@ impl<R: Read, W: Write> StreamTarget<R, W> {
     /// Hello, and create the replica if the far side has none. Refuses a foreign repository.
     pub fn handshake(&mut self, primary: &Repository) -> Result<bool> {
         let repo_id = primary.config().repo_id;
-        let hello = Request::Hello { magic: proto::MAGIC, version: proto::VERSION, repo_id };
+        let hello = Request::Hello {
+            magic: proto::MAGIC,
+            version: proto::VERSION,
+            repo_id,
+        };
         let exists = match self.exchange(&hello)? {
-            Response::Hello { version, repo_id: theirs, exists, .. } => {
+            Response::Hello {
+                version,
+                repo_id: theirs,
+                exists,
+                ..
+            } => {
                 if version != proto::VERSION || theirs != repo_id {
                     return Err(proto::protocol_error(
                         "the server answered the hello with another version or repository id",
@@ -49,8 +61,16 @@ impl<R: Read, W: Write> StreamTarget<R, W> {
             other => return Err(unexpected(&other)),
         };
         if !exists {
-            let key_slots = primary.store().key_slots()?.into_iter().map(|(_, b)| b).collect();
-            let create = Request::Create { config: primary.config().encode(), key_slots };
+            let key_slots = primary
+                .store()
+                .key_slots()?
+                .into_iter()
+                .map(|(_, b)| b)
+                .collect();
+            let create = Request::Create {
+                config: primary.config().encode(),
+                key_slots,
+            };
             expect_done(self.exchange(&create)?)?;
         }
         Ok(!exists)
@@ -103,9 +123,13 @@ pub struct SshUrl {
 impl SshUrl {
     pub fn parse(url: &str) -> Result<SshUrl> {
         let bad = |why: &str| {
-            Error::Invalid(format!("`{url}` is not a valid ssh target ({why}); use ssh://[user@]host[:port]/path"))
+            Error::Invalid(format!(
+                "`{url}` is not a valid ssh target ({why}); use ssh://[user@]host[:port]/path"
+            ))
         };
-        let rest = url.strip_prefix("ssh://").ok_or_else(|| bad("no ssh:// prefix"))?;
+        let rest = url
+            .strip_prefix("ssh://")
+            .ok_or_else(|| bad("no ssh:// prefix"))?;
         let slash = rest.find('/').ok_or_else(|| bad("no path"))?;
         let (auth, path) = rest.split_at(slash);
         let (user, hostport) = match auth.rsplit_once('@') {
@@ -113,14 +137,21 @@ impl SshUrl {
             None => (None, auth),
         };
         let (host, port) = split_port(hostport).ok_or_else(|| bad("bad port"))?;
-        let host_ok = !host.is_empty() && !host.starts_with('-') && host.bytes().all(|b| b.is_ascii_graphic());
-        let user_ok = user
-            .as_deref()
-            .is_none_or(|u| !u.is_empty() && !u.starts_with('-') && u.bytes().all(|b| b.is_ascii_graphic()));
+        let host_ok = !host.is_empty()
+            && !host.starts_with('-')
+            && host.bytes().all(|b| b.is_ascii_graphic());
+        let user_ok = user.as_deref().is_none_or(|u| {
+            !u.is_empty() && !u.starts_with('-') && u.bytes().all(|b| b.is_ascii_graphic())
+        });
         if !host_ok || !user_ok || path.len() < 2 {
             return Err(bad("empty or invalid user, host or path"));
         }
-        Ok(SshUrl { user, host: host.to_string(), port, path: path.to_string() })
+        Ok(SshUrl {
+            user,
+            host: host.to_string(),
+            port,
+            path: path.to_string(),
+        })
     }
 }
 
@@ -155,7 +186,10 @@ pub struct SshOptions {
 
 impl Default for SshOptions {
     fn default() -> Self {
-        SshOptions { command: vec!["ssh".into()], remote_binary: "cairn".into() }
+        SshOptions {
+            command: vec!["ssh".into()],
+            remote_binary: "cairn".into(),
+        }
     }
 }
 
@@ -175,7 +209,11 @@ pub fn ssh_argv(url: &SshUrl, opts: &SshOptions) -> Vec<String> {
     argv.push(url.host.clone());
     // `ssh://host/~/dir`: relative to the remote home, where ssh starts the command.
     let path = url.path.strip_prefix("/~/").unwrap_or(&url.path);
-    argv.push(format!("{} serve --repo {}", shell_quote(&opts.remote_binary), shell_quote(path)));
+    argv.push(format!(
+        "{} serve --repo {}",
+        shell_quote(&opts.remote_binary),
+        shell_quote(path)
+    ));
     argv
 }
 
@@ -211,8 +249,17 @@ impl SshTarget {
         let (Some(out), Some(inp)) = (child.stdout.take(), child.stdin.take()) else {
             return Err(Error::Invalid("ssh started without pipes".into()));
         };
-        let label = format!("{}{}", url.host, url.port.map(|p| format!(":{p}")).unwrap_or_default());
-        Ok(SshTarget { child, stream: Some(StreamTarget::new(out, inp)), stderr, label })
+        let label = format!(
+            "{}{}",
+            url.host,
+            url.port.map(|p| format!(":{p}")).unwrap_or_default()
+        );
+        Ok(SshTarget {
+            child,
+            stream: Some(StreamTarget::new(out, inp)),
+            stderr,
+            label,
+        })
     }
 
     pub fn handshake(&mut self, primary: &Repository) -> Result<bool> {
@@ -224,7 +271,11 @@ impl SshTarget {
     fn explain(&mut self, e: Error) -> Error {
         let status = self.wait_briefly(Duration::from_secs(2));
         std::thread::sleep(Duration::from_millis(50));
-        let said = self.stderr.lock().map(|s| s.trim().to_string()).unwrap_or_default();
+        let said = self
+            .stderr
+            .lock()
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
         let code = status.and_then(|s| s.code());
         if said.is_empty() && code.is_none() {
             return e;
@@ -232,11 +283,17 @@ impl SshTarget {
         let last: Vec<&str> = said.lines().rev().take(3).collect();
         let said: Vec<&str> = last.into_iter().rev().collect();
         let hint = match code {
-            Some(127) => "; is cairn installed on the far side? (--remote-cairn, $CAIRN_REMOTE_BINARY)",
+            Some(127) => {
+                "; is cairn installed on the far side? (--remote-cairn, $CAIRN_REMOTE_BINARY)"
+            }
             _ => "",
         };
         let how = code.map(|c| format!(" (exit {c})")).unwrap_or_default();
-        Error::Invalid(format!("ssh to {} failed{how}: {}{hint} [{e}]", self.label, said.join("; ")))
+        Error::Invalid(format!(
+            "ssh to {} failed{how}: {}{hint} [{e}]",
+            self.label,
+            said.join("; ")
+        ))
     }
 
     fn wait_briefly(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
@@ -253,7 +310,10 @@ impl SshTarget {
 }
 
 impl SshTarget {
-    fn with_stream<T>(&mut self, f: impl FnOnce(&mut StreamTarget<ChildStdout, ChildStdin>) -> Result<T>) -> Result<T> {
+    fn with_stream<T>(
+        &mut self,
+        f: impl FnOnce(&mut StreamTarget<ChildStdout, ChildStdin>) -> Result<T>,
+    ) -> Result<T> {
         let r = match self.stream.as_mut() {
             Some(s) => f(s),
             None => Err(Error::Invalid("connection closed".into())),
@@ -309,7 +369,14 @@ mod tests {
         assert_eq!((u.user, u.port, u.path.as_str()), (None, None, "/x"));
         let u = SshUrl::parse("ssh://[::1]:22/x").unwrap();
         assert_eq!((u.host.as_str(), u.port), ("::1", Some(22)));
-        for bad in ["ssh://host", "ssh://-oProxyCommand=x/p", "ssh://h:99999/p", "http://h/p", "ssh:///p", "ssh://h/"] {
+        for bad in [
+            "ssh://host",
+            "ssh://-oProxyCommand=x/p",
+            "ssh://h:99999/p",
+            "http://h/p",
+            "ssh:///p",
+            "ssh://h/",
+        ] {
             assert!(SshUrl::parse(bad).is_err(), "{bad}");
         }
     }
@@ -318,10 +385,16 @@ mod tests {
     fn argv_quotes_the_remote_command() {
         let u = SshUrl::parse("ssh://me@h:2200/it's here").unwrap();
         let argv = ssh_argv(&u, &SshOptions::default());
-        assert_eq!(&argv[..7], ["ssh", "-o", "BatchMode=yes", "-p", "2200", "-l", "me"]);
+        assert_eq!(
+            &argv[..7],
+            ["ssh", "-o", "BatchMode=yes", "-p", "2200", "-l", "me"]
+        );
         assert_eq!(argv[7], "h");
         assert_eq!(argv[8], r"'cairn' serve --repo '/it'\''s here'");
         let u = SshUrl::parse("ssh://h/~/backups/x").unwrap();
-        assert_eq!(ssh_argv(&u, &SshOptions::default()).last().unwrap(), "'cairn' serve --repo 'backups/x'");
+        assert_eq!(
+            ssh_argv(&u, &SshOptions::default()).last().unwrap(),
+            "'cairn' serve --repo 'backups/x'"
+        );
     }
 }

@@ -22,7 +22,11 @@ pub struct Throttle {
 
 impl Throttle {
     pub fn new(rate: Option<u64>) -> Throttle {
-        Throttle { rate: rate.filter(|r| *r > 0), start: Instant::now(), sent: 0 }
+        Throttle {
+            rate: rate.filter(|r| *r > 0),
+            start: Instant::now(),
+            sent: 0,
+        }
     }
 
     /// Account for `n` bytes just sent; sleep until the average is back under the cap.
@@ -76,9 +80,17 @@ fn sending_order(view: &View, plan: &Plan) -> Result<Vec<(Id, Location)>> {
 fn read_verified(view: &View, id: Id, loc: &Location, piece: u32) -> Result<WireObject> {
     let sealed = view.read_sealed(&id, loc, piece)?;
     if checksum(&sealed) != loc.check {
-        return Err(Error::corrupt(id, "stored bytes do not match their checksum; not sending a damaged object"));
+        return Err(Error::corrupt(
+            id,
+            "stored bytes do not match their checksum; not sending a damaged object",
+        ));
     }
-    Ok(WireObject { id, kind: loc.kind as u8, check: loc.check, sealed })
+    Ok(WireObject {
+        id,
+        kind: loc.kind as u8,
+        check: loc.check,
+        sealed,
+    })
 }
 
 pub fn send_objects(
@@ -91,11 +103,21 @@ pub fn send_objects(
     report: &mut SyncReport,
 ) -> Result<()> {
     let order = sending_order(view, plan)?;
-    progress.total_objects.fetch_add(order.len() as u64, Ordering::Relaxed);
-    progress.total_bytes.fetch_add(order.iter().map(|(_, l)| l.len as u64).sum(), Ordering::Relaxed);
+    progress
+        .total_objects
+        .fetch_add(order.len() as u64, Ordering::Relaxed);
+    progress.total_bytes.fetch_add(
+        order.iter().map(|(_, l)| l.len as u64).sum(),
+        Ordering::Relaxed,
+    );
     let limit = batch_bytes(opts);
-    let mut out =
-        Outbox { target, progress, report, throttle: Throttle::new(opts.limit_rate), inflight: VecDeque::new() };
+    let mut out = Outbox {
+        target,
+        progress,
+        report,
+        throttle: Throttle::new(opts.limit_rate),
+        inflight: VecDeque::new(),
+    };
     let mut batch: Vec<WireObject> = Vec::new();
     let mut batch_len = 0usize;
     for (id, loc) in order {
@@ -125,7 +147,10 @@ struct Outbox<'a, 't> {
 
 impl Outbox<'_, '_> {
     fn put(&mut self, batch: Vec<WireObject>) -> Result<()> {
-        let sent = (batch.len() as u64, batch.iter().map(|o| o.sealed.len() as u64).sum::<u64>());
+        let sent = (
+            batch.len() as u64,
+            batch.iter().map(|o| o.sealed.len() as u64).sum::<u64>(),
+        );
         match self.target.send(Request::PutObjects(batch))? {
             Some(resp) => self.acknowledge(sent, resp)?,
             None => self.inflight.push_back(sent),
@@ -148,7 +173,9 @@ impl Outbox<'_, '_> {
         match resp {
             Response::Stored { objects, .. } if objects == n => {}
             Response::Stored { objects, .. } => {
-                return Err(super::proto::protocol_error(format!("sent {n} objects, the target stored {objects}")))
+                return Err(super::proto::protocol_error(format!(
+                    "sent {n} objects, the target stored {objects}"
+                )))
             }
             other => return Err(unexpected(&other)),
         }

@@ -22,7 +22,11 @@ pub fn serve<R: Read, W: Write>(dir: &Path, append_only: bool, r: &mut R, w: &mu
 
 fn session<R: Read, W: Write>(dir: &Path, append_only: bool, r: &mut R, w: &mut W) -> Result<()> {
     let repo_id = match proto::read_msg(r)? {
-        Request::Hello { magic, version, repo_id } => {
+        Request::Hello {
+            magic,
+            version,
+            repo_id,
+        } => {
             if magic != proto::MAGIC {
                 return Err(proto::protocol_error("the peer is not a cairn sync client"));
             }
@@ -58,7 +62,12 @@ fn open_or_create<R: Read, W: Write>(
     r: &mut R,
     w: &mut W,
 ) -> Result<Store> {
-    let hello = |exists| Response::Hello { version: proto::VERSION, repo_id: *repo_id, exists, append_only };
+    let hello = |exists| Response::Hello {
+        version: proto::VERSION,
+        repo_id: *repo_id,
+        exists,
+        append_only,
+    };
     if sink::repository_exists(dir) {
         let store = sink::open_replica(dir, repo_id, DEFAULT_DB_CACHE)?;
         proto::write_msg(w, &hello(true))?;
@@ -71,6 +80,8 @@ fn open_or_create<R: Read, W: Write>(
             proto::write_msg(w, &Response::Done)?;
             Ok(store)
         }
-        _ => Err(proto::protocol_error("expected a create request for the new replica")),
+        _ => Err(proto::protocol_error(
+            "expected a create request for the new replica",
+        )),
     }
 }

@@ -48,16 +48,26 @@ pub fn open_replica(dir: &Path, repo_id: &[u8; 16], cache: usize) -> Result<Stor
 
 /// Create a replica: a new repository with the primary's config and its key slots, still
 /// wrapped. Never touches an existing repository or a non-empty directory.
-pub fn create_replica(dir: &Path, repo_id: &[u8; 16], config: &[u8], key_slots: &[Vec<u8>]) -> Result<Store> {
+pub fn create_replica(
+    dir: &Path,
+    repo_id: &[u8; 16],
+    config: &[u8],
+    key_slots: &[Vec<u8>],
+) -> Result<Store> {
     let decoded = Config::decode(config)?;
     if &decoded.repo_id != repo_id {
-        return Err(proto::protocol_error("the config sent for the replica has another repository id"));
+        return Err(proto::protocol_error(
+            "the config sent for the replica has another repository id",
+        ));
     }
     if key_slots.is_empty() {
-        return Err(proto::protocol_error("a replica needs at least one key slot"));
+        return Err(proto::protocol_error(
+            "a replica needs at least one key slot",
+        ));
     }
     for s in key_slots {
-        postcard::from_bytes::<KeySlot>(s).map_err(|_| proto::protocol_error("undecodable key slot"))?;
+        postcard::from_bytes::<KeySlot>(s)
+            .map_err(|_| proto::protocol_error("undecodable key slot"))?;
     }
     let store = Store::create(dir, &[("config", config.to_vec())])?;
     for s in key_slots {
@@ -74,7 +84,8 @@ pub fn add_missing_slots(store: &Store, slots: &[Vec<u8>]) -> Result<u64> {
         if have.contains(s) {
             continue;
         }
-        postcard::from_bytes::<KeySlot>(s).map_err(|_| proto::protocol_error("undecodable key slot"))?;
+        postcard::from_bytes::<KeySlot>(s)
+            .map_err(|_| proto::protocol_error("undecodable key slot"))?;
         store.add_key_slot(s)?;
         added += 1;
     }
@@ -107,7 +118,8 @@ impl<'s> Sink<'s> {
 
     /// Answer one request; failures become `Response::Error` for the peer.
     pub fn handle(&mut self, req: Request) -> Response {
-        self.try_handle(req).unwrap_or_else(|e| Response::Error(e.to_string()))
+        self.try_handle(req)
+            .unwrap_or_else(|e| Response::Error(e.to_string()))
     }
 
     pub fn try_handle(&mut self, req: Request) -> Result<Response> {
@@ -117,12 +129,14 @@ impl<'s> Sink<'s> {
             Request::Have(ids) => self.have(&ids),
             Request::PutObjects(objs) => self.put_objects(objs),
             Request::PutSnapshots(snaps) => self.put_snapshots(&snaps),
-            Request::AddKeySlots(slots) => add_missing_slots(self.store, &slots).map(|_| Response::Done),
+            Request::AddKeySlots(slots) => {
+                add_missing_slots(self.store, &slots).map(|_| Response::Done)
+            }
             Request::DeleteSnapshots(ids) => self.delete_snapshots(&ids),
             Request::Bye => self.flush().map(|_| Response::Done),
-            Request::Hello { .. } | Request::Create { .. } => {
-                Err(proto::protocol_error("hello or create after the session started"))
-            }
+            Request::Hello { .. } | Request::Create { .. } => Err(proto::protocol_error(
+                "hello or create after the session started",
+            )),
         }
     }
 
@@ -135,7 +149,12 @@ impl<'s> Sink<'s> {
     }
 
     fn snapshot_ids(&self) -> Result<Vec<Id>> {
-        Ok(self.store.snapshot_blobs()?.into_iter().map(|(id, _)| id).collect())
+        Ok(self
+            .store
+            .snapshot_blobs()?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect())
     }
 
     fn have(&self, ids: &[Id]) -> Result<Response> {
@@ -172,8 +191,13 @@ impl<'s> Sink<'s> {
 
     /// The final commit: every object received, then the snapshots, in one transaction.
     fn put_snapshots(&mut self, snaps: &[(Id, Vec<u8>)]) -> Result<Response> {
-        if snaps.iter().any(|(_, b)| b.len() < crate::crypto::SEAL_OVERHEAD) {
-            return Err(proto::protocol_error("a snapshot blob is too short to be sealed"));
+        if snaps
+            .iter()
+            .any(|(_, b)| b.len() < crate::crypto::SEAL_OVERHEAD)
+        {
+            return Err(proto::protocol_error(
+                "a snapshot blob is too short to be sealed",
+            ));
         }
         self.packer.commit(true, snaps)?;
         self.dirty = false;

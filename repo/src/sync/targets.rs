@@ -21,10 +21,14 @@ impl TargetUrl {
         }
         let path = url.strip_prefix("file://").unwrap_or(url);
         if url.contains("://") && !url.starts_with("file://") {
-            return Err(Error::Invalid(format!("`{url}`: unsupported target scheme; use a path or ssh://")));
+            return Err(Error::Invalid(format!(
+                "`{url}`: unsupported target scheme; use a path or ssh://"
+            )));
         }
         if !path.starts_with('/') {
-            return Err(Error::Invalid(format!("`{url}`: a local target must be an absolute path")));
+            return Err(Error::Invalid(format!(
+                "`{url}`: a local target must be an absolute path"
+            )));
         }
         Ok(TargetUrl::Local(PathBuf::from(path)))
     }
@@ -40,7 +44,9 @@ pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
         && !name.starts_with(['-', '.'])
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
 }
 
 impl Store {
@@ -83,7 +89,9 @@ impl Store {
         {
             let mut t = txn.open_table(TARGETS)?;
             if t.remove(name)?.is_none() {
-                return Err(Error::Invalid(format!("no target named `{name}`; see `cairn target list`")));
+                return Err(Error::Invalid(format!(
+                    "no target named `{name}`; see `cairn target list`"
+                )));
             }
         }
         txn.commit()?;
@@ -98,9 +106,18 @@ mod tests {
 
     #[test]
     fn urls_and_names() {
-        assert_eq!(TargetUrl::parse("/mnt/b").unwrap(), TargetUrl::Local("/mnt/b".into()));
-        assert_eq!(TargetUrl::parse("file:///mnt/b").unwrap(), TargetUrl::Local("/mnt/b".into()));
-        assert!(matches!(TargetUrl::parse("ssh://h/p").unwrap(), TargetUrl::Ssh(_)));
+        assert_eq!(
+            TargetUrl::parse("/mnt/b").unwrap(),
+            TargetUrl::Local("/mnt/b".into())
+        );
+        assert_eq!(
+            TargetUrl::parse("file:///mnt/b").unwrap(),
+            TargetUrl::Local("/mnt/b".into())
+        );
+        assert!(matches!(
+            TargetUrl::parse("ssh://h/p").unwrap(),
+            TargetUrl::Ssh(_)
+        ));
         assert!(TargetUrl::parse("rel/path").is_err());
         assert!(TargetUrl::parse("s3://bucket/x").is_err());
         assert!(valid_name("nas-1.home_x"));
