@@ -1,5 +1,8 @@
 use crate::{output, CmdResult, Failure, Global};
-use cairn_repo::check::{check, CheckOptions};
+use cairn_repo::check::{check, check_storage, repair_from, CheckOptions, CheckReport};
+use cairn_repo::store_maint::{StorageProblem, StorageReport};
+use cairn_repo::Repository;
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -9,7 +12,18 @@ pub struct Args {
     /// Verify N% of the objects, continuing where the last run stopped (e.g. 10%)
     #[arg(long, value_name = "N%")]
     read_data_subset: Option<String>,
+    /// Key-less: verify stored checksums, pieces and the database's page checksums (no
+    /// password needed; for replicas)
+    #[arg(long, conflicts_with_all = ["read_data", "read_data_subset", "repair_from"])]
+    storage_only: bool,
+    /// Copy intact copies of damaged or missing objects back from this replica (a repository
+    /// synced from this one; the same password opens it), then check again
+    #[arg(long, value_name = "PATH")]
+    repair_from: Option<PathBuf>,
 }
+
+/// Rounds of repair: healing a tree can uncover damage below it.
+const REPAIR_ROUNDS: usize = 4;
 
 fn parse_percent(s: &str) -> Result<f64, Failure> {
     let v: f64 = s
@@ -23,10 +37,81 @@ fn parse_percent(s: &str) -> Result<f64, Failure> {
 }
 
 pub fn run(g: &Global, a: &Args) -> CmdResult {
-    let repo = g.open()?;
+    if a.storage_only {
+        return storage_only(g);
+    }
     let subset = a.read_data_subset.as_deref().map(parse_percent).transpose()?;
     let opts = CheckOptions { read_data: a.read_data, subset_percent: subset };
-    let report = check(&repo, &opts)?;
+    let (repo, replica) = match &a.repair_from {
+        None => (g.open()?, None),
+        Some(path) => open_pair(g, path)?,
+    };
+    let mut report = check(&repo, &opts)?;
+    if let Some(replica) = &replica {
+        report = repair(g, &repo, replica, &opts, report)?;
+    }
+    print_report(g, &report)
+}
+
+fn open_pair(g: &Global, replica: &std::path::Path) -> Result<(Repository, Option<Repository>), Failure> {
+    let path = g.repo_path()?;
+    cairn_repo::store::Store::open(&path, 1 << 20).map_err(Failure::from)?;
+    cairn_repo::store::Store::open(replica, 1 << 20).map_err(Failure::from)?;
+    let password = crate::secrets::password(g, false)?;
+    let opts = cairn_repo::OpenOptions::default();
+    let repo = Repository::open(&path, password.as_bytes(), &opts)?;
+    let other = Repository::open(replica, password.as_bytes(), &opts)?;
+    Ok((repo, Some(other)))
+}
+
+fn repair(g: &Global, repo: &Repository, replica: &Repository, opts: &CheckOptions, mut report: CheckReport) -> Result<CheckReport, Failure> {
+    for _ in 0..REPAIR_ROUNDS {
+        if report.damaged.is_empty() {
+            break;
+        }
+        let ids: Vec<_> = report.damaged.iter().map(|d| d.id).collect();
+        let r = repair_from(repo, replica, &ids)?;
+        for id in &r.repaired {
+            output::info(g, &format!("repaired {id} from {}", replica.store().dir().display()));
+        }
+        for (id, why) in &r.failed {
+            output::warn(&format!("cannot repair {id}: {why}"));
+        }
+        if r.repaired.is_empty() {
+            break;
+        }
+        report = check(repo, opts)?;
+    }
+    Ok(report)
+}
+
+fn storage_only(g: &Global) -> CmdResult {
+    let path = g.repo_path()?;
+    let r: StorageReport = check_storage(&path)?;
+    let problems: Vec<String> = r.problems.iter().map(|p| match p {
+        StorageProblem::Object { id, problem } => format!("object {id}: {problem}"),
+        StorageProblem::Piece { pack, piece, problem } => format!("pack {pack} piece {piece}: {problem}"),
+    }).chain((r.db_intact == Some(false)).then(|| "the database's page checksums failed; redb repaired its structures".to_string())).collect();
+    if g.json {
+        output::json(&serde_json::json!({
+            "storage_only": true, "packs": r.packs, "objects": r.objects, "bytes": r.bytes,
+            "db_intact": r.db_intact, "problems": problems, "ok": problems.is_empty(),
+        }));
+    } else {
+        output::info(g, &format!("{} packs, {} objects ({}) verified against their stored checksums", r.packs, r.objects, output::bytes(r.bytes)));
+        for p in &problems {
+            output::line(&format!("damaged: {p}"));
+        }
+    }
+    if problems.is_empty() {
+        output::info(g, "no errors found");
+        Ok(0)
+    } else {
+        Err(Failure::fatal(format!("{} storage problems; see above", problems.len())))
+    }
+}
+
+fn print_report(g: &Global, report: &CheckReport) -> CmdResult {
     let s = &report.space;
     if g.json {
         output::json(&serde_json::json!({

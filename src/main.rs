@@ -5,14 +5,17 @@ mod backup;
 mod cat;
 mod check;
 mod diff;
+mod forget;
 mod init;
 mod key;
 mod ls;
 mod output;
+mod prune;
 mod restore;
 mod secrets;
 mod snapshots;
 mod stats;
+mod status;
 
 use cairn_repo::Error;
 use clap::{Parser, Subcommand};
@@ -78,6 +81,12 @@ enum Command {
     Key(key::Command),
     /// Show repository size, deduplication and space efficiency
     Stats(stats::Args),
+    /// Remove snapshots by retention rules (--keep-daily 7 …); --prune frees their data
+    Forget(forget::Args),
+    /// Delete data no snapshot references (safe beside running backups)
+    Prune(prune::Args),
+    /// Health at a glance; exit 3 when something is overdue or failed
+    Status(status::Args),
 }
 
 /// A failure with the exit code it maps to.
@@ -142,6 +151,9 @@ fn main() -> ExitCode {
         Command::Check(a) => check::run(g, a),
         Command::Key(c) => key::run(g, c),
         Command::Stats(a) => stats::run(g, a),
+        Command::Forget(a) => forget::run(g, a),
+        Command::Prune(a) => prune::run(g, a),
+        Command::Status(a) => status::run(g, a),
     };
     match result {
         Ok(code) => ExitCode::from(code),
