@@ -202,6 +202,9 @@ fn bucket(period: Period, t: i64, offset: &dyn Fn(i64) -> i64) -> i64 {
     }
 }
 
+/// (host, sorted path set), each `None` when not grouped by it.
+type GroupKey = (Option<String>, Option<Vec<Vec<u8>>>);
+
 /// Apply `policy` to `snapshots` grouped by `group_by`; `offset(t)` gives the local UTC offset in
 /// seconds at instant `t` (e.g. [`local_offset`]).
 pub fn apply(policy: &Policy, group_by: GroupBy, snapshots: &[Candidate], offset: &dyn Fn(i64) -> i64) -> Result<Vec<Group>> {
@@ -210,7 +213,7 @@ pub fn apply(policy: &Policy, group_by: GroupBy, snapshots: &[Candidate], offset
             "no retention rule given: refusing to forget every snapshot (give --keep-last, --keep-daily, … or --keep-within)".into(),
         ));
     }
-    let mut groups: BTreeMap<(Option<String>, Option<Vec<Vec<u8>>>), Vec<&Candidate>> = BTreeMap::new();
+    let mut groups: BTreeMap<GroupKey, Vec<&Candidate>> = BTreeMap::new();
     for s in snapshots {
         let mut paths = s.paths.clone();
         paths.sort();
@@ -220,7 +223,7 @@ pub fn apply(policy: &Policy, group_by: GroupBy, snapshots: &[Candidate], offset
     Ok(groups
         .into_iter()
         .map(|((host, paths), mut list)| {
-            list.sort_by(|a, b| (b.sec, b.nsec, b.id).cmp(&(a.sec, a.nsec, a.id)));
+            list.sort_by_key(|s| std::cmp::Reverse((s.sec, s.nsec, s.id)));
             Group { host, paths, decisions: decide(policy, &list, offset) }
         })
         .collect())

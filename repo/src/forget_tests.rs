@@ -1,5 +1,6 @@
 //! Retention tables for the forget policy: calendar edges, ISO weeks, same-day snapshots,
 //! time zones, several reasons per snapshot, grouping.
+#![allow(clippy::unwrap_used)]
 
 use super::*;
 

@@ -146,7 +146,9 @@ pub fn plan(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
         plan.snapshots.insert(s.id);
     }
     plan.marked = marker.marked;
-    let mut by_pack: BTreeMap<u64, (Vec<(Id, Location)>, Vec<(Id, Location)>)> = BTreeMap::new();
+    // pack -> (live objects, unused objects)
+    type Objects = Vec<(Id, Location)>;
+    let mut by_pack: BTreeMap<u64, (Objects, Objects)> = BTreeMap::new();
     view.for_each_object(|id, loc| {
         plan.objects_total += 1;
         let e = by_pack.entry(loc.pack).or_default();
