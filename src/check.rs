@@ -16,9 +16,9 @@ pub struct Args {
     /// password needed; for replicas)
     #[arg(long, conflicts_with_all = ["read_data", "read_data_subset", "repair_from"])]
     storage_only: bool,
-    /// Copy intact copies of damaged or missing objects back from this replica (a repository
-    /// synced from this one; the same password opens it), then check again
-    #[arg(long, value_name = "PATH")]
+    /// Copy intact copies of damaged or missing objects back from this replica (a path, or the
+    /// name of a local sync target; the same password opens it), then check again
+    #[arg(long, value_name = "PATH|TARGET")]
     repair_from: Option<PathBuf>,
 }
 
@@ -53,14 +53,31 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
     print_report(g, &report)
 }
 
+/// A replica given as a path, or as the name of a sync target with a local URL.
+fn replica_path(store: &cairn_repo::store::Store, arg: &std::path::Path) -> Result<PathBuf, Failure> {
+    if arg.exists() {
+        return Ok(arg.to_path_buf());
+    }
+    let name = arg.to_string_lossy();
+    match store.target_rows()?.into_iter().find(|(n, _)| *n == name) {
+        Some((_, url)) if url.starts_with("ssh://") => Err(Failure::usage(format!(
+            "target {name} is remote ({url}); repairing over ssh is not supported yet: give a local copy's path"
+        ))),
+        Some((_, url)) => Ok(PathBuf::from(url.strip_prefix("file://").unwrap_or(&url))),
+        None => Ok(arg.to_path_buf()),
+    }
+}
+
 fn open_pair(g: &Global, replica: &std::path::Path) -> Result<(Repository, Option<Repository>), Failure> {
     let path = g.repo_path()?;
-    cairn_repo::store::Store::open(&path, 1 << 20).map_err(Failure::from)?;
-    cairn_repo::store::Store::open(replica, 1 << 20).map_err(Failure::from)?;
+    let store = cairn_repo::store::Store::open(&path, 1 << 20).map_err(Failure::from)?;
+    let replica = replica_path(&store, replica)?;
+    drop(store);
+    cairn_repo::store::Store::open(&replica, 1 << 20).map_err(Failure::from)?;
     let password = crate::secrets::password(g, false)?;
     let opts = cairn_repo::OpenOptions::default();
     let repo = Repository::open(&path, password.as_bytes(), &opts)?;
-    let other = Repository::open(replica, password.as_bytes(), &opts)?;
+    let other = Repository::open(&replica, password.as_bytes(), &opts)?;
     Ok((repo, Some(other)))
 }
 

@@ -130,3 +130,79 @@ fn status_exit_codes() {
     let r = run(cairn(&s.repo).args(["status", "--max-age", "0.0001"]));
     assert_eq!(r.code, 3, "{}", r.stdout);
 }
+
+/// A chunk of the repository, found without the password.
+fn some_chunk(repo: &Path) -> (cairn_repo::Id, u32) {
+    let store = cairn_repo::store::Store::open(repo, 1 << 20).unwrap();
+    let cfg = cairn_repo::format::Config::decode(&store.meta("config").unwrap().unwrap()).unwrap();
+    let mut found = None;
+    store
+        .view()
+        .unwrap()
+        .for_each_object(|id, loc| {
+            if loc.kind == cairn_repo::crypto::Kind::Chunk && found.is_none() {
+                found = Some(id);
+            }
+            Ok(())
+        })
+        .unwrap();
+    (found.unwrap(), cfg.piece_size)
+}
+
+#[test]
+fn check_names_damage_and_repair_from_a_replica_heals_it() {
+    let s = setup();
+    backup(&s.repo, &[&s.a]);
+    let replica = s.repo.with_file_name("replica");
+    std::fs::create_dir_all(&replica).unwrap();
+    std::fs::copy(s.repo.join("cairn.redb"), replica.join("cairn.redb")).unwrap();
+    let (chunk, ps) = some_chunk(&s.repo);
+    {
+        let store = cairn_repo::store::Store::open(&s.repo, 1 << 20).unwrap();
+        cairn_repo::store::damage_object_for_tests(&store, &chunk, ps, 7).unwrap();
+    }
+    let r = run(cairn(&s.repo).args(["check", "--read-data"]));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stdout.contains(&format!("damaged object {chunk}")), "{}", r.stdout);
+    assert!(r.stdout.contains(&format!("at {}/f", s.a.display())), "names the path: {}", r.stdout);
+    let mut keyless = cairn(&s.repo);
+    keyless.env_remove("CAIRN_PASSWORD").args(["check", "--storage-only"]);
+    let r = run(&mut keyless);
+    assert_eq!(r.code, 1);
+    assert!(r.stdout.contains(&chunk.to_hex()), "{}", r.stdout);
+
+    let out = ok(cairn(&s.repo).args(["check", "--read-data", "--repair-from"]).arg(&replica), 0);
+    assert!(out.contains(&format!("repaired {chunk}")), "{out}");
+    ok(cairn(&s.repo).args(["check", "--read-data"]), 0);
+    let target = s.repo.with_file_name("restored");
+    ok(cairn(&s.repo).args(["restore", "latest", "--target"]).arg(&target), 0);
+    assert_same_tree(&s.a, &target.join(s.a.strip_prefix("/").unwrap()));
+}
+
+#[test]
+fn prune_beside_a_backup_in_another_process_loses_nothing() {
+    let s = setup();
+    let src = s.repo.with_file_name("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..24 {
+        std::fs::write(src.join(format!("f{i}")), noise(50 + i, 1 << 20)).unwrap();
+    }
+    backup(&s.repo, &[&src]);
+    // Forget everything: all of it is unused until the next backup reuses it.
+    ok(cairn(&s.repo).args(["forget", "--keep-tag", "no-such-tag"]), 0);
+    assert!(snapshots(&s.repo).is_empty());
+    std::fs::write(src.join("new"), noise(99, 3 << 20)).unwrap();
+    let mut child = cairn(&s.repo).args(["backup", "--quiet"]).arg(&src).spawn().unwrap();
+    let mut prunes = 0;
+    while child.try_wait().unwrap().is_none() {
+        ok(cairn(&s.repo).args(["prune", "--quiet", "--wait", "120"]), 0);
+        prunes += 1;
+    }
+    assert!(child.wait().unwrap().success());
+    ok(cairn(&s.repo).args(["prune", "--quiet"]), 0);
+    assert!(prunes >= 1);
+    ok(cairn(&s.repo).args(["check", "--read-data"]), 0);
+    let target = s.repo.with_file_name("restored");
+    ok(cairn(&s.repo).args(["restore", "latest", "--target"]).arg(&target), 0);
+    assert_same_tree(&src, &target.join(src.strip_prefix("/").unwrap()));
+}

@@ -340,3 +340,16 @@ fn read_data_subset_covers_everything_over_successive_runs() {
     assert!(last.contains("\"subset\":30"), "{last}");
     let _ = Store::open(&f.repo_dir, 1 << 20).unwrap();
 }
+
+#[test]
+fn compact_needs_the_repository_to_itself() {
+    let f = fixture();
+    let repo = Repository::init(&f.repo_dir, PW, &opts()).unwrap();
+    match cairn_repo::store_maint::compact(&f.repo_dir) {
+        Err(Error::Locked { .. }) => {}
+        other => panic!("compact beside an open handle must report the lock: {other:?}"),
+    }
+    drop(repo);
+    cairn_repo::store_maint::compact(&f.repo_dir).unwrap();
+    assert_clean(&Repository::open(&f.repo_dir, PW, &opts()).unwrap());
+}
