@@ -85,6 +85,7 @@ fn print_report(g: &Global, r: &PruneReport, file_bytes: u64, compacted: Option<
             "packs_deleted": r.packs_deleted, "pack_bytes_deleted": r.pack_bytes_deleted,
             "packs_kept": r.packs_kept, "rescued": r.rescued,
             "dead_sessions_removed": r.dead_sessions_removed, "waited_secs": r.waited.as_secs_f64(),
+            "damaged_left_in_place": r.damaged_skipped,
             "file_bytes": file_bytes, "compacted": compacted,
         }));
         return;
@@ -94,6 +95,9 @@ fn print_report(g: &Global, r: &PruneReport, file_bytes: u64, compacted: Option<
     output::info(g, &format!("deleted {} packs ({})", r.packs_deleted, output::bytes(r.pack_bytes_deleted)));
     if r.rescued > 0 || r.packs_kept > 0 {
         output::info(g, &format!("kept {} objects reused by new snapshots and {} packs changed since the plan", r.rescued, r.packs_kept));
+    }
+    if r.damaged_skipped > 0 {
+        output::warn(&format!("{} damaged objects were left in place; run `cairn check --read-data`", r.damaged_skipped));
     }
     match compacted {
         Some(_) => output::info(g, &format!("repository file compacted to {}", output::bytes(file_bytes))),

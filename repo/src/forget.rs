@@ -29,15 +29,12 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// True when no rule is given: forgetting with it would remove everything, so we refuse.
+    /// True when no rule keeps anything (none given, or all counts 0 and spans empty):
+    /// forgetting with it would remove everything, so we refuse (as restic does).
     pub fn is_empty(&self) -> bool {
-        self.last.is_none()
-            && self.hourly.is_none()
-            && self.daily.is_none()
-            && self.weekly.is_none()
-            && self.monthly.is_none()
-            && self.yearly.is_none()
-            && self.within.is_none()
+        let counts = [self.last, self.hourly, self.daily, self.weekly, self.monthly, self.yearly];
+        counts.iter().all(|c| c.unwrap_or(0) == 0)
+            && self.within.is_none_or(|w| w == Span::default())
             && self.tags.is_empty()
     }
 }

@@ -203,6 +203,8 @@ fn groups_by_host_and_paths() {
 fn refuses_an_empty_policy() {
     let snaps = vec![snap(1, 0)];
     assert!(apply(&Policy::default(), GroupBy::default(), &snaps, &utc).is_err());
+    let zeros = Policy { last: Some(0), daily: Some(0), within: Some(Span::parse("0d").unwrap()), ..Default::default() };
+    assert!(apply(&zeros, GroupBy::default(), &snaps, &utc).is_err(), "all-zero rules keep nothing: refused");
 }
 
 /// The real local offset honours `TZ` (run in a child process so the environment of this one

@@ -127,6 +127,8 @@ pub struct PruneReport {
     /// Unused objects at plan time that snapshots committed since then reuse.
     pub rescued: u64,
     pub dead_sessions_removed: u64,
+    /// Live objects found damaged while repacking (left in place, their pack kept).
+    pub damaged_skipped: u64,
     pub waited: Duration,
 }
 
@@ -137,7 +139,7 @@ pub fn plan(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
     }
     // Order matters (DESIGN.md): pack rows, then snapshots, then the object view.
     let rows = repo.store().pack_rows()?;
-    let snaps = repo.snapshots()?;
+    let snaps = repo.snapshots().map_err(unreadable)?;
     let view = repo.view()?;
     let mut plan = PrunePlan::default();
     let mut marker = Marker { repo, view: &view, marked: HashSet::new() };
@@ -238,7 +240,7 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, notify: &dyn Fn(&str)) -> R
 /// Execute a plan: repack, then sweep when no backup is running.
 pub fn execute(repo: &Repository, plan: PrunePlan, opts: &PruneOptions, notify: &dyn Fn(&str)) -> Result<PruneReport> {
     let mut report = PruneReport { plan: plan.summary(), ..Default::default() };
-    repack(repo, &plan, &mut report)?;
+    repack(repo, &plan, &mut report, notify)?;
     let candidates: Vec<PackCandidate> = plan
         .packs
         .iter()
@@ -303,26 +305,39 @@ fn mark_new(repo: &Repository, new: &[Id], marked: &mut HashSet<Id>) -> Result<(
     Ok(())
 }
 
-/// Copy the live objects of packs to repack into new packs, moving their index rows there.
-fn repack(repo: &Repository, plan: &PrunePlan, report: &mut PruneReport) -> Result<()> {
+/// Copy the live objects of packs to repack into new packs, moving their index rows there. A
+/// damaged live object is left where it is (so its pack stays) and reported.
+fn repack(repo: &Repository, plan: &PrunePlan, report: &mut PruneReport, notify: &dyn Fn(&str)) -> Result<()> {
     let cfg = repo.config();
     let view = repo.view()?;
     let mut packer = Packer::relocating(repo.store(), cfg.piece_size, cfg.pack_max, REPACK_BATCH);
-    let mut any = false;
     for p in plan.packs.values().filter(|p| p.action == PackAction::Repack) {
         for (id, loc) in &p.live {
-            let sealed = view.read_sealed(id, loc, cfg.piece_size).map_err(unreadable)?;
-            if checksum(&sealed) != loc.check {
-                return Err(unreadable(Error::corrupt(id, "stored bytes do not match their checksum")));
+            match intact(&view, id, loc, cfg.piece_size)? {
+                Ok(sealed) => {
+                    packer.add(*id, loc.kind, &sealed)?;
+                    report.objects_repacked += 1;
+                    report.bytes_repacked += sealed.len() as u64;
+                }
+                Err(why) => {
+                    report.damaged_skipped += 1;
+                    notify(&format!("object {id} is damaged ({why}); left in place, see `cairn check --read-data`"));
+                }
             }
-            packer.add(*id, loc.kind, &sealed)?;
-            report.objects_repacked += 1;
-            report.bytes_repacked += sealed.len() as u64;
-            any = true;
         }
     }
-    if any {
+    if report.objects_repacked > 0 {
         packer.commit(true, &[])?;
     }
     Ok(())
+}
+
+/// The stored bytes of an object if they match their checksum; `Err(reason)` if damaged.
+fn intact(view: &View, id: &Id, loc: &Location, piece_size: u32) -> Result<std::result::Result<Vec<u8>, String>> {
+    match view.read_sealed(id, loc, piece_size) {
+        Ok(s) if checksum(&s) == loc.check => Ok(Ok(s)),
+        Ok(_) => Ok(Err("stored bytes do not match their checksum".into())),
+        Err(e) if e.is_damage() => Ok(Err(e.to_string())),
+        Err(e) => Err(e),
+    }
 }

@@ -80,7 +80,7 @@ impl Store {
             live
         };
         if !live.is_empty() {
-            txn.commit()?;
+            finish(txn, done.dead_sessions_removed)?;
             return Ok(Sweep::Busy(live));
         }
         let new: Vec<Id> = {
@@ -95,7 +95,7 @@ impl Store {
             new
         };
         if !new.is_empty() {
-            txn.commit()?;
+            finish(txn, done.dead_sessions_removed)?;
             return Ok(Sweep::NewSnapshots(new));
         }
         {
@@ -210,6 +210,17 @@ impl Store {
     pub fn check_db_integrity(&mut self) -> Result<bool> {
         Ok(self.db.check_integrity()?)
     }
+}
+
+/// End a sweep that deletes nothing: commit only if dead sessions were removed (no empty
+/// commit every poll while waiting).
+fn finish(txn: redb::WriteTransaction, removed: u64) -> Result<()> {
+    if removed > 0 {
+        txn.commit()?;
+    } else {
+        txn.abort()?;
+    }
+    Ok(())
 }
 
 fn storage_problem(view: &crate::store::View, id: &Id, loc: &Location, piece_size: u32) -> Result<Option<String>> {

@@ -353,3 +353,34 @@ fn compact_needs_the_repository_to_itself() {
     cairn_repo::store_maint::compact(&f.repo_dir).unwrap();
     assert_clean(&Repository::open(&f.repo_dir, PW, &opts()).unwrap());
 }
+
+#[test]
+fn prune_leaves_a_damaged_live_object_in_place_and_frees_the_rest() {
+    let f = fixture();
+    let repo = Repository::init(&f.repo_dir, PW, &opts()).unwrap();
+    let a = f.root.join("a");
+    write(&a, "big", 31, 3 << 20);
+    write(&a, "small", 32, 300 << 10);
+    let s1 = backup_of(&repo, &[&a]);
+    std::fs::remove_file(a.join("big")).unwrap();
+    backup_of(&repo, &[&a]);
+    repo.store().remove_snapshots(&[s1]).unwrap();
+    let view = repo.view().unwrap();
+    let root = repo.snapshots().unwrap()[0].snapshot.root;
+    let entry = repo.lookup(&view, &root, a.join("small").as_os_str().as_encoded_bytes()).unwrap().unwrap();
+    let small = match &entry.content {
+        cairn_repo::Content::Inline(x) => x[0].id.unwrap(),
+        other => panic!("{other:?}"),
+    };
+    drop(view);
+    damage_object_for_tests(repo.store(), &small, repo.config().piece_size, 3).unwrap();
+    let before = repo.store().space().unwrap();
+    let notes = std::sync::Mutex::new(Vec::new());
+    let report = prune(&repo, &quick(), &|m| notes.lock().unwrap().push(m.to_string())).unwrap();
+    assert_eq!(report.damaged_skipped, 1, "{report:?}");
+    assert_eq!(report.packs_kept, 1, "the pack holding the damaged object stays: {report:?}");
+    assert!(notes.lock().unwrap().iter().any(|m| m.contains(&small.to_hex())));
+    assert!(repo.store().space().unwrap().objects < before.objects);
+    let r = check(&repo, &CheckOptions { read_data: true, subset_percent: None }).unwrap();
+    assert_eq!(r.damaged.iter().map(|d| d.id).collect::<Vec<_>>(), vec![small]);
+}
