@@ -87,10 +87,16 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
     if !a.dry_run {
         repo.store().remove_snapshots(&remove)?;
     }
-    print(g, &groups, &times, a.dry_run);
-    if a.prune && !a.dry_run {
+    let doc = decisions_json(&groups, &times, a.dry_run);
+    let prune_after = a.prune && !a.dry_run;
+    if g.json && !prune_after {
+        output::json(&doc);
+    } else if !g.json {
+        print(g, &groups, &times, a.dry_run);
+    }
+    if prune_after {
         let pa = crate::prune::Args { dry_run: false, wait: a.prune_args.wait, repack_below: 80.0, compact: a.prune_args.compact };
-        return crate::prune::prune_with(g, repo, &pa);
+        return crate::prune::prune_with(g, repo, &pa, Some(doc));
     }
     Ok(0)
 }
@@ -109,21 +115,22 @@ fn group_title(grp: &Group) -> String {
     }
 }
 
+fn decisions_json(groups: &[Group], times: &HashMap<cairn_repo::Id, cairn_repo::Time>, dry_run: bool) -> serde_json::Value {
+    let time = |id| times.get(id).map(|t| crate::snapshots::time_string(*t)).unwrap_or_default();
+    serde_json::json!({
+        "dry_run": dry_run,
+        "groups": groups.iter().map(|grp| serde_json::json!({
+            "host": grp.host,
+            "paths": grp.paths.as_ref().map(|p| p.iter().map(|x| String::from_utf8_lossy(x).into_owned()).collect::<Vec<_>>()),
+            "snapshots": grp.decisions.iter().map(|d| serde_json::json!({
+                "id": d.id.to_hex(), "time": time(&d.id), "keep": d.keep, "reasons": d.reasons,
+            })).collect::<Vec<_>>(),
+        })).collect::<Vec<_>>(),
+    })
+}
+
 fn print(g: &Global, groups: &[Group], times: &HashMap<cairn_repo::Id, cairn_repo::Time>, dry_run: bool) {
     let time = |id| times.get(id).map(|t| crate::snapshots::time_string(*t)).unwrap_or_default();
-    if g.json {
-        output::json(&serde_json::json!({
-            "dry_run": dry_run,
-            "groups": groups.iter().map(|grp| serde_json::json!({
-                "host": grp.host,
-                "paths": grp.paths.as_ref().map(|p| p.iter().map(|x| String::from_utf8_lossy(x).into_owned()).collect::<Vec<_>>()),
-                "snapshots": grp.decisions.iter().map(|d| serde_json::json!({
-                    "id": d.id.to_hex(), "time": time(&d.id), "keep": d.keep, "reasons": d.reasons,
-                })).collect::<Vec<_>>(),
-            })).collect::<Vec<_>>(),
-        }));
-        return;
-    }
     let (kept, removed): (usize, usize) = groups.iter().flat_map(|x| &x.decisions).fold((0, 0), |(k, r), d| if d.keep { (k + 1, r) } else { (k, r + 1) });
     for grp in groups {
         output::line(&format!("{}:", group_title(grp)));

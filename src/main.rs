@@ -86,6 +86,9 @@ enum Command {
     /// Delete data no snapshot references (safe beside running backups)
     Prune(prune::Args),
     /// Health at a glance; exit 3 when something is overdue or failed
+    #[command(after_help = "Exit status: 0 healthy; 3 something is overdue (--max-age, --max-sync-age, \
+--max-check-age) or failed (last sync of a target, last check found damage); 1 error; \
+10 no repository; 12 wrong password.")]
     Status(status::Args),
 }
 

@@ -25,11 +25,12 @@ pub struct Args {
 
 pub fn run(g: &Global, a: &Args) -> CmdResult {
     let repo = g.open()?;
-    prune_with(g, repo, a)
+    prune_with(g, repo, a, None)
 }
 
-/// Prune an open repository (consumes it so `--compact` can reopen it exclusively).
-pub fn prune_with(g: &Global, repo: Repository, a: &Args) -> CmdResult {
+/// Prune an open repository (consumes it so `--compact` can reopen it exclusively). `forget`
+/// is the JSON of a `forget` that ran first: with `--json` it goes into the same document.
+pub fn prune_with(g: &Global, repo: Repository, a: &Args, forget: Option<serde_json::Value>) -> CmdResult {
     if !(0.0..=100.0).contains(&a.repack_below) {
         return Err(Failure::usage("--repack-below takes a percentage between 0 and 100"));
     }
@@ -51,7 +52,7 @@ pub fn prune_with(g: &Global, repo: Repository, a: &Args) -> CmdResult {
         None
     };
     let file_bytes = std::fs::metadata(dir.join(cairn_repo::store::DB_FILE)).map(|m| m.len()).unwrap_or(space.file_bytes);
-    print_report(g, &report, file_bytes, compacted);
+    print_report(g, &report, file_bytes, compacted, forget);
     Ok(0)
 }
 
@@ -76,9 +77,9 @@ fn print_plan(g: &Global, s: &PlanSummary) {
     output::line(&format!("would free {}", output::bytes(s.bytes_freed)));
 }
 
-fn print_report(g: &Global, r: &PruneReport, file_bytes: u64, compacted: Option<bool>) {
+fn print_report(g: &Global, r: &PruneReport, file_bytes: u64, compacted: Option<bool>, forget: Option<serde_json::Value>) {
     if g.json {
-        output::json(&serde_json::json!({
+        let v = serde_json::json!({
             "dry_run": false, "plan": plan_json(&r.plan),
             "objects_removed": r.objects_dropped, "bytes_removed": r.bytes_dropped,
             "objects_repacked": r.objects_repacked, "bytes_repacked": r.bytes_repacked,
@@ -87,7 +88,11 @@ fn print_report(g: &Global, r: &PruneReport, file_bytes: u64, compacted: Option<
             "dead_sessions_removed": r.dead_sessions_removed, "waited_secs": r.waited.as_secs_f64(),
             "damaged_left_in_place": r.damaged_skipped,
             "file_bytes": file_bytes, "compacted": compacted,
-        }));
+        });
+        match forget {
+            Some(f) => output::json(&serde_json::json!({"forget": f, "prune": v})),
+            None => output::json(&v),
+        }
         return;
     }
     output::info(g, &format!("removed {} objects ({})", r.objects_dropped, output::bytes(r.bytes_dropped)));

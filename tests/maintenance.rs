@@ -67,8 +67,10 @@ fn forget_dry_run_shows_every_decision_and_its_rules() {
     assert_eq!(a_group["snapshots"][0]["reasons"], serde_json::json!(["last", "daily"]));
     assert_eq!(a_group["snapshots"][1]["keep"], false, "same day: only the newest is the daily");
 
-    ok(cairn(&s.repo).args(["forget", "--keep-last", "1", "--group-by", "none"]), 0);
+    let v = json(&ok(cairn(&s.repo).args(["forget", "--keep-last", "1", "--group-by", "none", "--prune", "--json"]), 0));
     assert_eq!(snapshots(&s.repo).len(), 1);
+    assert_eq!(v["forget"]["groups"][0]["snapshots"][2]["keep"], false, "{v}");
+    assert!(v["prune"]["objects_removed"].as_u64().unwrap() > 0, "one JSON document for both: {v}");
     let r = run(cairn(&s.repo).args(["forget", "--dry-run"]));
     assert_eq!(r.code, 2, "no policy is refused: {}", r.stderr);
     let r = run(cairn(&s.repo).args(["forget", "--keep-within", "7x"]));
