@@ -132,11 +132,13 @@ fn decisions_json(groups: &[Group], times: &HashMap<cairn_repo::Id, cairn_repo::
 fn print(g: &Global, groups: &[Group], times: &HashMap<cairn_repo::Id, cairn_repo::Time>, dry_run: bool) {
     let time = |id| times.get(id).map(|t| crate::snapshots::time_string(*t)).unwrap_or_default();
     let (kept, removed): (usize, usize) = groups.iter().flat_map(|x| &x.decisions).fold((0, 0), |(k, r), d| if d.keep { (k + 1, r) } else { (k, r + 1) });
+    // The decisions are a dry run's whole output; after a real run they are information.
+    let show = |msg: &str| if dry_run { output::line(msg) } else { output::info(g, msg) };
     for grp in groups {
-        output::line(&format!("{}:", group_title(grp)));
+        show(&format!("{}:", group_title(grp)));
         for d in &grp.decisions {
             let verdict = if d.keep { "keep  " } else { "remove" };
-            output::line(&format!("  {verdict}  {}  {}  {}", d.id.short(), time(&d.id), d.reasons.join(", ")));
+            show(&format!("  {verdict}  {}  {}  {}", d.id.short(), time(&d.id), d.reasons.join(", ")));
         }
     }
     let verb = if dry_run { "would remove" } else { "removed" };
