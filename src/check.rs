@@ -1,5 +1,5 @@
 use crate::{output, CmdResult, Failure, Global};
-use cairn_repo::check::{check, check_storage, repair_from, CheckOptions, CheckReport};
+use cairn_repo::check::{check, check_storage, repair_from, repair_storage_from, CheckOptions, CheckReport};
 use cairn_repo::store_maint::{StorageProblem, StorageReport};
 use cairn_repo::Repository;
 use std::path::PathBuf;
@@ -14,7 +14,9 @@ pub struct Args {
     read_data_subset: Option<String>,
     /// Key-less: verify stored checksums, pieces and the database's page checksums (no
     /// password needed; for replicas)
-    #[arg(long, conflicts_with_all = ["read_data", "read_data_subset", "repair_from"])]
+    /// With --repair-from, damaged objects are replaced by replica copies that match the checksum
+    /// recorded here, also without a password.
+    #[arg(long, conflicts_with_all = ["read_data", "read_data_subset"])]
     storage_only: bool,
     /// Copy intact copies of damaged or missing objects back from this replica (a path, or the
     /// name of a local sync target; the same password opens it), then check again
@@ -38,7 +40,7 @@ fn parse_percent(s: &str) -> Result<f64, Failure> {
 
 pub fn run(g: &Global, a: &Args) -> CmdResult {
     if a.storage_only {
-        return storage_only(g);
+        return storage_only(g, a.repair_from.as_deref());
     }
     let subset = a.read_data_subset.as_deref().map(parse_percent).transpose()?;
     let opts = CheckOptions { read_data: a.read_data, subset_percent: subset };
@@ -102,8 +104,20 @@ fn repair(g: &Global, repo: &Repository, replica: &Repository, opts: &CheckOptio
     Ok(report)
 }
 
-fn storage_only(g: &Global) -> CmdResult {
+fn storage_only(g: &Global, repair: Option<&std::path::Path>) -> CmdResult {
     let path = g.repo_path()?;
+    if let Some(arg) = repair {
+        let store = cairn_repo::store::Store::open(&path, 1 << 20)?;
+        let replica = replica_path(&store, arg)?;
+        drop(store);
+        let r = repair_storage_from(&path, &replica)?;
+        for id in &r.repaired {
+            output::info(g, &format!("repaired {id} from {}", replica.display()));
+        }
+        for (id, why) in &r.failed {
+            output::warn(&format!("cannot repair {id}: {why}"));
+        }
+    }
     let r: StorageReport = check_storage(&path)?;
     let problems: Vec<String> = r.problems.iter().map(|p| match p {
         StorageProblem::Object { id, problem } => format!("object {id}: {problem}"),

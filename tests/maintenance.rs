@@ -176,6 +176,18 @@ fn check_names_damage_and_repair_from_a_replica_heals_it() {
     let out = ok(cairn(&s.repo).args(["check", "--read-data", "--repair-from"]).arg(&replica), 0);
     assert!(out.contains(&format!("repaired {chunk}")), "{out}");
     ok(cairn(&s.repo).args(["check", "--read-data"]), 0);
+
+    // Again, without the password: the replica's bytes must match the recorded checksum.
+    let (chunk, ps) = some_chunk(&s.repo);
+    {
+        let store = cairn_repo::store::Store::open(&s.repo, 1 << 20).unwrap();
+        cairn_repo::store::damage_object_for_tests(&store, &chunk, ps, 9).unwrap();
+    }
+    let mut keyless = cairn(&s.repo);
+    keyless.env_remove("CAIRN_PASSWORD").args(["check", "--storage-only", "--repair-from"]).arg(&replica);
+    let out = ok(&mut keyless, 0);
+    assert!(out.contains(&format!("repaired {chunk}")), "{out}");
+    ok(cairn(&s.repo).args(["check", "--read-data"]), 0);
     let target = s.repo.with_file_name("restored");
     ok(cairn(&s.repo).args(["restore", "latest", "--target"]).arg(&target), 0);
     assert_same_tree(&s.a, &target.join(s.a.strip_prefix("/").unwrap()));

@@ -325,12 +325,65 @@ fn intact_snapshot(replica: &Repository, snaps: &HashMap<Id, Vec<u8>>, id: &Id) 
 /// Key-less check for replicas: stored checksums, pieces, and redb's own page checksums.
 pub fn check_storage(dir: &std::path::Path) -> Result<crate::store_maint::StorageReport> {
     let mut store = Store::open(dir, crate::store::DEFAULT_DB_CACHE)?;
-    let config = crate::format::Config::decode(&store.meta("config")?.ok_or_else(|| Error::RepoNotFound {
-        path: dir.to_path_buf(),
-        reason: "the database has no Cairn config".into(),
-    })?)?;
+    let config = store_config(&store)?;
     let intact = store.check_db_integrity()?;
     let mut report = store.verify_storage(config.piece_size)?;
     report.db_intact = Some(intact);
     Ok(report)
+}
+
+/// Key-less repair: copy back, verbatim, replica copies of objects whose stored bytes in `dir`
+/// fail their checksum. A copy is accepted only if it hashes to the checksum this repository's
+/// own index recorded when the object was written (so no password is needed, and nothing but
+/// the original bytes can come back). Objects missing from the index cannot be verified
+/// without keys and are left alone.
+pub fn repair_storage_from(dir: &std::path::Path, replica: &std::path::Path) -> Result<RepairReport> {
+    let store = Store::open(dir, crate::store::DEFAULT_DB_CACHE)?;
+    let other = Store::open(replica, crate::store::DEFAULT_DB_CACHE)?;
+    let (cfg, other_cfg) = (store_config(&store)?, store_config(&other)?);
+    if cfg.repo_id != other_cfg.repo_id {
+        return Err(Error::Invalid(format!("{} is not a replica of this repository (different repository id)", replica.display())));
+    }
+    let damaged: Vec<Id> = store
+        .verify_storage(cfg.piece_size)?
+        .problems
+        .into_iter()
+        .filter_map(|p| match p {
+            crate::store_maint::StorageProblem::Object { id, .. } => Some(id),
+            crate::store_maint::StorageProblem::Piece { .. } => None,
+        })
+        .collect();
+    let (view, theirs) = (store.view()?, other.view()?);
+    let mut packer = Packer::relocating(&store, cfg.piece_size, cfg.pack_max, 32 << 20);
+    let mut report = RepairReport::default();
+    for id in damaged {
+        let Some(loc) = view.locate(&id)? else { continue };
+        match verbatim_copy(&theirs, &id, &loc, other_cfg.piece_size) {
+            Ok(sealed) => {
+                packer.add(id, loc.kind, &sealed)?;
+                report.repaired.push(id);
+            }
+            Err(why) => report.failed.push((id, why)),
+        }
+    }
+    packer.commit(true, &[])?;
+    Ok(report)
+}
+
+fn store_config(store: &Store) -> Result<crate::format::Config> {
+    let bytes = store.meta("config")?.ok_or_else(|| Error::RepoNotFound {
+        path: store.dir().to_path_buf(),
+        reason: "the database has no Cairn config".into(),
+    })?;
+    crate::format::Config::decode(&bytes)
+}
+
+/// The replica's bytes of `id` if they hash to the checksum `ours` recorded.
+fn verbatim_copy(theirs: &View, id: &Id, ours: &Location, piece_size: u32) -> std::result::Result<Vec<u8>, String> {
+    let loc = theirs.locate(id).map_err(|e| e.to_string())?.ok_or("the replica does not have it either")?;
+    let sealed = theirs.read_sealed(id, &loc, piece_size).map_err(|e| e.to_string())?;
+    if checksum(&sealed) != ours.check {
+        return Err("the replica's copy does not match the recorded checksum".into());
+    }
+    Ok(sealed)
 }

@@ -295,6 +295,10 @@ fn repair_refuses_an_unrelated_repository_and_never_invents_data() {
     backup_of(&repo, &[&src]);
     let root = repo.snapshots().unwrap()[0].snapshot.root;
     assert!(matches!(repair_from(&repo, &other, &[root]), Err(Error::Invalid(_))));
+    assert!(matches!(
+        cairn_repo::check::repair_storage_from(&f.repo_dir, &f.root.join("other")),
+        Err(Error::Invalid(_))
+    ));
     // A "replica" that is the damaged repository itself cannot supply an intact copy.
     damage_object_for_tests(repo.store(), &root, repo.config().piece_size, 10).unwrap();
     drop(repo);
@@ -306,6 +310,9 @@ fn repair_refuses_an_unrelated_repository_and_never_invents_data() {
     let r = repair_from(&repo, &replica, &[root]).unwrap();
     assert!(r.repaired.is_empty() && r.failed.len() == 1, "{r:?}");
     assert!(repo.load(&repo.view().unwrap(), &root, Kind::Tree).is_err(), "still damaged, nothing invented");
+    drop((repo, replica));
+    let r = cairn_repo::check::repair_storage_from(&f.repo_dir, &copy).unwrap();
+    assert!(r.repaired.is_empty() && r.failed.len() == 1, "key-less: the copy fails the recorded checksum: {r:?}");
 }
 
 #[test]
