@@ -13,7 +13,8 @@ pub struct Args {
     #[arg(long, value_name = "N%")]
     read_data_subset: Option<String>,
     /// Key-less: verify stored checksums, pieces and the database's page checksums (no
-    /// password needed; for replicas)
+    /// password needed; for replicas). redb holds its write lock while it verifies its pages,
+    /// so backups wait for that part
     /// With --repair-from, damaged objects are replaced by replica copies that match the checksum
     /// recorded here, also without a password.
     #[arg(long, conflicts_with_all = ["read_data", "read_data_subset"])]

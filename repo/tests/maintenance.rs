@@ -391,3 +391,28 @@ fn prune_leaves_a_damaged_live_object_in_place_and_frees_the_rest() {
     let r = check(&repo, &CheckOptions { read_data: true, subset_percent: None }).unwrap();
     assert_eq!(r.damaged.iter().map(|d| d.id).collect::<Vec<_>>(), vec![small]);
 }
+
+/// A pack a writer appends to after the plan must survive the sweep, even if everything the plan
+/// saw in it was unused: the rows added later would otherwise point into a deleted pack.
+#[test]
+fn a_pack_appended_to_after_the_plan_is_kept() {
+    let f = fixture();
+    let repo = Repository::init(&f.repo_dir, PW, &opts()).unwrap();
+    let ps = repo.config().piece_size;
+    let session = repo.store().begin_session(&cairn_repo::util::session_info()).unwrap();
+    let mut writer = cairn_repo::packer::Packer::new(repo.store(), ps, repo.config().pack_max, ps as usize);
+    let (x, y) = (Id([1; 32]), Id([2; 32]));
+    writer.add(x, Kind::Chunk, &noise(1, 2 * ps as usize)).unwrap();
+    writer.commit(false, &[]).unwrap();
+    let p = plan(&repo, &quick()).unwrap();
+    assert_eq!(p.packs.values().filter(|x| x.action == PackAction::Delete).count(), 1);
+    writer.add(y, Kind::Chunk, &noise(2, ps as usize)).unwrap();
+    writer.commit(false, &[]).unwrap();
+    repo.store().end_session(session).unwrap();
+    let report = execute(&repo, p, &quick(), &|_| {}).unwrap();
+    assert_eq!((report.objects_dropped, report.packs_deleted, report.packs_kept), (1, 0, 1), "{report:?}");
+    let view = repo.view().unwrap();
+    let loc = view.locate(&y).unwrap().unwrap();
+    assert_eq!(view.read_sealed(&y, &loc, ps).unwrap(), noise(2, ps as usize));
+    assert!(view.locate(&x).unwrap().is_none());
+}
