@@ -61,79 +61,18 @@ impl Store {
     pub(crate) fn sweep(&self, input: &SweepInput<'_>) -> Result<Sweep> {
         let txn = self.db.begin_write()?;
         let mut done = SweepDone::default();
-        let live = {
-            let mut sessions = txn.open_table(SESSIONS)?;
-            let mut live = Vec::new();
-            let mut dead = Vec::new();
-            for row in sessions.iter()? {
-                let (k, v) = row?;
-                if crate::util::session_alive(v.value()) {
-                    live.push(describe_session(v.value()));
-                } else {
-                    dead.push(k.value());
-                }
-            }
-            for k in dead {
-                sessions.remove(k)?;
-                done.dead_sessions_removed += 1;
-            }
-            live
-        };
+        let live = purge_dead_sessions(&txn, &mut done)?;
         if !live.is_empty() {
             finish(txn, done.dead_sessions_removed)?;
             return Ok(Sweep::Busy(live));
         }
-        let new: Vec<Id> = {
-            let snaps = txn.open_table(SNAPSHOTS)?;
-            let mut new = Vec::new();
-            for row in snaps.iter()? {
-                let id = Id(row?.0.value());
-                if !input.known_snapshots.contains(&id) {
-                    new.push(id);
-                }
-            }
-            new
-        };
+        let new = unknown_snapshots(&txn, input.known_snapshots)?;
         if !new.is_empty() {
             finish(txn, done.dead_sessions_removed)?;
             return Ok(Sweep::NewSnapshots(new));
         }
-        {
-            let mut index = txn.open_table(INDEX)?;
-            for (id, loc) in input.garbage {
-                let same = index.get(id.0)?.map(|v| v.value()).is_some_and(|v| v.0 == loc.pack && v.1 == loc.offset);
-                if same {
-                    index.remove(id.0)?;
-                    done.objects_dropped += 1;
-                    done.bytes_dropped += loc.len as u64;
-                }
-            }
-            let mut packs = txn.open_table(PACKS)?;
-            let mut pieces = txn.open_table(PIECES)?;
-            for c in input.packs {
-                let unchanged = packs.get(c.pack)?.map(|v| v.value()) == Some(c.row);
-                let mut holds_live = false;
-                for id in &c.objects {
-                    if index.get(id.0)?.is_some_and(|v| v.value().0 == c.pack) {
-                        holds_live = true;
-                        break;
-                    }
-                }
-                if !unchanged || holds_live {
-                    done.packs_kept += 1;
-                    continue;
-                }
-                let count = c.row.0.div_ceil(input.piece_size as u64) as u32;
-                let mut n = 0u32;
-                while n < count || pieces.get((c.pack, n))?.is_some() {
-                    pieces.remove((c.pack, n))?;
-                    n += 1;
-                }
-                packs.remove(c.pack)?;
-                done.packs_deleted += 1;
-                done.pack_bytes_deleted += c.row.0;
-            }
-        }
+        drop_unused(&txn, input.garbage, &mut done)?;
+        delete_packs(&txn, input, &mut done)?;
         txn.commit()?;
         Ok(Sweep::Done(done))
     }
@@ -210,6 +149,81 @@ impl Store {
     pub fn check_db_integrity(&mut self) -> Result<bool> {
         Ok(self.db.check_integrity()?)
     }
+}
+
+/// Remove the sessions of dead processes; describe the live ones.
+fn purge_dead_sessions(txn: &redb::WriteTransaction, done: &mut SweepDone) -> Result<Vec<String>> {
+    let mut sessions = txn.open_table(SESSIONS)?;
+    let mut live = Vec::new();
+    let mut dead = Vec::new();
+    for row in sessions.iter()? {
+        let (k, v) = row?;
+        if crate::util::session_alive(v.value()) {
+            live.push(describe_session(v.value()));
+        } else {
+            dead.push(k.value());
+        }
+    }
+    for k in dead {
+        sessions.remove(k)?;
+        done.dead_sessions_removed += 1;
+    }
+    Ok(live)
+}
+
+/// Snapshots committed since their references were marked.
+fn unknown_snapshots(txn: &redb::WriteTransaction, known: &HashSet<Id>) -> Result<Vec<Id>> {
+    let snaps = txn.open_table(SNAPSHOTS)?;
+    let mut new = Vec::new();
+    for row in snaps.iter()? {
+        let id = Id(row?.0.value());
+        if !known.contains(&id) {
+            new.push(id);
+        }
+    }
+    Ok(new)
+}
+
+/// Drop the index rows of unused objects that are still where the plan saw them.
+fn drop_unused(txn: &redb::WriteTransaction, garbage: &[(Id, Location)], done: &mut SweepDone) -> Result<()> {
+    let mut index = txn.open_table(INDEX)?;
+    for (id, loc) in garbage {
+        let same = index.get(id.0)?.map(|v| v.value()).is_some_and(|v| v.0 == loc.pack && v.1 == loc.offset);
+        if same {
+            index.remove(id.0)?;
+            done.objects_dropped += 1;
+            done.bytes_dropped += loc.len as u64;
+        }
+    }
+    Ok(())
+}
+
+/// Delete candidate packs whose row is unchanged and that no index row points into.
+fn delete_packs(txn: &redb::WriteTransaction, input: &SweepInput<'_>, done: &mut SweepDone) -> Result<()> {
+    let index = txn.open_table(INDEX)?;
+    let mut packs = txn.open_table(PACKS)?;
+    let mut pieces = txn.open_table(PIECES)?;
+    for c in input.packs {
+        let unchanged = packs.get(c.pack)?.map(|v| v.value()) == Some(c.row);
+        let mut holds_live = false;
+        for id in &c.objects {
+            holds_live |= index.get(id.0)?.is_some_and(|v| v.value().0 == c.pack);
+        }
+        if !unchanged || holds_live {
+            done.packs_kept += 1;
+            continue;
+        }
+        let count = c.row.0.div_ceil(input.piece_size as u64) as u32;
+        let mut n = 0u32;
+        while n < count || pieces.get((c.pack, n))?.is_some() {
+            pieces.remove((c.pack, n))?;
+            n += 1;
+        }
+        packs.remove(c.pack)?;
+        done.packs_deleted += 1;
+        done.pack_bytes_deleted += c.row.0;
+    }
+    Ok(())
 }
 
 /// End a sweep that deletes nothing: commit only if dead sessions were removed (no empty
