@@ -241,16 +241,10 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, notify: &dyn Fn(&str)) -> R
 pub fn execute(repo: &Repository, plan: PrunePlan, opts: &PruneOptions, notify: &dyn Fn(&str)) -> Result<PruneReport> {
     let mut report = PruneReport { plan: plan.summary(), ..Default::default() };
     repack(repo, &plan, &mut report, notify)?;
-    let candidates: Vec<PackCandidate> = plan
-        .packs
-        .iter()
-        .filter(|(_, p)| p.action != PackAction::Keep)
-        .map(|(pack, p)| PackCandidate { pack: *pack, row: p.row, objects: p.live.iter().chain(&p.dead).map(|(id, _)| *id).collect() })
-        .collect();
-    let mut known = plan.snapshots.clone();
-    let mut marked = plan.marked;
-    let mut garbage = plan.garbage;
+    let candidates = sweep_candidates(&plan);
+    let (mut known, mut marked, mut garbage) = (plan.snapshots, plan.marked, plan.garbage);
     let started = Instant::now();
+    let mut last_waiters = Vec::new();
     loop {
         let input = SweepInput { known_snapshots: &known, garbage: &garbage, packs: &candidates, piece_size: repo.config().piece_size };
         match repo.store().sweep(&input)? {
@@ -265,14 +259,8 @@ pub fn execute(repo: &Repository, plan: PrunePlan, opts: &PruneOptions, notify: 
                 return Ok(report);
             }
             Sweep::Busy(who) => {
-                if started.elapsed() >= opts.wait {
-                    return Err(Error::Locked {
-                        path: repo.store().dir().to_path_buf(),
-                        reason: format!("backups still running after waiting {:?}: {}", opts.wait, who.join(", ")),
-                    });
-                }
-                notify(&format!("waiting for running backups to finish before deleting anything: {}", who.join(", ")));
-                std::thread::sleep(opts.poll);
+                wait_or_give_up(repo, opts, started, &who, &last_waiters, notify)?;
+                last_waiters = who;
             }
             Sweep::NewSnapshots(new) => {
                 mark_new(repo, &new, &mut marked)?;
@@ -287,6 +275,31 @@ pub fn execute(repo: &Repository, plan: PrunePlan, opts: &PruneOptions, notify: 
             }
         }
     }
+}
+
+/// Packs the sweep may delete: every pack the plan deletes or repacks.
+fn sweep_candidates(plan: &PrunePlan) -> Vec<PackCandidate> {
+    plan.packs
+        .iter()
+        .filter(|(_, p)| p.action != PackAction::Keep)
+        .map(|(pack, p)| PackCandidate { pack: *pack, row: p.row, objects: p.live.iter().chain(&p.dead).map(|(id, _)| *id).collect() })
+        .collect()
+}
+
+/// Sleep one poll interval while backups run (saying why when the set of writers changes), or
+/// give up with `Locked` once `opts.wait` has passed.
+fn wait_or_give_up(repo: &Repository, opts: &PruneOptions, started: Instant, who: &[String], last: &[String], notify: &dyn Fn(&str)) -> Result<()> {
+    if started.elapsed() >= opts.wait {
+        return Err(Error::Locked {
+            path: repo.store().dir().to_path_buf(),
+            reason: format!("backups still running after waiting {} s: {}", opts.wait.as_secs(), who.join(", ")),
+        });
+    }
+    if who != last {
+        notify(&format!("waiting for running backups to finish before deleting anything: {}", who.join(", ")));
+    }
+    std::thread::sleep(opts.poll);
+    Ok(())
 }
 
 /// Mark what snapshots committed after the plan reference.
