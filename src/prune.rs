@@ -2,7 +2,7 @@
 //! "Garbage collection"). Also run by `cairn forget --prune`.
 
 use crate::{output, CmdResult, Failure, Global};
-use cairn_repo::prune::{execute, plan, PlanSummary, PruneOptions, PruneReport};
+use cairn_repo::prune::{execute, plan, PackAction, PlanSummary, PruneOptions, PruneReport};
 use cairn_repo::Repository;
 use std::time::Duration;
 
@@ -38,7 +38,7 @@ pub fn prune_with(g: &Global, repo: Repository, a: &Args, forget: Option<serde_j
     let planned = plan(&repo, &opts)?;
     let summary = planned.summary();
     if a.dry_run {
-        print_plan(g, &summary);
+        print_plan(g, &planned, &summary);
         return Ok(0);
     }
     let report = execute(&repo, planned, &opts, &|msg| output::info(g, msg))?;
@@ -64,9 +64,18 @@ fn plan_json(s: &PlanSummary) -> serde_json::Value {
     })
 }
 
-fn print_plan(g: &Global, s: &PlanSummary) {
+fn print_plan(g: &Global, plan: &cairn_repo::prune::PrunePlan, s: &PlanSummary) {
     if g.json {
-        output::json(&serde_json::json!({"dry_run": true, "plan": plan_json(s)}));
+        let packs: Vec<serde_json::Value> = plan
+            .packs
+            .iter()
+            .filter(|(_, p)| p.action != PackAction::Keep)
+            .map(|(n, p)| serde_json::json!({
+                "pack": n, "bytes": p.row.0, "live_bytes": p.live_bytes(), "live_objects": p.live.len(),
+                "unused_objects": p.dead.len(), "action": if p.action == PackAction::Delete { "delete" } else { "repack" },
+            }))
+            .collect();
+        output::json(&serde_json::json!({"dry_run": true, "plan": plan_json(s), "packs": packs}));
         return;
     }
     output::line(&format!("would remove {} of {} objects ({})", s.objects_unused, s.objects_total, output::bytes(s.bytes_unused)));

@@ -87,6 +87,7 @@ fn prune_frees_space_and_compact_shrinks_the_file() {
     ok(cairn(&s.repo).args(["forget", "--keep-last", "1", "--group-by", "none"]), 0);
     let plan = json(&ok(cairn(&s.repo).args(["prune", "--dry-run", "--json"]), 0));
     assert!(plan["plan"]["bytes_freed"].as_u64().unwrap() > 2 << 20, "{plan}");
+    assert_eq!(plan["packs"][0]["action"], "delete", "{plan}");
     assert_eq!(space(&s.repo)["pack_bytes"], before["pack_bytes"], "dry run frees nothing");
     let text = ok(cairn(&s.repo).args(["prune", "--dry-run"]), 0);
     assert!(text.contains("would free"), "{text}");
