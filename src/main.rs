@@ -5,10 +5,12 @@ mod backup;
 mod cat;
 mod check;
 mod diff;
+mod forget;
 mod init;
 mod key;
 mod ls;
 mod output;
+mod prune;
 mod restore;
 mod secrets;
 mod serve;
@@ -16,6 +18,7 @@ mod snapshots;
 mod stats;
 mod sync;
 mod target;
+mod status;
 
 use cairn_repo::Error;
 use clap::{Parser, Subcommand};
@@ -92,6 +95,15 @@ enum Command {
     Target(target::Command),
     /// Serve a replica over stdin/stdout for `cairn sync` (run by ssh on the far side)
     Serve(serve::Args),
+    /// Remove snapshots by retention rules (--keep-daily 7 …); --prune frees their data
+    Forget(forget::Args),
+    /// Delete data no snapshot references (safe beside running backups)
+    Prune(prune::Args),
+    /// Health at a glance; exit 3 when something is overdue or failed
+    #[command(after_help = "Exit status: 0 healthy; 3 something is overdue (--max-age, --max-sync-age, \
+--max-check-age) or failed (last sync of a target, last check found damage); 1 error; \
+10 no repository; 12 wrong password.")]
+    Status(status::Args),
 }
 
 /// A failure with the exit code it maps to.
@@ -172,6 +184,9 @@ fn main() -> ExitCode {
         Command::Sync(a) => sync::run(g, a),
         Command::Target(c) => target::run(g, c),
         Command::Serve(a) => serve::run(g, a),
+        Command::Forget(a) => forget::run(g, a),
+        Command::Prune(a) => prune::run(g, a),
+        Command::Status(a) => status::run(g, a),
     };
     match result {
         Ok(code) => ExitCode::from(code),

@@ -7,7 +7,8 @@ use crate::error::{Error, Result};
 use crate::format::{Content, Tree};
 use crate::id::Id;
 use crate::repo::Repository;
-use crate::store::{checksum, Location, Space, View};
+use crate::packer::Packer;
+use crate::store::{checksum, Location, Space, Store, View};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -45,11 +46,7 @@ pub struct CheckReport {
 
 pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
     let view = repo.view()?;
-    let mut report = CheckReport {
-        objects: view.object_count()?,
-        space: repo.store().space()?,
-        ..Default::default()
-    };
+    let mut report = CheckReport { objects: view.object_count()?, space: repo.store().space()?, ..Default::default() };
     let mut bad: BTreeMap<Id, String> = BTreeMap::new();
     if opts.read_data || opts.subset_percent.is_some() {
         let objects = select_objects(repo, &view, opts, &mut report)?;
@@ -61,14 +58,7 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
             .collect();
         bad.extend(found);
     }
-    let mut walker = Walker {
-        repo,
-        view: &view,
-        bad,
-        clean: HashSet::new(),
-        users: HashMap::new(),
-        trees: 0,
-    };
+    let mut walker = Walker { repo, view: &view, bad, clean: HashSet::new(), users: HashMap::new(), trees: 0 };
     for (id, blob) in repo.store().snapshot_blobs()? {
         report.snapshots += 1;
         let snap = repo
@@ -80,9 +70,7 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
                 walker.tree(&id, &s.root, "/")?;
             }
             Err(e) => {
-                walker
-                    .bad
-                    .insert(id, format!("snapshot does not open: {e}"));
+                walker.bad.insert(id, format!("snapshot does not open: {e}"));
                 walker.note(&id, &id, "(snapshot)");
             }
         }
@@ -91,22 +79,30 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
     let Walker { bad, users, .. } = walker;
     for (id, problem) in bad {
         let (uses, used_by) = users.get(&id).cloned().unwrap_or_default();
-        report.damaged.push(Damage {
-            id,
-            problem,
-            used_by,
-            uses,
-        });
+        report.damaged.push(Damage { id, problem, used_by, uses });
     }
+    record_last(repo.store(), opts, report.damaged.len())?;
     Ok(report)
 }
 
-fn select_objects(
-    repo: &Repository,
-    view: &View,
-    opts: &CheckOptions,
-    report: &mut CheckReport,
-) -> Result<Vec<(Id, Location)>> {
+/// STATE key read by `cairn status`: JSON `{"time": unix, "read_data": bool, "damaged": n}`
+/// (plus `"subset"`: the percentage, for `--read-data-subset`).
+pub const LAST_KEY: &str = "check.last";
+
+fn record_last(store: &crate::store::Store, opts: &CheckOptions, damaged: usize) -> Result<()> {
+    let subset = match opts.subset_percent.filter(|_| !opts.read_data) {
+        Some(p) => format!(",\"subset\":{p}"),
+        None => String::new(),
+    };
+    let json = format!(
+        "{{\"time\":{},\"read_data\":{},\"damaged\":{damaged}{subset}}}",
+        crate::util::now_unix(),
+        opts.read_data
+    );
+    store.set_state(LAST_KEY, json.as_bytes())
+}
+
+fn select_objects(repo: &Repository, view: &View, opts: &CheckOptions, report: &mut CheckReport) -> Result<Vec<(Id, Location)>> {
     let Some(pct) = opts.subset_percent.filter(|_| !opts.read_data) else {
         let mut all = Vec::new();
         view.for_each_object(|id, loc| {
@@ -116,9 +112,7 @@ fn select_objects(
         return Ok(all);
     };
     if !(pct > 0.0 && pct <= 100.0) {
-        return Err(Error::Invalid(
-            "--read-data-subset takes a percentage between 0 and 100".into(),
-        ));
+        return Err(Error::Invalid("--read-data-subset takes a percentage between 0 and 100".into()));
     }
     let total = view.object_count()?;
     let want = ((total as f64) * pct / 100.0).ceil() as usize;
@@ -156,25 +150,15 @@ fn next_id(id: &Id) -> Id {
     Id::default()
 }
 
-fn verify_object(
-    repo: &Repository,
-    view: &View,
-    id: &Id,
-    loc: &Location,
-) -> std::result::Result<(), String> {
-    let sealed = view
-        .read_sealed(id, loc, repo.config().piece_size)
-        .map_err(|e| e.to_string())?;
+fn verify_object(repo: &Repository, view: &View, id: &Id, loc: &Location) -> std::result::Result<(), String> {
+    let sealed = view.read_sealed(id, loc, repo.config().piece_size).map_err(|e| e.to_string())?;
     if checksum(&sealed) != loc.check {
         return Err("stored bytes do not match their checksum (disk damage)".into());
     }
-    repo.keys()
-        .open_verified(loc.kind, id, &sealed)
-        .map(|_| ())
-        .map_err(|e| match e {
-            Error::Corrupt { reason, .. } => reason,
-            other => other.to_string(),
-        })
+    repo.keys().open_verified(loc.kind, id, &sealed).map(|_| ()).map_err(|e| match e {
+        Error::Corrupt { reason, .. } => reason,
+        other => other.to_string(),
+    })
 }
 
 struct Walker<'a> {
@@ -229,11 +213,7 @@ impl Walker<'_> {
         self.trees += 1;
         let mut ok = true;
         for e in &tree.entries {
-            let p = format!(
-                "{}/{}",
-                path.trim_end_matches('/'),
-                String::from_utf8_lossy(&e.name)
-            );
+            let p = format!("{}/{}", path.trim_end_matches('/'), String::from_utf8_lossy(&e.name));
             if let Some(sub) = e.subtree {
                 ok &= self.tree(snap, &sub, &p)?;
             }
@@ -285,4 +265,125 @@ fn reason(e: Error) -> String {
         Error::Corrupt { reason, .. } => reason,
         other => other.to_string(),
     }
+}
+
+/// What `repair_from` did for each damaged object.
+#[derive(Clone, Debug, Default)]
+pub struct RepairReport {
+    pub repaired: Vec<Id>,
+    /// Objects the replica could not supply intact, with the reason.
+    pub failed: Vec<(Id, String)>,
+}
+
+/// Copy intact sealed copies of `damaged` objects (and snapshots) from `replica` — a repository
+/// with the same repo id and keys — back into `repo`, verbatim. Each copy is verified first
+/// (stored checksum, decryption, and content against its id); nothing is ever invented. Index
+/// rows of damaged objects move to the new copies.
+pub fn repair_from(repo: &Repository, replica: &Repository, damaged: &[Id]) -> Result<RepairReport> {
+    if repo.config().repo_id != replica.config().repo_id {
+        return Err(Error::Invalid(format!(
+            "{} is not a replica of this repository (different repository id)",
+            replica.store().dir().display()
+        )));
+    }
+    let view = replica.view()?;
+    let snaps: HashMap<Id, Vec<u8>> = replica.store().snapshot_blobs()?.into_iter().collect();
+    let own_snaps: HashSet<Id> = repo.store().snapshot_blobs()?.into_iter().map(|(id, _)| id).collect();
+    let cfg = repo.config();
+    let mut packer = Packer::relocating(repo.store(), cfg.piece_size, cfg.pack_max, 32 << 20);
+    let mut report = RepairReport::default();
+    let mut snapshot_copies = Vec::new();
+    for id in damaged {
+        let copy = if own_snaps.contains(id) {
+            intact_snapshot(replica, &snaps, id).map(|blob| snapshot_copies.push((*id, blob)))
+        } else {
+            intact_object(replica, &view, id).and_then(|(kind, sealed)| packer.add(*id, kind, &sealed).map_err(|e| e.to_string()))
+        };
+        match copy {
+            Ok(()) => report.repaired.push(*id),
+            Err(why) => report.failed.push((*id, why)),
+        }
+    }
+    packer.commit(true, &snapshot_copies)?;
+    Ok(report)
+}
+
+fn intact_object(replica: &Repository, view: &View, id: &Id) -> std::result::Result<(Kind, Vec<u8>), String> {
+    let loc = view.locate(id).map_err(|e| e.to_string())?.ok_or("the replica does not have it either")?;
+    verify_object(replica, view, id, &loc).map_err(|e| format!("the replica's copy is damaged too: {e}"))?;
+    let sealed = view.read_sealed(id, &loc, replica.config().piece_size).map_err(|e| e.to_string())?;
+    Ok((loc.kind, sealed))
+}
+
+fn intact_snapshot(replica: &Repository, snaps: &HashMap<Id, Vec<u8>>, id: &Id) -> std::result::Result<Vec<u8>, String> {
+    let blob = snaps.get(id).ok_or("the replica does not have this snapshot")?;
+    let plain = replica.keys().open(Kind::Snapshot, id, blob).map_err(|e| format!("the replica's copy is damaged too: {e}"))?;
+    crate::format::Snapshot::decode(&plain).map_err(|e| format!("the replica's copy does not decode: {e}"))?;
+    Ok(blob.clone())
+}
+
+/// Key-less check for replicas: stored checksums, pieces, and redb's own page checksums.
+pub fn check_storage(dir: &std::path::Path) -> Result<crate::store_maint::StorageReport> {
+    let mut store = Store::open(dir, crate::store::DEFAULT_DB_CACHE)?;
+    let config = store_config(&store)?;
+    let intact = store.check_db_integrity()?;
+    let mut report = store.verify_storage(config.piece_size)?;
+    report.db_intact = Some(intact);
+    Ok(report)
+}
+
+/// Key-less repair: copy back, verbatim, replica copies of objects whose stored bytes in `dir`
+/// fail their checksum. A copy is accepted only if it hashes to the checksum this repository's
+/// own index recorded when the object was written (so no password is needed, and nothing but
+/// the original bytes can come back). Objects missing from the index cannot be verified
+/// without keys and are left alone.
+pub fn repair_storage_from(dir: &std::path::Path, replica: &std::path::Path) -> Result<RepairReport> {
+    let store = Store::open(dir, crate::store::DEFAULT_DB_CACHE)?;
+    let other = Store::open(replica, crate::store::DEFAULT_DB_CACHE)?;
+    let (cfg, other_cfg) = (store_config(&store)?, store_config(&other)?);
+    if cfg.repo_id != other_cfg.repo_id {
+        return Err(Error::Invalid(format!("{} is not a replica of this repository (different repository id)", replica.display())));
+    }
+    let damaged: Vec<Id> = store
+        .verify_storage(cfg.piece_size)?
+        .problems
+        .into_iter()
+        .filter_map(|p| match p {
+            crate::store_maint::StorageProblem::Object { id, .. } => Some(id),
+            crate::store_maint::StorageProblem::Piece { .. } => None,
+        })
+        .collect();
+    let (view, theirs) = (store.view()?, other.view()?);
+    let mut packer = Packer::relocating(&store, cfg.piece_size, cfg.pack_max, 32 << 20);
+    let mut report = RepairReport::default();
+    for id in damaged {
+        let Some(loc) = view.locate(&id)? else { continue };
+        match verbatim_copy(&theirs, &id, &loc, other_cfg.piece_size) {
+            Ok(sealed) => {
+                packer.add(id, loc.kind, &sealed)?;
+                report.repaired.push(id);
+            }
+            Err(why) => report.failed.push((id, why)),
+        }
+    }
+    packer.commit(true, &[])?;
+    Ok(report)
+}
+
+fn store_config(store: &Store) -> Result<crate::format::Config> {
+    let bytes = store.meta("config")?.ok_or_else(|| Error::RepoNotFound {
+        path: store.dir().to_path_buf(),
+        reason: "the database has no Cairn config".into(),
+    })?;
+    crate::format::Config::decode(&bytes)
+}
+
+/// The replica's bytes of `id` if they hash to the checksum `ours` recorded.
+fn verbatim_copy(theirs: &View, id: &Id, ours: &Location, piece_size: u32) -> std::result::Result<Vec<u8>, String> {
+    let loc = theirs.locate(id).map_err(|e| e.to_string())?.ok_or("the replica does not have it either")?;
+    let sealed = theirs.read_sealed(id, &loc, piece_size).map_err(|e| e.to_string())?;
+    if checksum(&sealed) != ours.check {
+        return Err("the replica's copy does not match the recorded checksum".into());
+    }
+    Ok(sealed)
 }

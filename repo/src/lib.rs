@@ -7,15 +7,18 @@ pub mod check;
 pub mod crypto;
 pub mod diff;
 pub mod error;
+pub mod forget;
 pub mod format;
 pub mod fsmeta;
 pub mod id;
 pub mod packer;
+pub mod prune;
 pub mod reader;
 pub mod repo;
 pub mod restore;
 pub mod store;
 pub mod sync;
+pub mod store_maint;
 pub mod util;
 
 pub use error::{Error, Result};

@@ -23,6 +23,8 @@ pub struct Packer<'s> {
     /// Objects not yet indexed, in pack order; offsets are within the pack.
     pending: Vec<(Id, Location)>,
     pack_objects: u64,
+    /// Point existing index rows at the new copy (prune's repack, check's repair).
+    relocate: bool,
     pub bytes_written: u64,
     pub objects_written: u64,
 }
@@ -39,9 +41,16 @@ impl<'s> Packer<'s> {
             buf: Vec::with_capacity(batch_bytes.max(piece_size as usize) + (8 << 20)),
             pending: Vec::new(),
             pack_objects: 0,
+            relocate: false,
             bytes_written: 0,
             objects_written: 0,
         }
+    }
+
+    /// A packer whose commits also move the index rows of objects that already exist to the copy
+    /// written here. Only for verbatim copies of the same sealed bytes (repack, repair).
+    pub fn relocating(store: &'s Store, piece_size: u32, pack_max: u64, batch_bytes: usize) -> Self {
+        Packer { relocate: true, ..Packer::new(store, piece_size, pack_max, batch_bytes) }
     }
 
     pub fn add(&mut self, id: Id, kind: Kind, sealed: &[u8]) -> Result<()> {
@@ -91,6 +100,7 @@ impl<'s> Packer<'s> {
             objects: &self.pending[..ready],
             pack_len: boundary,
             pack_objects: self.pack_objects,
+            relocate: self.relocate,
             snapshots,
         })?;
         self.pending.drain(..ready);

@@ -387,7 +387,7 @@ impl Store {
                 }
                 let mut index = txn.open_table(INDEX)?;
                 for (id, loc) in batch.objects {
-                    if index.get(id.0)?.is_none() {
+                    if batch.relocate || index.get(id.0)?.is_none() {
                         let mut l = *loc;
                         l.pack = p;
                         index.insert(id.0, l.value())?;
@@ -430,6 +430,8 @@ pub(crate) struct Batch<'a> {
     pub objects: &'a [(Id, Location)],
     pub pack_len: u64,
     pub pack_objects: u64,
+    /// Overwrite existing index rows (verbatim copies by prune and repair).
+    pub relocate: bool,
     pub snapshots: &'a [(Id, Vec<u8>)],
 }
 

@@ -99,16 +99,21 @@ pub struct Sink<'s> {
     append_only: bool,
     /// Whether objects were added since the last commit.
     dirty: bool,
+    /// Registered like a backup's: a prune of this replica waits while objects arrive, so
+    /// objects the sender was told the replica has are not swept away mid-sync.
+    session: u64,
 }
 
 impl<'s> Sink<'s> {
     pub fn new(store: &'s Store, append_only: bool) -> Result<Sink<'s>> {
         let cfg = store_config(store)?;
+        let session = store.begin_session(&crate::util::session_info())?;
         Ok(Sink {
             store,
             packer: Packer::new(store, cfg.piece_size, cfg.pack_max, SINK_BATCH_BYTES),
             append_only,
             dirty: false,
+            session,
         })
     }
 
@@ -230,5 +235,6 @@ impl Drop for Sink<'_> {
     fn drop(&mut self) {
         // Keep what arrived so an interrupted sync resumes from it; nothing refers to it yet.
         let _ = self.flush();
+        let _ = self.store.end_session(self.session);
     }
 }

@@ -1,0 +1,120 @@
+//! `cairn prune`: delete data no snapshot references (plan, then execute; see repo/DESIGN.md
+//! "Garbage collection"). Also run by `cairn forget --prune`.
+
+use crate::{output, CmdResult, Failure, Global};
+use cairn_repo::prune::{execute, plan, PackAction, PlanSummary, PruneOptions, PruneReport};
+use cairn_repo::Repository;
+use std::time::Duration;
+
+#[derive(clap::Args, Clone)]
+pub struct Args {
+    /// Print the plan (objects and bytes to free) and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Wait at most this many seconds for running backups before giving up (exit 11)
+    #[arg(long, value_name = "SECS", default_value_t = 3600)]
+    pub wait: u64,
+    /// Rewrite packs whose live share fell below this percentage
+    #[arg(long, value_name = "PCT", default_value_t = 80.0)]
+    pub repack_below: f64,
+    /// Afterwards give freed space back to the file system. Needs the repository to itself:
+    /// fails with exit 11 while a backup, mount or sync has it open
+    #[arg(long)]
+    pub compact: bool,
+}
+
+pub fn run(g: &Global, a: &Args) -> CmdResult {
+    let repo = g.open()?;
+    prune_with(g, repo, a, None)
+}
+
+/// Prune an open repository (consumes it so `--compact` can reopen it exclusively). `forget`
+/// is the JSON of a `forget` that ran first: with `--json` it goes into the same document.
+pub fn prune_with(g: &Global, repo: Repository, a: &Args, forget: Option<serde_json::Value>) -> CmdResult {
+    if !(0.0..=100.0).contains(&a.repack_below) {
+        return Err(Failure::usage("--repack-below takes a percentage between 0 and 100"));
+    }
+    let opts = PruneOptions { repack_below: a.repack_below / 100.0, wait: Duration::from_secs(a.wait), ..Default::default() };
+    let planned = plan(&repo, &opts)?;
+    let summary = planned.summary();
+    if a.dry_run {
+        print_plan(g, &planned, &summary);
+        return Ok(0);
+    }
+    let report = execute(&repo, planned, &opts, &|msg| output::info(g, msg))?;
+    let dir = repo.store().dir().to_path_buf();
+    let space = repo.store().space()?;
+    drop(repo);
+    let compacted = if a.compact {
+        output::info(g, "compacting the repository file (needs exclusive access)…");
+        Some(cairn_repo::store_maint::compact(&dir)?)
+    } else {
+        None
+    };
+    let file_bytes = std::fs::metadata(dir.join(cairn_repo::store::DB_FILE)).map(|m| m.len()).unwrap_or(space.file_bytes);
+    print_report(g, &report, file_bytes, compacted, forget);
+    Ok(0)
+}
+
+fn plan_json(s: &PlanSummary) -> serde_json::Value {
+    serde_json::json!({
+        "objects_total": s.objects_total, "objects_unused": s.objects_unused, "bytes_unused": s.bytes_unused,
+        "packs_total": s.packs_total, "packs_delete": s.packs_delete, "packs_repack": s.packs_repack,
+        "bytes_repack": s.bytes_repack, "bytes_freed": s.bytes_freed,
+    })
+}
+
+fn print_plan(g: &Global, plan: &cairn_repo::prune::PrunePlan, s: &PlanSummary) {
+    if g.json {
+        let packs: Vec<serde_json::Value> = plan
+            .packs
+            .iter()
+            .filter(|(_, p)| p.action != PackAction::Keep)
+            .map(|(n, p)| serde_json::json!({
+                "pack": n, "bytes": p.row.0, "live_bytes": p.live_bytes(), "live_objects": p.live.len(),
+                "unused_objects": p.dead.len(), "action": if p.action == PackAction::Delete { "delete" } else { "repack" },
+            }))
+            .collect();
+        output::json(&serde_json::json!({"dry_run": true, "plan": plan_json(s), "packs": packs}));
+        return;
+    }
+    output::line(&format!("would remove {} of {} objects ({})", s.objects_unused, s.objects_total, output::bytes(s.bytes_unused)));
+    output::line(&format!(
+        "would delete {} and rewrite {} of {} packs (copying {})",
+        s.packs_delete, s.packs_repack, s.packs_total, output::bytes(s.bytes_repack)
+    ));
+    output::line(&format!("would free {}", output::bytes(s.bytes_freed)));
+}
+
+fn print_report(g: &Global, r: &PruneReport, file_bytes: u64, compacted: Option<bool>, forget: Option<serde_json::Value>) {
+    if g.json {
+        let v = serde_json::json!({
+            "dry_run": false, "plan": plan_json(&r.plan),
+            "objects_removed": r.objects_dropped, "bytes_removed": r.bytes_dropped,
+            "objects_repacked": r.objects_repacked, "bytes_repacked": r.bytes_repacked,
+            "packs_deleted": r.packs_deleted, "pack_bytes_deleted": r.pack_bytes_deleted,
+            "packs_kept": r.packs_kept, "rescued": r.rescued,
+            "dead_sessions_removed": r.dead_sessions_removed, "waited_secs": r.waited.as_secs_f64(),
+            "damaged_left_in_place": r.damaged_skipped,
+            "file_bytes": file_bytes, "compacted": compacted,
+        });
+        match forget {
+            Some(f) => output::json(&serde_json::json!({"forget": f, "prune": v})),
+            None => output::json(&v),
+        }
+        return;
+    }
+    output::info(g, &format!("removed {} objects ({})", r.objects_dropped, output::bytes(r.bytes_dropped)));
+    output::info(g, &format!("rewrote {} objects ({}) into new packs", r.objects_repacked, output::bytes(r.bytes_repacked)));
+    output::info(g, &format!("deleted {} packs ({})", r.packs_deleted, output::bytes(r.pack_bytes_deleted)));
+    if r.rescued > 0 || r.packs_kept > 0 {
+        output::info(g, &format!("kept {} objects reused by new snapshots and {} packs changed since the plan", r.rescued, r.packs_kept));
+    }
+    if r.damaged_skipped > 0 {
+        output::warn(&format!("{} damaged objects were left in place; run `cairn check --read-data`", r.damaged_skipped));
+    }
+    match compacted {
+        Some(_) => output::info(g, &format!("repository file compacted to {}", output::bytes(file_bytes))),
+        None => output::info(g, &format!("repository file: {} (freed pages are reused; --compact shrinks it)", output::bytes(file_bytes))),
+    }
+}
