@@ -1,5 +1,7 @@
 use crate::{output, CmdResult, Failure, Global};
-use cairn_repo::check::{check, check_storage, repair_from, repair_storage_from, CheckOptions, CheckReport};
+use cairn_repo::check::{
+    check, check_storage, repair_from, repair_storage_from, CheckOptions, CheckReport,
+};
 use cairn_repo::store_maint::{StorageProblem, StorageReport};
 use cairn_repo::Repository;
 use std::path::PathBuf;
@@ -29,12 +31,15 @@ pub struct Args {
 const REPAIR_ROUNDS: usize = 4;
 
 fn parse_percent(s: &str) -> Result<f64, Failure> {
-    let v: f64 = s
-        .trim_end_matches('%')
-        .parse()
-        .map_err(|_| Failure::usage(format!("--read-data-subset: `{s}` is not a percentage like 10%")))?;
+    let v: f64 = s.trim_end_matches('%').parse().map_err(|_| {
+        Failure::usage(format!(
+            "--read-data-subset: `{s}` is not a percentage like 10%"
+        ))
+    })?;
     if !(v > 0.0 && v <= 100.0) {
-        return Err(Failure::usage("--read-data-subset takes a percentage above 0 and at most 100"));
+        return Err(Failure::usage(
+            "--read-data-subset takes a percentage above 0 and at most 100",
+        ));
     }
     Ok(v)
 }
@@ -43,8 +48,15 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
     if a.storage_only {
         return storage_only(g, a.repair_from.as_deref());
     }
-    let subset = a.read_data_subset.as_deref().map(parse_percent).transpose()?;
-    let opts = CheckOptions { read_data: a.read_data, subset_percent: subset };
+    let subset = a
+        .read_data_subset
+        .as_deref()
+        .map(parse_percent)
+        .transpose()?;
+    let opts = CheckOptions {
+        read_data: a.read_data,
+        subset_percent: subset,
+    };
     let (repo, replica) = match &a.repair_from {
         None => (g.open()?, None),
         Some(path) => open_pair(g, path)?,
@@ -57,7 +69,10 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
 }
 
 /// A replica given as a path, or as the name of a sync target with a local URL.
-fn replica_path(store: &cairn_repo::store::Store, arg: &std::path::Path) -> Result<PathBuf, Failure> {
+fn replica_path(
+    store: &cairn_repo::store::Store,
+    arg: &std::path::Path,
+) -> Result<PathBuf, Failure> {
     if arg.exists() {
         return Ok(arg.to_path_buf());
     }
@@ -71,7 +86,10 @@ fn replica_path(store: &cairn_repo::store::Store, arg: &std::path::Path) -> Resu
     }
 }
 
-fn open_pair(g: &Global, replica: &std::path::Path) -> Result<(Repository, Option<Repository>), Failure> {
+fn open_pair(
+    g: &Global,
+    replica: &std::path::Path,
+) -> Result<(Repository, Option<Repository>), Failure> {
     let path = g.repo_path()?;
     let store = cairn_repo::store::Store::open(&path, 1 << 20).map_err(Failure::from)?;
     let replica = replica_path(&store, replica)?;
@@ -84,7 +102,13 @@ fn open_pair(g: &Global, replica: &std::path::Path) -> Result<(Repository, Optio
     Ok((repo, Some(other)))
 }
 
-fn repair(g: &Global, repo: &Repository, replica: &Repository, opts: &CheckOptions, mut report: CheckReport) -> Result<CheckReport, Failure> {
+fn repair(
+    g: &Global,
+    repo: &Repository,
+    replica: &Repository,
+    opts: &CheckOptions,
+    mut report: CheckReport,
+) -> Result<CheckReport, Failure> {
     for _ in 0..REPAIR_ROUNDS {
         if report.damaged.is_empty() {
             break;
@@ -92,7 +116,10 @@ fn repair(g: &Global, repo: &Repository, replica: &Repository, opts: &CheckOptio
         let ids: Vec<_> = report.damaged.iter().map(|d| d.id).collect();
         let r = repair_from(repo, replica, &ids)?;
         for id in &r.repaired {
-            output::info(g, &format!("repaired {id} from {}", replica.store().dir().display()));
+            output::info(
+                g,
+                &format!("repaired {id} from {}", replica.store().dir().display()),
+            );
         }
         for (id, why) in &r.failed {
             output::warn(&format!("cannot repair {id}: {why}"));
@@ -120,17 +147,36 @@ fn storage_only(g: &Global, repair: Option<&std::path::Path>) -> CmdResult {
         }
     }
     let r: StorageReport = check_storage(&path)?;
-    let problems: Vec<String> = r.problems.iter().map(|p| match p {
-        StorageProblem::Object { id, problem } => format!("object {id}: {problem}"),
-        StorageProblem::Piece { pack, piece, problem } => format!("pack {pack} piece {piece}: {problem}"),
-    }).chain((r.db_intact == Some(false)).then(|| "the database's page checksums failed; redb repaired its structures".to_string())).collect();
+    let problems: Vec<String> = r
+        .problems
+        .iter()
+        .map(|p| match p {
+            StorageProblem::Object { id, problem } => format!("object {id}: {problem}"),
+            StorageProblem::Piece {
+                pack,
+                piece,
+                problem,
+            } => format!("pack {pack} piece {piece}: {problem}"),
+        })
+        .chain((r.db_intact == Some(false)).then(|| {
+            "the database's page checksums failed; redb repaired its structures".to_string()
+        }))
+        .collect();
     if g.json {
         output::json(&serde_json::json!({
             "storage_only": true, "packs": r.packs, "objects": r.objects, "bytes": r.bytes,
             "db_intact": r.db_intact, "problems": problems, "ok": problems.is_empty(),
         }));
     } else {
-        output::info(g, &format!("{} packs, {} objects ({}) verified against their stored checksums", r.packs, r.objects, output::bytes(r.bytes)));
+        output::info(
+            g,
+            &format!(
+                "{} packs, {} objects ({}) verified against their stored checksums",
+                r.packs,
+                r.objects,
+                output::bytes(r.bytes)
+            ),
+        );
         for p in &problems {
             output::line(&format!("damaged: {p}"));
         }
@@ -139,7 +185,10 @@ fn storage_only(g: &Global, repair: Option<&std::path::Path>) -> CmdResult {
         output::info(g, "no errors found");
         Ok(0)
     } else {
-        Err(Failure::fatal(format!("{} storage problems; see above", problems.len())))
+        Err(Failure::fatal(format!(
+            "{} storage problems; see above",
+            problems.len()
+        )))
     }
 }
 
@@ -157,21 +206,42 @@ fn print_report(g: &Global, report: &CheckReport) -> CmdResult {
             "ok": report.damaged.is_empty(),
         }));
     } else {
-        output::info(g, &format!("{} snapshots, {} trees, {} objects checked for structure", report.snapshots, report.trees, report.objects));
+        output::info(
+            g,
+            &format!(
+                "{} snapshots, {} trees, {} objects checked for structure",
+                report.snapshots, report.trees, report.objects
+            ),
+        );
         if report.objects_read > 0 {
-            output::info(g, &format!("{} objects ({}) read and verified", report.objects_read, output::bytes(report.bytes_read)));
+            output::info(
+                g,
+                &format!(
+                    "{} objects ({}) read and verified",
+                    report.objects_read,
+                    output::bytes(report.bytes_read)
+                ),
+            );
         }
-        output::info(g, &format!(
-            "space: {} stored in a {} file (file/stored {:.3})",
-            output::bytes(s.object_bytes), output::bytes(s.file_bytes), crate::stats::overhead(s)
-        ));
+        output::info(
+            g,
+            &format!(
+                "space: {} stored in a {} file (file/stored {:.3})",
+                output::bytes(s.object_bytes),
+                output::bytes(s.file_bytes),
+                crate::stats::overhead(s)
+            ),
+        );
         for d in &report.damaged {
             output::line(&format!("damaged object {}: {}", d.id, d.problem));
             for (snap, p) in &d.used_by {
                 output::line(&format!("  used by snapshot {} at {}", snap.short(), p));
             }
             if d.uses > d.used_by.len() as u64 {
-                output::line(&format!("  … and {} more uses", d.uses - d.used_by.len() as u64));
+                output::line(&format!(
+                    "  … and {} more uses",
+                    d.uses - d.used_by.len() as u64
+                ));
             }
         }
     }
@@ -179,6 +249,9 @@ fn print_report(g: &Global, report: &CheckReport) -> CmdResult {
         output::info(g, "no errors found");
         Ok(0)
     } else {
-        Err(Failure::fatal(format!("{} damaged or missing objects; see above", report.damaged.len())))
+        Err(Failure::fatal(format!(
+            "{} damaged or missing objects; see above",
+            report.damaged.len()
+        )))
     }
 }

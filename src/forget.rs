@@ -56,7 +56,12 @@ struct PruneFlags {
 }
 
 fn policy(a: &Args) -> Result<Policy, Failure> {
-    let within = a.keep_within.as_deref().map(Span::parse).transpose().map_err(|e| Failure::usage(e.to_string()))?;
+    let within = a
+        .keep_within
+        .as_deref()
+        .map(Span::parse)
+        .transpose()
+        .map_err(|e| Failure::usage(e.to_string()))?;
     let p = Policy {
         last: a.keep_last,
         hourly: a.keep_hourly,
@@ -95,7 +100,12 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
         print(g, &groups, &times, a.dry_run);
     }
     if prune_after {
-        let pa = crate::prune::Args { dry_run: false, wait: a.prune_args.wait, repack_below: 80.0, compact: a.prune_args.compact };
+        let pa = crate::prune::Args {
+            dry_run: false,
+            wait: a.prune_args.wait,
+            repack_below: 80.0,
+            compact: a.prune_args.compact,
+        };
         return crate::prune::prune_with(g, repo, &pa, Some(doc));
     }
     Ok(0)
@@ -104,7 +114,10 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
 fn group_title(grp: &Group) -> String {
     let host = grp.host.as_deref().map(|h| format!("host {h}"));
     let paths = grp.paths.as_ref().map(|p| {
-        let v: Vec<String> = p.iter().map(|x| String::from_utf8_lossy(x).into_owned()).collect();
+        let v: Vec<String> = p
+            .iter()
+            .map(|x| String::from_utf8_lossy(x).into_owned())
+            .collect();
         format!("paths {}", v.join(" "))
     });
     let parts: Vec<String> = host.into_iter().chain(paths).collect();
@@ -115,8 +128,17 @@ fn group_title(grp: &Group) -> String {
     }
 }
 
-fn decisions_json(groups: &[Group], times: &HashMap<cairn_repo::Id, cairn_repo::Time>, dry_run: bool) -> serde_json::Value {
-    let time = |id| times.get(id).map(|t| crate::snapshots::time_string(*t)).unwrap_or_default();
+fn decisions_json(
+    groups: &[Group],
+    times: &HashMap<cairn_repo::Id, cairn_repo::Time>,
+    dry_run: bool,
+) -> serde_json::Value {
+    let time = |id| {
+        times
+            .get(id)
+            .map(|t| crate::snapshots::time_string(*t))
+            .unwrap_or_default()
+    };
     serde_json::json!({
         "dry_run": dry_run,
         "groups": groups.iter().map(|grp| serde_json::json!({
@@ -129,16 +151,44 @@ fn decisions_json(groups: &[Group], times: &HashMap<cairn_repo::Id, cairn_repo::
     })
 }
 
-fn print(g: &Global, groups: &[Group], times: &HashMap<cairn_repo::Id, cairn_repo::Time>, dry_run: bool) {
-    let time = |id| times.get(id).map(|t| crate::snapshots::time_string(*t)).unwrap_or_default();
-    let (kept, removed): (usize, usize) = groups.iter().flat_map(|x| &x.decisions).fold((0, 0), |(k, r), d| if d.keep { (k + 1, r) } else { (k, r + 1) });
+fn print(
+    g: &Global,
+    groups: &[Group],
+    times: &HashMap<cairn_repo::Id, cairn_repo::Time>,
+    dry_run: bool,
+) {
+    let time = |id| {
+        times
+            .get(id)
+            .map(|t| crate::snapshots::time_string(*t))
+            .unwrap_or_default()
+    };
+    let (kept, removed): (usize, usize) =
+        groups
+            .iter()
+            .flat_map(|x| &x.decisions)
+            .fold(
+                (0, 0),
+                |(k, r), d| if d.keep { (k + 1, r) } else { (k, r + 1) },
+            );
     // The decisions are a dry run's whole output; after a real run they are information.
-    let show = |msg: &str| if dry_run { output::line(msg) } else { output::info(g, msg) };
+    let show = |msg: &str| {
+        if dry_run {
+            output::line(msg)
+        } else {
+            output::info(g, msg)
+        }
+    };
     for grp in groups {
         show(&format!("{}:", group_title(grp)));
         for d in &grp.decisions {
             let verdict = if d.keep { "keep  " } else { "remove" };
-            show(&format!("  {verdict}  {}  {}  {}", d.id.short(), time(&d.id), d.reasons.join(", ")));
+            show(&format!(
+                "  {verdict}  {}  {}  {}",
+                d.id.short(),
+                time(&d.id),
+                d.reasons.join(", ")
+            ));
         }
     }
     let verb = if dry_run { "would remove" } else { "removed" };

@@ -16,9 +16,9 @@ mod secrets;
 mod serve;
 mod snapshots;
 mod stats;
+mod status;
 mod sync;
 mod target;
-mod status;
 
 use cairn_repo::Error;
 use clap::{Parser, Subcommand};
@@ -100,9 +100,11 @@ enum Command {
     /// Delete data no snapshot references (safe beside running backups)
     Prune(prune::Args),
     /// Health at a glance; exit 3 when something is overdue or failed
-    #[command(after_help = "Exit status: 0 healthy; 3 something is overdue (--max-age, --max-sync-age, \
+    #[command(
+        after_help = "Exit status: 0 healthy; 3 something is overdue (--max-age, --max-sync-age, \
 --max-check-age) or failed (last sync of a target, last check found damage); 1 error; \
-10 no repository; 12 wrong password.")]
+10 no repository; 12 wrong password."
+    )]
     Status(status::Args),
 }
 

@@ -30,11 +30,22 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
 
 /// Prune an open repository (consumes it so `--compact` can reopen it exclusively). `forget`
 /// is the JSON of a `forget` that ran first: with `--json` it goes into the same document.
-pub fn prune_with(g: &Global, repo: Repository, a: &Args, forget: Option<serde_json::Value>) -> CmdResult {
+pub fn prune_with(
+    g: &Global,
+    repo: Repository,
+    a: &Args,
+    forget: Option<serde_json::Value>,
+) -> CmdResult {
     if !(0.0..=100.0).contains(&a.repack_below) {
-        return Err(Failure::usage("--repack-below takes a percentage between 0 and 100"));
+        return Err(Failure::usage(
+            "--repack-below takes a percentage between 0 and 100",
+        ));
     }
-    let opts = PruneOptions { repack_below: a.repack_below / 100.0, wait: Duration::from_secs(a.wait), ..Default::default() };
+    let opts = PruneOptions {
+        repack_below: a.repack_below / 100.0,
+        wait: Duration::from_secs(a.wait),
+        ..Default::default()
+    };
     let planned = plan(&repo, &opts)?;
     let summary = planned.summary();
     if a.dry_run {
@@ -46,12 +57,17 @@ pub fn prune_with(g: &Global, repo: Repository, a: &Args, forget: Option<serde_j
     let space = repo.store().space()?;
     drop(repo);
     let compacted = if a.compact {
-        output::info(g, "compacting the repository file (needs exclusive access)…");
+        output::info(
+            g,
+            "compacting the repository file (needs exclusive access)…",
+        );
         Some(cairn_repo::store_maint::compact(&dir)?)
     } else {
         None
     };
-    let file_bytes = std::fs::metadata(dir.join(cairn_repo::store::DB_FILE)).map(|m| m.len()).unwrap_or(space.file_bytes);
+    let file_bytes = std::fs::metadata(dir.join(cairn_repo::store::DB_FILE))
+        .map(|m| m.len())
+        .unwrap_or(space.file_bytes);
     print_report(g, &report, file_bytes, compacted, forget);
     Ok(0)
 }
@@ -78,15 +94,29 @@ fn print_plan(g: &Global, plan: &cairn_repo::prune::PrunePlan, s: &PlanSummary) 
         output::json(&serde_json::json!({"dry_run": true, "plan": plan_json(s), "packs": packs}));
         return;
     }
-    output::line(&format!("would remove {} of {} objects ({})", s.objects_unused, s.objects_total, output::bytes(s.bytes_unused)));
+    output::line(&format!(
+        "would remove {} of {} objects ({})",
+        s.objects_unused,
+        s.objects_total,
+        output::bytes(s.bytes_unused)
+    ));
     output::line(&format!(
         "would delete {} and rewrite {} of {} packs (copying {})",
-        s.packs_delete, s.packs_repack, s.packs_total, output::bytes(s.bytes_repack)
+        s.packs_delete,
+        s.packs_repack,
+        s.packs_total,
+        output::bytes(s.bytes_repack)
     ));
     output::line(&format!("would free {}", output::bytes(s.bytes_freed)));
 }
 
-fn print_report(g: &Global, r: &PruneReport, file_bytes: u64, compacted: Option<bool>, forget: Option<serde_json::Value>) {
+fn print_report(
+    g: &Global,
+    r: &PruneReport,
+    file_bytes: u64,
+    compacted: Option<bool>,
+    forget: Option<serde_json::Value>,
+) {
     if g.json {
         let v = serde_json::json!({
             "dry_run": false, "plan": plan_json(&r.plan),
@@ -104,17 +134,56 @@ fn print_report(g: &Global, r: &PruneReport, file_bytes: u64, compacted: Option<
         }
         return;
     }
-    output::info(g, &format!("removed {} objects ({})", r.objects_dropped, output::bytes(r.bytes_dropped)));
-    output::info(g, &format!("rewrote {} objects ({}) into new packs", r.objects_repacked, output::bytes(r.bytes_repacked)));
-    output::info(g, &format!("deleted {} packs ({})", r.packs_deleted, output::bytes(r.pack_bytes_deleted)));
+    output::info(
+        g,
+        &format!(
+            "removed {} objects ({})",
+            r.objects_dropped,
+            output::bytes(r.bytes_dropped)
+        ),
+    );
+    output::info(
+        g,
+        &format!(
+            "rewrote {} objects ({}) into new packs",
+            r.objects_repacked,
+            output::bytes(r.bytes_repacked)
+        ),
+    );
+    output::info(
+        g,
+        &format!(
+            "deleted {} packs ({})",
+            r.packs_deleted,
+            output::bytes(r.pack_bytes_deleted)
+        ),
+    );
     if r.rescued > 0 || r.packs_kept > 0 {
-        output::info(g, &format!("kept {} objects reused by new snapshots and {} packs changed since the plan", r.rescued, r.packs_kept));
+        output::info(
+            g,
+            &format!(
+                "kept {} objects reused by new snapshots and {} packs changed since the plan",
+                r.rescued, r.packs_kept
+            ),
+        );
     }
     if r.damaged_skipped > 0 {
-        output::warn(&format!("{} damaged objects were left in place; run `cairn check --read-data`", r.damaged_skipped));
+        output::warn(&format!(
+            "{} damaged objects were left in place; run `cairn check --read-data`",
+            r.damaged_skipped
+        ));
     }
     match compacted {
-        Some(_) => output::info(g, &format!("repository file compacted to {}", output::bytes(file_bytes))),
-        None => output::info(g, &format!("repository file: {} (freed pages are reused; --compact shrinks it)", output::bytes(file_bytes))),
+        Some(_) => output::info(
+            g,
+            &format!("repository file compacted to {}", output::bytes(file_bytes)),
+        ),
+        None => output::info(
+            g,
+            &format!(
+                "repository file: {} (freed pages are reused; --compact shrinks it)",
+                output::bytes(file_bytes)
+            ),
+        ),
     }
 }

@@ -42,7 +42,12 @@ fn setup() -> Setup {
     std::fs::write(a.join("f"), noise(1, 2 << 20)).unwrap();
     std::fs::write(b.join("g"), noise(2, 3 << 20)).unwrap();
     init(&repo);
-    Setup { _tmp: tmp, repo, a, b }
+    Setup {
+        _tmp: tmp,
+        repo,
+        a,
+        b,
+    }
 }
 
 #[test]
@@ -52,25 +57,68 @@ fn forget_dry_run_shows_every_decision_and_its_rules() {
     std::fs::write(s.a.join("f2"), b"more").unwrap();
     backup(&s.repo, &[&s.a]);
     backup(&s.repo, &[&s.b]);
-    let out = ok(cairn(&s.repo).args(["forget", "--keep-last", "1", "--dry-run"]), 0);
+    let out = ok(
+        cairn(&s.repo).args(["forget", "--keep-last", "1", "--dry-run"]),
+        0,
+    );
     assert_eq!(out.matches("  keep    ").count(), 2, "{out}");
     assert_eq!(out.matches("  remove  ").count(), 1, "{out}");
     assert!(out.contains("last"), "{out}");
-    assert!(out.contains(&format!("paths {}", s.a.display())), "grouped by path set: {out}");
+    assert!(
+        out.contains(&format!("paths {}", s.a.display())),
+        "grouped by path set: {out}"
+    );
     assert_eq!(snapshots(&s.repo).len(), 3, "dry run changes nothing");
 
-    let v = json(&ok(cairn(&s.repo).args(["forget", "--keep-last", "1", "--keep-daily", "3", "--dry-run", "--json"]), 0));
+    let v = json(&ok(
+        cairn(&s.repo).args([
+            "forget",
+            "--keep-last",
+            "1",
+            "--keep-daily",
+            "3",
+            "--dry-run",
+            "--json",
+        ]),
+        0,
+    ));
     let groups = v["groups"].as_array().unwrap();
     assert_eq!(groups.len(), 2);
-    let a_group = groups.iter().find(|g| g["snapshots"].as_array().unwrap().len() == 2).unwrap();
+    let a_group = groups
+        .iter()
+        .find(|g| g["snapshots"].as_array().unwrap().len() == 2)
+        .unwrap();
     assert_eq!(a_group["snapshots"][0]["keep"], true);
-    assert_eq!(a_group["snapshots"][0]["reasons"], serde_json::json!(["last", "daily"]));
-    assert_eq!(a_group["snapshots"][1]["keep"], false, "same day: only the newest is the daily");
+    assert_eq!(
+        a_group["snapshots"][0]["reasons"],
+        serde_json::json!(["last", "daily"])
+    );
+    assert_eq!(
+        a_group["snapshots"][1]["keep"], false,
+        "same day: only the newest is the daily"
+    );
 
-    let v = json(&ok(cairn(&s.repo).args(["forget", "--keep-last", "1", "--group-by", "none", "--prune", "--json"]), 0));
+    let v = json(&ok(
+        cairn(&s.repo).args([
+            "forget",
+            "--keep-last",
+            "1",
+            "--group-by",
+            "none",
+            "--prune",
+            "--json",
+        ]),
+        0,
+    ));
     assert_eq!(snapshots(&s.repo).len(), 1);
-    assert_eq!(v["forget"]["groups"][0]["snapshots"][2]["keep"], false, "{v}");
-    assert!(v["prune"]["objects_removed"].as_u64().unwrap() > 0, "one JSON document for both: {v}");
+    assert_eq!(
+        v["forget"]["groups"][0]["snapshots"][2]["keep"], false,
+        "{v}"
+    );
+    assert!(
+        v["prune"]["objects_removed"].as_u64().unwrap() > 0,
+        "one JSON document for both: {v}"
+    );
     let r = run(cairn(&s.repo).args(["forget", "--dry-run"]));
     assert_eq!(r.code, 2, "no policy is refused: {}", r.stderr);
     let r = run(cairn(&s.repo).args(["forget", "--keep-within", "7x"]));
@@ -84,21 +132,46 @@ fn prune_frees_space_and_compact_shrinks_the_file() {
     backup(&s.repo, &[&s.a]);
     let before = space(&s.repo);
     // Keep only a's (newest) snapshot; b's 3 MiB become garbage.
-    ok(cairn(&s.repo).args(["forget", "--keep-last", "1", "--group-by", "none"]), 0);
-    let plan = json(&ok(cairn(&s.repo).args(["prune", "--dry-run", "--json"]), 0));
-    assert!(plan["plan"]["bytes_freed"].as_u64().unwrap() > 2 << 20, "{plan}");
+    ok(
+        cairn(&s.repo).args(["forget", "--keep-last", "1", "--group-by", "none"]),
+        0,
+    );
+    let plan = json(&ok(
+        cairn(&s.repo).args(["prune", "--dry-run", "--json"]),
+        0,
+    ));
+    assert!(
+        plan["plan"]["bytes_freed"].as_u64().unwrap() > 2 << 20,
+        "{plan}"
+    );
     assert_eq!(plan["packs"][0]["action"], "delete", "{plan}");
-    assert_eq!(space(&s.repo)["pack_bytes"], before["pack_bytes"], "dry run frees nothing");
+    assert_eq!(
+        space(&s.repo)["pack_bytes"],
+        before["pack_bytes"],
+        "dry run frees nothing"
+    );
     let text = ok(cairn(&s.repo).args(["prune", "--dry-run"]), 0);
     assert!(text.contains("would free"), "{text}");
 
-    let done = json(&ok(cairn(&s.repo).args(["prune", "--json", "--compact"]), 0));
+    let done = json(&ok(
+        cairn(&s.repo).args(["prune", "--json", "--compact"]),
+        0,
+    ));
     assert!(done["packs_deleted"].as_u64().unwrap() >= 1, "{done}");
     let after = space(&s.repo);
-    assert!(after["pack_bytes"].as_u64().unwrap() + (2 << 20) < before["pack_bytes"].as_u64().unwrap(), "{before} -> {after}");
-    assert!(after["file_bytes"].as_u64().unwrap() + (2 << 20) < before["file_bytes"].as_u64().unwrap(), "compact shrinks the file: {before} -> {after}");
+    assert!(
+        after["pack_bytes"].as_u64().unwrap() + (2 << 20) < before["pack_bytes"].as_u64().unwrap(),
+        "{before} -> {after}"
+    );
+    assert!(
+        after["file_bytes"].as_u64().unwrap() + (2 << 20) < before["file_bytes"].as_u64().unwrap(),
+        "compact shrinks the file: {before} -> {after}"
+    );
     ok(cairn(&s.repo).args(["check", "--read-data"]), 0);
-    let again = json(&ok(cairn(&s.repo).args(["prune", "--dry-run", "--json"]), 0));
+    let again = json(&ok(
+        cairn(&s.repo).args(["prune", "--dry-run", "--json"]),
+        0,
+    ));
     assert_eq!(again["plan"]["objects_unused"], 0);
 }
 
@@ -107,7 +180,8 @@ fn storage_only_check_needs_no_password() {
     let s = setup();
     backup(&s.repo, &[&s.a]);
     let mut c = cairn(&s.repo);
-    c.env_remove("CAIRN_PASSWORD").args(["check", "--storage-only", "--json"]);
+    c.env_remove("CAIRN_PASSWORD")
+        .args(["check", "--storage-only", "--json"]);
     let v = json(&ok(&mut c, 0));
     assert_eq!(v["ok"], true);
     assert!(v["objects"].as_u64().unwrap() >= 3);
@@ -125,7 +199,10 @@ fn status_exit_codes() {
     assert_eq!(r.code, 3, "never checked: {}", r.stdout);
     assert!(r.stdout.contains("never checked"), "{}", r.stdout);
     ok(cairn(&s.repo).arg("check"), 0);
-    let v = json(&ok(cairn(&s.repo).args(["status", "--max-check-age", "7", "--json"]), 0));
+    let v = json(&ok(
+        cairn(&s.repo).args(["status", "--max-check-age", "7", "--json"]),
+        0,
+    ));
     assert_eq!(v["healthy"], true);
     assert_eq!(v["last_check"]["damaged"], 0);
     assert_eq!(v["hosts"].as_array().unwrap().len(), 1);
@@ -166,15 +243,30 @@ fn check_names_damage_and_repair_from_a_replica_heals_it() {
     }
     let r = run(cairn(&s.repo).args(["check", "--read-data"]));
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stdout.contains(&format!("damaged object {chunk}")), "{}", r.stdout);
-    assert!(r.stdout.contains(&format!("at {}/f", s.a.display())), "names the path: {}", r.stdout);
+    assert!(
+        r.stdout.contains(&format!("damaged object {chunk}")),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains(&format!("at {}/f", s.a.display())),
+        "names the path: {}",
+        r.stdout
+    );
     let mut keyless = cairn(&s.repo);
-    keyless.env_remove("CAIRN_PASSWORD").args(["check", "--storage-only"]);
+    keyless
+        .env_remove("CAIRN_PASSWORD")
+        .args(["check", "--storage-only"]);
     let r = run(&mut keyless);
     assert_eq!(r.code, 1);
     assert!(r.stdout.contains(&chunk.to_hex()), "{}", r.stdout);
 
-    let out = ok(cairn(&s.repo).args(["check", "--read-data", "--repair-from"]).arg(&replica), 0);
+    let out = ok(
+        cairn(&s.repo)
+            .args(["check", "--read-data", "--repair-from"])
+            .arg(&replica),
+        0,
+    );
     assert!(out.contains(&format!("repaired {chunk}")), "{out}");
     ok(cairn(&s.repo).args(["check", "--read-data"]), 0);
 
@@ -185,12 +277,20 @@ fn check_names_damage_and_repair_from_a_replica_heals_it() {
         cairn_repo::store::damage_object_for_tests(&store, &chunk, ps, 9).unwrap();
     }
     let mut keyless = cairn(&s.repo);
-    keyless.env_remove("CAIRN_PASSWORD").args(["check", "--storage-only", "--repair-from"]).arg(&replica);
+    keyless
+        .env_remove("CAIRN_PASSWORD")
+        .args(["check", "--storage-only", "--repair-from"])
+        .arg(&replica);
     let out = ok(&mut keyless, 0);
     assert!(out.contains(&format!("repaired {chunk}")), "{out}");
     ok(cairn(&s.repo).args(["check", "--read-data"]), 0);
     let target = s.repo.with_file_name("restored");
-    ok(cairn(&s.repo).args(["restore", "latest", "--target"]).arg(&target), 0);
+    ok(
+        cairn(&s.repo)
+            .args(["restore", "latest", "--target"])
+            .arg(&target),
+        0,
+    );
     assert_same_tree(&s.a, &target.join(s.a.strip_prefix("/").unwrap()));
 }
 
@@ -204,13 +304,23 @@ fn prune_beside_a_backup_in_another_process_loses_nothing() {
     }
     backup(&s.repo, &[&src]);
     // Forget everything: all of it is unused until the next backup reuses it.
-    ok(cairn(&s.repo).args(["forget", "--keep-tag", "no-such-tag"]), 0);
+    ok(
+        cairn(&s.repo).args(["forget", "--keep-tag", "no-such-tag"]),
+        0,
+    );
     assert!(snapshots(&s.repo).is_empty());
     std::fs::write(src.join("new"), noise(99, 3 << 20)).unwrap();
-    let mut child = cairn(&s.repo).args(["backup", "--quiet"]).arg(&src).spawn().unwrap();
+    let mut child = cairn(&s.repo)
+        .args(["backup", "--quiet"])
+        .arg(&src)
+        .spawn()
+        .unwrap();
     let mut prunes = 0;
     while child.try_wait().unwrap().is_none() {
-        ok(cairn(&s.repo).args(["prune", "--quiet", "--wait", "120"]), 0);
+        ok(
+            cairn(&s.repo).args(["prune", "--quiet", "--wait", "120"]),
+            0,
+        );
         prunes += 1;
     }
     assert!(child.wait().unwrap().success());
@@ -218,6 +328,11 @@ fn prune_beside_a_backup_in_another_process_loses_nothing() {
     assert!(prunes >= 1);
     ok(cairn(&s.repo).args(["check", "--read-data"]), 0);
     let target = s.repo.with_file_name("restored");
-    ok(cairn(&s.repo).args(["restore", "latest", "--target"]).arg(&target), 0);
+    ok(
+        cairn(&s.repo)
+            .args(["restore", "latest", "--target"])
+            .arg(&target),
+        0,
+    );
     assert_same_tree(&src, &target.join(src.strip_prefix("/").unwrap()));
 }

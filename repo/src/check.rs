@@ -6,8 +6,8 @@ use crate::crypto::Kind;
 use crate::error::{Error, Result};
 use crate::format::{Content, Tree};
 use crate::id::Id;
-use crate::repo::Repository;
 use crate::packer::Packer;
+use crate::repo::Repository;
 use crate::store::{checksum, Location, Space, Store, View};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -46,7 +46,11 @@ pub struct CheckReport {
 
 pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
     let view = repo.view()?;
-    let mut report = CheckReport { objects: view.object_count()?, space: repo.store().space()?, ..Default::default() };
+    let mut report = CheckReport {
+        objects: view.object_count()?,
+        space: repo.store().space()?,
+        ..Default::default()
+    };
     let mut bad: BTreeMap<Id, String> = BTreeMap::new();
     if opts.read_data || opts.subset_percent.is_some() {
         let objects = select_objects(repo, &view, opts, &mut report)?;
@@ -58,7 +62,14 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
             .collect();
         bad.extend(found);
     }
-    let mut walker = Walker { repo, view: &view, bad, clean: HashSet::new(), users: HashMap::new(), trees: 0 };
+    let mut walker = Walker {
+        repo,
+        view: &view,
+        bad,
+        clean: HashSet::new(),
+        users: HashMap::new(),
+        trees: 0,
+    };
     for (id, blob) in repo.store().snapshot_blobs()? {
         report.snapshots += 1;
         let snap = repo
@@ -70,7 +81,9 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
                 walker.tree(&id, &s.root, "/")?;
             }
             Err(e) => {
-                walker.bad.insert(id, format!("snapshot does not open: {e}"));
+                walker
+                    .bad
+                    .insert(id, format!("snapshot does not open: {e}"));
                 walker.note(&id, &id, "(snapshot)");
             }
         }
@@ -79,7 +92,12 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
     let Walker { bad, users, .. } = walker;
     for (id, problem) in bad {
         let (uses, used_by) = users.get(&id).cloned().unwrap_or_default();
-        report.damaged.push(Damage { id, problem, used_by, uses });
+        report.damaged.push(Damage {
+            id,
+            problem,
+            used_by,
+            uses,
+        });
     }
     record_last(repo.store(), opts, report.damaged.len())?;
     Ok(report)
@@ -102,7 +120,12 @@ fn record_last(store: &crate::store::Store, opts: &CheckOptions, damaged: usize)
     store.set_state(LAST_KEY, json.as_bytes())
 }
 
-fn select_objects(repo: &Repository, view: &View, opts: &CheckOptions, report: &mut CheckReport) -> Result<Vec<(Id, Location)>> {
+fn select_objects(
+    repo: &Repository,
+    view: &View,
+    opts: &CheckOptions,
+    report: &mut CheckReport,
+) -> Result<Vec<(Id, Location)>> {
     let Some(pct) = opts.subset_percent.filter(|_| !opts.read_data) else {
         let mut all = Vec::new();
         view.for_each_object(|id, loc| {
@@ -112,7 +135,9 @@ fn select_objects(repo: &Repository, view: &View, opts: &CheckOptions, report: &
         return Ok(all);
     };
     if !(pct > 0.0 && pct <= 100.0) {
-        return Err(Error::Invalid("--read-data-subset takes a percentage between 0 and 100".into()));
+        return Err(Error::Invalid(
+            "--read-data-subset takes a percentage between 0 and 100".into(),
+        ));
     }
     let total = view.object_count()?;
     let want = ((total as f64) * pct / 100.0).ceil() as usize;
@@ -150,15 +175,25 @@ fn next_id(id: &Id) -> Id {
     Id::default()
 }
 
-fn verify_object(repo: &Repository, view: &View, id: &Id, loc: &Location) -> std::result::Result<(), String> {
-    let sealed = view.read_sealed(id, loc, repo.config().piece_size).map_err(|e| e.to_string())?;
+fn verify_object(
+    repo: &Repository,
+    view: &View,
+    id: &Id,
+    loc: &Location,
+) -> std::result::Result<(), String> {
+    let sealed = view
+        .read_sealed(id, loc, repo.config().piece_size)
+        .map_err(|e| e.to_string())?;
     if checksum(&sealed) != loc.check {
         return Err("stored bytes do not match their checksum (disk damage)".into());
     }
-    repo.keys().open_verified(loc.kind, id, &sealed).map(|_| ()).map_err(|e| match e {
-        Error::Corrupt { reason, .. } => reason,
-        other => other.to_string(),
-    })
+    repo.keys()
+        .open_verified(loc.kind, id, &sealed)
+        .map(|_| ())
+        .map_err(|e| match e {
+            Error::Corrupt { reason, .. } => reason,
+            other => other.to_string(),
+        })
 }
 
 struct Walker<'a> {
@@ -213,7 +248,11 @@ impl Walker<'_> {
         self.trees += 1;
         let mut ok = true;
         for e in &tree.entries {
-            let p = format!("{}/{}", path.trim_end_matches('/'), String::from_utf8_lossy(&e.name));
+            let p = format!(
+                "{}/{}",
+                path.trim_end_matches('/'),
+                String::from_utf8_lossy(&e.name)
+            );
             if let Some(sub) = e.subtree {
                 ok &= self.tree(snap, &sub, &p)?;
             }
@@ -279,7 +318,11 @@ pub struct RepairReport {
 /// with the same repo id and keys — back into `repo`, verbatim. Each copy is verified first
 /// (stored checksum, decryption, and content against its id); nothing is ever invented. Index
 /// rows of damaged objects move to the new copies.
-pub fn repair_from(repo: &Repository, replica: &Repository, damaged: &[Id]) -> Result<RepairReport> {
+pub fn repair_from(
+    repo: &Repository,
+    replica: &Repository,
+    damaged: &[Id],
+) -> Result<RepairReport> {
     if repo.config().repo_id != replica.config().repo_id {
         return Err(Error::Invalid(format!(
             "{} is not a replica of this repository (different repository id)",
@@ -288,7 +331,12 @@ pub fn repair_from(repo: &Repository, replica: &Repository, damaged: &[Id]) -> R
     }
     let view = replica.view()?;
     let snaps: HashMap<Id, Vec<u8>> = replica.store().snapshot_blobs()?.into_iter().collect();
-    let own_snaps: HashSet<Id> = repo.store().snapshot_blobs()?.into_iter().map(|(id, _)| id).collect();
+    let own_snaps: HashSet<Id> = repo
+        .store()
+        .snapshot_blobs()?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     let cfg = repo.config();
     let mut packer = Packer::relocating(repo.store(), cfg.piece_size, cfg.pack_max, 32 << 20);
     let mut report = RepairReport::default();
@@ -297,7 +345,9 @@ pub fn repair_from(repo: &Repository, replica: &Repository, damaged: &[Id]) -> R
         let copy = if own_snaps.contains(id) {
             intact_snapshot(replica, &snaps, id).map(|blob| snapshot_copies.push((*id, blob)))
         } else {
-            intact_object(replica, &view, id).and_then(|(kind, sealed)| packer.add(*id, kind, &sealed).map_err(|e| e.to_string()))
+            intact_object(replica, &view, id).and_then(|(kind, sealed)| {
+                packer.add(*id, kind, &sealed).map_err(|e| e.to_string())
+            })
         };
         match copy {
             Ok(()) => report.repaired.push(*id),
@@ -308,17 +358,37 @@ pub fn repair_from(repo: &Repository, replica: &Repository, damaged: &[Id]) -> R
     Ok(report)
 }
 
-fn intact_object(replica: &Repository, view: &View, id: &Id) -> std::result::Result<(Kind, Vec<u8>), String> {
-    let loc = view.locate(id).map_err(|e| e.to_string())?.ok_or("the replica does not have it either")?;
-    verify_object(replica, view, id, &loc).map_err(|e| format!("the replica's copy is damaged too: {e}"))?;
-    let sealed = view.read_sealed(id, &loc, replica.config().piece_size).map_err(|e| e.to_string())?;
+fn intact_object(
+    replica: &Repository,
+    view: &View,
+    id: &Id,
+) -> std::result::Result<(Kind, Vec<u8>), String> {
+    let loc = view
+        .locate(id)
+        .map_err(|e| e.to_string())?
+        .ok_or("the replica does not have it either")?;
+    verify_object(replica, view, id, &loc)
+        .map_err(|e| format!("the replica's copy is damaged too: {e}"))?;
+    let sealed = view
+        .read_sealed(id, &loc, replica.config().piece_size)
+        .map_err(|e| e.to_string())?;
     Ok((loc.kind, sealed))
 }
 
-fn intact_snapshot(replica: &Repository, snaps: &HashMap<Id, Vec<u8>>, id: &Id) -> std::result::Result<Vec<u8>, String> {
-    let blob = snaps.get(id).ok_or("the replica does not have this snapshot")?;
-    let plain = replica.keys().open(Kind::Snapshot, id, blob).map_err(|e| format!("the replica's copy is damaged too: {e}"))?;
-    crate::format::Snapshot::decode(&plain).map_err(|e| format!("the replica's copy does not decode: {e}"))?;
+fn intact_snapshot(
+    replica: &Repository,
+    snaps: &HashMap<Id, Vec<u8>>,
+    id: &Id,
+) -> std::result::Result<Vec<u8>, String> {
+    let blob = snaps
+        .get(id)
+        .ok_or("the replica does not have this snapshot")?;
+    let plain = replica
+        .keys()
+        .open(Kind::Snapshot, id, blob)
+        .map_err(|e| format!("the replica's copy is damaged too: {e}"))?;
+    crate::format::Snapshot::decode(&plain)
+        .map_err(|e| format!("the replica's copy does not decode: {e}"))?;
     Ok(blob.clone())
 }
 
@@ -337,12 +407,18 @@ pub fn check_storage(dir: &std::path::Path) -> Result<crate::store_maint::Storag
 /// own index recorded when the object was written (so no password is needed, and nothing but
 /// the original bytes can come back). Objects missing from the index cannot be verified
 /// without keys and are left alone.
-pub fn repair_storage_from(dir: &std::path::Path, replica: &std::path::Path) -> Result<RepairReport> {
+pub fn repair_storage_from(
+    dir: &std::path::Path,
+    replica: &std::path::Path,
+) -> Result<RepairReport> {
     let store = Store::open(dir, crate::store::DEFAULT_DB_CACHE)?;
     let other = Store::open(replica, crate::store::DEFAULT_DB_CACHE)?;
     let (cfg, other_cfg) = (store_config(&store)?, store_config(&other)?);
     if cfg.repo_id != other_cfg.repo_id {
-        return Err(Error::Invalid(format!("{} is not a replica of this repository (different repository id)", replica.display())));
+        return Err(Error::Invalid(format!(
+            "{} is not a replica of this repository (different repository id)",
+            replica.display()
+        )));
     }
     let damaged: Vec<Id> = store
         .verify_storage(cfg.piece_size)?
@@ -357,7 +433,9 @@ pub fn repair_storage_from(dir: &std::path::Path, replica: &std::path::Path) -> 
     let mut packer = Packer::relocating(&store, cfg.piece_size, cfg.pack_max, 32 << 20);
     let mut report = RepairReport::default();
     for id in damaged {
-        let Some(loc) = view.locate(&id)? else { continue };
+        let Some(loc) = view.locate(&id)? else {
+            continue;
+        };
         match verbatim_copy(&theirs, &id, &loc, other_cfg.piece_size) {
             Ok(sealed) => {
                 packer.add(id, loc.kind, &sealed)?;
@@ -379,9 +457,19 @@ fn store_config(store: &Store) -> Result<crate::format::Config> {
 }
 
 /// The replica's bytes of `id` if they hash to the checksum `ours` recorded.
-fn verbatim_copy(theirs: &View, id: &Id, ours: &Location, piece_size: u32) -> std::result::Result<Vec<u8>, String> {
-    let loc = theirs.locate(id).map_err(|e| e.to_string())?.ok_or("the replica does not have it either")?;
-    let sealed = theirs.read_sealed(id, &loc, piece_size).map_err(|e| e.to_string())?;
+fn verbatim_copy(
+    theirs: &View,
+    id: &Id,
+    ours: &Location,
+    piece_size: u32,
+) -> std::result::Result<Vec<u8>, String> {
+    let loc = theirs
+        .locate(id)
+        .map_err(|e| e.to_string())?
+        .ok_or("the replica does not have it either")?;
+    let sealed = theirs
+        .read_sealed(id, &loc, piece_size)
+        .map_err(|e| e.to_string())?;
     if checksum(&sealed) != ours.check {
         return Err("the replica's copy does not match the recorded checksum".into());
     }

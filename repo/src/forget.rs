@@ -32,7 +32,14 @@ impl Policy {
     /// True when no rule keeps anything (none given, or all counts 0 and spans empty):
     /// forgetting with it would remove everything, so we refuse (as restic does).
     pub fn is_empty(&self) -> bool {
-        let counts = [self.last, self.hourly, self.daily, self.weekly, self.monthly, self.yearly];
+        let counts = [
+            self.last,
+            self.hourly,
+            self.daily,
+            self.weekly,
+            self.monthly,
+            self.yearly,
+        ];
         counts.iter().all(|c| c.unwrap_or(0) == 0)
             && self.within.is_none_or(|w| w == Span::default())
             && self.tags.is_empty()
@@ -85,14 +92,20 @@ impl Span {
         let months = y * 12 + (m as i64 - 1) - self.years * 12 - self.months;
         let (ny, nm) = (months.div_euclid(12), (months.rem_euclid(12) + 1) as u32);
         let nd = d.min(days_in_month(ny, nm));
-        let local_new = days_from_civil(ny, nm, nd) * 86400 + secs - self.days * 86400 - self.hours * 3600;
+        let local_new =
+            days_from_civil(ny, nm, nd) * 86400 + secs - self.days * 86400 - self.hours * 3600;
         local_new - offset(local_new - off)
     }
 }
 
 impl std::fmt::Display for Span {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let parts = [(self.years, 'y'), (self.months, 'm'), (self.days, 'd'), (self.hours, 'h')];
+        let parts = [
+            (self.years, 'y'),
+            (self.months, 'm'),
+            (self.days, 'd'),
+            (self.hours, 'h'),
+        ];
         let mut any = false;
         for (n, u) in parts.into_iter().filter(|(n, _)| *n != 0) {
             write!(f, "{n}{u}")?;
@@ -114,14 +127,20 @@ pub struct GroupBy {
 
 impl Default for GroupBy {
     fn default() -> Self {
-        GroupBy { host: true, paths: true }
+        GroupBy {
+            host: true,
+            paths: true,
+        }
     }
 }
 
 impl GroupBy {
     /// `host,paths`, `host`, `paths` or `none`.
     pub fn parse(s: &str) -> Result<GroupBy> {
-        let mut g = GroupBy { host: false, paths: false };
+        let mut g = GroupBy {
+            host: false,
+            paths: false,
+        };
         for part in s.split(',').map(str::trim) {
             match part {
                 "host" => g.host = true,
@@ -153,7 +172,14 @@ pub struct Candidate {
 impl From<&SnapshotEntry> for Candidate {
     fn from(s: &SnapshotEntry) -> Self {
         let sn = &s.snapshot;
-        Candidate { id: s.id, sec: sn.time.sec, nsec: sn.time.nsec, host: sn.host.clone(), paths: sn.paths.clone(), tags: sn.tags.clone() }
+        Candidate {
+            id: s.id,
+            sec: sn.time.sec,
+            nsec: sn.time.nsec,
+            host: sn.host.clone(),
+            paths: sn.paths.clone(),
+            tags: sn.tags.clone(),
+        }
     }
 }
 
@@ -204,7 +230,12 @@ type GroupKey = (Option<String>, Option<Vec<Vec<u8>>>);
 
 /// Apply `policy` to `snapshots` grouped by `group_by`; `offset(t)` gives the local UTC offset in
 /// seconds at instant `t` (e.g. [`local_offset`]).
-pub fn apply(policy: &Policy, group_by: GroupBy, snapshots: &[Candidate], offset: &dyn Fn(i64) -> i64) -> Result<Vec<Group>> {
+pub fn apply(
+    policy: &Policy,
+    group_by: GroupBy,
+    snapshots: &[Candidate],
+    offset: &dyn Fn(i64) -> i64,
+) -> Result<Vec<Group>> {
     if policy.is_empty() {
         return Err(Error::Invalid(
             "no retention rule given: refusing to forget every snapshot (give --keep-last, --keep-daily, … or --keep-within)".into(),
@@ -214,14 +245,21 @@ pub fn apply(policy: &Policy, group_by: GroupBy, snapshots: &[Candidate], offset
     for s in snapshots {
         let mut paths = s.paths.clone();
         paths.sort();
-        let key = (group_by.host.then(|| s.host.clone()), group_by.paths.then_some(paths));
+        let key = (
+            group_by.host.then(|| s.host.clone()),
+            group_by.paths.then_some(paths),
+        );
         groups.entry(key).or_default().push(s);
     }
     Ok(groups
         .into_iter()
         .map(|((host, paths), mut list)| {
             list.sort_by_key(|s| std::cmp::Reverse((s.sec, s.nsec, s.id)));
-            Group { host, paths, decisions: decide(policy, &list, offset) }
+            Group {
+                host,
+                paths,
+                decisions: decide(policy, &list, offset),
+            }
         })
         .collect())
 }
@@ -273,18 +311,30 @@ fn decide(policy: &Policy, list: &[&Candidate], offset: &dyn Fn(i64) -> i64) -> 
     }
     list.iter()
         .zip(reasons)
-        .map(|(s, reasons)| Decision { id: s.id, keep: !reasons.is_empty(), reasons })
+        .map(|(s, reasons)| Decision {
+            id: s.id,
+            keep: !reasons.is_empty(),
+            reasons,
+        })
         .collect()
 }
 
 /// The snapshots of `groups` the policy removes.
 pub fn to_remove(groups: &[Group]) -> Vec<Id> {
-    groups.iter().flat_map(|g| g.decisions.iter().filter(|d| !d.keep).map(|d| d.id)).collect()
+    groups
+        .iter()
+        .flat_map(|g| g.decisions.iter().filter(|d| !d.keep).map(|d| d.id))
+        .collect()
 }
 
 /// Evaluate the policy on the repository's snapshots and, unless `dry_run`, remove the
 /// snapshots it does not keep (their data goes with the next `prune`).
-pub fn forget(repo: &Repository, policy: &Policy, group_by: GroupBy, dry_run: bool) -> Result<Vec<Group>> {
+pub fn forget(
+    repo: &Repository,
+    policy: &Policy,
+    group_by: GroupBy,
+    dry_run: bool,
+) -> Result<Vec<Group>> {
     let snaps: Vec<Candidate> = repo.snapshots()?.iter().map(Candidate::from).collect();
     let groups = apply(policy, group_by, &snaps, &local_offset)?;
     if !dry_run {

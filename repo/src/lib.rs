@@ -17,8 +17,8 @@ pub mod reader;
 pub mod repo;
 pub mod restore;
 pub mod store;
-pub mod sync;
 pub mod store_maint;
+pub mod sync;
 pub mod util;
 
 pub use error::{Error, Result};

@@ -49,8 +49,16 @@ impl<'s> Packer<'s> {
 
     /// A packer whose commits also move the index rows of objects that already exist to the copy
     /// written here. Only for verbatim copies of the same sealed bytes (repack, repair).
-    pub fn relocating(store: &'s Store, piece_size: u32, pack_max: u64, batch_bytes: usize) -> Self {
-        Packer { relocate: true, ..Packer::new(store, piece_size, pack_max, batch_bytes) }
+    pub fn relocating(
+        store: &'s Store,
+        piece_size: u32,
+        pack_max: u64,
+        batch_bytes: usize,
+    ) -> Self {
+        Packer {
+            relocate: true,
+            ..Packer::new(store, piece_size, pack_max, batch_bytes)
+        }
     }
 
     pub fn add(&mut self, id: Id, kind: Kind, sealed: &[u8]) -> Result<()> {

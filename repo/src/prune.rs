@@ -35,7 +35,11 @@ pub struct PruneOptions {
 
 impl Default for PruneOptions {
     fn default() -> Self {
-        PruneOptions { repack_below: 0.8, wait: Duration::from_secs(3600), poll: Duration::from_secs(2) }
+        PruneOptions {
+            repack_below: 0.8,
+            wait: Duration::from_secs(3600),
+            poll: Duration::from_secs(2),
+        }
     }
 }
 
@@ -135,14 +139,20 @@ pub struct PruneReport {
 /// Mark everything the snapshots reference, then classify every indexed object and pack.
 pub fn plan(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
     if !(0.0..=1.0).contains(&opts.repack_below) {
-        return Err(Error::Invalid("the repack threshold is a share between 0 and 1".into()));
+        return Err(Error::Invalid(
+            "the repack threshold is a share between 0 and 1".into(),
+        ));
     }
     // Order matters (DESIGN.md): pack rows, then snapshots, then the object view.
     let rows = repo.store().pack_rows()?;
     let snaps = repo.snapshots().map_err(unreadable)?;
     let view = repo.view()?;
     let mut plan = PrunePlan::default();
-    let mut marker = Marker { repo, view: &view, marked: HashSet::new() };
+    let mut marker = Marker {
+        repo,
+        view: &view,
+        marked: HashSet::new(),
+    };
     for s in &snaps {
         marker.tree(&s.snapshot.root)?;
         plan.snapshots.insert(s.id);
@@ -172,7 +182,15 @@ pub fn plan(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
         } else {
             PackAction::Keep
         };
-        plan.packs.insert(pack, PackPlan { row, live, dead, action });
+        plan.packs.insert(
+            pack,
+            PackPlan {
+                row,
+                live,
+                dead,
+                action,
+            },
+        );
     }
     Ok(plan)
 }
@@ -212,7 +230,10 @@ impl Marker<'_> {
             Content::Lists(lists) => {
                 for l in lists {
                     if self.marked.insert(l.id) {
-                        let extents = self.repo.extents(self.view, &Content::Lists(vec![*l])).map_err(unreadable)?;
+                        let extents = self
+                            .repo
+                            .extents(self.view, &Content::Lists(vec![*l]))
+                            .map_err(unreadable)?;
                         self.marked.extend(extents.iter().filter_map(|x| x.id));
                     }
                 }
@@ -238,15 +259,28 @@ pub fn prune(repo: &Repository, opts: &PruneOptions, notify: &dyn Fn(&str)) -> R
 }
 
 /// Execute a plan: repack, then sweep when no backup is running.
-pub fn execute(repo: &Repository, plan: PrunePlan, opts: &PruneOptions, notify: &dyn Fn(&str)) -> Result<PruneReport> {
-    let mut report = PruneReport { plan: plan.summary(), ..Default::default() };
+pub fn execute(
+    repo: &Repository,
+    plan: PrunePlan,
+    opts: &PruneOptions,
+    notify: &dyn Fn(&str),
+) -> Result<PruneReport> {
+    let mut report = PruneReport {
+        plan: plan.summary(),
+        ..Default::default()
+    };
     repack(repo, &plan, &mut report, notify)?;
     let candidates = sweep_candidates(&plan);
     let (mut known, mut marked, mut garbage) = (plan.snapshots, plan.marked, plan.garbage);
     let started = Instant::now();
     let mut last_waiters = Vec::new();
     loop {
-        let input = SweepInput { known_snapshots: &known, garbage: &garbage, packs: &candidates, piece_size: repo.config().piece_size };
+        let input = SweepInput {
+            known_snapshots: &known,
+            garbage: &garbage,
+            packs: &candidates,
+            piece_size: repo.config().piece_size,
+        };
         match repo.store().sweep(&input)? {
             Sweep::Done(done) => {
                 report.objects_dropped = done.objects_dropped;
@@ -269,7 +303,11 @@ pub fn execute(repo: &Repository, plan: PrunePlan, opts: &PruneOptions, notify: 
                 let rescued = before - garbage.len();
                 report.rescued += rescued as u64;
                 if rescued > 0 {
-                    notify(&format!("{} new snapshots reuse {} objects the plan found unused; they are kept", new.len(), rescued));
+                    notify(&format!(
+                        "{} new snapshots reuse {} objects the plan found unused; they are kept",
+                        new.len(),
+                        rescued
+                    ));
                 }
                 known.extend(new);
             }
@@ -282,21 +320,39 @@ fn sweep_candidates(plan: &PrunePlan) -> Vec<PackCandidate> {
     plan.packs
         .iter()
         .filter(|(_, p)| p.action != PackAction::Keep)
-        .map(|(pack, p)| PackCandidate { pack: *pack, row: p.row, objects: p.live.iter().chain(&p.dead).map(|(id, _)| *id).collect() })
+        .map(|(pack, p)| PackCandidate {
+            pack: *pack,
+            row: p.row,
+            objects: p.live.iter().chain(&p.dead).map(|(id, _)| *id).collect(),
+        })
         .collect()
 }
 
 /// Sleep one poll interval while backups run (saying why when the set of writers changes), or
 /// give up with `Locked` once `opts.wait` has passed.
-fn wait_or_give_up(repo: &Repository, opts: &PruneOptions, started: Instant, who: &[String], last: &[String], notify: &dyn Fn(&str)) -> Result<()> {
+fn wait_or_give_up(
+    repo: &Repository,
+    opts: &PruneOptions,
+    started: Instant,
+    who: &[String],
+    last: &[String],
+    notify: &dyn Fn(&str),
+) -> Result<()> {
     if started.elapsed() >= opts.wait {
         return Err(Error::Locked {
             path: repo.store().dir().to_path_buf(),
-            reason: format!("backups still running after waiting {} s: {}", opts.wait.as_secs(), who.join(", ")),
+            reason: format!(
+                "backups still running after waiting {} s: {}",
+                opts.wait.as_secs(),
+                who.join(", ")
+            ),
         });
     }
     if who != last {
-        notify(&format!("waiting for running backups to finish before deleting anything: {}", who.join(", ")));
+        notify(&format!(
+            "waiting for running backups to finish before deleting anything: {}",
+            who.join(", ")
+        ));
     }
     std::thread::sleep(opts.poll);
     Ok(())
@@ -305,12 +361,19 @@ fn wait_or_give_up(repo: &Repository, opts: &PruneOptions, started: Instant, who
 /// Mark what snapshots committed after the plan reference.
 fn mark_new(repo: &Repository, new: &[Id], marked: &mut HashSet<Id>) -> Result<()> {
     let view = repo.view()?;
-    let mut marker = Marker { repo, view: &view, marked: std::mem::take(marked) };
+    let mut marker = Marker {
+        repo,
+        view: &view,
+        marked: std::mem::take(marked),
+    };
     for (id, blob) in repo.store().snapshot_blobs()? {
         if !new.contains(&id) {
             continue;
         }
-        let plain = repo.keys().open(Kind::Snapshot, &id, &blob).map_err(unreadable)?;
+        let plain = repo
+            .keys()
+            .open(Kind::Snapshot, &id, &blob)
+            .map_err(unreadable)?;
         let snap = crate::format::Snapshot::decode(&plain).map_err(unreadable)?;
         marker.tree(&snap.root)?;
     }
@@ -320,11 +383,20 @@ fn mark_new(repo: &Repository, new: &[Id], marked: &mut HashSet<Id>) -> Result<(
 
 /// Copy the live objects of packs to repack into new packs, moving their index rows there. A
 /// damaged live object is left where it is (so its pack stays) and reported.
-fn repack(repo: &Repository, plan: &PrunePlan, report: &mut PruneReport, notify: &dyn Fn(&str)) -> Result<()> {
+fn repack(
+    repo: &Repository,
+    plan: &PrunePlan,
+    report: &mut PruneReport,
+    notify: &dyn Fn(&str),
+) -> Result<()> {
     let cfg = repo.config();
     let view = repo.view()?;
     let mut packer = Packer::relocating(repo.store(), cfg.piece_size, cfg.pack_max, REPACK_BATCH);
-    for p in plan.packs.values().filter(|p| p.action == PackAction::Repack) {
+    for p in plan
+        .packs
+        .values()
+        .filter(|p| p.action == PackAction::Repack)
+    {
         for (id, loc) in &p.live {
             match intact(&view, id, loc, cfg.piece_size)? {
                 Ok(sealed) => {
@@ -346,7 +418,12 @@ fn repack(repo: &Repository, plan: &PrunePlan, report: &mut PruneReport, notify:
 }
 
 /// The stored bytes of an object if they match their checksum; `Err(reason)` if damaged.
-fn intact(view: &View, id: &Id, loc: &Location, piece_size: u32) -> Result<std::result::Result<Vec<u8>, String>> {
+fn intact(
+    view: &View,
+    id: &Id,
+    loc: &Location,
+    piece_size: u32,
+) -> Result<std::result::Result<Vec<u8>, String>> {
     match view.read_sealed(id, loc, piece_size) {
         Ok(s) if checksum(&s) == loc.check => Ok(Ok(s)),
         Ok(_) => Ok(Err("stored bytes do not match their checksum".into())),

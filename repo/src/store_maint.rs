@@ -120,12 +120,18 @@ impl Store {
             for n in 0..len.div_ceil(ps) as u32 {
                 let want = (len - n as u64 * ps).min(ps) as usize;
                 match pieces.get((pack, n))? {
-                    None => report.problems.push(StorageProblem::Piece { pack, piece: n, problem: "missing".into() }),
-                    Some(b) if b.value().len() < want => report.problems.push(StorageProblem::Piece {
+                    None => report.problems.push(StorageProblem::Piece {
                         pack,
                         piece: n,
-                        problem: format!("truncated: {} of {want} bytes", b.value().len()),
+                        problem: "missing".into(),
                     }),
+                    Some(b) if b.value().len() < want => {
+                        report.problems.push(StorageProblem::Piece {
+                            pack,
+                            piece: n,
+                            problem: format!("truncated: {} of {want} bytes", b.value().len()),
+                        })
+                    }
                     Some(_) => {}
                 }
             }
@@ -185,10 +191,17 @@ fn unknown_snapshots(txn: &redb::WriteTransaction, known: &HashSet<Id>) -> Resul
 }
 
 /// Drop the index rows of unused objects that are still where the plan saw them.
-fn drop_unused(txn: &redb::WriteTransaction, garbage: &[(Id, Location)], done: &mut SweepDone) -> Result<()> {
+fn drop_unused(
+    txn: &redb::WriteTransaction,
+    garbage: &[(Id, Location)],
+    done: &mut SweepDone,
+) -> Result<()> {
     let mut index = txn.open_table(INDEX)?;
     for (id, loc) in garbage {
-        let same = index.get(id.0)?.map(|v| v.value()).is_some_and(|v| v.0 == loc.pack && v.1 == loc.offset);
+        let same = index
+            .get(id.0)?
+            .map(|v| v.value())
+            .is_some_and(|v| v.0 == loc.pack && v.1 == loc.offset);
         if same {
             index.remove(id.0)?;
             done.objects_dropped += 1;
@@ -199,7 +212,11 @@ fn drop_unused(txn: &redb::WriteTransaction, garbage: &[(Id, Location)], done: &
 }
 
 /// Delete candidate packs whose row is unchanged and that no index row points into.
-fn delete_packs(txn: &redb::WriteTransaction, input: &SweepInput<'_>, done: &mut SweepDone) -> Result<()> {
+fn delete_packs(
+    txn: &redb::WriteTransaction,
+    input: &SweepInput<'_>,
+    done: &mut SweepDone,
+) -> Result<()> {
     let index = txn.open_table(INDEX)?;
     let mut packs = txn.open_table(PACKS)?;
     let mut pieces = txn.open_table(PIECES)?;
@@ -237,10 +254,17 @@ fn finish(txn: redb::WriteTransaction, removed: u64) -> Result<()> {
     Ok(())
 }
 
-fn storage_problem(view: &crate::store::View, id: &Id, loc: &Location, piece_size: u32) -> Result<Option<String>> {
+fn storage_problem(
+    view: &crate::store::View,
+    id: &Id,
+    loc: &Location,
+    piece_size: u32,
+) -> Result<Option<String>> {
     match view.read_sealed(id, loc, piece_size) {
         Ok(sealed) if checksum(&sealed) == loc.check => Ok(None),
-        Ok(_) => Ok(Some("stored bytes do not match their checksum (disk damage)".into())),
+        Ok(_) => Ok(Some(
+            "stored bytes do not match their checksum (disk damage)".into(),
+        )),
         Err(Error::Corrupt { reason, .. }) => Ok(Some(reason)),
         Err(e) => Err(e),
     }
@@ -248,8 +272,15 @@ fn storage_problem(view: &crate::store::View, id: &Id, loc: &Location, piece_siz
 
 #[derive(Clone, Debug)]
 pub enum StorageProblem {
-    Object { id: Id, problem: String },
-    Piece { pack: u64, piece: u32, problem: String },
+    Object {
+        id: Id,
+        problem: String,
+    },
+    Piece {
+        pack: u64,
+        piece: u32,
+        problem: String,
+    },
 }
 
 #[derive(Clone, Debug, Default)]
@@ -270,7 +301,8 @@ pub fn compact(dir: &Path) -> Result<bool> {
     let mut db = redb::Builder::new().open(&file).map_err(|e| match e {
         redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked {
             path: dir.to_path_buf(),
-            reason: "compaction needs exclusive access and another process has the repository open".into(),
+            reason: "compaction needs exclusive access and another process has the repository open"
+                .into(),
         },
         other => other.into(),
     })?;

@@ -17,7 +17,15 @@ use std::time::Duration;
 const PW: &[u8] = b"pw";
 
 fn opts() -> OpenOptions {
-    OpenOptions { kdf: Some(KdfParams { memory_kib: 64, iterations: 1, parallelism: 1, salt: [7; 16] }), ..Default::default() }
+    OpenOptions {
+        kdf: Some(KdfParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+            salt: [7; 16],
+        }),
+        ..Default::default()
+    }
 }
 
 /// Deterministic incompressible bytes.
@@ -39,24 +47,47 @@ fn write(dir: &Path, name: &str, seed: u64, len: usize) {
 }
 
 fn backup_of(repo: &Repository, paths: &[&Path]) -> Id {
-    let o = BackupOptions { paths: paths.iter().map(|p| p.to_path_buf()).collect(), ..Default::default() };
+    let o = BackupOptions {
+        paths: paths.iter().map(|p| p.to_path_buf()).collect(),
+        ..Default::default()
+    };
     backup(repo, &o, &Progress::default()).unwrap().id
 }
 
 fn quick() -> PruneOptions {
-    PruneOptions { poll: Duration::from_millis(20), ..Default::default() }
+    PruneOptions {
+        poll: Duration::from_millis(20),
+        ..Default::default()
+    }
 }
 
 fn assert_clean(repo: &Repository) {
-    let r = check(repo, &CheckOptions { read_data: true, subset_percent: None }).unwrap();
+    let r = check(
+        repo,
+        &CheckOptions {
+            read_data: true,
+            subset_percent: None,
+        },
+    )
+    .unwrap();
     assert!(r.damaged.is_empty(), "damage: {:?}", r.damaged);
 }
 
 /// Restore `snapshot` and compare every file under `src` with the restored copy.
 fn assert_restores(repo: &Repository, snapshot: &Id, src: &Path, scratch: &Path) {
-    let snap = repo.snapshots().unwrap().into_iter().find(|s| s.id == *snapshot).unwrap();
+    let snap = repo
+        .snapshots()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.id == *snapshot)
+        .unwrap();
     let target = scratch.join(format!("restore-{}", snapshot.short()));
-    let o = RestoreOptions { target: target.clone(), includes: Vec::new(), overwrite: Overwrite::Always };
+    let o = RestoreOptions {
+        target: target.clone(),
+        includes: Vec::new(),
+        overwrite: Overwrite::Always,
+        threads: 0,
+    };
     restore(repo, &snap.snapshot.root, &o, &RestoreProgress::default()).unwrap();
     let restored: PathBuf = target.join(src.strip_prefix("/").unwrap());
     for e in std::fs::read_dir(src).unwrap() {
@@ -76,7 +107,11 @@ struct Fixture {
 fn fixture() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let root = std::fs::canonicalize(tmp.path()).unwrap();
-    Fixture { repo_dir: root.join("repo"), root, _tmp: tmp }
+    Fixture {
+        repo_dir: root.join("repo"),
+        root,
+        _tmp: tmp,
+    }
 }
 
 #[test]
@@ -98,26 +133,52 @@ fn prune_frees_objects_and_space() {
     let p = plan(&repo, &quick()).unwrap();
     let sum = p.summary();
     assert!(sum.objects_unused >= 6, "{sum:?}");
-    assert_eq!(p.packs.values().filter(|x| x.action == PackAction::Delete).count(), 1, "{sum:?}");
-    assert_eq!(p.packs.values().filter(|x| x.action == PackAction::Repack).count(), 1, "{sum:?}");
+    assert_eq!(
+        p.packs
+            .values()
+            .filter(|x| x.action == PackAction::Delete)
+            .count(),
+        1,
+        "{sum:?}"
+    );
+    assert_eq!(
+        p.packs
+            .values()
+            .filter(|x| x.action == PackAction::Repack)
+            .count(),
+        1,
+        "{sum:?}"
+    );
     assert!(sum.bytes_freed > 5 << 20, "{sum:?}");
     // A plan changes nothing.
     assert_eq!(repo.store().space().unwrap().pack_bytes, before.pack_bytes);
 
     let report = execute(&repo, p, &quick(), &|_| {}).unwrap();
     assert_eq!(report.objects_dropped, sum.objects_unused);
-    assert_eq!(report.packs_deleted, 2, "the dead pack and the repacked one");
+    assert_eq!(
+        report.packs_deleted, 2,
+        "the dead pack and the repacked one"
+    );
     assert!(report.objects_repacked >= 1);
     let after = repo.store().space().unwrap();
     assert_eq!(after.objects, before.objects - sum.objects_unused);
-    assert!(after.pack_bytes + (5 << 20) < before.pack_bytes, "{before:?} -> {after:?}");
-    assert_eq!(after.pack_bytes, after.object_bytes, "no dead bytes left in packs");
+    assert!(
+        after.pack_bytes + (5 << 20) < before.pack_bytes,
+        "{before:?} -> {after:?}"
+    );
+    assert_eq!(
+        after.pack_bytes, after.object_bytes,
+        "no dead bytes left in packs"
+    );
     assert_clean(&repo);
     assert_restores(&repo, &s3, &a, &f.root);
 
     // A second prune finds nothing to do.
     let again = plan(&repo, &quick()).unwrap().summary();
-    assert_eq!((again.objects_unused, again.packs_delete, again.packs_repack), (0, 0, 0));
+    assert_eq!(
+        (again.objects_unused, again.packs_delete, again.packs_repack),
+        (0, 0, 0)
+    );
 
     // Freed pages are reused: backing up new data of the freed size does not grow the file much.
     let file_before = repo.store().space().unwrap().file_bytes;
@@ -125,7 +186,10 @@ fn prune_frees_objects_and_space() {
     write(&c, "new", 4, 3 << 20);
     backup_of(&repo, &[&c]);
     let file_after = repo.store().space().unwrap().file_bytes;
-    assert!(file_after < file_before + (1 << 20), "{file_before} -> {file_after}");
+    assert!(
+        file_after < file_before + (1 << 20),
+        "{file_before} -> {file_after}"
+    );
 }
 
 #[test]
@@ -138,14 +202,22 @@ fn prune_keeps_objects_a_backup_reused_after_the_plan() {
     let s1 = backup_of(&repo, &[&src]);
     repo.store().remove_snapshots(&[s1]).unwrap();
     let p = plan(&repo, &quick()).unwrap();
-    assert_eq!(p.summary().objects_unused, p.summary().objects_total, "everything is unused at plan time");
+    assert_eq!(
+        p.summary().objects_unused,
+        p.summary().objects_total,
+        "everything is unused at plan time"
+    );
     // A backup between plan and execution dedups against every one of those objects.
     let s2 = backup_of(&repo, &[&src]);
     let report = execute(&repo, p, &quick(), &|_| {}).unwrap();
     // The file chunks and the tree of `src` are reused; only the trees of the parent
     // directories (whose mtimes changed) are really unused.
     assert!(report.rescued >= 3, "{report:?}");
-    assert_eq!(report.rescued + report.objects_dropped, report.plan.objects_unused, "{report:?}");
+    assert_eq!(
+        report.rescued + report.objects_dropped,
+        report.plan.objects_unused,
+        "{report:?}"
+    );
     assert_clean(&repo);
     assert_restores(&repo, &s2, &src, &f.root);
 }
@@ -159,18 +231,39 @@ fn prune_waits_for_a_live_session_then_keeps_what_it_reused() {
     let s1 = backup_of(&repo, &[&src]);
     repo.store().remove_snapshots(&[s1]).unwrap();
     // A backup of this very process is running: its session is alive.
-    let session = repo.store().begin_session(&cairn_repo::util::session_info()).unwrap();
-    let short = PruneOptions { wait: Duration::from_millis(200), ..quick() };
+    let session = repo
+        .store()
+        .begin_session(&cairn_repo::util::session_info())
+        .unwrap();
+    let short = PruneOptions {
+        wait: Duration::from_millis(200),
+        ..quick()
+    };
     match prune(&repo, &short, &|_| {}) {
         Err(Error::Locked { reason, .. }) => assert!(reason.contains("pid"), "{reason}"),
         other => panic!("prune must not run beside a live session: {other:?}"),
     }
-    assert_eq!(repo.store().space().unwrap().objects, plan(&repo, &quick()).unwrap().objects_total);
+    assert_eq!(
+        repo.store().space().unwrap().objects,
+        plan(&repo, &quick()).unwrap().objects_total
+    );
     let waited = std::sync::Mutex::new(0u32);
     let (report, s2) = std::thread::scope(|s| {
-        let pruner = s.spawn(|| prune(&repo, &PruneOptions { wait: Duration::from_secs(60), ..quick() }, &|_| *waited.lock().unwrap() += 1));
+        let pruner = s.spawn(|| {
+            prune(
+                &repo,
+                &PruneOptions {
+                    wait: Duration::from_secs(60),
+                    ..quick()
+                },
+                &|_| *waited.lock().unwrap() += 1,
+            )
+        });
         std::thread::sleep(Duration::from_millis(300));
-        assert!(!pruner.is_finished(), "prune went ahead beside a live session");
+        assert!(
+            !pruner.is_finished(),
+            "prune went ahead beside a live session"
+        );
         // The "running backup" reuses the unused objects, commits, and ends its session.
         let s2 = backup_of(&repo, &[&src]);
         repo.store().end_session(session).unwrap();
@@ -178,7 +271,11 @@ fn prune_waits_for_a_live_session_then_keeps_what_it_reused() {
     });
     assert!(*waited.lock().unwrap() > 0);
     assert!(report.rescued >= 2, "{report:?}");
-    assert_eq!(report.rescued + report.objects_dropped, report.plan.objects_unused, "{report:?}");
+    assert_eq!(
+        report.rescued + report.objects_dropped,
+        report.plan.objects_unused,
+        "{report:?}"
+    );
     assert_clean(&repo);
     assert_restores(&repo, &s2, &src, &f.root);
 }
@@ -187,8 +284,14 @@ fn prune_waits_for_a_live_session_then_keeps_what_it_reused() {
 fn prune_removes_sessions_of_dead_processes() {
     let f = fixture();
     let repo = Repository::init(&f.repo_dir, PW, &opts()).unwrap();
-    let dead = cairn_repo::util::SessionInfo { pid: u32::MAX - 1, host: cairn_repo::util::hostname(), start_ticks: 1 };
-    repo.store().begin_session(&postcard::to_stdvec(&dead).unwrap()).unwrap();
+    let dead = cairn_repo::util::SessionInfo {
+        pid: u32::MAX - 1,
+        host: cairn_repo::util::hostname(),
+        start_ticks: 1,
+    };
+    repo.store()
+        .begin_session(&postcard::to_stdvec(&dead).unwrap())
+        .unwrap();
     let report = prune(&repo, &quick(), &|_| {}).unwrap();
     assert_eq!(report.dead_sessions_removed, 1);
     assert!(repo.store().sessions().unwrap().is_empty());
@@ -212,7 +315,15 @@ fn prune_beside_real_backups_in_threads_loses_nothing() {
             ids
         });
         while !done.load(std::sync::atomic::Ordering::SeqCst) {
-            prune(&repo, &PruneOptions { wait: Duration::from_secs(60), ..quick() }, &|_| {}).unwrap();
+            prune(
+                &repo,
+                &PruneOptions {
+                    wait: Duration::from_secs(60),
+                    ..quick()
+                },
+                &|_| {},
+            )
+            .unwrap();
         }
         backups.join().unwrap()
     });
@@ -237,7 +348,10 @@ fn damage_is_reported_exactly_and_healed_from_a_replica() {
         let snap = backup_of(&repo, &[&src]);
         let view = repo.view().unwrap();
         let root = repo.snapshots().unwrap()[0].snapshot.root;
-        let entry = repo.lookup(&view, &root, src.join("two").as_os_str().as_encoded_bytes()).unwrap().unwrap();
+        let entry = repo
+            .lookup(&view, &root, src.join("two").as_os_str().as_encoded_bytes())
+            .unwrap()
+            .unwrap();
         let chunk = match &entry.content {
             cairn_repo::Content::Inline(x) => x[0].id.unwrap(),
             other => panic!("{other:?}"),
@@ -245,19 +359,33 @@ fn damage_is_reported_exactly_and_healed_from_a_replica() {
         (snap, chunk, root)
     };
     std::fs::create_dir_all(&replica_dir).unwrap();
-    std::fs::copy(f.repo_dir.join("cairn.redb"), replica_dir.join("cairn.redb")).unwrap();
+    std::fs::copy(
+        f.repo_dir.join("cairn.redb"),
+        replica_dir.join("cairn.redb"),
+    )
+    .unwrap();
     let repo = Repository::open(&f.repo_dir, PW, &opts()).unwrap();
     let ps = repo.config().piece_size;
     damage_object_for_tests(repo.store(), &chunk, ps, 100).unwrap();
     damage_object_for_tests(repo.store(), &tree, ps, 40).unwrap();
 
-    let r = check(&repo, &CheckOptions { read_data: true, subset_percent: None }).unwrap();
+    let r = check(
+        &repo,
+        &CheckOptions {
+            read_data: true,
+            subset_percent: None,
+        },
+    )
+    .unwrap();
     let ids: BTreeSet<Id> = r.damaged.iter().map(|d| d.id).collect();
     assert_eq!(ids, BTreeSet::from([chunk, tree]));
     let d = r.damaged.iter().find(|d| d.id == tree).unwrap();
     assert_eq!(d.used_by, vec![(snap, "/".to_string())]);
     let last = String::from_utf8(repo.store().state("check.last").unwrap().unwrap()).unwrap();
-    assert!(last.contains("\"read_data\":true") && last.contains("\"damaged\":2"), "{last}");
+    assert!(
+        last.contains("\"read_data\":true") && last.contains("\"damaged\":2"),
+        "{last}"
+    );
 
     // Key-less, on the store alone.
     drop(repo);
@@ -294,7 +422,10 @@ fn repair_refuses_an_unrelated_repository_and_never_invents_data() {
     let other = Repository::init(&f.root.join("other"), PW, &opts()).unwrap();
     backup_of(&repo, &[&src]);
     let root = repo.snapshots().unwrap()[0].snapshot.root;
-    assert!(matches!(repair_from(&repo, &other, &[root]), Err(Error::Invalid(_))));
+    assert!(matches!(
+        repair_from(&repo, &other, &[root]),
+        Err(Error::Invalid(_))
+    ));
     assert!(matches!(
         cairn_repo::check::repair_storage_from(&f.repo_dir, &f.root.join("other")),
         Err(Error::Invalid(_))
@@ -309,10 +440,16 @@ fn repair_refuses_an_unrelated_repository_and_never_invents_data() {
     let replica = Repository::open(&copy, PW, &opts()).unwrap();
     let r = repair_from(&repo, &replica, &[root]).unwrap();
     assert!(r.repaired.is_empty() && r.failed.len() == 1, "{r:?}");
-    assert!(repo.load(&repo.view().unwrap(), &root, Kind::Tree).is_err(), "still damaged, nothing invented");
+    assert!(
+        repo.load(&repo.view().unwrap(), &root, Kind::Tree).is_err(),
+        "still damaged, nothing invented"
+    );
     drop((repo, replica));
     let r = cairn_repo::check::repair_storage_from(&f.repo_dir, &copy).unwrap();
-    assert!(r.repaired.is_empty() && r.failed.len() == 1, "key-less: the copy fails the recorded checksum: {r:?}");
+    assert!(
+        r.repaired.is_empty() && r.failed.len() == 1,
+        "key-less: the copy fails the recorded checksum: {r:?}"
+    );
 }
 
 #[test]
@@ -325,10 +462,13 @@ fn read_data_subset_covers_everything_over_successive_runs() {
     }
     backup_of(&repo, &[&src]);
     let mut all = Vec::new();
-    repo.view().unwrap().for_each_object(|id, _| {
-        all.push(id);
-        Ok(())
-    }).unwrap();
+    repo.view()
+        .unwrap()
+        .for_each_object(|id, _| {
+            all.push(id);
+            Ok(())
+        })
+        .unwrap();
     let ps = repo.config().piece_size;
     let damaged: BTreeSet<Id> = all.iter().step_by(3).copied().collect();
     for id in &damaged {
@@ -337,9 +477,21 @@ fn read_data_subset_covers_everything_over_successive_runs() {
     let mut seen = BTreeSet::new();
     let mut read = 0;
     for _ in 0..4 {
-        let r = check(&repo, &CheckOptions { read_data: false, subset_percent: Some(30.0) }).unwrap();
+        let r = check(
+            &repo,
+            &CheckOptions {
+                read_data: false,
+                subset_percent: Some(30.0),
+            },
+        )
+        .unwrap();
         read += r.objects_read;
-        seen.extend(r.damaged.iter().map(|d| d.id).filter(|id| damaged.contains(id)));
+        seen.extend(
+            r.damaged
+                .iter()
+                .map(|d| d.id)
+                .filter(|id| damaged.contains(id)),
+        );
     }
     assert!(read >= all.len() as u64);
     assert_eq!(seen, damaged, "four runs of 30% saw every damaged object");
@@ -374,7 +526,10 @@ fn prune_leaves_a_damaged_live_object_in_place_and_frees_the_rest() {
     repo.store().remove_snapshots(&[s1]).unwrap();
     let view = repo.view().unwrap();
     let root = repo.snapshots().unwrap()[0].snapshot.root;
-    let entry = repo.lookup(&view, &root, a.join("small").as_os_str().as_encoded_bytes()).unwrap().unwrap();
+    let entry = repo
+        .lookup(&view, &root, a.join("small").as_os_str().as_encoded_bytes())
+        .unwrap()
+        .unwrap();
     let small = match &entry.content {
         cairn_repo::Content::Inline(x) => x[0].id.unwrap(),
         other => panic!("{other:?}"),
@@ -383,13 +538,33 @@ fn prune_leaves_a_damaged_live_object_in_place_and_frees_the_rest() {
     damage_object_for_tests(repo.store(), &small, repo.config().piece_size, 3).unwrap();
     let before = repo.store().space().unwrap();
     let notes = std::sync::Mutex::new(Vec::new());
-    let report = prune(&repo, &quick(), &|m| notes.lock().unwrap().push(m.to_string())).unwrap();
+    let report = prune(&repo, &quick(), &|m| {
+        notes.lock().unwrap().push(m.to_string())
+    })
+    .unwrap();
     assert_eq!(report.damaged_skipped, 1, "{report:?}");
-    assert_eq!(report.packs_kept, 1, "the pack holding the damaged object stays: {report:?}");
-    assert!(notes.lock().unwrap().iter().any(|m| m.contains(&small.to_hex())));
+    assert_eq!(
+        report.packs_kept, 1,
+        "the pack holding the damaged object stays: {report:?}"
+    );
+    assert!(notes
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|m| m.contains(&small.to_hex())));
     assert!(repo.store().space().unwrap().objects < before.objects);
-    let r = check(&repo, &CheckOptions { read_data: true, subset_percent: None }).unwrap();
-    assert_eq!(r.damaged.iter().map(|d| d.id).collect::<Vec<_>>(), vec![small]);
+    let r = check(
+        &repo,
+        &CheckOptions {
+            read_data: true,
+            subset_percent: None,
+        },
+    )
+    .unwrap();
+    assert_eq!(
+        r.damaged.iter().map(|d| d.id).collect::<Vec<_>>(),
+        vec![small]
+    );
 }
 
 /// A pack a writer appends to after the plan must survive the sweep, even if everything the plan
@@ -399,20 +574,43 @@ fn a_pack_appended_to_after_the_plan_is_kept() {
     let f = fixture();
     let repo = Repository::init(&f.repo_dir, PW, &opts()).unwrap();
     let ps = repo.config().piece_size;
-    let session = repo.store().begin_session(&cairn_repo::util::session_info()).unwrap();
-    let mut writer = cairn_repo::packer::Packer::new(repo.store(), ps, repo.config().pack_max, ps as usize);
+    let session = repo
+        .store()
+        .begin_session(&cairn_repo::util::session_info())
+        .unwrap();
+    let mut writer =
+        cairn_repo::packer::Packer::new(repo.store(), ps, repo.config().pack_max, ps as usize);
     let (x, y) = (Id([1; 32]), Id([2; 32]));
-    writer.add(x, Kind::Chunk, &noise(1, 2 * ps as usize)).unwrap();
+    writer
+        .add(x, Kind::Chunk, &noise(1, 2 * ps as usize))
+        .unwrap();
     writer.commit(false, &[]).unwrap();
     let p = plan(&repo, &quick()).unwrap();
-    assert_eq!(p.packs.values().filter(|x| x.action == PackAction::Delete).count(), 1);
+    assert_eq!(
+        p.packs
+            .values()
+            .filter(|x| x.action == PackAction::Delete)
+            .count(),
+        1
+    );
     writer.add(y, Kind::Chunk, &noise(2, ps as usize)).unwrap();
     writer.commit(false, &[]).unwrap();
     repo.store().end_session(session).unwrap();
     let report = execute(&repo, p, &quick(), &|_| {}).unwrap();
-    assert_eq!((report.objects_dropped, report.packs_deleted, report.packs_kept), (1, 0, 1), "{report:?}");
+    assert_eq!(
+        (
+            report.objects_dropped,
+            report.packs_deleted,
+            report.packs_kept
+        ),
+        (1, 0, 1),
+        "{report:?}"
+    );
     let view = repo.view().unwrap();
     let loc = view.locate(&y).unwrap().unwrap();
-    assert_eq!(view.read_sealed(&y, &loc, ps).unwrap(), noise(2, ps as usize));
+    assert_eq!(
+        view.read_sealed(&y, &loc, ps).unwrap(),
+        noise(2, ps as usize)
+    );
     assert!(view.locate(&x).unwrap().is_none());
 }
