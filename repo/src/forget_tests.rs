@@ -372,7 +372,6 @@ fn local_offset_follows_tz_in_a_subprocess() {
             .args([
                 "--exact",
                 "forget::tests::tz_child",
-                "--ignored",
                 "--nocapture",
                 "--test-threads=1",
             ])
@@ -385,8 +384,8 @@ fn local_offset_follows_tz_in_a_subprocess() {
     }
 }
 
+/// The child half of `local_offset_follows_tz_in_a_subprocess`; does nothing unless started by it.
 #[test]
-#[ignore = "run by local_offset_follows_tz_in_a_subprocess"]
 fn tz_child() {
     if std::env::var_os("CAIRN_TZ_CHILD").is_none() {
         return;
