@@ -308,6 +308,7 @@ impl Store {
             index: txn.open_table(INDEX)?,
             pieces: txn.open_table(PIECES)?,
             packs: txn.open_table(PACKS)?,
+            cache: PieceCache::new(PIECE_CACHE_SLOTS),
         })
     }
 
@@ -440,6 +441,49 @@ pub struct View {
     index: redb::ReadOnlyTable<[u8; 32], IndexValue>,
     pieces: redb::ReadOnlyTable<(u64, u32), &'static [u8]>,
     packs: redb::ReadOnlyTable<u64, (u64, u64)>,
+    cache: PieceCache,
+}
+
+/// Recently read pieces. Small objects share pieces, and readers (restore, mount) take them in
+/// roughly the order they were written, so one piece read serves many objects.
+struct PieceCache {
+    slots: std::sync::Mutex<Vec<((u64, u32), std::sync::Arc<Vec<u8>>, u64)>>,
+    capacity: usize,
+    clock: std::sync::atomic::AtomicU64,
+}
+
+const PIECE_CACHE_SLOTS: usize = 32;
+
+impl PieceCache {
+    fn new(capacity: usize) -> Self {
+        PieceCache {
+            slots: std::sync::Mutex::new(Vec::new()),
+            capacity,
+            clock: Default::default(),
+        }
+    }
+
+    fn get(&self, key: (u64, u32)) -> Option<std::sync::Arc<Vec<u8>>> {
+        let now = self
+            .clock
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        let slot = slots.iter_mut().find(|s| s.0 == key)?;
+        slot.2 = now;
+        Some(slot.1.clone())
+    }
+
+    fn put(&self, key: (u64, u32), bytes: std::sync::Arc<Vec<u8>>) {
+        let now = self
+            .clock
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if slots.len() < self.capacity {
+            slots.push((key, bytes, now));
+        } else if let Some(oldest) = slots.iter_mut().min_by_key(|s| s.2) {
+            *oldest = (key, bytes, now);
+        }
+    }
 }
 
 impl View {
@@ -462,10 +506,8 @@ impl View {
         let mut pos = loc.offset;
         while pos < end {
             let n = (pos / ps) as u32;
-            let piece = self.pieces.get((loc.pack, n))?.ok_or_else(|| {
-                Error::corrupt(id, format!("piece {} of pack {} is missing", n, loc.pack))
-            })?;
-            let bytes = piece.value();
+            let piece = self.piece(id, loc.pack, n)?;
+            let bytes = piece.as_slice();
             let start = (pos - n as u64 * ps) as usize;
             let stop = ((end - n as u64 * ps).min(ps) as usize).min(bytes.len());
             if start >= stop {
@@ -478,6 +520,19 @@ impl View {
             pos += (stop - start) as u64;
         }
         Ok(out)
+    }
+
+    fn piece(&self, id: &Id, pack: u64, n: u32) -> Result<std::sync::Arc<Vec<u8>>> {
+        if let Some(p) = self.cache.get((pack, n)) {
+            return Ok(p);
+        }
+        let piece = self
+            .pieces
+            .get((pack, n))?
+            .ok_or_else(|| Error::corrupt(id, format!("piece {n} of pack {pack} is missing")))?;
+        let bytes = std::sync::Arc::new(piece.value().to_vec());
+        self.cache.put((pack, n), bytes.clone());
+        Ok(bytes)
     }
 
     /// Every indexed object, in id order.
