@@ -32,7 +32,7 @@ pub struct Args {
     /// Read all files, even those whose metadata is unchanged since the parent snapshot
     #[arg(long)]
     force: bool,
-    /// Worker threads (default: twice the cores, at least 4)
+    /// Worker threads (default: four per core, at least 8)
     #[arg(long, default_value_t = 0, hide_default_value = true)]
     threads: usize,
 }

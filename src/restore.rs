@@ -23,7 +23,7 @@ pub struct Args {
     /// What to do with files that already exist at the target
     #[arg(long, value_enum, default_value = "if-newer")]
     overwrite: OverwriteArg,
-    /// Worker threads (default: twice the cores, at least 4)
+    /// Worker threads (default: four per core, at least 8)
     #[arg(long, default_value_t = 0, hide_default_value = true)]
     threads: usize,
 }

@@ -68,13 +68,15 @@ pub fn session_alive(info: &[u8]) -> bool {
     process_start_ticks(info.pid) == Some(info.start_ticks)
 }
 
-/// Threads for backup and restore: twice the cores, at least 4, because much of the work waits
-/// on the disk (stat, open, small reads and writes) rather than the CPU.
+/// Threads for backup and restore: four per core, at least 8, because much of the work waits
+/// on the disk (stat, open, small reads and writes) rather than the CPU. Measured on 2 cores,
+/// 2 GiB / 55,000 files from a cold cache: no-change backup 0.94 s with 4 threads, 0.55 s
+/// with 8, 0.50 s with 16; first backup 9.6 s with 4, 6.8 s with 8.
 pub fn default_threads() -> usize {
     let cores = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(2);
-    (cores * 2).max(4)
+    (cores * 4).max(8)
 }
 
 pub fn pool(threads: usize) -> crate::Result<rayon::ThreadPool> {
