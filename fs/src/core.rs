@@ -214,8 +214,10 @@ impl FsCore {
         let What::Entry { tree, index, attr, .. } = &n.what else {
             return Err(FsError::new(libc::EISDIR));
         };
-        if attr.kind != FileType::File {
-            return Err(FsError::new(libc::EINVAL));
+        match attr.kind {
+            FileType::File => {}
+            FileType::Dir => return Err(FsError::new(libc::EISDIR)),
+            _ => return Err(FsError::new(libc::EINVAL)),
         }
         let entry = self.entry(tree, *index)?;
         let view = self.inner.repo.view()?;
