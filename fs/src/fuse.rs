@@ -196,7 +196,9 @@ fn xattr_reply(reply: ReplyXattr, data: &[u8], size: u32) {
 
 impl fuser::Filesystem for CairnFuse {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> io::Result<()> {
-        let wanted = InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_READDIRPLUS_AUTO | InitFlags::FUSE_PARALLEL_DIROPS;
+        // Always READDIRPLUS (not _AUTO): listings then bring every entry's attributes, so
+        // `ls -l`, `find` and `cp -a` need no LOOKUP per entry.
+        let wanted = InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_PARALLEL_DIROPS;
         for flag in wanted.iter() {
             let _ = config.add_capabilities(flag);
         }

@@ -50,7 +50,7 @@ pub enum What {
     /// A snapshot directory: its contents are the snapshot's root tree.
     SnapRoot { snap: Id, root: Id, time: Time },
     /// An entry inside a snapshot: `tree` holds it at `index`.
-    Entry { snap_key: u64, tree: Id, index: u32, subtree: Option<Id>, attr: Attr },
+    Entry { snap_key: u64, tree: Id, index: u32, subtree: Option<Id>, attr: Attr, has_xattrs: bool },
 }
 
 #[derive(Clone, Debug)]
@@ -150,6 +150,7 @@ pub fn entry_node(parent: &Node, snap: u64, tree: Id, index: usize, entry: &Entr
             index: index as u32,
             subtree: entry.subtree,
             attr: entry_attr(ino, entry),
+            has_xattrs: !entry.xattrs.is_empty(),
         },
     }
 }
