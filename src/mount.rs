@@ -11,13 +11,15 @@ use std::time::Duration;
 
 /// How long after a signal the process waits for open files to close before it exits.
 const GRACE: Duration = Duration::from_secs(3);
+/// redb's page cache for the mount.
+const DB_CACHE: usize = 16 << 20;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Existing empty directory to mount on
     mountpoint: PathBuf,
     /// Memory for decoded file chunks, in MiB
-    #[arg(long, value_name = "MiB", default_value_t = 256)]
+    #[arg(long, value_name = "MiB", default_value_t = 128)]
     cache_size: usize,
     /// Threads serving requests [default: number of CPUs, at least 2, at most 8]
     #[arg(long, value_name = "N")]
@@ -34,13 +36,14 @@ pub struct Args {
 pub fn run(g: &Global, a: &Args) -> CmdResult {
     // First, before any thread exists: every thread inherits the blocked set.
     block_signals();
+    limit_malloc_retention();
     check_mountpoint(&a.mountpoint)?;
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let threads = a.threads.unwrap_or(cpus.clamp(2, 8));
     if threads == 0 || a.cache_size == 0 {
         return Err(Failure::usage("--threads and --cache-size must be at least 1"));
     }
-    let repo = Arc::new(g.open()?);
+    let repo = Arc::new(open_repo(g)?);
     let core = FsCore::new(repo, fs_options(a, cpus)).map_err(fs_failure)?;
     let opts = MountOptions { threads, allow_other: a.allow_other, fsname: "cairn".into() };
     let mut mounted = fuse::mount(core, &a.mountpoint, &opts)
@@ -51,6 +54,25 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
     output::info(g, &format!("serving snapshots at {}; stop with `fusermount3 -u {0}` or Ctrl-C", a.mountpoint.display()));
     mounted.run().map_err(|e| Failure::fatal(format!("mount at {} ended with an error: {e}", a.mountpoint.display())))?;
     Ok(0)
+}
+
+/// Like `Global::open`, with a small database cache: file data passes through it once, the
+/// decoded-chunk cache is what serves repeated reads.
+fn open_repo(g: &Global) -> Result<cairn_repo::Repository, Failure> {
+    let path = g.repo_path()?;
+    cairn_repo::store::Store::open(&path, 1 << 20)?;
+    let password = crate::secrets::password(g, false)?;
+    let opts = cairn_repo::OpenOptions { db_cache_bytes: DB_CACHE, ..cairn_repo::OpenOptions::default() };
+    Ok(cairn_repo::Repository::open(&path, password.as_bytes(), &opts)?)
+}
+
+/// Keep freed chunk buffers (about 1 MiB each) from piling up in glibc's per-thread arenas:
+/// with a fixed mmap threshold they go back to the system when freed.
+fn limit_malloc_retention() {
+    // SAFETY: mallopt only tunes the allocator; an unsupported parameter is ignored.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
+    }
 }
 
 fn fs_options(a: &Args, cpus: usize) -> FsOptions {

@@ -39,7 +39,7 @@ pub struct FsOptions {
 impl Default for FsOptions {
     fn default() -> Self {
         FsOptions {
-            chunk_cache_bytes: 256 << 20,
+            chunk_cache_bytes: 128 << 20,
             tree_cache_bytes: 64 << 20,
             refresh: Duration::from_secs(5),
             prefetch_chunks: 4,
