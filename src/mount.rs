@@ -36,7 +36,6 @@ pub struct Args {
 pub fn run(g: &Global, a: &Args) -> CmdResult {
     // First, before any thread exists: every thread inherits the blocked set.
     block_signals();
-    limit_malloc_retention();
     check_mountpoint(&a.mountpoint)?;
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let threads = a.threads.unwrap_or(cpus.clamp(2, 8));
@@ -66,20 +65,11 @@ fn open_repo(g: &Global) -> Result<cairn_repo::Repository, Failure> {
     Ok(cairn_repo::Repository::open(&path, password.as_bytes(), &opts)?)
 }
 
-/// Keep freed chunk buffers (about 1 MiB each) from piling up in glibc's per-thread arenas:
-/// with a fixed mmap threshold they go back to the system when freed.
-fn limit_malloc_retention() {
-    // SAFETY: mallopt only tunes the allocator; an unsupported parameter is ignored.
-    unsafe {
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
-    }
-}
-
 fn fs_options(a: &Args, cpus: usize) -> FsOptions {
     FsOptions {
         chunk_cache_bytes: a.cache_size.saturating_mul(1 << 20),
         refresh: Duration::from_secs(a.refresh.max(1)),
-        prefetch_threads: cpus.max(2),
+        prefetch_threads: (cpus * 2).clamp(4, 16),
         // SAFETY: getuid/getgid cannot fail.
         uid: unsafe { libc::getuid() },
         gid: unsafe { libc::getgid() },

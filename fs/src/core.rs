@@ -14,6 +14,9 @@ use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+/// Directories whose in-order walk is tracked for sibling prefetch.
+const WALKS: usize = 256;
+
 pub type Logger = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// Tunables of a mount; `Default` gives sensible values.
@@ -27,6 +30,9 @@ pub struct FsOptions {
     pub refresh: Duration,
     /// Chunks fetched ahead of a sequential reader.
     pub prefetch_chunks: usize,
+    /// When files of one directory are opened in order (tar, cp -r), the first chunks of this
+    /// many following files are fetched ahead.
+    pub prefetch_files: usize,
     /// Threads decoding prefetched chunks (0: no prefetch).
     pub prefetch_threads: usize,
     /// Owner of the synthetic top-level directories.
@@ -43,7 +49,8 @@ impl Default for FsOptions {
             tree_cache_bytes: 64 << 20,
             refresh: Duration::from_secs(5),
             prefetch_chunks: 4,
-            prefetch_threads: 2,
+            prefetch_files: 16,
+            prefetch_threads: 4,
             uid: 0,
             gid: 0,
             log: None,
@@ -79,6 +86,8 @@ pub(crate) struct Inner {
     pub(crate) files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     pub(crate) next_fh: AtomicU64,
     pub(crate) pool: Option<rayon::ThreadPool>,
+    /// Directory tree -> (index of the file opened last, siblings prefetched up to).
+    walks: Mutex<crate::cache::Lru<Id, (u32, u32)>>,
     started: Time,
 }
 
@@ -103,6 +112,7 @@ impl FsCore {
             files: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             pool,
+            walks: Mutex::new(crate::cache::Lru::new(WALKS)),
             started: now(),
             opts,
         };
@@ -220,6 +230,7 @@ impl FsCore {
             _ => return Err(FsError::new(libc::EINVAL)),
         }
         let entry = self.entry(tree, *index)?;
+        self.prefetch_siblings(tree, *index);
         let view = self.inner.repo.view()?;
         let extents = self.inner.repo.extents(&view, &entry.content)?;
         drop(view);
@@ -273,6 +284,29 @@ impl FsCore {
     }
 
     // ----- internals -----
+
+    /// If files of this directory are being opened in order, fetch the first chunks of the
+    /// next files ahead (small files are one chunk each: this is their read-ahead).
+    fn prefetch_siblings(&self, tree_id: &Id, index: u32) {
+        let want = self.inner.opts.prefetch_files as u32;
+        let (from, to) = {
+            let mut walks = lock(&self.inner.walks);
+            let (last, done) = walks.get(tree_id).unwrap_or((u32::MAX, 0));
+            let in_order = last != u32::MAX && index > last && index - last <= 2;
+            let to = index.saturating_add(want);
+            walks.insert(*tree_id, (index, if in_order { to.max(done) } else { done }), 1);
+            if !in_order {
+                return;
+            }
+            ((index + 1).max(done), to)
+        };
+        let Ok(tree) = self.tree(tree_id) else { return };
+        let ids = tree.entries.iter().take(to as usize).skip(from as usize).filter_map(|e| match &e.content {
+            cairn_repo::Content::Inline(x) if e.kind == FileType::File => x.first().and_then(|x| x.id),
+            _ => None,
+        });
+        crate::read::prefetch_ids(&self.inner, ids);
+    }
 
     fn node(&self, ino: u64) -> FsResult<Arc<Node>> {
         if ino == ROOT_INO {

@@ -83,7 +83,9 @@ fn append(inner: &Inner, out: &mut Vec<u8>, x: Extent, within: u64, n: u64) -> F
 
 /// Hand the chunks after extent `i` (up to the configured count) to the prefetch pool.
 fn prefetch(inner: &Arc<Inner>, f: &OpenFile, i: usize) {
-    let Some(pool) = &inner.pool else { return };
+    if inner.pool.is_none() {
+        return;
+    }
     let want = inner.opts.prefetch_chunks;
     let from = (i + 1).max(f.prefetched.load(Ordering::Relaxed));
     let to = (i + 1 + want).min(f.map.extents().len());
@@ -91,8 +93,13 @@ fn prefetch(inner: &Arc<Inner>, f: &OpenFile, i: usize) {
         return;
     }
     f.prefetched.fetch_max(to, Ordering::Relaxed);
-    for x in &f.map.extents()[from..to] {
-        let Some(id) = x.id else { continue };
+    prefetch_ids(inner, f.map.extents()[from..to].iter().filter_map(|x| x.id));
+}
+
+/// Decode these chunks into the cache on the prefetch pool (those not cached or loading).
+pub(crate) fn prefetch_ids(inner: &Arc<Inner>, ids: impl Iterator<Item = Id>) {
+    let Some(pool) = &inner.pool else { return };
+    for id in ids {
         if inner.chunks.present(&id) {
             continue;
         }
