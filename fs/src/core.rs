@@ -16,6 +16,9 @@ use std::time::{Duration, Instant};
 
 /// Directories whose in-order walk is tracked for sibling prefetch.
 const WALKS: usize = 256;
+/// Opening entry i then entry j (i < j <= i + this) counts as walking the directory in order
+/// (directories and skipped entries in between are allowed).
+const IN_ORDER_GAP: u32 = 16;
 
 pub type Logger = Arc<dyn Fn(&str) + Send + Sync>;
 
@@ -292,7 +295,7 @@ impl FsCore {
         let (from, to) = {
             let mut walks = lock(&self.inner.walks);
             let (last, done) = walks.get(tree_id).unwrap_or((u32::MAX, 0));
-            let in_order = last != u32::MAX && index > last && index - last <= 2;
+            let in_order = last != u32::MAX && index > last && index - last <= IN_ORDER_GAP;
             let to = index.saturating_add(want);
             walks.insert(*tree_id, (index, if in_order { to.max(done) } else { done }), 1);
             if !in_order {
