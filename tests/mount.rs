@@ -282,3 +282,19 @@ fn damaged_chunk_reads_eio_and_is_logged() {
     assert!(m.stderr().contains(&id.to_hex()), "log names the object: {}", m.stderr());
     assert_eq!(std::fs::read(inside(&m, &s.src).join("a.txt")).unwrap(), b"hello\n", "the rest still reads");
 }
+
+#[test]
+fn unreadable_repository_gives_eio_and_still_unmounts_cleanly() {
+    let s = setup();
+    let dir = s.tmp.path().join("mnt");
+    let mut m = Mount::start(&s.repo, &dir, &[]);
+    let file = inside(&m, &s.src).join("d/big.bin");
+    std::fs::OpenOptions::new().write(true).open(s.repo.join("cairn.redb")).unwrap().set_len(0).unwrap();
+    let err = std::fs::read(&file).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(m.dir.join("snapshots").is_dir(), "the top level keeps the last good snapshot list");
+    m.signal(libc::SIGTERM);
+    assert_eq!(m.wait_exit(Duration::from_secs(10)), Some(0), "{}", m.stderr());
+    assert!(!mounted(&dir), "mountpoint is clean");
+    assert!(m.stderr().contains("error"), "the failure is logged: {}", m.stderr());
+}
