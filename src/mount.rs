@@ -36,6 +36,7 @@ pub struct Args {
 pub fn run(g: &Global, a: &Args) -> CmdResult {
     // First, before any thread exists: every thread inherits the blocked set.
     block_signals();
+    single_malloc_arena();
     check_mountpoint(&a.mountpoint)?;
     let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
     let threads = a.threads.unwrap_or(cpus.clamp(2, 8));
@@ -63,6 +64,16 @@ fn open_repo(g: &Global) -> Result<cairn_repo::Repository, Failure> {
     let password = crate::secrets::password(g, false)?;
     let opts = cairn_repo::OpenOptions { db_cache_bytes: DB_CACHE, ..cairn_repo::OpenOptions::default() };
     Ok(cairn_repo::Repository::open(&path, password.as_bytes(), &opts)?)
+}
+
+/// One malloc arena for the whole process: request and prefetch threads otherwise each keep
+/// freed chunk buffers (about 1 MiB each) in their own arena, which added about 60 MB of
+/// resident memory in measurements, with no measurable change in read speed.
+fn single_malloc_arena() {
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
 }
 
 fn fs_options(a: &Args, cpus: usize) -> FsOptions {
