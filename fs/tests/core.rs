@@ -307,3 +307,42 @@ fn write_type_errors_and_damage_is_eio_with_the_object_named() {
     assert!(err.detail.unwrap_or_default().contains(&tree.to_hex()));
     assert_eq!(c.open(deep.ino).unwrap_err().errno, libc::EISDIR);
 }
+
+#[test]
+fn large_directory_lists_in_pages_and_forget_frees_every_inode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("many");
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..5000 {
+        std::fs::write(src.join(format!("f{i:05}")), b"").unwrap();
+    }
+    let repo = Repository::init(&tmp.path().join("repo"), b"pw", &repo_opts()).unwrap();
+    snapshot(&repo, &src);
+    let c = FsCore::new(Arc::new(repo), FsOptions { tree_cache_bytes: 1 << 20, ..FsOptions::default() }).unwrap();
+    let dir = walk(&c, only_snapshot(&c), &src);
+    let base = c.known_inodes();
+    let (mut offset, mut seen) = (0, Vec::new());
+    loop {
+        let mut page = 0;
+        c.readdir(dir.ino, offset, true, |it: &DirItem| {
+            if page == 100 {
+                return true;
+            }
+            page += 1;
+            offset = it.offset;
+            seen.push((it.name.to_vec(), it.ino));
+            false
+        })
+        .unwrap();
+        if page == 0 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 5002, ". and .. and every entry exactly once");
+    assert!(seen.windows(2).skip(2).all(|w| w[0].0 < w[1].0), "sorted, no repeats");
+    assert_eq!(c.known_inodes(), base + 5000, "readdirplus counts one reference per entry");
+    for (_, ino) in seen.iter().skip(2) {
+        c.forget(*ino, 1);
+    }
+    assert_eq!(c.known_inodes(), base, "memory follows the kernel's references");
+}
