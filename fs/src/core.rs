@@ -91,6 +91,8 @@ pub(crate) struct Inner {
     pub(crate) pool: Option<rayon::ThreadPool>,
     /// Directory tree -> (index of the file opened last, siblings prefetched up to).
     walks: Mutex<crate::cache::Lru<Id, (u32, u32)>>,
+    /// Snapshots skipped at the last refresh (logged when this changes).
+    damaged: Mutex<Vec<String>>,
     started: Time,
 }
 
@@ -103,7 +105,8 @@ pub struct FsCore {
 impl FsCore {
     /// Read the snapshot list once; fails if the repository cannot be read at all.
     pub fn new(repo: Arc<Repository>, opts: FsOptions) -> FsResult<FsCore> {
-        let layout = Layout::build(&repo.snapshots()?);
+        let (list, damaged) = crate::layout::load_snapshots(&repo)?;
+        let layout = Layout::build(&list);
         let pool = build_pool(opts.prefetch_threads);
         let inner = Inner {
             repo,
@@ -116,9 +119,11 @@ impl FsCore {
             next_fh: AtomicU64::new(1),
             pool,
             walks: Mutex::new(crate::cache::Lru::new(WALKS)),
+            damaged: Mutex::new(Vec::new()),
             started: now(),
             opts,
         };
+        inner.report_damaged(damaged);
         Ok(FsCore { inner: Arc::new(inner) })
     }
 
@@ -435,9 +440,21 @@ impl Inner {
     }
 
     fn refresh(&self) -> FsResult<()> {
-        let layout = Layout::build(&self.repo.snapshots()?);
-        *self.layout.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(layout);
+        let (list, damaged) = crate::layout::load_snapshots(&self.repo)?;
+        *self.layout.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Layout::build(&list));
+        self.report_damaged(damaged);
         Ok(())
+    }
+
+    /// Log skipped snapshots, once per change of the set (not at every refresh).
+    fn report_damaged(&self, damaged: Vec<String>) {
+        let mut last = lock(&self.damaged);
+        if *last != damaged {
+            for m in &damaged {
+                self.log(m);
+            }
+            *last = damaged;
+        }
     }
 
     /// Record nodes the kernel now holds one more reference to.

@@ -1,7 +1,9 @@
 //! The top of the mount: snapshot names and the by-host and by-tag views, rebuilt from the
 //! snapshot list on every refresh.
 
-use cairn_repo::{Id, SnapshotEntry, Time};
+use cairn_repo::crypto::Kind;
+use cairn_repo::format::Snapshot;
+use cairn_repo::{Id, Repository, SnapshotEntry, Time};
 use std::collections::{BTreeMap, HashMap};
 
 /// One snapshot as the mount shows it.
@@ -66,6 +68,26 @@ impl Layout {
     pub fn group(&self, indexes: &[usize]) -> Vec<&SnapView> {
         indexes.iter().filter_map(|i| self.snaps.get(*i)).collect()
     }
+}
+
+/// The repository's snapshots, oldest first, skipping any that do not decrypt or decode: one
+/// damaged snapshot must not hide the others. Returns the skipped ones as messages naming them.
+pub fn load_snapshots(repo: &Repository) -> cairn_repo::Result<(Vec<SnapshotEntry>, Vec<String>)> {
+    Ok(decode_snapshots(repo, repo.store().snapshot_blobs()?))
+}
+
+pub fn decode_snapshots(repo: &Repository, blobs: Vec<(Id, Vec<u8>)>) -> (Vec<SnapshotEntry>, Vec<String>) {
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    for (id, blob) in blobs {
+        let decoded = repo.keys().open(Kind::Snapshot, &id, &blob).and_then(|plain| Snapshot::decode(&plain));
+        match decoded {
+            Ok(snapshot) => ok.push(SnapshotEntry { id, snapshot }),
+            Err(e) => bad.push(format!("snapshot {id} is not shown: {e}")),
+        }
+    }
+    ok.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
+    (ok, bad)
 }
 
 /// `YYYY-MM-DD_HH-MM-SS` in the local time zone (no `:`, sorts chronologically).

@@ -346,3 +346,18 @@ fn large_directory_lists_in_pages_and_forget_frees_every_inode() {
     }
     assert_eq!(c.known_inodes(), base, "memory follows the kernel's references");
 }
+
+#[test]
+fn a_damaged_snapshot_is_skipped_and_named_not_fatal() {
+    let f = fixture();
+    let mut blobs = f.repo.store().snapshot_blobs().unwrap();
+    let (_, good) = blobs[0].clone();
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n - 1] ^= 1;
+    blobs.push((cairn_repo::Id([9; 32]), bad));
+    let (ok, damaged) = cairn_fs::layout::decode_snapshots(&f.repo, blobs);
+    assert_eq!(ok.len(), 1);
+    assert_eq!(damaged.len(), 1);
+    assert!(damaged[0].contains(&cairn_repo::Id([9; 32]).to_hex()), "{damaged:?}");
+}
