@@ -374,6 +374,7 @@ impl fuser::Filesystem for CairnFuse {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

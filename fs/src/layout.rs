@@ -121,6 +121,7 @@ pub fn safe_name(s: &str) -> String {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use cairn_repo::format::{Snapshot, SnapshotStats};
