@@ -298,3 +298,16 @@ fn unreadable_repository_gives_eio_and_still_unmounts_cleanly() {
     assert!(!mounted(&dir), "mountpoint is clean");
     assert!(m.stderr().contains("error"), "the failure is logged: {}", m.stderr());
 }
+
+#[test]
+fn mount_refuses_bad_input_with_the_contract_exit_codes() {
+    let s = setup();
+    let missing = s.tmp.path().join("no-such-dir");
+    ok(cairn(&s.repo).arg("mount").arg(&missing), 2);
+    ok(cairn(&s.repo).arg("mount").arg(s.src.join("a.txt")), 2);
+    ok(cairn(&s.tmp.path().join("no-repo")).arg("mount").arg(s.tmp.path()), 10);
+    let mnt = s.tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    ok(cairn(&s.repo).env("CAIRN_PASSWORD", "wrong").arg("mount").arg(&mnt), 12);
+    assert!(!mounted(&mnt));
+}
