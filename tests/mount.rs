@@ -311,3 +311,31 @@ fn mount_refuses_bad_input_with_the_contract_exit_codes() {
     ok(cairn(&s.repo).env("CAIRN_PASSWORD", "wrong").arg("mount").arg(&mnt), 12);
     assert!(!mounted(&mnt));
 }
+
+#[test]
+fn allow_other_lets_other_users_read_only_what_the_stored_modes_allow() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(tmp.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let (repo, src) = (tmp.path().join("repo"), tmp.path().join("src"));
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("public"), b"for all").unwrap();
+    std::fs::write(src.join("secret"), b"root only").unwrap();
+    std::fs::set_permissions(src.join("secret"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    init(&repo);
+    backup(&repo, &[&src]);
+    let m = Mount::start(&repo, &tmp.path().join("mnt"), &["--allow-other"]);
+    let inside = inside(&m, &src);
+    let as_nobody = |file: &str| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+            .arg(inside.join(file))
+            .output()
+            .unwrap()
+    };
+    let public = as_nobody("public");
+    assert!(public.status.success(), "{}", String::from_utf8_lossy(&public.stderr));
+    assert_eq!(public.stdout, b"for all");
+    let secret = as_nobody("secret");
+    assert!(!secret.status.success());
+    assert!(String::from_utf8_lossy(&secret.stderr).contains("Permission denied"));
+}
