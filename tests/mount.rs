@@ -339,3 +339,26 @@ fn allow_other_lets_other_users_read_only_what_the_stored_modes_allow() {
     assert!(!secret.status.success());
     assert!(String::from_utf8_lossy(&secret.stderr).contains("Permission denied"));
 }
+
+#[test]
+fn sparse_files_show_their_holes_through_lseek() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, src) = (tmp.path().join("repo"), tmp.path().join("src"));
+    std::fs::create_dir(&src).unwrap();
+    sh(&format!("dd if=/dev/urandom of={} bs=64k count=2 seek=64 conv=notrunc status=none && truncate -s 16M {0}", q(&src.join("sparse"))));
+    init(&repo);
+    backup(&repo, &[&src]);
+    let m = Mount::start(&repo, &tmp.path().join("mnt"), &[]);
+    let seek = |p: &Path, off: i64, whence: i32| {
+        let f = std::fs::File::open(p).unwrap();
+        unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(&f), off, whence) }
+    };
+    let (a, b) = (src.join("sparse"), inside(&m, &src).join("sparse"));
+    assert_eq!(seek(&b, 0, libc::SEEK_DATA), seek(&a, 0, libc::SEEK_DATA));
+    assert_eq!(seek(&b, 4 << 20, libc::SEEK_HOLE), seek(&a, 4 << 20, libc::SEEK_HOLE));
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let copy = tmp.path().join("copy");
+    sh(&format!("cp -a {} {}", q(&b), q(&copy)));
+    let blocks = |p: &Path| std::fs::metadata(p).unwrap().blocks();
+    assert!(blocks(&copy) <= blocks(&a) + 64, "cp -a out of the mount keeps the file sparse");
+}

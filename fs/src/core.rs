@@ -250,6 +250,12 @@ impl FsCore {
         crate::read::read(&self.inner, &f, offset, size as u64)
     }
 
+    /// `lseek` with SEEK_DATA (`data`) or SEEK_HOLE, so `cp` and `tar --sparse` find holes.
+    pub fn seek(&self, fh: u64, offset: u64, data: bool) -> FsResult<u64> {
+        let f = lock(&self.inner.files).get(&fh).cloned().ok_or_else(|| FsError::new(libc::EBADF))?;
+        crate::read::seek_data_or_hole(&f, offset, data)
+    }
+
     pub fn release(&self, fh: u64) {
         lock(&self.inner.files).remove(&fh);
     }

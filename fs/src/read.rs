@@ -67,6 +67,25 @@ pub(crate) fn read(inner: &Arc<Inner>, f: &OpenFile, offset: u64, size: u64) -> 
     Ok(out)
 }
 
+/// `lseek(SEEK_DATA)` (`data`) or `lseek(SEEK_HOLE)` from `offset`: stored holes are holes,
+/// the end of the file is a hole, past the end is ENXIO.
+pub(crate) fn seek_data_or_hole(f: &OpenFile, offset: u64, data: bool) -> FsResult<u64> {
+    let xs = f.map.extents();
+    let Some((mut i, mut start)) = f.map.find(offset) else { return Err(FsError::new(libc::ENXIO)) };
+    let mut pos = offset;
+    loop {
+        if xs[i].id.is_some() == data {
+            return Ok(pos);
+        }
+        start += xs[i].len;
+        pos = start;
+        i += 1;
+        if i >= xs.len() {
+            return if data { Err(FsError::new(libc::ENXIO)) } else { Ok(f.map.size()) };
+        }
+    }
+}
+
 fn append(inner: &Inner, out: &mut Vec<u8>, x: Extent, within: u64, n: u64) -> FsResult<()> {
     let Some(id) = x.id else {
         out.resize(out.len() + n as usize, 0);

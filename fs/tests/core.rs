@@ -361,3 +361,32 @@ fn a_damaged_snapshot_is_skipped_and_named_not_fatal() {
     assert_eq!(damaged.len(), 1);
     assert!(damaged[0].contains(&cairn_repo::Id([9; 32]).to_hex()), "{damaged:?}");
 }
+
+#[test]
+fn seek_data_and_hole_follow_the_stored_holes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("sparse");
+    std::fs::create_dir(&src).unwrap();
+    let path = src.join("file");
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.seek(SeekFrom::Start(4 << 20)).unwrap();
+        f.write_all(&noise(100_000, 3)).unwrap();
+        f.set_len(12 << 20).unwrap();
+    }
+    let fd = std::fs::File::open(&path).unwrap();
+    let os_seek = |off: i64, whence: i32| unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(&fd), off, whence) };
+    let repo = Repository::init(&tmp.path().join("repo"), b"pw", &repo_opts()).unwrap();
+    snapshot(&repo, &src);
+    let c = FsCore::new(Arc::new(repo), FsOptions::default()).unwrap();
+    let a = walk(&c, only_snapshot(&c), &path);
+    let fh = c.open(a.ino).unwrap();
+    let first_data = c.seek(fh, 0, true).unwrap();
+    assert_eq!(first_data as i64, os_seek(0, libc::SEEK_DATA), "first data as on the source");
+    let hole_after = c.seek(fh, first_data, false).unwrap();
+    assert_eq!(hole_after as i64, os_seek(first_data as i64, libc::SEEK_HOLE));
+    assert_eq!(c.seek(fh, hole_after, true).unwrap_err().errno, libc::ENXIO, "no data after the last hole");
+    assert_eq!(c.seek(fh, 12 << 20, false).unwrap_err().errno, libc::ENXIO, "past the end");
+    assert_eq!(c.read(fh, 0, 4096).unwrap(), vec![0u8; 4096]);
+}
