@@ -125,14 +125,43 @@ impl<K: Hash + Eq + Clone, V> Loader<K, V> {
         if !leader {
             return wait(&flight);
         }
+        let guard = Landing { loader: self, key, flight: &flight, landed: false };
         let result = load().map(Arc::new);
         if let Ok(v) = &result {
             lock(&self.lru).insert(key.clone(), v.clone(), weight(v));
         }
-        *lock(&flight.done) = Some(result.clone());
-        flight.cv.notify_all();
-        lock(&self.inflight).remove(key);
+        guard.land(result.clone());
         result
+    }
+}
+
+/// Completes a flight exactly once: with the load's result, or with EIO if the load unwound,
+/// so waiters never hang on a leader that panicked.
+struct Landing<'a, K: Hash + Eq + Clone, V> {
+    loader: &'a Loader<K, V>,
+    key: &'a K,
+    flight: &'a Arc<Flight<V>>,
+    landed: bool,
+}
+
+impl<K: Hash + Eq + Clone, V> Landing<'_, K, V> {
+    fn land(mut self, result: FsResult<Arc<V>>) {
+        self.finish(result);
+    }
+
+    fn finish(&mut self, result: FsResult<Arc<V>>) {
+        self.landed = true;
+        *lock(&self.flight.done) = Some(result);
+        self.flight.cv.notify_all();
+        lock(&self.loader.inflight).remove(self.key);
+    }
+}
+
+impl<K: Hash + Eq + Clone, V> Drop for Landing<'_, K, V> {
+    fn drop(&mut self) {
+        if !self.landed {
+            self.finish(Err(FsError::eio("a load failed unexpectedly (panic); see the log")));
+        }
     }
 }
 
@@ -192,6 +221,25 @@ mod tests {
         });
         assert!(calls.load(std::sync::atomic::Ordering::SeqCst) <= 2);
         assert!(loader.present(&7));
+    }
+
+    #[test]
+    fn a_panicking_load_fails_waiters_instead_of_hanging_them() {
+        let loader: Loader<u32, Vec<u8>> = Loader::new(100);
+        std::thread::scope(|s| {
+            let l = &loader;
+            let leader = s.spawn(move || {
+                let _ = l.get_or_load(&5, |v| v.len(), || {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    panic!("boom")
+                });
+            });
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let waiter = l.get_or_load(&5, |v| v.len(), || Ok(vec![1]));
+            assert!(waiter.is_err() || waiter.unwrap().len() == 1);
+            assert!(leader.join().is_err());
+        });
+        assert!(!loader.present(&5) || loader.cached(&5).is_some());
     }
 
     #[test]

@@ -555,7 +555,14 @@ fn build_pool(threads: usize) -> Option<rayon::ThreadPool> {
     if threads == 0 {
         return None;
     }
-    rayon::ThreadPoolBuilder::new().num_threads(threads).thread_name(|i| format!("cairn-prefetch-{i}")).build().ok()
+    // A panicking prefetch must not abort the process (rayon's default) and leave a dead
+    // mount behind; the reader that needs the chunk loads it again and gets the error.
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("cairn-prefetch-{i}"))
+        .panic_handler(|_| {})
+        .build()
+        .ok()
 }
 
 fn now() -> Time {
