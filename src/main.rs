@@ -9,6 +9,7 @@ mod forget;
 mod init;
 mod key;
 mod ls;
+mod mount;
 mod output;
 mod prune;
 mod restore;
@@ -81,6 +82,8 @@ enum Command {
     Diff(diff::Args),
     /// Restore a snapshot (or parts of it) into a directory
     Restore(restore::Args),
+    /// Mount the snapshots as a read-only filesystem (foreground until unmounted)
+    Mount(mount::Args),
     /// Verify the repository's structure and (optionally) its data
     Check(check::Args),
     /// Manage passwords (key slots)
@@ -180,6 +183,7 @@ fn main() -> ExitCode {
         Command::Cat(a) => cat::run(g, a),
         Command::Diff(a) => diff::run(g, a),
         Command::Restore(a) => restore::run(g, a),
+        Command::Mount(a) => mount::run(g, a),
         Command::Check(a) => check::run(g, a),
         Command::Key(c) => key::run(g, c),
         Command::Stats(a) => stats::run(g, a),

@@ -1,0 +1,728 @@
+//! The filesystem core: every operation the mount serves, in terms of inode numbers, byte
+//! names and plain values. No fuser types here (see `fuse.rs`), so it is tested without a
+//! mount.
+
+use crate::cache::{lock, Loader};
+use crate::error::{FsError, FsResult};
+use crate::layout::{Layout, SnapView};
+use crate::node::{self, entry_node, Attr, Node, ViewKind, What, ROOT_INO};
+use crate::read::OpenFile;
+use cairn_repo::format::{Entry, FileType, Time, Tree};
+use cairn_repo::{Id, Repository};
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// Directories whose in-order walk is tracked for sibling prefetch.
+const WALKS: usize = 256;
+/// Opening entry i then entry j (i < j <= i + this) counts as walking the directory in order
+/// (directories and skipped entries in between are allowed).
+const IN_ORDER_GAP: u32 = 16;
+
+pub type Logger = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Tunables of a mount; `Default` gives sensible values.
+#[derive(Clone)]
+pub struct FsOptions {
+    /// Bytes of decoded chunks kept in memory.
+    pub chunk_cache_bytes: usize,
+    /// Bytes (estimated) of decoded directory trees kept in memory.
+    pub tree_cache_bytes: usize,
+    /// How often the snapshot list is re-read.
+    pub refresh: Duration,
+    /// Chunks fetched ahead of a sequential reader.
+    pub prefetch_chunks: usize,
+    /// When files of one directory are opened in order (tar, cp -r), the first chunks of this
+    /// many following files are fetched ahead.
+    pub prefetch_files: usize,
+    /// Threads decoding prefetched chunks (0: no prefetch).
+    pub prefetch_threads: usize,
+    /// Owner of the synthetic top-level directories.
+    pub uid: u32,
+    pub gid: u32,
+    /// Where log lines go (damaged objects, failed refreshes); `None` drops them.
+    pub log: Option<Logger>,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        FsOptions {
+            chunk_cache_bytes: 128 << 20,
+            tree_cache_bytes: 64 << 20,
+            refresh: Duration::from_secs(5),
+            prefetch_chunks: 4,
+            prefetch_files: 16,
+            prefetch_threads: 4,
+            uid: 0,
+            gid: 0,
+            log: None,
+        }
+    }
+}
+
+/// One directory entry handed to a `readdir` sink.
+pub struct DirItem<'a> {
+    pub ino: u64,
+    /// The offset to resume after this entry.
+    pub offset: u64,
+    pub kind: FileType,
+    pub name: &'a [u8],
+    pub attr: Attr,
+    /// The entry may be cached for long (it lies inside a snapshot).
+    pub immutable: bool,
+}
+
+struct Slot {
+    node: Arc<Node>,
+    lookups: u64,
+}
+
+pub(crate) struct Inner {
+    pub(crate) repo: Arc<Repository>,
+    pub(crate) opts: FsOptions,
+    layout: RwLock<Arc<Layout>>,
+    refreshed: Mutex<Instant>,
+    nodes: Mutex<HashMap<u64, Slot>>,
+    trees: Loader<Id, Tree>,
+    pub(crate) chunks: Loader<Id, Vec<u8>>,
+    pub(crate) files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    pub(crate) next_fh: AtomicU64,
+    pub(crate) pool: Option<rayon::ThreadPool>,
+    /// Directory tree -> (index of the file opened last, siblings prefetched up to).
+    walks: Mutex<crate::cache::Lru<Id, (u32, u32)>>,
+    /// Snapshots skipped at the last refresh (logged when this changes).
+    damaged: Mutex<Vec<String>>,
+    started: Time,
+}
+
+/// The filesystem; cheap to clone and shared by all request threads.
+#[derive(Clone)]
+pub struct FsCore {
+    pub(crate) inner: Arc<Inner>,
+}
+
+impl FsCore {
+    /// Read the snapshot list once; fails if the repository cannot be read at all.
+    pub fn new(repo: Arc<Repository>, opts: FsOptions) -> FsResult<FsCore> {
+        let (list, damaged) = crate::layout::load_snapshots(&repo)?;
+        let layout = Layout::build(&list);
+        let pool = build_pool(opts.prefetch_threads);
+        let inner = Inner {
+            repo,
+            layout: RwLock::new(Arc::new(layout)),
+            refreshed: Mutex::new(Instant::now()),
+            nodes: Mutex::new(HashMap::new()),
+            trees: Loader::new(opts.tree_cache_bytes),
+            chunks: Loader::new(opts.chunk_cache_bytes),
+            files: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            pool,
+            walks: Mutex::new(crate::cache::Lru::new(WALKS)),
+            damaged: Mutex::new(Vec::new()),
+            started: now(),
+            opts,
+        };
+        inner.report_damaged(damaged);
+        Ok(FsCore {
+            inner: Arc::new(inner),
+        })
+    }
+
+    pub fn log(&self, msg: &str) {
+        self.inner.log(msg);
+    }
+
+    /// The current layout, re-read from the repository when it is older than the refresh
+    /// interval. A failed refresh keeps the last good list (and logs why).
+    pub fn layout(&self) -> Arc<Layout> {
+        self.inner.maybe_refresh();
+        self.inner.current_layout()
+    }
+
+    /// Force a refresh now (tests, signals).
+    pub fn refresh(&self) -> FsResult<()> {
+        self.inner.refresh()
+    }
+
+    /// Look `name` up in directory `parent`; counts one kernel reference on success.
+    pub fn lookup(&self, parent: u64, name: &[u8]) -> FsResult<Attr> {
+        let dir = self.node(parent)?;
+        let child = self.child(&dir, name)?.ok_or_else(FsError::noent)?;
+        let attr = self.attr_of(&child)?;
+        self.inner.remember(vec![child]);
+        Ok(attr)
+    }
+
+    /// The kernel dropped `n` references to `ino`.
+    pub fn forget(&self, ino: u64, n: u64) {
+        if ino == ROOT_INO {
+            return;
+        }
+        let mut nodes = lock(&self.inner.nodes);
+        if let Some(slot) = nodes.get_mut(&ino) {
+            slot.lookups = slot.lookups.saturating_sub(n);
+            if slot.lookups == 0 {
+                nodes.remove(&ino);
+            }
+        }
+    }
+
+    /// Number of inodes the core currently remembers (for tests and memory accounting).
+    pub fn known_inodes(&self) -> usize {
+        lock(&self.inner.nodes).len()
+    }
+
+    pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
+        self.attr_of(self.node(ino)?.as_ref())
+    }
+
+    /// True if the kernel may cache this inode's entry and attributes for long.
+    pub fn immutable(&self, ino: u64) -> bool {
+        self.node(ino).map(|n| n.immutable()).unwrap_or(false)
+    }
+
+    pub fn readlink(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let n = self.node(ino)?;
+        match &n.what {
+            What::Latest => {
+                let l = self.layout();
+                let s = l.latest().ok_or_else(FsError::noent)?;
+                Ok(format!("snapshots/{}", s.name).into_bytes())
+            }
+            What::Entry {
+                tree, index, attr, ..
+            } if attr.kind == FileType::Symlink => Ok(self.entry(tree, *index)?.target.clone()),
+            _ => Err(FsError::new(libc::EINVAL)),
+        }
+    }
+
+    /// List directory `ino` from `offset` (0 = start). The sink returns true when it is full;
+    /// with `plus`, every entry it accepted (except `.` and `..`) counts one kernel reference.
+    pub fn readdir(
+        &self,
+        ino: u64,
+        offset: u64,
+        plus: bool,
+        mut sink: impl FnMut(&DirItem) -> bool,
+    ) -> FsResult<()> {
+        let dir = self.node(ino)?;
+        let self_attr = self.attr_of(&dir)?;
+        let dots: [(&[u8], u64); 2] = [(b".", ino), (b"..", dir.parent)];
+        for (i, (name, dino)) in dots.iter().enumerate().skip(offset as usize) {
+            let attr = Attr {
+                ino: *dino,
+                ..self_attr
+            };
+            let item = DirItem {
+                ino: *dino,
+                offset: i as u64 + 1,
+                kind: FileType::Dir,
+                name,
+                attr,
+                immutable: dir.immutable(),
+            };
+            if sink(&item) {
+                return Ok(());
+            }
+        }
+        let start = offset.saturating_sub(2) as usize;
+        let mut accepted = Vec::new();
+        let full = |n: &Node, name: &[u8], i: usize, accepted: &mut Vec<Node>| -> FsResult<bool> {
+            let attr = self.attr_of(n)?;
+            let item = DirItem {
+                ino: n.ino,
+                offset: i as u64 + 3,
+                kind: attr.kind,
+                name,
+                attr,
+                immutable: n.immutable(),
+            };
+            if sink(&item) {
+                return Ok(true);
+            }
+            if plus {
+                accepted.push(n.clone());
+            }
+            Ok(false)
+        };
+        let r = self.list_children(&dir, start, full, &mut accepted);
+        self.inner.remember(accepted);
+        r
+    }
+
+    /// Open a regular file for reading; returns the handle for `read`.
+    pub fn open(&self, ino: u64) -> FsResult<u64> {
+        let n = self.node(ino)?;
+        let What::Entry {
+            tree, index, attr, ..
+        } = &n.what
+        else {
+            return Err(FsError::new(libc::EISDIR));
+        };
+        match attr.kind {
+            FileType::File => {}
+            FileType::Dir => return Err(FsError::new(libc::EISDIR)),
+            _ => return Err(FsError::new(libc::EINVAL)),
+        }
+        let entry = self.entry(tree, *index)?;
+        self.prefetch_siblings(tree, *index);
+        let view = self.inner.repo.view()?;
+        let extents = self.inner.repo.extents(&view, &entry.content)?;
+        drop(view);
+        Ok(self.inner.add_file(extents))
+    }
+
+    pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let f = lock(&self.inner.files)
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| FsError::new(libc::EBADF))?;
+        crate::read::read(&self.inner, &f, offset, size as u64)
+    }
+
+    /// `lseek` with SEEK_DATA (`data`) or SEEK_HOLE, so `cp` and `tar --sparse` find holes.
+    pub fn seek(&self, fh: u64, offset: u64, data: bool) -> FsResult<u64> {
+        let f = lock(&self.inner.files)
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| FsError::new(libc::EBADF))?;
+        crate::read::seek_data_or_hole(&f, offset, data)
+    }
+
+    pub fn release(&self, fh: u64) {
+        lock(&self.inner.files).remove(&fh);
+    }
+
+    /// A stored extended attribute. A `security.` or `system.` name the entry does not have
+    /// answers EOPNOTSUPP rather than ENODATA: `ls -l` then stops asking for SELinux labels
+    /// and ACLs once per file (it remembers "unsupported" per filesystem), which keeps
+    /// listings of huge directories fast. Names the entry has are always served.
+    pub fn getxattr(&self, ino: u64, name: &[u8]) -> FsResult<Vec<u8>> {
+        let n = self.node(ino)?;
+        let found = match &n.what {
+            What::Entry {
+                tree,
+                index,
+                has_xattrs: true,
+                ..
+            } => {
+                let e = self.entry(tree, *index)?;
+                e.xattrs
+                    .into_iter()
+                    .find(|x| x.name == name)
+                    .map(|x| x.value)
+            }
+            _ => None,
+        };
+        found.ok_or_else(|| missing_xattr(name))
+    }
+
+    /// Attribute names, each followed by a NUL (the `listxattr(2)` format).
+    pub fn listxattr(&self, ino: u64) -> FsResult<Vec<u8>> {
+        let mut out = Vec::new();
+        let n = self.node(ino)?;
+        if !matches!(
+            n.what,
+            What::Entry {
+                has_xattrs: true,
+                ..
+            }
+        ) {
+            return Ok(out);
+        }
+        if let Some(e) = self.entry_of(ino)? {
+            for x in &e.xattrs {
+                out.extend_from_slice(&x.name);
+                out.push(0);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Bytes of decoded chunks in the cache.
+    pub fn chunk_cache_used(&self) -> usize {
+        self.inner.chunks.used()
+    }
+
+    // ----- internals -----
+
+    /// If files of this directory are being opened in order, fetch the first chunks of the
+    /// next files ahead (small files are one chunk each: this is their read-ahead).
+    fn prefetch_siblings(&self, tree_id: &Id, index: u32) {
+        let want = self.inner.opts.prefetch_files as u32;
+        let (from, to) = {
+            let mut walks = lock(&self.inner.walks);
+            let (last, done) = walks.get(tree_id).unwrap_or((u32::MAX, 0));
+            let in_order = last != u32::MAX && index > last && index - last <= IN_ORDER_GAP;
+            let to = index.saturating_add(want);
+            walks.insert(
+                *tree_id,
+                (index, if in_order { to.max(done) } else { done }),
+                1,
+            );
+            if !in_order {
+                return;
+            }
+            ((index + 1).max(done), to)
+        };
+        let Ok(tree) = self.tree(tree_id) else { return };
+        let ids = tree
+            .entries
+            .iter()
+            .take(to as usize)
+            .skip(from as usize)
+            .filter_map(|e| match &e.content {
+                cairn_repo::Content::Inline(x) if e.kind == FileType::File => {
+                    x.first().and_then(|x| x.id)
+                }
+                _ => None,
+            });
+        crate::read::prefetch_ids(&self.inner, ids);
+    }
+
+    fn node(&self, ino: u64) -> FsResult<Arc<Node>> {
+        if ino == ROOT_INO {
+            return Ok(Arc::new(Node {
+                ino,
+                parent: ROOT_INO,
+                key: ROOT_INO,
+                what: What::Root,
+            }));
+        }
+        lock(&self.inner.nodes)
+            .get(&ino)
+            .map(|s| s.node.clone())
+            .ok_or_else(FsError::noent)
+    }
+
+    fn tree(&self, id: &Id) -> FsResult<Arc<Tree>> {
+        let repo = &self.inner.repo;
+        self.inner.trees.get_or_load(id, tree_weight, || {
+            let view = repo.view()?;
+            Ok(repo.load_tree(&view, id)?)
+        })
+    }
+
+    fn entry(&self, tree: &Id, index: u32) -> FsResult<Entry> {
+        let t = self.tree(tree)?;
+        t.entries
+            .get(index as usize)
+            .cloned()
+            .ok_or_else(|| FsError::eio(format!("tree {tree} has no entry {index}")))
+    }
+
+    /// The stored entry behind an inode (`None` for synthetic nodes).
+    fn entry_of(&self, ino: u64) -> FsResult<Option<Entry>> {
+        match &self.node(ino)?.what {
+            What::Entry { tree, index, .. } => Ok(Some(self.entry(tree, *index)?)),
+            _ => Ok(None),
+        }
+    }
+
+    fn attr_of(&self, n: &Node) -> FsResult<Attr> {
+        if let What::Entry { attr, .. } = &n.what {
+            return Ok(*attr);
+        }
+        let layout = self.layout();
+        let time = match &n.what {
+            What::SnapRoot { time, .. } => *time,
+            _ if layout.snaps.is_empty() => self.inner.started,
+            _ => layout.newest_time(),
+        };
+        let o = &self.inner.opts;
+        let mut a = Attr {
+            ino: n.ino,
+            kind: FileType::Dir,
+            perm: 0o755,
+            nlink: 2,
+            uid: o.uid,
+            gid: o.gid,
+            rdev: 0,
+            size: 0,
+            blocks: 0,
+            atime: time,
+            mtime: time,
+            ctime: time,
+        };
+        if let What::Latest = n.what {
+            let target = layout
+                .latest()
+                .map(|s| s.name.len() + "snapshots/".len())
+                .unwrap_or(0);
+            a.kind = FileType::Symlink;
+            a.perm = 0o777;
+            a.nlink = 1;
+            a.size = target as u64;
+        }
+        Ok(a)
+    }
+
+    /// The child `name` of directory `dir`, if there is one.
+    fn child(&self, dir: &Node, name: &[u8]) -> FsResult<Option<Node>> {
+        if let Some((snap, tree_id)) = dir.subtree() {
+            let tree = self.tree(&tree_id)?;
+            let Ok(i) = tree
+                .entries
+                .binary_search_by(|e| e.name.as_slice().cmp(name))
+            else {
+                return Ok(None);
+            };
+            return Ok(Some(entry_node(dir, snap, tree_id, i, &tree.entries[i])));
+        }
+        let mut found = None;
+        let mut pick = |n: &Node, nm: &[u8], _: usize, _: &mut Vec<Node>| -> FsResult<bool> {
+            if nm == name {
+                found = Some(n.clone());
+                return Ok(true);
+            }
+            Ok(false)
+        };
+        self.list_synthetic(dir, 0, &mut pick, &mut Vec::new())?;
+        Ok(found)
+    }
+
+    /// Feed the children of `dir` from index `start` to `f` until it returns true.
+    fn list_children<F>(
+        &self,
+        dir: &Node,
+        start: usize,
+        mut f: F,
+        acc: &mut Vec<Node>,
+    ) -> FsResult<()>
+    where
+        F: FnMut(&Node, &[u8], usize, &mut Vec<Node>) -> FsResult<bool>,
+    {
+        let Some((snap, tree_id)) = dir.subtree() else {
+            return self.list_synthetic(dir, start, &mut f, acc);
+        };
+        let tree = self.tree(&tree_id)?;
+        for (i, e) in tree.entries.iter().enumerate().skip(start) {
+            if f(&entry_node(dir, snap, tree_id, i, e), &e.name, i, acc)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    fn list_synthetic<F>(
+        &self,
+        dir: &Node,
+        start: usize,
+        f: &mut F,
+        acc: &mut Vec<Node>,
+    ) -> FsResult<()>
+    where
+        F: FnMut(&Node, &[u8], usize, &mut Vec<Node>) -> FsResult<bool>,
+    {
+        let layout = self.layout();
+        let children = synthetic_children(dir, &layout);
+        for (i, (name, n)) in children.iter().enumerate().skip(start) {
+            if f(n, name.as_bytes(), i, acc)? {
+                break;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Inner {
+    pub(crate) fn log(&self, msg: &str) {
+        if let Some(l) = &self.opts.log {
+            l(msg);
+        }
+    }
+
+    fn current_layout(&self) -> Arc<Layout> {
+        self.layout
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    fn maybe_refresh(&self) {
+        let Ok(mut last) = self.refreshed.try_lock() else {
+            return;
+        };
+        if last.elapsed() < self.opts.refresh {
+            return;
+        }
+        *last = Instant::now();
+        if let Err(e) = self.refresh() {
+            self.log(&format!(
+                "cannot re-read the snapshot list, keeping the last one: {}",
+                e.detail.unwrap_or_default()
+            ));
+        }
+    }
+
+    fn refresh(&self) -> FsResult<()> {
+        let (list, damaged) = crate::layout::load_snapshots(&self.repo)?;
+        *self.layout.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(Layout::build(&list));
+        self.report_damaged(damaged);
+        Ok(())
+    }
+
+    /// Log skipped snapshots, once per change of the set (not at every refresh).
+    fn report_damaged(&self, damaged: Vec<String>) {
+        let mut last = lock(&self.damaged);
+        if *last != damaged {
+            for m in &damaged {
+                self.log(m);
+            }
+            *last = damaged;
+        }
+    }
+
+    /// Record nodes the kernel now holds one more reference to.
+    fn remember(&self, list: Vec<Node>) {
+        if list.is_empty() {
+            return;
+        }
+        let mut nodes = lock(&self.nodes);
+        for n in list {
+            let slot = nodes.entry(n.ino).or_insert_with(|| Slot {
+                node: Arc::new(n.clone()),
+                lookups: 0,
+            });
+            slot.node = Arc::new(n);
+            slot.lookups += 1;
+        }
+    }
+}
+
+fn missing_xattr(name: &[u8]) -> FsError {
+    if name.starts_with(b"security.") || name.starts_with(b"system.") {
+        FsError::new(libc::EOPNOTSUPP)
+    } else {
+        FsError::new(libc::ENODATA)
+    }
+}
+
+/// The entries of a top-level directory, in listing order.
+fn synthetic_children(dir: &Node, layout: &Layout) -> Vec<(String, Node)> {
+    let mk = |name: &str, key: u64, what: What| {
+        (
+            name.to_string(),
+            Node {
+                ino: key,
+                parent: dir.ino,
+                key,
+                what,
+            },
+        )
+    };
+    match &dir.what {
+        What::Root => {
+            let mut v = vec![
+                mk("snapshots", node::top_key("snapshots"), What::Snapshots),
+                mk("hosts", node::top_key("hosts"), What::Hosts),
+                mk("tags", node::top_key("tags"), What::Tags),
+            ];
+            if layout.latest().is_some() {
+                v.push(mk("latest", node::top_key("latest"), What::Latest));
+            }
+            v
+        }
+        What::Snapshots => snap_dirs(dir, &ViewKind::Snapshots, layout.snaps.iter().collect()),
+        What::Hosts | What::Tags => {
+            let (groups, host) = if let What::Hosts = dir.what {
+                (&layout.hosts, true)
+            } else {
+                (&layout.tags, false)
+            };
+            groups
+                .keys()
+                .map(|k| {
+                    let view = if host {
+                        ViewKind::Host(k.clone())
+                    } else {
+                        ViewKind::Tag(k.clone())
+                    };
+                    mk(k, node::group_key(&view), What::Group(view))
+                })
+                .collect()
+        }
+        What::Group(view) => {
+            let members = match view {
+                ViewKind::Host(h) => layout.hosts.get(h),
+                ViewKind::Tag(t) => layout.tags.get(t),
+                ViewKind::Snapshots => None,
+            };
+            snap_dirs(
+                dir,
+                view,
+                members.map(|m| layout.group(m)).unwrap_or_default(),
+            )
+        }
+        _ => Vec::new(),
+    }
+}
+
+fn snap_dirs(dir: &Node, view: &ViewKind, snaps: Vec<&SnapView>) -> Vec<(String, Node)> {
+    snaps
+        .into_iter()
+        .map(|s| {
+            let key = node::snap_key(view, &s.id);
+            let what = What::SnapRoot {
+                snap: s.id,
+                root: s.root,
+                time: s.time,
+            };
+            (
+                s.name.clone(),
+                Node {
+                    ino: key,
+                    parent: dir.ino,
+                    key,
+                    what,
+                },
+            )
+        })
+        .collect()
+}
+
+/// An estimate of a decoded tree's memory, for the tree cache's bound.
+fn tree_weight(t: &Tree) -> usize {
+    t.entries
+        .iter()
+        .map(|e| {
+            let extents = match &e.content {
+                cairn_repo::Content::Inline(v) => v.len() * 48,
+                cairn_repo::Content::Lists(v) => v.len() * 56,
+                cairn_repo::Content::None => 0,
+            };
+            let xattrs: usize = e
+                .xattrs
+                .iter()
+                .map(|x| x.name.len() + x.value.len() + 48)
+                .sum();
+            256 + e.name.len() + e.target.len() + e.user.len() + e.group.len() + xattrs + extents
+        })
+        .sum::<usize>()
+        + 64
+}
+
+fn build_pool(threads: usize) -> Option<rayon::ThreadPool> {
+    if threads == 0 {
+        return None;
+    }
+    // A panicking prefetch must not abort the process (rayon's default) and leave a dead
+    // mount behind; the reader that needs the chunk loads it again and gets the error.
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .thread_name(|i| format!("cairn-prefetch-{i}"))
+        .panic_handler(|_| {})
+        .build()
+        .ok()
+}
+
+fn now() -> Time {
+    let d = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Time {
+        sec: d.as_secs() as i64,
+        nsec: d.subsec_nanos(),
+    }
+}

@@ -1,0 +1,199 @@
+//! The top of the mount: snapshot names and the by-host and by-tag views, rebuilt from the
+//! snapshot list on every refresh.
+
+use cairn_repo::crypto::Kind;
+use cairn_repo::format::Snapshot;
+use cairn_repo::{Id, Repository, SnapshotEntry, Time};
+use std::collections::{BTreeMap, HashMap};
+
+/// One snapshot as the mount shows it.
+#[derive(Clone, Debug)]
+pub struct SnapView {
+    /// `YYYY-MM-DD_HH-MM-SS` in local time, with `-2`, `-3`… for same-second snapshots.
+    pub name: String,
+    pub id: Id,
+    pub root: Id,
+    pub time: Time,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct Layout {
+    /// Chronological (oldest first).
+    pub snaps: Vec<SnapView>,
+    by_name: HashMap<String, usize>,
+    /// Safe host name -> indexes into `snaps`.
+    pub hosts: BTreeMap<String, Vec<usize>>,
+    /// Safe tag name -> indexes into `snaps`.
+    pub tags: BTreeMap<String, Vec<usize>>,
+}
+
+impl Layout {
+    /// Build from the engine's snapshot list (oldest first).
+    pub fn build(list: &[SnapshotEntry]) -> Layout {
+        let mut l = Layout::default();
+        let mut seen: HashMap<String, u32> = HashMap::new();
+        for s in list {
+            let base = local_name(s.snapshot.time);
+            let n = seen.entry(base.clone()).or_insert(0);
+            *n += 1;
+            let name = if *n == 1 { base } else { format!("{base}-{n}") };
+            let i = l.snaps.len();
+            l.by_name.insert(name.clone(), i);
+            l.hosts
+                .entry(safe_name(&s.snapshot.host))
+                .or_default()
+                .push(i);
+            for t in &s.snapshot.tags {
+                let v = l.tags.entry(safe_name(t)).or_default();
+                if v.last() != Some(&i) {
+                    v.push(i);
+                }
+            }
+            l.snaps.push(SnapView {
+                name,
+                id: s.id,
+                root: s.snapshot.root,
+                time: s.snapshot.time,
+            });
+        }
+        l
+    }
+
+    pub fn find(&self, name: &[u8]) -> Option<&SnapView> {
+        let name = std::str::from_utf8(name).ok()?;
+        self.by_name.get(name).map(|i| &self.snaps[*i])
+    }
+
+    pub fn latest(&self) -> Option<&SnapView> {
+        self.snaps.last()
+    }
+
+    pub fn newest_time(&self) -> Time {
+        self.latest().map(|s| s.time).unwrap_or_default()
+    }
+
+    /// The snapshots of one group (a host's or a tag's).
+    pub fn group(&self, indexes: &[usize]) -> Vec<&SnapView> {
+        indexes.iter().filter_map(|i| self.snaps.get(*i)).collect()
+    }
+}
+
+/// The repository's snapshots, oldest first, skipping any that do not decrypt or decode: one
+/// damaged snapshot must not hide the others. Returns the skipped ones as messages naming them.
+pub fn load_snapshots(repo: &Repository) -> cairn_repo::Result<(Vec<SnapshotEntry>, Vec<String>)> {
+    Ok(decode_snapshots(repo, repo.store().snapshot_blobs()?))
+}
+
+pub fn decode_snapshots(
+    repo: &Repository,
+    blobs: Vec<(Id, Vec<u8>)>,
+) -> (Vec<SnapshotEntry>, Vec<String>) {
+    let mut ok = Vec::new();
+    let mut bad = Vec::new();
+    for (id, blob) in blobs {
+        let decoded = repo
+            .keys()
+            .open(Kind::Snapshot, &id, &blob)
+            .and_then(|plain| Snapshot::decode(&plain));
+        match decoded {
+            Ok(snapshot) => ok.push(SnapshotEntry { id, snapshot }),
+            Err(e) => bad.push(format!("snapshot {id} is not shown: {e}")),
+        }
+    }
+    ok.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
+    (ok, bad)
+}
+
+/// `YYYY-MM-DD_HH-MM-SS` in the local time zone (no `:`, sorts chronologically).
+pub fn local_name(t: Time) -> String {
+    let secs = t.sec as libc::time_t;
+    // SAFETY: `tm` is plain data; localtime_r writes it and returns null on failure.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let ok = unsafe { !libc::localtime_r(&secs, &mut tm).is_null() };
+    if !ok {
+        return format!("t{}", t.sec);
+    }
+    format!(
+        "{:04}-{:02}-{:02}_{:02}-{:02}-{:02}",
+        tm.tm_year as i64 + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
+
+/// A host or tag as a directory name: no `/`, `:` or NUL, never empty, `.` or `..`.
+pub fn safe_name(s: &str) -> String {
+    let cleaned: String = s
+        .chars()
+        .map(|c| {
+            if matches!(c, '/' | ':' | '\0') {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    match cleaned.as_str() {
+        "" => "_".into(),
+        "." | ".." => cleaned.replace('.', "_"),
+        _ => cleaned,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use cairn_repo::format::{Snapshot, SnapshotStats};
+
+    fn snap(sec: i64, host: &str, tags: &[&str], byte: u8) -> SnapshotEntry {
+        SnapshotEntry {
+            id: Id([byte; 32]),
+            snapshot: Snapshot {
+                time: Time { sec, nsec: 0 },
+                host: host.into(),
+                user: "u".into(),
+                tags: tags.iter().map(|t| t.to_string()).collect(),
+                paths: vec![],
+                root: Id([0; 32]),
+                parent: None,
+                stats: SnapshotStats::default(),
+                program: String::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn same_second_snapshots_get_suffixes_and_views() {
+        let l = Layout::build(&[
+            snap(1000, "a", &["x"], 1),
+            snap(1000, "a/b", &["x", "y:z"], 2),
+            snap(1000, "a", &[], 3),
+        ]);
+        let base = local_name(Time { sec: 1000, nsec: 0 });
+        let names: Vec<&str> = l.snaps.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(
+            names,
+            vec![base.clone(), format!("{base}-2"), format!("{base}-3")]
+        );
+        assert!(!base.contains(':'));
+        assert_eq!(l.hosts.keys().collect::<Vec<_>>(), vec!["a", "a_b"]);
+        assert_eq!(l.tags["x"], vec![0, 1]);
+        assert_eq!(l.tags["y_z"], vec![1]);
+        assert_eq!(l.latest().map(|s| s.id), Some(Id([3; 32])));
+        assert_eq!(
+            l.find(format!("{base}-2").as_bytes()).map(|s| s.id),
+            Some(Id([2; 32]))
+        );
+    }
+
+    #[test]
+    fn safe_names() {
+        assert_eq!(safe_name(""), "_");
+        assert_eq!(safe_name(".."), "__");
+        assert_eq!(safe_name("a:b/c"), "a_b_c");
+    }
+}

@@ -1,0 +1,149 @@
+//! Reading file content: O(log n) seek through the extent map, chunks from the shared
+//! single-flight cache, and prefetch of the next chunks for sequential readers.
+
+use crate::cache::lock;
+use crate::core::Inner;
+use crate::error::{FsError, FsResult};
+use cairn_repo::format::Extent;
+use cairn_repo::reader::{load_chunk, ExtentMap};
+use cairn_repo::Id;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// How far from the last read's end a read may start and still count as sequential.
+const SEQ_SLACK: u64 = 4 << 20;
+
+pub struct OpenFile {
+    map: ExtentMap,
+    /// End of the furthest read so far.
+    next: AtomicU64,
+    /// Extents before this index have been handed to the prefetcher.
+    prefetched: AtomicUsize,
+}
+
+impl Inner {
+    pub(crate) fn add_file(&self, extents: Vec<Extent>) -> u64 {
+        let f = OpenFile {
+            map: ExtentMap::new(extents),
+            next: AtomicU64::new(0),
+            prefetched: AtomicUsize::new(0),
+        };
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        lock(&self.files).insert(fh, Arc::new(f));
+        fh
+    }
+
+    /// A chunk's plaintext, from the cache or the repository.
+    pub(crate) fn chunk(&self, id: &Id) -> FsResult<Arc<Vec<u8>>> {
+        self.chunks.get_or_load(id, Vec::len, || {
+            let view = self.repo.view()?;
+            Ok(load_chunk(&self.repo, &view, id)?)
+        })
+    }
+}
+
+/// Read up to `size` bytes at `offset` (short only at end of file).
+pub(crate) fn read(inner: &Arc<Inner>, f: &OpenFile, offset: u64, size: u64) -> FsResult<Vec<u8>> {
+    let end = offset.saturating_add(size).min(f.map.size());
+    if offset >= end {
+        return Ok(Vec::new());
+    }
+    let sequential = offset.abs_diff(f.next.load(Ordering::Relaxed)) <= SEQ_SLACK;
+    let mut out = Vec::with_capacity((end - offset) as usize);
+    let mut pos = offset;
+    let mut last = 0;
+    while pos < end {
+        let Some((i, start)) = f.map.find(pos) else {
+            break;
+        };
+        let x = f.map.extents()[i];
+        let within = pos - start;
+        let n = (x.len - within).min(end - pos);
+        if sequential && pos == offset {
+            prefetch(inner, f, i);
+        }
+        append(inner, &mut out, x, within, n)?;
+        pos += n;
+        last = i;
+    }
+    f.next.fetch_max(end, Ordering::Relaxed);
+    if sequential {
+        prefetch(inner, f, last);
+    }
+    Ok(out)
+}
+
+/// `lseek(SEEK_DATA)` (`data`) or `lseek(SEEK_HOLE)` from `offset`: stored holes are holes,
+/// the end of the file is a hole, past the end is ENXIO.
+pub(crate) fn seek_data_or_hole(f: &OpenFile, offset: u64, data: bool) -> FsResult<u64> {
+    let xs = f.map.extents();
+    let Some((mut i, mut start)) = f.map.find(offset) else {
+        return Err(FsError::new(libc::ENXIO));
+    };
+    let mut pos = offset;
+    loop {
+        if xs[i].id.is_some() == data {
+            return Ok(pos);
+        }
+        start += xs[i].len;
+        pos = start;
+        i += 1;
+        if i >= xs.len() {
+            return if data {
+                Err(FsError::new(libc::ENXIO))
+            } else {
+                Ok(f.map.size())
+            };
+        }
+    }
+}
+
+fn append(inner: &Inner, out: &mut Vec<u8>, x: Extent, within: u64, n: u64) -> FsResult<()> {
+    let Some(id) = x.id else {
+        out.resize(out.len() + n as usize, 0);
+        return Ok(());
+    };
+    let data = inner.chunk(&id)?;
+    if data.len() as u64 != x.len {
+        return Err(FsError::eio(format!(
+            "chunk {id} holds {} bytes, its file expects {}",
+            data.len(),
+            x.len
+        )));
+    }
+    let part = data
+        .get(within as usize..(within + n) as usize)
+        .ok_or_else(|| FsError::eio(format!("chunk {id}: read out of range")))?;
+    out.extend_from_slice(part);
+    Ok(())
+}
+
+/// Hand the chunks after extent `i` (up to the configured count) to the prefetch pool.
+fn prefetch(inner: &Arc<Inner>, f: &OpenFile, i: usize) {
+    if inner.pool.is_none() {
+        return;
+    }
+    let want = inner.opts.prefetch_chunks;
+    let from = (i + 1).max(f.prefetched.load(Ordering::Relaxed));
+    let to = (i + 1 + want).min(f.map.extents().len());
+    if from >= to {
+        return;
+    }
+    f.prefetched.fetch_max(to, Ordering::Relaxed);
+    prefetch_ids(inner, f.map.extents()[from..to].iter().filter_map(|x| x.id));
+}
+
+/// Decode these chunks into the cache on the prefetch pool (those not cached or loading).
+pub(crate) fn prefetch_ids(inner: &Arc<Inner>, ids: impl Iterator<Item = Id>) {
+    let Some(pool) = &inner.pool else { return };
+    for id in ids {
+        if inner.chunks.present(&id) {
+            continue;
+        }
+        let inner = inner.clone();
+        // A failed prefetch is not reported: the reader that needs the chunk will be.
+        pool.spawn(move || {
+            let _ = inner.chunk(&id);
+        });
+    }
+}

@@ -1,0 +1,586 @@
+//! The filesystem core driven without FUSE, over a real repository built in a tempdir.
+
+use cairn_fs::{Attr, DirItem, FsCore, FsOptions, ROOT_INO};
+use cairn_repo::backup::{backup, BackupOptions, Progress};
+use cairn_repo::crypto::KdfParams;
+use cairn_repo::format::FileType;
+use cairn_repo::{OpenOptions, Repository};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+struct Fixture {
+    _tmp: tempfile::TempDir,
+    src: PathBuf,
+    repo: Arc<Repository>,
+}
+
+fn repo_opts() -> OpenOptions {
+    OpenOptions {
+        kdf: Some(KdfParams {
+            memory_kib: 64,
+            iterations: 1,
+            parallelism: 1,
+            salt: [7; 16],
+        }),
+        ..OpenOptions::default()
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+fn set_times(p: &Path, sec: i64, nsec: i64) {
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes()).unwrap();
+    let ts = [
+        libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        },
+        libc::timespec {
+            tv_sec: sec,
+            tv_nsec: nsec,
+        },
+    ];
+    assert_eq!(
+        unsafe {
+            libc::utimensat(
+                libc::AT_FDCWD,
+                c.as_ptr(),
+                ts.as_ptr(),
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        },
+        0
+    );
+}
+
+fn build_source(src: &Path) {
+    std::fs::create_dir_all(src.join("dir/deep")).unwrap();
+    std::fs::write(src.join("small.txt"), b"hello mount\n").unwrap();
+    std::fs::write(src.join("dir/big.bin"), noise(5 << 20, 42)).unwrap();
+    std::fs::write(src.join("dir/deep/zeros"), vec![0u8; 300_000]).unwrap();
+    std::fs::write(
+        src.join(std::ffi::OsStr::from_bytes(b"raw\xff\xfename")),
+        b"raw",
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("../small.txt", src.join("dir/link")).unwrap();
+    std::fs::hard_link(src.join("small.txt"), src.join("dir/hard")).unwrap();
+    std::fs::set_permissions(
+        src.join("dir/deep"),
+        std::fs::Permissions::from_mode(0o2755),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        src.join("dir/big.bin"),
+        std::fs::Permissions::from_mode(0o4751),
+    )
+    .unwrap();
+    let c = std::ffi::CString::new(src.join("dir/big.bin").as_os_str().as_bytes()).unwrap();
+    let rc = unsafe {
+        libc::setxattr(
+            c.as_ptr(),
+            c"user.cairn".as_ptr(),
+            b"v\x00\xff".as_ptr().cast(),
+            3,
+            0,
+        )
+    };
+    assert_eq!(rc, 0, "user xattrs must work on the test filesystem");
+    set_times(&src.join("dir/deep/zeros"), -86_400 * 365, 123_456_789);
+    set_times(
+        &src.join(std::ffi::OsStr::from_bytes(b"raw\xff\xfename")),
+        4_102_444_800,
+        999_999_999,
+    );
+}
+
+fn fixture() -> Fixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    build_source(&src);
+    let repo = Repository::init(&tmp.path().join("repo"), b"pw", &repo_opts()).unwrap();
+    snapshot(&repo, &src);
+    Fixture {
+        src,
+        repo: Arc::new(repo),
+        _tmp: tmp,
+    }
+}
+
+fn snapshot(repo: &Repository, src: &Path) {
+    let opts = BackupOptions {
+        paths: vec![src.to_path_buf()],
+        tags: vec!["daily".into()],
+        host: Some("box".into()),
+        ..BackupOptions::default()
+    };
+    backup(repo, &opts, &Progress::default()).unwrap();
+}
+
+fn core(f: &Fixture, refresh: Duration) -> FsCore {
+    FsCore::new(
+        f.repo.clone(),
+        FsOptions {
+            refresh,
+            chunk_cache_bytes: 8 << 20,
+            ..FsOptions::default()
+        },
+    )
+    .unwrap()
+}
+
+fn list(core: &FsCore, ino: u64) -> Vec<(Vec<u8>, u64, FileType)> {
+    let mut out = Vec::new();
+    core.readdir(ino, 0, false, |it: &DirItem| {
+        out.push((it.name.to_vec(), it.ino, it.kind));
+        false
+    })
+    .unwrap();
+    out
+}
+
+fn names(core: &FsCore, ino: u64) -> Vec<String> {
+    list(core, ino)
+        .into_iter()
+        .map(|(n, _, _)| String::from_utf8_lossy(&n).into_owned())
+        .collect()
+}
+
+/// Walk an absolute path from `start`, looking up each component.
+fn walk(core: &FsCore, start: u64, path: &Path) -> Attr {
+    let mut attr = core.getattr(start).unwrap();
+    for c in path.components().skip(1) {
+        attr = core
+            .lookup(attr.ino, c.as_os_str().as_bytes())
+            .unwrap_or_else(|e| panic!("lookup {c:?}: {e:?}"));
+    }
+    attr
+}
+
+fn only_snapshot(core: &FsCore) -> u64 {
+    let snaps = core.lookup(ROOT_INO, b"snapshots").unwrap();
+    let l = list(core, snaps.ino);
+    assert_eq!(l.len(), 3, "., .. and one snapshot: {l:?}");
+    core.lookup(snaps.ino, &l[2].0).unwrap().ino
+}
+
+fn read_all(core: &FsCore, ino: u64, step: u32) -> Vec<u8> {
+    let fh = core.open(ino).unwrap();
+    let mut out = Vec::new();
+    loop {
+        let part = core.read(fh, out.len() as u64, step).unwrap();
+        if part.is_empty() {
+            break;
+        }
+        out.extend_from_slice(&part);
+    }
+    core.release(fh);
+    out
+}
+
+#[test]
+fn top_level_layout() {
+    let f = fixture();
+    let c = core(&f, Duration::from_secs(60));
+    assert_eq!(
+        names(&c, ROOT_INO),
+        vec![".", "..", "snapshots", "hosts", "tags", "latest"]
+    );
+    let snaps = c.lookup(ROOT_INO, b"snapshots").unwrap();
+    let snap_names = names(&c, snaps.ino);
+    let name = &snap_names[2];
+    assert_eq!(name.len(), "2026-11-29_14-05-03".len());
+    assert!(!name.contains(':'));
+    let latest = c.lookup(ROOT_INO, b"latest").unwrap();
+    assert_eq!(latest.kind, FileType::Symlink);
+    assert_eq!(
+        c.readlink(latest.ino).unwrap(),
+        format!("snapshots/{name}").into_bytes()
+    );
+    let hosts = c.lookup(ROOT_INO, b"hosts").unwrap();
+    assert_eq!(names(&c, hosts.ino), vec![".", "..", "box"]);
+    let host = c.lookup(hosts.ino, b"box").unwrap();
+    assert_eq!(&names(&c, host.ino)[2], name);
+    let tags = c.lookup(ROOT_INO, b"tags").unwrap();
+    let daily = c.lookup(tags.ino, b"daily").unwrap();
+    let via_tag = c.lookup(daily.ino, name.as_bytes()).unwrap();
+    let via_snaps = c.lookup(snaps.ino, name.as_bytes()).unwrap();
+    assert_ne!(
+        via_tag.ino, via_snaps.ino,
+        "a directory has one inode per view"
+    );
+    assert_eq!(
+        c.lookup(snaps.ino, b"nope").unwrap_err().errno,
+        libc::ENOENT
+    );
+}
+
+#[test]
+fn attributes_match_the_source() {
+    let f = fixture();
+    let c = core(&f, Duration::from_secs(60));
+    let snap = only_snapshot(&c);
+    for rel in [
+        "small.txt",
+        "dir",
+        "dir/big.bin",
+        "dir/deep",
+        "dir/deep/zeros",
+        "dir/link",
+        "dir/hard",
+    ] {
+        let p = f.src.join(rel);
+        let m = std::fs::symlink_metadata(&p).unwrap();
+        let a = walk(&c, snap, &p);
+        assert_eq!(a.perm as u32, m.mode() & 0o7777, "{rel} mode");
+        assert_eq!((a.uid, a.gid), (m.uid(), m.gid()), "{rel} owner");
+        // Directory sizes are not stored (they depend on the source filesystem): shown as 0.
+        assert_eq!(a.size, if m.is_dir() { 0 } else { m.size() }, "{rel} size");
+        assert_eq!(a.blocks, m.blocks(), "{rel} blocks");
+        assert_eq!(
+            (a.mtime.sec, a.mtime.nsec as i64),
+            (m.mtime(), m.mtime_nsec()),
+            "{rel} mtime"
+        );
+        assert_eq!(a.nlink as u64, m.nlink(), "{rel} nlink");
+    }
+    let zeros = walk(&c, snap, &f.src.join("dir/deep/zeros"));
+    assert!(zeros.mtime.sec < 0, "negative times survive");
+    let raw = c
+        .lookup(walk(&c, snap, &f.src).ino, b"raw\xff\xfename")
+        .unwrap();
+    assert_eq!(raw.mtime.sec, 4_102_444_800, "times after 2038 survive");
+    let link = walk(&c, snap, &f.src.join("dir/link"));
+    assert_eq!(c.readlink(link.ino).unwrap(), b"../small.txt");
+}
+
+#[test]
+fn hard_links_share_an_inode_and_xattrs_show() {
+    let f = fixture();
+    let c = core(&f, Duration::from_secs(60));
+    let snap = only_snapshot(&c);
+    let a = walk(&c, snap, &f.src.join("small.txt"));
+    let b = walk(&c, snap, &f.src.join("dir/hard"));
+    assert_eq!(a.ino, b.ino);
+    assert_eq!(a.nlink, 2);
+    assert_eq!(c.listxattr(a.ino).unwrap(), Vec::<u8>::new());
+    assert_eq!(
+        c.getxattr(a.ino, b"user.none").unwrap_err().errno,
+        libc::ENODATA
+    );
+    let big = walk(&c, snap, &f.src.join("dir/big.bin"));
+    assert_eq!(c.listxattr(big.ino).unwrap(), b"user.cairn\0");
+    assert_eq!(c.getxattr(big.ino, b"user.cairn").unwrap(), b"v\x00\xff");
+}
+
+#[test]
+fn reads_at_random_offsets_equal_the_source() {
+    let f = fixture();
+    let c = core(&f, Duration::from_secs(60));
+    let snap = only_snapshot(&c);
+    let src = std::fs::read(f.src.join("dir/big.bin")).unwrap();
+    let a = walk(&c, snap, &f.src.join("dir/big.bin"));
+    let fh = c.open(a.ino).unwrap();
+    let mut x = 12345u64;
+    for _ in 0..200 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let off = (x >> 20) % (src.len() as u64 + 100);
+        let len = ((x >> 8) % 300_000) as u32;
+        let got = c.read(fh, off, len).unwrap();
+        let s = (off as usize).min(src.len());
+        let e = (s + len as usize).min(src.len());
+        assert_eq!(got, &src[s..e], "offset {off} len {len}");
+    }
+    c.release(fh);
+    assert_eq!(
+        read_all(&c, a.ino, 128 << 10),
+        src,
+        "sequential read with prefetch"
+    );
+    assert!(c.chunk_cache_used() <= 8 << 20, "chunk cache stays bounded");
+    let z = walk(&c, snap, &f.src.join("dir/deep/zeros"));
+    assert_eq!(read_all(&c, z.ino, 4096), vec![0u8; 300_000]);
+}
+
+#[test]
+fn inode_numbers_are_stable_across_sessions() {
+    let f = fixture();
+    let a = core(&f, Duration::from_secs(60));
+    let b = core(&f, Duration::from_secs(60));
+    for rel in ["dir", "dir/big.bin", "dir/deep/zeros", "dir/link"] {
+        let p = f.src.join(rel);
+        assert_eq!(
+            walk(&a, only_snapshot(&a), &p).ino,
+            walk(&b, only_snapshot(&b), &p).ino,
+            "{rel}"
+        );
+    }
+    let dir = walk(&a, only_snapshot(&a), &f.src.join("dir"));
+    let listed: Vec<u64> = list(&a, dir.ino)
+        .into_iter()
+        .skip(2)
+        .map(|(_, i, _)| i)
+        .collect();
+    let looked: Vec<u64> = ["big.bin", "deep", "hard", "link"]
+        .iter()
+        .map(|n| a.lookup(dir.ino, n.as_bytes()).unwrap().ino)
+        .collect();
+    assert_eq!(listed, looked, "readdir and lookup agree on numbers");
+}
+
+#[test]
+fn readdir_resumes_at_offsets_and_forget_frees_inodes() {
+    let f = fixture();
+    let c = core(&f, Duration::from_secs(60));
+    let dir = walk(&c, only_snapshot(&c), &f.src.join("dir"));
+    let full = list(&c, dir.ino);
+    let mut got = Vec::new();
+    let mut offset = 0;
+    loop {
+        let mut page = Vec::new();
+        c.readdir(dir.ino, offset, true, |it: &DirItem| {
+            if page.len() == 2 {
+                return true;
+            }
+            page.push((it.name.to_vec(), it.ino, it.kind, it.offset));
+            false
+        })
+        .unwrap();
+        let Some(last) = page.last() else { break };
+        offset = last.3;
+        got.extend(page.into_iter().map(|(n, i, k, _)| (n, i, k)));
+    }
+    assert_eq!(got, full);
+    let before = c.known_inodes();
+    for (name, ino, _) in full.iter().skip(2) {
+        c.forget(*ino, 1);
+        let _ = name;
+    }
+    assert!(
+        c.known_inodes() <= before - 3,
+        "forgotten entries are dropped"
+    );
+}
+
+#[test]
+fn new_snapshots_appear_after_refresh() {
+    let f = fixture();
+    let c = core(&f, Duration::from_millis(1));
+    let snaps = c.lookup(ROOT_INO, b"snapshots").unwrap();
+    assert_eq!(names(&c, snaps.ino).len(), 3);
+    std::fs::write(f.src.join("new.txt"), b"new").unwrap();
+    std::thread::sleep(Duration::from_millis(1100));
+    snapshot(&f.repo, &f.src);
+    std::thread::sleep(Duration::from_millis(5));
+    let now = names(&c, snaps.ino);
+    assert_eq!(now.len(), 4, "{now:?}");
+    let latest = c.lookup(ROOT_INO, b"latest").unwrap();
+    assert_eq!(
+        c.readlink(latest.ino).unwrap(),
+        format!("snapshots/{}", now[3]).into_bytes()
+    );
+}
+
+#[test]
+fn write_type_errors_and_damage_is_eio_with_the_object_named() {
+    let f = fixture();
+    let logged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = logged.clone();
+    let opts = FsOptions {
+        log: Some(Arc::new(move |m: &str| {
+            sink.lock().unwrap().push(m.to_string())
+        })),
+        chunk_cache_bytes: 1 << 20,
+        ..FsOptions::default()
+    };
+    let c = FsCore::new(f.repo.clone(), opts).unwrap();
+    let snap = only_snapshot(&c);
+    let a = walk(&c, snap, &f.src.join("dir/big.bin"));
+    // Find the file's first chunk through the engine and damage it.
+    let view = f.repo.view().unwrap();
+    let s = f.repo.find_snapshot("latest").unwrap();
+    let path = f.src.join("dir/big.bin");
+    let entry = f
+        .repo
+        .lookup(&view, &s.snapshot.root, path.as_os_str().as_bytes())
+        .unwrap()
+        .unwrap();
+    let id = f.repo.extents(&view, &entry.content).unwrap()[0]
+        .id
+        .unwrap();
+    drop(view);
+    cairn_repo::store::damage_object_for_tests(
+        f.repo.store(),
+        &id,
+        f.repo.config().piece_size,
+        100,
+    )
+    .unwrap();
+    let fh = c.open(a.ino).unwrap();
+    let err = c.read(fh, 0, 4096).unwrap_err();
+    assert_eq!(err.errno, libc::EIO);
+    assert!(
+        err.detail.unwrap_or_default().contains(&id.to_hex()),
+        "the log line names the object"
+    );
+    // A damaged tree: EIO on lookup, never ENOENT.
+    let deep_entry = f
+        .repo
+        .lookup(
+            &f.repo.view().unwrap(),
+            &s.snapshot.root,
+            f.src.join("dir/deep").as_os_str().as_bytes(),
+        )
+        .unwrap()
+        .unwrap();
+    let tree = deep_entry.subtree.unwrap();
+    cairn_repo::store::damage_object_for_tests(
+        f.repo.store(),
+        &tree,
+        f.repo.config().piece_size,
+        50,
+    )
+    .unwrap();
+    let deep = walk(&c, snap, &f.src.join("dir/deep"));
+    let err = c.lookup(deep.ino, b"zeros").unwrap_err();
+    assert_eq!(err.errno, libc::EIO);
+    assert!(err.detail.unwrap_or_default().contains(&tree.to_hex()));
+    assert_eq!(c.open(deep.ino).unwrap_err().errno, libc::EISDIR);
+}
+
+#[test]
+fn large_directory_lists_in_pages_and_forget_frees_every_inode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("many");
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..5000 {
+        std::fs::write(src.join(format!("f{i:05}")), b"").unwrap();
+    }
+    let repo = Repository::init(&tmp.path().join("repo"), b"pw", &repo_opts()).unwrap();
+    snapshot(&repo, &src);
+    let c = FsCore::new(
+        Arc::new(repo),
+        FsOptions {
+            tree_cache_bytes: 1 << 20,
+            ..FsOptions::default()
+        },
+    )
+    .unwrap();
+    let dir = walk(&c, only_snapshot(&c), &src);
+    let base = c.known_inodes();
+    let (mut offset, mut seen) = (0, Vec::new());
+    loop {
+        let mut page = 0;
+        c.readdir(dir.ino, offset, true, |it: &DirItem| {
+            if page == 100 {
+                return true;
+            }
+            page += 1;
+            offset = it.offset;
+            seen.push((it.name.to_vec(), it.ino));
+            false
+        })
+        .unwrap();
+        if page == 0 {
+            break;
+        }
+    }
+    assert_eq!(seen.len(), 5002, ". and .. and every entry exactly once");
+    assert!(
+        seen.windows(2).skip(2).all(|w| w[0].0 < w[1].0),
+        "sorted, no repeats"
+    );
+    assert_eq!(
+        c.known_inodes(),
+        base + 5000,
+        "readdirplus counts one reference per entry"
+    );
+    for (_, ino) in seen.iter().skip(2) {
+        c.forget(*ino, 1);
+    }
+    assert_eq!(
+        c.known_inodes(),
+        base,
+        "memory follows the kernel's references"
+    );
+}
+
+#[test]
+fn a_damaged_snapshot_is_skipped_and_named_not_fatal() {
+    let f = fixture();
+    let mut blobs = f.repo.store().snapshot_blobs().unwrap();
+    let (_, good) = blobs[0].clone();
+    let mut bad = good.clone();
+    let n = bad.len();
+    bad[n - 1] ^= 1;
+    blobs.push((cairn_repo::Id([9; 32]), bad));
+    let (ok, damaged) = cairn_fs::layout::decode_snapshots(&f.repo, blobs);
+    assert_eq!(ok.len(), 1);
+    assert_eq!(damaged.len(), 1);
+    assert!(
+        damaged[0].contains(&cairn_repo::Id([9; 32]).to_hex()),
+        "{damaged:?}"
+    );
+}
+
+#[test]
+fn seek_data_and_hole_follow_the_stored_holes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("sparse");
+    std::fs::create_dir(&src).unwrap();
+    let path = src.join("file");
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::File::create(&path).unwrap();
+        f.seek(SeekFrom::Start(4 << 20)).unwrap();
+        f.write_all(&noise(100_000, 3)).unwrap();
+        f.set_len(12 << 20).unwrap();
+    }
+    let fd = std::fs::File::open(&path).unwrap();
+    let os_seek = |off: i64, whence: i32| unsafe {
+        libc::lseek(std::os::fd::AsRawFd::as_raw_fd(&fd), off, whence)
+    };
+    let repo = Repository::init(&tmp.path().join("repo"), b"pw", &repo_opts()).unwrap();
+    snapshot(&repo, &src);
+    let c = FsCore::new(Arc::new(repo), FsOptions::default()).unwrap();
+    let a = walk(&c, only_snapshot(&c), &path);
+    let fh = c.open(a.ino).unwrap();
+    let first_data = c.seek(fh, 0, true).unwrap();
+    assert_eq!(
+        first_data as i64,
+        os_seek(0, libc::SEEK_DATA),
+        "first data as on the source"
+    );
+    let hole_after = c.seek(fh, first_data, false).unwrap();
+    assert_eq!(
+        hole_after as i64,
+        os_seek(first_data as i64, libc::SEEK_HOLE)
+    );
+    assert_eq!(
+        c.seek(fh, hole_after, true).unwrap_err().errno,
+        libc::ENXIO,
+        "no data after the last hole"
+    );
+    assert_eq!(
+        c.seek(fh, 12 << 20, false).unwrap_err().errno,
+        libc::ENXIO,
+        "past the end"
+    );
+    assert_eq!(c.read(fh, 0, 4096).unwrap(), vec![0u8; 4096]);
+}

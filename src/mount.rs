@@ -1,0 +1,179 @@
+//! `cairn mount`: serve the repository's snapshots as a read-only filesystem in the
+//! foreground until it is unmounted or the process gets SIGINT, SIGTERM or SIGHUP; on a signal
+//! the mount is unmounted (detached if busy), so the mountpoint is always left clean.
+
+use crate::{output, CmdResult, Failure, Global};
+use cairn_fs::fuse::{self, MountOptions};
+use cairn_fs::{FsCore, FsError, FsOptions};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How long after a signal the process waits for open files to close before it exits.
+const GRACE: Duration = Duration::from_secs(3);
+/// redb's page cache for the mount.
+const DB_CACHE: usize = 16 << 20;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Existing empty directory to mount on
+    mountpoint: PathBuf,
+    /// Memory for decoded file chunks, in MiB
+    #[arg(long, value_name = "MiB", default_value_t = 128)]
+    cache_size: usize,
+    /// Threads serving requests [default: number of CPUs, at least 2, at most 8]
+    #[arg(long, value_name = "N")]
+    threads: Option<usize>,
+    /// Let other users see the mount (the stored permissions still apply); non-root users
+    /// need `user_allow_other` in /etc/fuse.conf
+    #[arg(long)]
+    allow_other: bool,
+    /// Seconds between re-reads of the snapshot list
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    refresh: u64,
+}
+
+pub fn run(g: &Global, a: &Args) -> CmdResult {
+    // First, before any thread exists: every thread inherits the blocked set.
+    block_signals();
+    single_malloc_arena();
+    check_mountpoint(&a.mountpoint)?;
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(2);
+    let threads = a.threads.unwrap_or(cpus.clamp(2, 8));
+    if threads == 0 || a.cache_size == 0 {
+        return Err(Failure::usage(
+            "--threads and --cache-size must be at least 1",
+        ));
+    }
+    let repo = Arc::new(open_repo(g)?);
+    let core = FsCore::new(repo, fs_options(a, cpus)).map_err(fs_failure)?;
+    let opts = MountOptions {
+        threads,
+        allow_other: a.allow_other,
+        fsname: "cairn".into(),
+    };
+    let mut mounted = fuse::mount(core, &a.mountpoint, &opts)
+        .map_err(|e| Failure::fatal(format!("cannot mount on {}: {e}", a.mountpoint.display())))?;
+    let unmounter = mounted.unmounter();
+    let path = a.mountpoint.clone();
+    std::thread::spawn(move || on_signal(unmounter, &path));
+    output::info(
+        g,
+        &format!(
+            "serving snapshots at {}; stop with `fusermount3 -u {0}` or Ctrl-C",
+            a.mountpoint.display()
+        ),
+    );
+    mounted.run().map_err(|e| {
+        Failure::fatal(format!(
+            "mount at {} ended with an error: {e}",
+            a.mountpoint.display()
+        ))
+    })?;
+    Ok(0)
+}
+
+/// Like `Global::open`, with a small database cache: file data passes through it once, the
+/// decoded-chunk cache is what serves repeated reads.
+fn open_repo(g: &Global) -> Result<cairn_repo::Repository, Failure> {
+    let path = g.repo_path()?;
+    cairn_repo::store::Store::open(&path, 1 << 20)?;
+    let password = crate::secrets::password(g, false)?;
+    let opts = cairn_repo::OpenOptions {
+        db_cache_bytes: DB_CACHE,
+        ..cairn_repo::OpenOptions::default()
+    };
+    Ok(cairn_repo::Repository::open(
+        &path,
+        password.as_bytes(),
+        &opts,
+    )?)
+}
+
+/// One malloc arena for the whole process: request and prefetch threads otherwise each keep
+/// freed chunk buffers (about 1 MiB each) in their own arena, which added about 60 MB of
+/// resident memory in measurements, with no measurable change in read speed.
+fn single_malloc_arena() {
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
+fn fs_options(a: &Args, cpus: usize) -> FsOptions {
+    FsOptions {
+        chunk_cache_bytes: a.cache_size.saturating_mul(1 << 20),
+        refresh: Duration::from_secs(a.refresh.max(1)),
+        prefetch_threads: (cpus * 2).clamp(4, 16),
+        // SAFETY: getuid/getgid cannot fail.
+        uid: unsafe { libc::getuid() },
+        gid: unsafe { libc::getgid() },
+        log: Some(Arc::new(|m: &str| output::warn(&format!("mount: {m}")))),
+        ..FsOptions::default()
+    }
+}
+
+fn fs_failure(e: FsError) -> Failure {
+    Failure::fatal(
+        e.detail
+            .unwrap_or_else(|| std::io::Error::from_raw_os_error(e.errno).to_string()),
+    )
+}
+
+fn check_mountpoint(p: &Path) -> Result<(), Failure> {
+    match std::fs::metadata(p) {
+        Ok(m) if m.is_dir() => Ok(()),
+        Ok(_) => Err(Failure::usage(format!(
+            "{} is not a directory",
+            p.display()
+        ))),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Err(Failure::fatal(format!(
+            "{}: a dead FUSE mount is still there; clear it with `fusermount3 -u {0}`",
+            p.display()
+        ))),
+        Err(e) => Err(Failure::usage(format!("mountpoint {}: {e}", p.display()))),
+    }
+}
+
+fn signal_set() -> libc::sigset_t {
+    // SAFETY: sigemptyset/sigaddset initialise and fill a plain sigset_t.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+            libc::sigaddset(&mut set, s);
+        }
+        set
+    }
+}
+
+/// Block the stop signals in this thread and every thread started after it, so only the
+/// signal thread (via `sigwait`) receives them.
+fn block_signals() {
+    let set = signal_set();
+    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
+    unsafe {
+        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+    }
+}
+
+fn wait_signal() -> i32 {
+    let set = signal_set();
+    let mut sig = 0;
+    // SAFETY: `set` is initialised and `sig` is a valid out pointer.
+    unsafe { libc::sigwait(&set, &mut sig) };
+    sig
+}
+
+fn on_signal(mut unmounter: fuse::Unmounter, path: &Path) {
+    wait_signal();
+    if let Err(e) = unmounter.unmount() {
+        output::warn(&format!("unmounting {}: {e}", path.display()));
+    }
+    // The serving loop ends when the kernel lets go; if open files keep a detached mount
+    // alive, stop anyway after a grace period (the mountpoint is already free).
+    std::thread::sleep(GRACE);
+    std::process::exit(0);
+}

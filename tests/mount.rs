@@ -1,0 +1,529 @@
+//! Real mounts of the real binary (needs /dev/fuse; run as root or with fusermount3).
+//! Every test unmounts through a Drop guard, also when it fails, and never waits unbounded.
+
+mod common;
+
+use common::*;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A running `cairn mount`; dropping it stops the process and clears the mountpoint.
+struct Mount {
+    child: Child,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Mount {
+    fn start(repo: &Path, dir: &Path, extra: &[&str]) -> Mount {
+        std::fs::create_dir_all(dir).unwrap();
+        let log = dir.with_extension("log");
+        let child = cairn(repo)
+            .args(["mount", "--refresh", "1"])
+            .args(extra)
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("cairn mount starts");
+        let mut m = Mount {
+            child,
+            dir: dir.to_path_buf(),
+            log,
+        };
+        m.wait_ready();
+        m
+    }
+
+    fn wait_ready(&mut self) {
+        let start = Instant::now();
+        while start.elapsed() < WAIT {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("cairn mount exited early ({st}): {}", self.stderr());
+            }
+            if mounted(&self.dir) && self.dir.join("snapshots").is_dir() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("mount did not come up within {WAIT:?}: {}", self.stderr());
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Wait for the process to exit, with a bound.
+    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// The snapshot directory `latest` points at.
+    fn latest(&self) -> PathBuf {
+        let t = std::fs::read_link(self.dir.join("latest")).unwrap();
+        self.dir.join(t)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.signal(libc::SIGTERM);
+            if self.wait_exit(Duration::from_secs(10)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+        if mounted(&self.dir) {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(&self.dir)
+                .status();
+        }
+    }
+}
+
+fn mounted(dir: &Path) -> bool {
+    let Ok(canon) = dir.canonicalize().or_else(|_| std::path::absolute(dir)) else {
+        return false;
+    };
+    let info = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
+    let want = canon.as_os_str().as_bytes();
+    info.split(|b| *b == b'\n')
+        .any(|l| l.split(|b| *b == b' ').nth(4) == Some(want))
+}
+
+fn sh(script: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
+    assert!(
+        out.status.success(),
+        "`{script}` failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn q(p: &Path) -> String {
+    format!("'{}'", p.display())
+}
+
+/// A source tree with the attributes the mount must show exactly.
+fn make_source(src: &Path) {
+    let s = q(src);
+    sh(&format!(
+        "set -e; mkdir -p {s}/d/sticky {s}/d/sgid {s}/empty
+         printf 'hello\\n' > {s}/a.txt
+         head -c 3000000 /dev/urandom > {s}/d/big.bin
+         printf 'x' > {s}/d/suid && chmod 4755 {s}/d/suid
+         chmod 1777 {s}/d/sticky && chmod 2750 {s}/d/sgid
+         ln {s}/a.txt {s}/d/hard
+         ln -s ../a.txt {s}/d/link
+         mkfifo {s}/d/fifo
+         printf 'raw' > {s}/$(printf 'n\\377me')
+         setfattr -n user.note -v 'kept' {s}/a.txt
+         touch -h -d '2001-02-03 04:05:06.123456789' {s}/d/link
+         touch -d '1969-07-20 20:17:40.5' {s}/d/big.bin
+         touch -d '2099-12-31 23:59:59.999999999' {s}/d/suid"
+    ));
+}
+
+struct Setup {
+    tmp: tempfile::TempDir,
+    repo: PathBuf,
+    src: PathBuf,
+}
+
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let src = tmp.path().join("src");
+    make_source(&src);
+    init(&repo);
+    backup(&repo, &[&src]);
+    Setup { tmp, repo, src }
+}
+
+/// Metadata of every entry below `root` (directory sizes excluded: they are not stored).
+fn listing(root: &Path) -> String {
+    sh(&format!(
+        "cd {} && find . -mindepth 1 \\( -type d -printf '%p %M %U %G %T@ %n\\n' \\) -o -printf '%p %M %U %G %s %T@ %n %l\\n' | LC_ALL=C sort",
+        q(root)
+    ))
+}
+
+/// `diff -r` (GNU diff reports any two fifos as different: those lines are not differences)
+/// plus the metadata listing.
+fn same_tree(a: &Path, b: &Path) {
+    let out = Command::new("diff")
+        .arg("-r")
+        .arg("--no-dereference")
+        .arg(a)
+        .arg(b)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let real: Vec<&str> = text
+        .lines()
+        .filter(|l| !(l.contains(" is a fifo while file ") && l.ends_with(" is a fifo")))
+        .collect();
+    assert!(
+        real.is_empty() && out.stderr.is_empty(),
+        "trees differ:\n{}\n{}",
+        real.join("\n"),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        listing(a),
+        listing(b),
+        "metadata differs between {} and {}",
+        a.display(),
+        b.display()
+    );
+}
+
+fn inside(m: &Mount, src: &Path) -> PathBuf {
+    m.latest().join(src.strip_prefix("/").unwrap())
+}
+
+#[test]
+fn mount_layout_and_attributes() {
+    let s = setup();
+    let m = Mount::start(&s.repo, &s.tmp.path().join("mnt"), &[]);
+    let top = sh(&format!("ls {}", q(&m.dir)));
+    assert_eq!(
+        top.split_whitespace().collect::<Vec<_>>(),
+        vec!["hosts", "latest", "snapshots", "tags"]
+    );
+    let snaps = sh(&format!("ls {}/snapshots", q(&m.dir)));
+    let name = snaps.trim();
+    assert_eq!(name.len(), 19, "YYYY-MM-DD_HH-MM-SS: {name}");
+    assert!(!name.contains(':'));
+    assert_eq!(
+        std::fs::read_link(m.dir.join("latest")).unwrap(),
+        Path::new("snapshots").join(name)
+    );
+    let host = sh(&format!("ls {}/hosts", q(&m.dir)));
+    assert_eq!(
+        sh(&format!("ls {}/hosts/{}", q(&m.dir), host.trim())).trim(),
+        name
+    );
+    let mounted_src = inside(&m, &s.src);
+    assert_eq!(
+        listing(&s.src),
+        listing(&mounted_src),
+        "modes, owners, sizes, nsec mtimes, link counts, targets"
+    );
+    let (a, h) = (
+        std::fs::metadata(mounted_src.join("a.txt")).unwrap(),
+        std::fs::metadata(mounted_src.join("d/hard")).unwrap(),
+    );
+    assert_eq!(a.ino(), h.ino(), "hard links are one inode");
+    assert_eq!(a.nlink(), 2);
+    let blocks = std::fs::metadata(s.src.join("d/big.bin")).unwrap().blocks();
+    assert_eq!(
+        std::fs::metadata(mounted_src.join("d/big.bin"))
+            .unwrap()
+            .blocks(),
+        blocks,
+        "st_blocks for du"
+    );
+    let xattr = sh(&format!(
+        "getfattr --only-values -n user.note {}",
+        q(&mounted_src.join("a.txt"))
+    ));
+    assert_eq!(xattr, "kept");
+}
+
+#[test]
+fn cp_a_and_tar_out_of_the_mount_reproduce_the_source() {
+    let s = setup();
+    let m = Mount::start(
+        &s.repo,
+        &s.tmp.path().join("mnt"),
+        &["--threads", "4", "--cache-size", "16"],
+    );
+    let from = inside(&m, &s.src);
+    same_tree(&s.src, &from);
+    let copy = s.tmp.path().join("copy");
+    sh(&format!("cp -a {} {}", q(&from), q(&copy)));
+    same_tree(&s.src, &copy);
+    assert_eq!(
+        sh(&format!(
+            "getfattr --only-values -n user.note {}",
+            q(&copy.join("a.txt"))
+        )),
+        "kept"
+    );
+    let untar = s.tmp.path().join("untar");
+    std::fs::create_dir(&untar).unwrap();
+    sh(&format!(
+        "cd {} && tar --xattrs -cf - . | (cd {} && tar --xattrs -xpf -)",
+        q(&from),
+        q(&untar)
+    ));
+    same_tree(&s.src, &untar);
+}
+
+#[test]
+fn new_snapshot_appears_in_a_live_mount() {
+    let s = setup();
+    let m = Mount::start(&s.repo, &s.tmp.path().join("mnt"), &[]);
+    let count = || std::fs::read_dir(m.dir.join("snapshots")).unwrap().count();
+    assert_eq!(count(), 1);
+    std::thread::sleep(Duration::from_millis(1100));
+    std::fs::write(s.src.join("new.txt"), b"new").unwrap();
+    backup(&s.repo, &[&s.src]);
+    let start = Instant::now();
+    while count() < 2 && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(count(), 2, "the new snapshot shows within seconds");
+    let start = Instant::now();
+    while !inside(&m, &s.src).join("new.txt").exists() && start.elapsed() < Duration::from_secs(10)
+    {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        std::fs::read(inside(&m, &s.src).join("new.txt")).unwrap(),
+        b"new",
+        "latest follows"
+    );
+}
+
+#[test]
+fn writes_fail_with_erofs() {
+    let s = setup();
+    let m = Mount::start(&s.repo, &s.tmp.path().join("mnt"), &[]);
+    let d = inside(&m, &s.src);
+    let erofs =
+        |r: std::io::Result<()>| assert_eq!(r.unwrap_err().raw_os_error(), Some(libc::EROFS));
+    erofs(std::fs::write(d.join("new"), b"x"));
+    erofs(std::fs::write(d.join("a.txt"), b"x"));
+    erofs(std::fs::create_dir(m.dir.join("x")));
+    erofs(std::fs::remove_file(d.join("a.txt")));
+    erofs(std::fs::rename(d.join("a.txt"), d.join("b.txt")));
+    erofs(std::fs::set_permissions(
+        d.join("a.txt"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    ));
+    let setx = Command::new("setfattr")
+        .args(["-n", "user.x", "-v", "1"])
+        .arg(d.join("a.txt"))
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&setx.stderr).contains("Read-only file system"));
+    assert_eq!(std::fs::read(d.join("a.txt")).unwrap(), b"hello\n");
+}
+
+#[test]
+fn sigterm_and_sigint_unmount_cleanly_even_when_busy() {
+    let s = setup();
+    let dir = s.tmp.path().join("mnt");
+    let mut m = Mount::start(&s.repo, &dir, &[]);
+    m.signal(libc::SIGTERM);
+    assert_eq!(
+        m.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        m.stderr()
+    );
+    assert!(!mounted(&dir), "mountpoint is clean after SIGTERM");
+    let mut m = Mount::start(&s.repo, &dir, &[]);
+    let busy = std::fs::File::open(inside(&m, &s.src).join("a.txt")).unwrap();
+    m.signal(libc::SIGINT);
+    assert_eq!(
+        m.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        m.stderr()
+    );
+    assert!(!mounted(&dir), "a busy mount is detached");
+    drop(busy);
+    let mut m = Mount::start(&s.repo, &dir, &[]);
+    sh(&format!("fusermount3 -u {}", q(&dir)));
+    assert_eq!(
+        m.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "fusermount3 -u ends the process: {}",
+        m.stderr()
+    );
+}
+
+#[test]
+fn damaged_chunk_reads_eio_and_is_logged() {
+    let s = setup();
+    let repo = cairn_repo::Repository::open(
+        &s.repo,
+        PASSWORD.as_bytes(),
+        &cairn_repo::OpenOptions::default(),
+    )
+    .unwrap();
+    let snap = repo.find_snapshot("latest").unwrap();
+    let view = repo.view().unwrap();
+    let path = s.src.join("d/big.bin");
+    let entry = repo
+        .lookup(&view, &snap.snapshot.root, path.as_os_str().as_bytes())
+        .unwrap()
+        .unwrap();
+    let id = repo.extents(&view, &entry.content).unwrap()[0].id.unwrap();
+    drop(view);
+    cairn_repo::store::damage_object_for_tests(repo.store(), &id, repo.config().piece_size, 10)
+        .unwrap();
+    drop(repo);
+    let m = Mount::start(&s.repo, &s.tmp.path().join("mnt"), &[]);
+    let err = std::fs::read(inside(&m, &s.src).join("d/big.bin")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO));
+    assert!(
+        m.stderr().contains(&id.to_hex()),
+        "log names the object: {}",
+        m.stderr()
+    );
+    assert_eq!(
+        std::fs::read(inside(&m, &s.src).join("a.txt")).unwrap(),
+        b"hello\n",
+        "the rest still reads"
+    );
+}
+
+#[test]
+fn unreadable_repository_gives_eio_and_still_unmounts_cleanly() {
+    let s = setup();
+    let dir = s.tmp.path().join("mnt");
+    let mut m = Mount::start(&s.repo, &dir, &[]);
+    let file = inside(&m, &s.src).join("d/big.bin");
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(s.repo.join("cairn.redb"))
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let err = std::fs::read(&file).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        m.dir.join("snapshots").is_dir(),
+        "the top level keeps the last good snapshot list"
+    );
+    m.signal(libc::SIGTERM);
+    assert_eq!(
+        m.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        m.stderr()
+    );
+    assert!(!mounted(&dir), "mountpoint is clean");
+    assert!(
+        m.stderr().contains("error"),
+        "the failure is logged: {}",
+        m.stderr()
+    );
+}
+
+#[test]
+fn mount_refuses_bad_input_with_the_contract_exit_codes() {
+    let s = setup();
+    let missing = s.tmp.path().join("no-such-dir");
+    ok(cairn(&s.repo).arg("mount").arg(&missing), 2);
+    ok(cairn(&s.repo).arg("mount").arg(s.src.join("a.txt")), 2);
+    ok(
+        cairn(&s.tmp.path().join("no-repo"))
+            .arg("mount")
+            .arg(s.tmp.path()),
+        10,
+    );
+    let mnt = s.tmp.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    ok(
+        cairn(&s.repo)
+            .env("CAIRN_PASSWORD", "wrong")
+            .arg("mount")
+            .arg(&mnt),
+        12,
+    );
+    assert!(!mounted(&mnt));
+}
+
+#[test]
+fn allow_other_lets_other_users_read_only_what_the_stored_modes_allow() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let (repo, src) = (tmp.path().join("repo"), tmp.path().join("src"));
+    std::fs::create_dir(&src).unwrap();
+    std::fs::write(src.join("public"), b"for all").unwrap();
+    std::fs::write(src.join("secret"), b"root only").unwrap();
+    std::fs::set_permissions(
+        src.join("secret"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    init(&repo);
+    backup(&repo, &[&src]);
+    let m = Mount::start(&repo, &tmp.path().join("mnt"), &["--allow-other"]);
+    let inside = inside(&m, &src);
+    let as_nobody = |file: &str| {
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "cat"])
+            .arg(inside.join(file))
+            .output()
+            .unwrap()
+    };
+    let public = as_nobody("public");
+    assert!(
+        public.status.success(),
+        "{}",
+        String::from_utf8_lossy(&public.stderr)
+    );
+    assert_eq!(public.stdout, b"for all");
+    let secret = as_nobody("secret");
+    assert!(!secret.status.success());
+    assert!(String::from_utf8_lossy(&secret.stderr).contains("Permission denied"));
+}
+
+#[test]
+fn sparse_files_show_their_holes_through_lseek() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, src) = (tmp.path().join("repo"), tmp.path().join("src"));
+    std::fs::create_dir(&src).unwrap();
+    sh(&format!("dd if=/dev/urandom of={} bs=64k count=2 seek=64 conv=notrunc status=none && truncate -s 16M {0}", q(&src.join("sparse"))));
+    init(&repo);
+    backup(&repo, &[&src]);
+    let m = Mount::start(&repo, &tmp.path().join("mnt"), &[]);
+    let seek = |p: &Path, off: i64, whence: i32| {
+        let f = std::fs::File::open(p).unwrap();
+        unsafe { libc::lseek(std::os::fd::AsRawFd::as_raw_fd(&f), off, whence) }
+    };
+    let (a, b) = (src.join("sparse"), inside(&m, &src).join("sparse"));
+    assert_eq!(seek(&b, 0, libc::SEEK_DATA), seek(&a, 0, libc::SEEK_DATA));
+    assert_eq!(
+        seek(&b, 4 << 20, libc::SEEK_HOLE),
+        seek(&a, 4 << 20, libc::SEEK_HOLE)
+    );
+    assert_eq!(std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap());
+    let copy = tmp.path().join("copy");
+    sh(&format!("cp -a {} {}", q(&b), q(&copy)));
+    let blocks = |p: &Path| std::fs::metadata(p).unwrap().blocks();
+    assert!(
+        blocks(&copy) <= blocks(&a) + 64,
+        "cp -a out of the mount keeps the file sparse"
+    );
+}
