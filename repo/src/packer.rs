@@ -10,6 +10,9 @@ use crate::error::Result;
 use crate::id::Id;
 use crate::store::{checksum, Batch, Location, Store};
 
+/// Commit index rows at most this often (in pack bytes), pieces every batch.
+const INDEX_BATCH: u64 = 256 << 20;
+
 pub struct Packer<'s> {
     store: &'s Store,
     piece_size: usize,
@@ -25,6 +28,8 @@ pub struct Packer<'s> {
     pack_objects: u64,
     /// Point existing index rows at the new copy (prune's repack, check's repair).
     relocate: bool,
+    /// Pack bytes committed whose objects are not indexed yet (see `INDEX_BATCH`).
+    unindexed: u64,
     pub bytes_written: u64,
     pub objects_written: u64,
 }
@@ -42,6 +47,7 @@ impl<'s> Packer<'s> {
             pending: Vec::new(),
             pack_objects: 0,
             relocate: false,
+            unindexed: 0,
             bytes_written: 0,
             objects_written: 0,
         }
@@ -99,9 +105,18 @@ impl<'s> Packer<'s> {
             } else {
                 (full * ps) as u64
             };
-        let ready = self
-            .pending
-            .partition_point(|(_, l)| l.offset + l.len as u64 <= boundary);
+        // Index rows are inserted at random places of the index tree, so every commit that
+        // carries some rewrites most of its leaves; doing it once per INDEX_BATCH instead of
+        // once per batch keeps that churn (free pages left in the file) small. Pieces without
+        // rows yet are invisible, exactly like pieces of a writer that crashed.
+        self.unindexed += boundary - self.committed;
+        let index_now = close || self.unindexed >= INDEX_BATCH;
+        let ready = if index_now {
+            self.pending
+                .partition_point(|(_, l)| l.offset + l.len as u64 <= boundary)
+        } else {
+            0
+        };
         let pack = self.store.commit_batch(Batch {
             pack: self.pack,
             pieces: &pieces,
@@ -112,6 +127,9 @@ impl<'s> Packer<'s> {
             snapshots,
         })?;
         self.pending.drain(..ready);
+        if index_now {
+            self.unindexed = 0;
+        }
         if close {
             self.pack = None;
             self.committed = 0;
