@@ -31,6 +31,7 @@ const VIEW_REFRESH: Duration = Duration::from_secs(2);
 
 const READ_BUF: usize = 8 << 20;
 const BATCH_BYTES: usize = 16 << 20;
+const INDEX_EVERY: u64 = 256 << 20;
 const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
 
 #[derive(Clone, Debug)]
@@ -989,7 +990,8 @@ fn walk_root(ctx: &Ctx<'_>, trie: &PathTrie, parent: Option<&(Id, Snapshot)>) ->
 
 fn write_loop(repo: &Repository, rx: Receiver<Msg>) -> Result<Packer<'_>> {
     let cfg = repo.config();
-    let mut packer = Packer::new(repo.store(), cfg.piece_size, cfg.pack_max, BATCH_BYTES);
+    let mut packer = Packer::new(repo.store(), cfg.piece_size, cfg.pack_max, BATCH_BYTES)
+        .index_every(INDEX_EVERY);
     for msg in rx {
         match msg {
             Msg::Object(id, kind, sealed) => packer.add(id, kind, &sealed)?,

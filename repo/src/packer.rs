@@ -10,9 +10,6 @@ use crate::error::Result;
 use crate::id::Id;
 use crate::store::{checksum, Batch, Location, Store};
 
-/// Commit index rows at most this often (in pack bytes), pieces every batch.
-const INDEX_BATCH: u64 = 256 << 20;
-
 pub struct Packer<'s> {
     store: &'s Store,
     piece_size: usize,
@@ -28,8 +25,10 @@ pub struct Packer<'s> {
     pack_objects: u64,
     /// Point existing index rows at the new copy (prune's repack, check's repair).
     relocate: bool,
-    /// Pack bytes committed whose objects are not indexed yet (see `INDEX_BATCH`).
+    /// Pack bytes committed whose objects are not indexed yet (see `index_every`).
     unindexed: u64,
+    /// Index rows are committed once this many pack bytes have accumulated (0: every commit).
+    index_every: u64,
     pub bytes_written: u64,
     pub objects_written: u64,
 }
@@ -48,6 +47,7 @@ impl<'s> Packer<'s> {
             pack_objects: 0,
             relocate: false,
             unindexed: 0,
+            index_every: 0,
             bytes_written: 0,
             objects_written: 0,
         }
@@ -65,6 +65,16 @@ impl<'s> Packer<'s> {
             relocate: true,
             ..Packer::new(store, piece_size, pack_max, batch_bytes)
         }
+    }
+
+    /// Commit index rows only once per `bytes` of pack data (pieces still go every batch).
+    /// Index rows land at random places of the index tree, so every commit that carries some
+    /// rewrites most of its leaves; a long backup doing that every batch leaves those pages
+    /// free in the file (measured: 2.8 % of a 2 GiB first backup, 1.6 % with 256 MiB here).
+    /// Pieces without rows are invisible, exactly like the pieces of a writer that crashed.
+    pub fn index_every(mut self, bytes: u64) -> Self {
+        self.index_every = bytes;
+        self
     }
 
     pub fn add(&mut self, id: Id, kind: Kind, sealed: &[u8]) -> Result<()> {
@@ -105,12 +115,8 @@ impl<'s> Packer<'s> {
             } else {
                 (full * ps) as u64
             };
-        // Index rows are inserted at random places of the index tree, so every commit that
-        // carries some rewrites most of its leaves; doing it once per INDEX_BATCH instead of
-        // once per batch keeps that churn (free pages left in the file) small. Pieces without
-        // rows yet are invisible, exactly like pieces of a writer that crashed.
         self.unindexed += boundary - self.committed;
-        let index_now = close || self.unindexed >= INDEX_BATCH;
+        let index_now = close || self.unindexed >= self.index_every;
         let ready = if index_now {
             self.pending
                 .partition_point(|(_, l)| l.offset + l.len as u64 <= boundary)
