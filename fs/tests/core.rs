@@ -2,7 +2,6 @@
 
 use cairn_fs::{Attr, DirItem, FsCore, FsOptions, ROOT_INO};
 use cairn_repo::backup::{backup, BackupOptions, Progress};
-use cairn_repo::crypto::KdfParams;
 use cairn_repo::format::FileType;
 use cairn_repo::{OpenOptions, Repository};
 use std::os::unix::ffi::OsStrExt;
@@ -18,28 +17,11 @@ struct Fixture {
 }
 
 fn repo_opts() -> OpenOptions {
-    OpenOptions {
-        kdf: Some(KdfParams {
-            memory_kib: 64,
-            iterations: 1,
-            parallelism: 1,
-            salt: [7; 16],
-        }),
-        ..OpenOptions::default()
-    }
+    cairn_repo::testkit::insecure_fast_kdf()
 }
 
-/// Deterministic pseudo-random bytes.
 fn noise(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    cairn_repo::testkit::noise(seed, n)
 }
 
 fn set_times(p: &Path, sec: i64, nsec: i64) {

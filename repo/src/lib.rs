@@ -19,6 +19,7 @@ pub mod restore;
 pub mod store;
 pub mod store_maint;
 pub mod sync;
+pub mod testkit;
 pub mod util;
 
 pub use error::{Error, Result};

@@ -4,7 +4,7 @@
 
 use cairn_repo::backup::{backup, BackupOptions, Progress};
 use cairn_repo::check::{check, check_storage, repair_from, CheckOptions};
-use cairn_repo::crypto::{KdfParams, Kind};
+use cairn_repo::crypto::Kind;
 use cairn_repo::prune::{execute, plan, prune, PackAction, PruneOptions};
 use cairn_repo::restore::{restore, Overwrite, RestoreOptions, RestoreProgress};
 use cairn_repo::store::{damage_object_for_tests, Store};
@@ -17,28 +17,11 @@ use std::time::Duration;
 const PW: &[u8] = b"pw";
 
 fn opts() -> OpenOptions {
-    OpenOptions {
-        kdf: Some(KdfParams {
-            memory_kib: 64,
-            iterations: 1,
-            parallelism: 1,
-            salt: [7; 16],
-        }),
-        ..Default::default()
-    }
+    cairn_repo::testkit::insecure_fast_kdf()
 }
 
-/// Deterministic incompressible bytes.
 fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    cairn_repo::testkit::noise(seed, len)
 }
 
 fn write(dir: &Path, name: &str, seed: u64, len: usize) {

@@ -1,22 +1,13 @@
 //! Property test: restore(backup(tree)) == tree for generated trees, through the engine API.
 
 use cairn_repo::backup::{backup, BackupOptions, Progress};
-use cairn_repo::crypto::KdfParams;
 use cairn_repo::restore::{restore, Overwrite, RestoreOptions, RestoreProgress};
 use cairn_repo::{OpenOptions, Repository};
 use proptest::prelude::*;
 use std::path::Path;
 
 fn fast_open() -> OpenOptions {
-    OpenOptions {
-        kdf: Some(KdfParams {
-            memory_kib: 64,
-            iterations: 1,
-            parallelism: 1,
-            salt: [1; 16],
-        }),
-        ..OpenOptions::default()
-    }
+    cairn_repo::testkit::insecure_fast_kdf()
 }
 
 #[derive(Debug, Clone)]

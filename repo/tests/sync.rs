@@ -3,7 +3,6 @@
 
 use cairn_repo::backup::{backup, BackupOptions, Progress};
 use cairn_repo::check::{check, CheckOptions};
-use cairn_repo::crypto::KdfParams;
 use cairn_repo::restore::{restore, Overwrite, RestoreOptions, RestoreProgress};
 use cairn_repo::store::Store;
 use cairn_repo::sync::proto::{self, Request, Response};
@@ -17,27 +16,11 @@ use std::path::{Path, PathBuf};
 const PASSWORD: &[u8] = b"sync test password";
 
 fn opts() -> OpenOptions {
-    OpenOptions {
-        kdf: Some(KdfParams {
-            memory_kib: 8,
-            iterations: 1,
-            parallelism: 1,
-            salt: [7; 16],
-        }),
-        ..OpenOptions::default()
-    }
+    cairn_repo::testkit::insecure_fast_kdf()
 }
 
 fn pseudo_random(n: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    cairn_repo::testkit::noise(seed, n)
 }
 
 /// A source tree with nested directories, small files and a few multi-chunk files.
