@@ -7,15 +7,7 @@ use common::*;
 use std::path::Path;
 
 fn noise(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
+    cairn_repo::testkit::noise(seed, len)
 }
 
 fn json(out: &str) -> serde_json::Value {
