@@ -20,6 +20,9 @@ const WALKS: usize = 256;
 /// (directories and skipped entries in between are allowed).
 const IN_ORDER_GAP: u32 = 16;
 
+/// Files kept ready for handle-less reads (`read_ino`).
+const BY_INO: usize = 256;
+
 pub type Logger = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// Tunables of a mount; `Default` gives sensible values.
@@ -87,6 +90,9 @@ pub(crate) struct Inner {
     trees: Loader<Id, Tree>,
     pub(crate) chunks: Loader<Id, Vec<u8>>,
     pub(crate) files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    /// Files read without an open handle (the kernel skips OPEN when the filesystem declines
+    /// it), by inode: the most recently read ones.
+    by_ino: Mutex<crate::cache::Lru<u64, Arc<OpenFile>>>,
     pub(crate) next_fh: AtomicU64,
     pub(crate) pool: Option<rayon::ThreadPool>,
     /// Directory tree -> (index of the file opened last, siblings prefetched up to).
@@ -116,6 +122,7 @@ impl FsCore {
             trees: Loader::new(opts.tree_cache_bytes),
             chunks: Loader::new(opts.chunk_cache_bytes),
             files: Mutex::new(HashMap::new()),
+            by_ino: Mutex::new(crate::cache::Lru::new(BY_INO)),
             next_fh: AtomicU64::new(1),
             pool,
             walks: Mutex::new(crate::cache::Lru::new(WALKS)),
@@ -159,12 +166,18 @@ impl FsCore {
         if ino == ROOT_INO {
             return;
         }
-        let mut nodes = lock(&self.inner.nodes);
-        if let Some(slot) = nodes.get_mut(&ino) {
-            slot.lookups = slot.lookups.saturating_sub(n);
-            if slot.lookups == 0 {
-                nodes.remove(&ino);
+        let gone = {
+            let mut nodes = lock(&self.inner.nodes);
+            match nodes.get_mut(&ino) {
+                Some(slot) => {
+                    slot.lookups = slot.lookups.saturating_sub(n);
+                    slot.lookups == 0 && nodes.remove(&ino).is_some()
+                }
+                None => false,
             }
+        };
+        if gone {
+            lock(&self.inner.by_ino).remove(&ino);
         }
     }
 
@@ -253,6 +266,33 @@ impl FsCore {
 
     /// Open a regular file for reading; returns the handle for `read`.
     pub fn open(&self, ino: u64) -> FsResult<u64> {
+        let f = self.open_file(ino)?;
+        Ok(self.inner.add_file(f))
+    }
+
+    /// Read from a file by inode, without a handle: for kernels that skip OPEN and RELEASE
+    /// (FUSE "no open" mode). The file's chunk list is kept for the most recently read files.
+    pub fn read_ino(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        let f = self.file_by_ino(ino)?;
+        crate::read::read(&self.inner, &f, offset, size as u64)
+    }
+
+    /// `seek` by inode, without a handle (see `read_ino`).
+    pub fn seek_ino(&self, ino: u64, offset: u64, data: bool) -> FsResult<u64> {
+        let f = self.file_by_ino(ino)?;
+        crate::read::seek_data_or_hole(&f, offset, data)
+    }
+
+    fn file_by_ino(&self, ino: u64) -> FsResult<Arc<OpenFile>> {
+        if let Some(f) = lock(&self.inner.by_ino).get(&ino) {
+            return Ok(f);
+        }
+        let f = Arc::new(OpenFile::new(self.open_file(ino)?));
+        lock(&self.inner.by_ino).insert(ino, f.clone(), 1);
+        Ok(f)
+    }
+
+    fn open_file(&self, ino: u64) -> FsResult<Vec<cairn_repo::format::Extent>> {
         let n = self.node(ino)?;
         let What::Entry {
             tree, index, attr, ..
@@ -270,7 +310,7 @@ impl FsCore {
         let view = self.inner.repo.view()?;
         let extents = self.inner.repo.extents(&view, &entry.content)?;
         drop(view);
-        Ok(self.inner.add_file(extents))
+        Ok(extents)
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {

@@ -21,13 +21,19 @@ pub struct OpenFile {
     prefetched: AtomicUsize,
 }
 
-impl Inner {
-    pub(crate) fn add_file(&self, extents: Vec<Extent>) -> u64 {
-        let f = OpenFile {
+impl OpenFile {
+    pub(crate) fn new(extents: Vec<Extent>) -> OpenFile {
+        OpenFile {
             map: ExtentMap::new(extents),
             next: AtomicU64::new(0),
             prefetched: AtomicUsize::new(0),
-        };
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn add_file(&self, extents: Vec<Extent>) -> u64 {
+        let f = OpenFile::new(extents);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.files).insert(fh, Arc::new(f));
         fh
