@@ -8,6 +8,7 @@ use crate::layout::{Layout, SnapView};
 use crate::node::{self, entry_node, Attr, Node, ViewKind, What, ROOT_INO};
 use crate::read::OpenFile;
 use cairn_repo::format::{Entry, FileType, Time, Tree};
+use cairn_repo::store::{PieceCache, View};
 use cairn_repo::{Id, Repository};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -19,6 +20,9 @@ const WALKS: usize = 256;
 /// Opening entry i then entry j (i < j <= i + this) counts as walking the directory in order
 /// (directories and skipped entries in between are allowed).
 const IN_ORDER_GAP: u32 = 16;
+
+/// Pieces kept by the shared piece cache.
+const PIECES: usize = 16;
 
 /// Files kept ready for handle-less reads (`read_ino`).
 const BY_INO: usize = 256;
@@ -89,6 +93,9 @@ pub(crate) struct Inner {
     nodes: Mutex<HashMap<u64, Slot>>,
     trees: Loader<Id, Tree>,
     pub(crate) chunks: Loader<Id, Vec<u8>>,
+    /// Pieces (about 1 MiB each) shared by every repository read: small objects written
+    /// together are read together, and each read takes a fresh view (read transaction).
+    pieces: Arc<PieceCache>,
     pub(crate) files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     /// Files read without an open handle (the kernel skips OPEN when the filesystem declines
     /// it), by inode: the most recently read ones.
@@ -108,6 +115,13 @@ pub struct FsCore {
     pub(crate) inner: Arc<Inner>,
 }
 
+impl Inner {
+    /// A fresh read transaction, reading pieces through the shared cache.
+    pub(crate) fn view(&self) -> FsResult<View> {
+        Ok(self.repo.view_sharing(self.pieces.clone())?)
+    }
+}
+
 impl FsCore {
     /// Read the snapshot list once; fails if the repository cannot be read at all.
     pub fn new(repo: Arc<Repository>, opts: FsOptions) -> FsResult<FsCore> {
@@ -121,6 +135,7 @@ impl FsCore {
             nodes: Mutex::new(HashMap::new()),
             trees: Loader::new(opts.tree_cache_bytes),
             chunks: Loader::new(opts.chunk_cache_bytes),
+            pieces: Arc::new(PieceCache::new(PIECES)),
             files: Mutex::new(HashMap::new()),
             by_ino: Mutex::new(crate::cache::Lru::new(BY_INO)),
             next_fh: AtomicU64::new(1),
@@ -307,7 +322,7 @@ impl FsCore {
         }
         let entry = self.entry(tree, *index)?;
         self.prefetch_siblings(tree, *index);
-        let view = self.inner.repo.view()?;
+        let view = self.inner.view()?;
         let extents = self.inner.repo.extents(&view, &entry.content)?;
         drop(view);
         Ok(extents)
@@ -439,7 +454,7 @@ impl FsCore {
     fn tree(&self, id: &Id) -> FsResult<Arc<Tree>> {
         let repo = &self.inner.repo;
         self.inner.trees.get_or_load(id, tree_weight, || {
-            let view = repo.view()?;
+            let view = self.inner.view()?;
             Ok(repo.load_tree(&view, id)?)
         })
     }

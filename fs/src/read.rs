@@ -42,7 +42,7 @@ impl Inner {
     /// A chunk's plaintext, from the cache or the repository.
     pub(crate) fn chunk(&self, id: &Id) -> FsResult<Arc<Vec<u8>>> {
         self.chunks.get_or_load(id, Vec::len, || {
-            let view = self.repo.view()?;
+            let view = self.view()?;
             Ok(load_chunk(&self.repo, &view, id)?)
         })
     }

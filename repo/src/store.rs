@@ -303,12 +303,19 @@ impl Store {
     // ----- reading objects -----
 
     pub fn view(&self) -> Result<View> {
+        self.view_sharing(std::sync::Arc::new(PieceCache::new(PIECE_CACHE_SLOTS)))
+    }
+
+    /// A view whose piece reads go through `cache`, which outlives it: for readers that take
+    /// a fresh view per object (the mount) but still read neighbouring small objects, so one
+    /// piece read serves many of them.
+    pub fn view_sharing(&self, cache: std::sync::Arc<PieceCache>) -> Result<View> {
         let txn = self.db.begin_read()?;
         Ok(View {
             index: txn.open_table(INDEX)?,
             pieces: txn.open_table(PIECES)?,
             packs: txn.open_table(PACKS)?,
-            cache: PieceCache::new(PIECE_CACHE_SLOTS),
+            cache,
         })
     }
 
@@ -441,12 +448,17 @@ pub struct View {
     index: redb::ReadOnlyTable<[u8; 32], IndexValue>,
     pieces: redb::ReadOnlyTable<(u64, u32), &'static [u8]>,
     packs: redb::ReadOnlyTable<u64, (u64, u64)>,
-    cache: PieceCache,
+    cache: std::sync::Arc<PieceCache>,
 }
 
 /// Recently read pieces. Small objects share pieces, and readers (restore, mount) take them in
 /// roughly the order they were written, so one piece read serves many objects.
-struct PieceCache {
+///
+/// A cache shared between views (`Store::view_sharing`) may hold a pack's last piece from
+/// before the pack grew (a later batch of the same backup rewrites it longer; earlier bytes
+/// never change, and pack numbers are never reused), so a cached piece too short for a read
+/// is read again.
+pub struct PieceCache {
     slots: std::sync::Mutex<Vec<((u64, u32), std::sync::Arc<Vec<u8>>, u64)>>,
     capacity: usize,
     clock: std::sync::atomic::AtomicU64,
@@ -455,7 +467,8 @@ struct PieceCache {
 const PIECE_CACHE_SLOTS: usize = 32;
 
 impl PieceCache {
-    fn new(capacity: usize) -> Self {
+    /// A cache of up to `capacity` pieces.
+    pub fn new(capacity: usize) -> Self {
         PieceCache {
             slots: std::sync::Mutex::new(Vec::new()),
             capacity,
@@ -478,7 +491,9 @@ impl PieceCache {
             .clock
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        if slots.len() < self.capacity {
+        if let Some(same) = slots.iter_mut().find(|s| s.0 == key) {
+            *same = (key, bytes, now);
+        } else if slots.len() < self.capacity {
             slots.push((key, bytes, now));
         } else if let Some(oldest) = slots.iter_mut().min_by_key(|s| s.2) {
             *oldest = (key, bytes, now);
@@ -506,7 +521,8 @@ impl View {
         let mut pos = loc.offset;
         while pos < end {
             let n = (pos / ps) as u32;
-            let piece = self.piece(id, loc.pack, n)?;
+            let need = ((end - n as u64 * ps).min(ps)) as usize;
+            let piece = self.piece(id, loc.pack, n, need)?;
             let bytes = piece.as_slice();
             let start = (pos - n as u64 * ps) as usize;
             let stop = ((end - n as u64 * ps).min(ps) as usize).min(bytes.len());
@@ -522,9 +538,12 @@ impl View {
         Ok(out)
     }
 
-    fn piece(&self, id: &Id, pack: u64, n: u32) -> Result<std::sync::Arc<Vec<u8>>> {
+    /// Piece `n` of `pack`, from the cache if the cached copy holds at least `need` bytes.
+    fn piece(&self, id: &Id, pack: u64, n: u32, need: usize) -> Result<std::sync::Arc<Vec<u8>>> {
         if let Some(p) = self.cache.get((pack, n)) {
-            return Ok(p);
+            if p.len() >= need {
+                return Ok(p);
+            }
         }
         let piece = self
             .pieces
