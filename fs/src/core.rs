@@ -101,7 +101,7 @@ pub(crate) struct Inner {
     /// it), by inode: the most recently read ones.
     by_ino: Mutex<crate::cache::Lru<u64, Arc<OpenFile>>>,
     pub(crate) next_fh: AtomicU64,
-    pub(crate) pool: Option<rayon::ThreadPool>,
+    pub(crate) pool: Option<crate::pool::Pool>,
     /// Directory tree -> (index of the file opened last, siblings prefetched up to).
     walks: Mutex<crate::cache::Lru<Id, (u32, u32)>>,
     /// Snapshots skipped at the last refresh (logged when this changes).
@@ -288,8 +288,34 @@ impl FsCore {
     /// Read from a file by inode, without a handle: for kernels that skip OPEN and RELEASE
     /// (FUSE "no open" mode). The file's chunk list is kept for the most recently read files.
     pub fn read_ino(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        self.read_ino_with(ino, offset, size, <[u8]>::to_vec)
+    }
+
+    /// `read_ino`, handing the bytes to `sink` (without a copy when they lie in one chunk).
+    pub fn read_ino_with<R>(
+        &self,
+        ino: u64,
+        offset: u64,
+        size: u32,
+        sink: impl FnOnce(&[u8]) -> R,
+    ) -> FsResult<R> {
         let f = self.file_by_ino(ino)?;
-        crate::read::read(&self.inner, &f, offset, size as u64)
+        crate::read::read_with(&self.inner, &f, offset, size as u64, sink)
+    }
+
+    /// `read`, handing the bytes to `sink` (without a copy when they lie in one chunk).
+    pub fn read_with<R>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        sink: impl FnOnce(&[u8]) -> R,
+    ) -> FsResult<R> {
+        let f = lock(&self.inner.files)
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| FsError::new(libc::EBADF))?;
+        crate::read::read_with(&self.inner, &f, offset, size as u64, sink)
     }
 
     /// `seek` by inode, without a handle (see `read_ino`).
@@ -758,18 +784,11 @@ fn tree_weight(t: &Tree) -> usize {
         + 64
 }
 
-fn build_pool(threads: usize) -> Option<rayon::ThreadPool> {
+fn build_pool(threads: usize) -> Option<crate::pool::Pool> {
     if threads == 0 {
         return None;
     }
-    // A panicking prefetch must not abort the process (rayon's default) and leave a dead
-    // mount behind; the reader that needs the chunk loads it again and gets the error.
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("cairn-prefetch-{i}"))
-        .panic_handler(|_| {})
-        .build()
-        .ok()
+    crate::pool::Pool::new(threads, "cairn-prefetch")
 }
 
 fn now() -> Time {

@@ -294,14 +294,20 @@ impl fuser::Filesystem for CairnFuse {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        let r = if fh.0 == 0 {
-            self.core.read_ino(ino.0, offset, size)
-        } else {
-            self.core.read(fh.0, offset, size)
+        // The reply is sent from inside the sink, straight from the cached chunk.
+        let mut reply = Some(reply);
+        let send = |d: &[u8]| {
+            if let Some(r) = reply.take() {
+                r.data(d);
+            }
         };
-        match r {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(self.errno(e)),
+        let r = if fh.0 == 0 {
+            self.core.read_ino_with(ino.0, offset, size, send)
+        } else {
+            self.core.read_with(fh.0, offset, size, send)
+        };
+        if let (Err(e), Some(r)) = (r, reply.take()) {
+            r.error(self.errno(e));
         }
     }
 
