@@ -21,9 +21,6 @@ const WALKS: usize = 256;
 /// (directories and skipped entries in between are allowed).
 const IN_ORDER_GAP: u32 = 16;
 
-/// Pieces kept by the shared piece cache.
-const PIECES: usize = 16;
-
 /// Files kept ready for handle-less reads (`read_ino`).
 const BY_INO: usize = 256;
 
@@ -36,6 +33,9 @@ pub struct FsOptions {
     pub chunk_cache_bytes: usize,
     /// Bytes (estimated) of decoded directory trees kept in memory.
     pub tree_cache_bytes: usize,
+    /// Pack pieces (about 1 MiB each) of raw repository bytes kept for neighbouring small
+    /// objects (0: none).
+    pub piece_cache_pieces: usize,
     /// How often the snapshot list is re-read.
     pub refresh: Duration,
     /// Chunks fetched ahead of a sequential reader.
@@ -57,6 +57,7 @@ impl Default for FsOptions {
         FsOptions {
             chunk_cache_bytes: 128 << 20,
             tree_cache_bytes: 64 << 20,
+            piece_cache_pieces: 16,
             refresh: Duration::from_secs(5),
             prefetch_chunks: 4,
             prefetch_files: 16,
@@ -135,7 +136,7 @@ impl FsCore {
             nodes: Mutex::new(HashMap::new()),
             trees: Loader::new(opts.tree_cache_bytes),
             chunks: Loader::new(opts.chunk_cache_bytes),
-            pieces: Arc::new(PieceCache::new(PIECES)),
+            pieces: Arc::new(PieceCache::new(opts.piece_cache_pieces)),
             files: Mutex::new(HashMap::new()),
             by_ino: Mutex::new(crate::cache::Lru::new(BY_INO)),
             next_fh: AtomicU64::new(1),

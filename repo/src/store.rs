@@ -462,6 +462,27 @@ pub struct PieceCache {
     slots: std::sync::Mutex<Vec<((u64, u32), std::sync::Arc<Vec<u8>>, u64)>>,
     capacity: usize,
     clock: std::sync::atomic::AtomicU64,
+    /// Pieces being read right now: a second reader of the same piece waits for the first
+    /// instead of reading (and copying) the same 1 MiB again. Without this, the mount's
+    /// prefetch threads, all decoding neighbouring small files at once, read each piece
+    /// about five times.
+    loading: std::sync::Mutex<std::collections::HashSet<(u64, u32)>>,
+    loaded: std::sync::Condvar,
+}
+
+/// Releases a claim on a piece being read (also when the read fails or unwinds).
+struct Claim<'a> {
+    cache: &'a PieceCache,
+    key: (u64, u32),
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut loading = self.cache.loading.lock().unwrap_or_else(|e| e.into_inner());
+        loading.remove(&self.key);
+        drop(loading);
+        self.cache.loaded.notify_all();
+    }
 }
 
 const PIECE_CACHE_SLOTS: usize = 32;
@@ -473,7 +494,51 @@ impl PieceCache {
             slots: std::sync::Mutex::new(Vec::new()),
             capacity,
             clock: Default::default(),
+            loading: Default::default(),
+            loaded: Default::default(),
         }
+    }
+
+    /// The cached piece if it holds at least `need` bytes; otherwise a claim to read it
+    /// (after waiting for another reader of the same piece, whose result is then used).
+    fn get_or_claim(
+        &self,
+        key: (u64, u32),
+        need: usize,
+    ) -> std::result::Result<std::sync::Arc<Vec<u8>>, Claim<'_>> {
+        let mut waited = false;
+        loop {
+            match self.get(key) {
+                Some(p) if p.len() >= need => return Ok(p),
+                // What another reader just read is still too short: read it ourselves.
+                Some(_) if waited => return Err(self.claim(key)),
+                _ => {}
+            }
+            let mut loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+            if !loading.contains(&key) {
+                loading.insert(key);
+                drop(loading);
+                // Loaded between our look and our claim?
+                let claim = Claim { cache: self, key };
+                return match self.get(key) {
+                    Some(p) if p.len() >= need => Ok(p),
+                    _ => Err(claim),
+                };
+            }
+            while loading.contains(&key) {
+                loading = self.loaded.wait(loading).unwrap_or_else(|e| e.into_inner());
+            }
+            waited = true;
+        }
+    }
+
+    /// A claim taken while the piece may be claimed already (a rare re-read).
+    fn claim(&self, key: (u64, u32)) -> Claim<'_> {
+        self.loading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key);
+        Claim { cache: self, key }
     }
 
     fn get(&self, key: (u64, u32)) -> Option<std::sync::Arc<Vec<u8>>> {
@@ -540,11 +605,10 @@ impl View {
 
     /// Piece `n` of `pack`, from the cache if the cached copy holds at least `need` bytes.
     fn piece(&self, id: &Id, pack: u64, n: u32, need: usize) -> Result<std::sync::Arc<Vec<u8>>> {
-        if let Some(p) = self.cache.get((pack, n)) {
-            if p.len() >= need {
-                return Ok(p);
-            }
-        }
+        let _claim = match self.cache.get_or_claim((pack, n), need) {
+            Ok(p) => return Ok(p),
+            Err(claim) => claim,
+        };
         let piece = self
             .pieces
             .get((pack, n))?
@@ -614,4 +678,49 @@ pub fn damage_object_for_tests(
     }
     txn.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod piece_cache_tests {
+    use super::PieceCache;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn concurrent_readers_of_one_piece_read_it_once() {
+        let cache = PieceCache::new(4);
+        let reads = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| match cache.get_or_claim((1, 0), 10) {
+                    Ok(p) => assert_eq!(p.len(), 100),
+                    Err(_claim) => {
+                        reads.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                        cache.put((1, 0), Arc::new(vec![7; 100]));
+                    }
+                });
+            }
+        });
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_cached_piece_too_short_is_read_again() {
+        let cache = PieceCache::new(4);
+        cache.put((1, 0), Arc::new(vec![1; 10]));
+        assert!(cache.get_or_claim((1, 0), 10).is_ok());
+        let claim = cache.get_or_claim((1, 0), 20);
+        assert!(claim.is_err(), "a shorter copy (the pack has grown) is not served");
+        cache.put((1, 0), Arc::new(vec![1; 20]));
+        drop(claim);
+        assert_eq!(cache.get_or_claim((1, 0), 20).map(|p| p.len()).ok(), Some(20));
+    }
+
+    #[test]
+    fn a_failed_read_lets_the_next_reader_try() {
+        let cache = PieceCache::new(4);
+        drop(cache.get_or_claim((2, 3), 1));
+        assert!(cache.get_or_claim((2, 3), 1).is_err(), "claimable again, not hanging");
+    }
 }
