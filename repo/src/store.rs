@@ -587,20 +587,24 @@ impl View {
         while pos < end {
             let n = (pos / ps) as u32;
             let need = ((end - n as u64 * ps).min(ps)) as usize;
-            let piece = self.piece(id, loc.pack, n, need)?;
-            let bytes = piece.as_slice();
             let start = (pos - n as u64 * ps) as usize;
-            let stop = ((end - n as u64 * ps).min(ps) as usize).min(bytes.len());
-            if start >= stop {
-                return Err(Error::corrupt(
-                    id,
-                    format!("piece {} of pack {} is truncated", n, loc.pack),
-                ));
-            }
-            out.extend_from_slice(&bytes[start..stop]);
-            pos += (stop - start) as u64;
+            let copied = if self.cache.capacity == 0 {
+                // No cache: copy just the object's bytes, not the whole piece.
+                let piece = self.raw_piece(id, loc.pack, n)?;
+                append_part(&mut out, id, loc.pack, n, piece.value(), start, need)?
+            } else {
+                let piece = self.piece(id, loc.pack, n, need)?;
+                append_part(&mut out, id, loc.pack, n, &piece, start, need)?
+            };
+            pos += copied as u64;
         }
         Ok(out)
+    }
+
+    fn raw_piece(&self, id: &Id, pack: u64, n: u32) -> Result<redb::AccessGuard<'_, &'static [u8]>> {
+        self.pieces
+            .get((pack, n))?
+            .ok_or_else(|| Error::corrupt(id, format!("piece {n} of pack {pack} is missing")))
     }
 
     /// Piece `n` of `pack`, from the cache if the cached copy holds at least `need` bytes.
@@ -609,10 +613,7 @@ impl View {
             Ok(p) => return Ok(p),
             Err(claim) => claim,
         };
-        let piece = self
-            .pieces
-            .get((pack, n))?
-            .ok_or_else(|| Error::corrupt(id, format!("piece {n} of pack {pack} is missing")))?;
+        let piece = self.raw_piece(id, pack, n)?;
         let bytes = std::sync::Arc::new(piece.value().to_vec());
         self.cache.put((pack, n), bytes.clone());
         Ok(bytes)
@@ -649,6 +650,27 @@ impl View {
     pub fn pack_len(&self, pack: u64) -> Result<Option<u64>> {
         Ok(self.packs.get(pack)?.map(|v| v.value().0))
     }
+}
+
+/// Append `bytes[start..need]` of piece `n` to `out`; the number of bytes appended.
+fn append_part(
+    out: &mut Vec<u8>,
+    id: &Id,
+    pack: u64,
+    n: u32,
+    bytes: &[u8],
+    start: usize,
+    need: usize,
+) -> Result<usize> {
+    let stop = need.min(bytes.len());
+    if start >= stop {
+        return Err(Error::corrupt(
+            id,
+            format!("piece {n} of pack {pack} is truncated"),
+        ));
+    }
+    out.extend_from_slice(&bytes[start..stop]);
+    Ok(stop - start)
 }
 
 /// Overwrite bytes of a stored piece in place — only for tests that simulate disk damage.
