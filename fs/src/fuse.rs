@@ -60,7 +60,14 @@ pub fn mount(core: FsCore, mountpoint: &Path, opts: &MountOptions) -> io::Result
     if opts.allow_other {
         config.acl = SessionACL::All;
     }
-    let session = fuser::Session::new(CairnFuse { core, no_open: false }, mountpoint, &config)?;
+    let session = fuser::Session::new(
+        CairnFuse {
+            core,
+            no_open: false,
+        },
+        mountpoint,
+        &config,
+    )?;
     Ok(Mounted {
         session,
         path: mountpoint.to_path_buf(),

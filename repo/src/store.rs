@@ -459,7 +459,7 @@ pub struct View {
 /// never change, and pack numbers are never reused), so a cached piece too short for a read
 /// is read again.
 pub struct PieceCache {
-    slots: std::sync::Mutex<Vec<((u64, u32), std::sync::Arc<Vec<u8>>, u64)>>,
+    slots: std::sync::Mutex<Vec<PieceSlot>>,
     capacity: usize,
     clock: std::sync::atomic::AtomicU64,
     /// Pieces being read right now: a second reader of the same piece waits for the first
@@ -469,6 +469,9 @@ pub struct PieceCache {
     loading: std::sync::Mutex<std::collections::HashSet<(u64, u32)>>,
     loaded: std::sync::Condvar,
 }
+
+/// (pack, piece), the piece's bytes, last use.
+type PieceSlot = ((u64, u32), std::sync::Arc<Vec<u8>>, u64);
 
 /// Releases a claim on a piece being read (also when the read fails or unwinds).
 struct Claim<'a> {
@@ -601,7 +604,12 @@ impl View {
         Ok(out)
     }
 
-    fn raw_piece(&self, id: &Id, pack: u64, n: u32) -> Result<redb::AccessGuard<'_, &'static [u8]>> {
+    fn raw_piece(
+        &self,
+        id: &Id,
+        pack: u64,
+        n: u32,
+    ) -> Result<redb::AccessGuard<'_, &'static [u8]>> {
         self.pieces
             .get((pack, n))?
             .ok_or_else(|| Error::corrupt(id, format!("piece {n} of pack {pack} is missing")))
@@ -733,16 +741,25 @@ mod piece_cache_tests {
         cache.put((1, 0), Arc::new(vec![1; 10]));
         assert!(cache.get_or_claim((1, 0), 10).is_ok());
         let claim = cache.get_or_claim((1, 0), 20);
-        assert!(claim.is_err(), "a shorter copy (the pack has grown) is not served");
+        assert!(
+            claim.is_err(),
+            "a shorter copy (the pack has grown) is not served"
+        );
         cache.put((1, 0), Arc::new(vec![1; 20]));
         drop(claim);
-        assert_eq!(cache.get_or_claim((1, 0), 20).map(|p| p.len()).ok(), Some(20));
+        assert_eq!(
+            cache.get_or_claim((1, 0), 20).map(|p| p.len()).ok(),
+            Some(20)
+        );
     }
 
     #[test]
     fn a_failed_read_lets_the_next_reader_try() {
         let cache = PieceCache::new(4);
         drop(cache.get_or_claim((2, 3), 1));
-        assert!(cache.get_or_claim((2, 3), 1).is_err(), "claimable again, not hanging");
+        assert!(
+            cache.get_or_claim((2, 3), 1).is_err(),
+            "claimable again, not hanging"
+        );
     }
 }
