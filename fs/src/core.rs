@@ -8,6 +8,7 @@ use crate::layout::{Layout, SnapView};
 use crate::node::{self, entry_node, Attr, Node, ViewKind, What, ROOT_INO};
 use crate::read::OpenFile;
 use cairn_repo::format::{Entry, FileType, Time, Tree};
+use cairn_repo::store::{PieceCache, View};
 use cairn_repo::{Id, Repository};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -20,6 +21,9 @@ const WALKS: usize = 256;
 /// (directories and skipped entries in between are allowed).
 const IN_ORDER_GAP: u32 = 16;
 
+/// Files kept ready for handle-less reads (`read_ino`).
+const BY_INO: usize = 256;
+
 pub type Logger = Arc<dyn Fn(&str) + Send + Sync>;
 
 /// Tunables of a mount; `Default` gives sensible values.
@@ -29,6 +33,9 @@ pub struct FsOptions {
     pub chunk_cache_bytes: usize,
     /// Bytes (estimated) of decoded directory trees kept in memory.
     pub tree_cache_bytes: usize,
+    /// Pack pieces (about 1 MiB each) of raw repository bytes kept for neighbouring small
+    /// objects (0: none).
+    pub piece_cache_pieces: usize,
     /// How often the snapshot list is re-read.
     pub refresh: Duration,
     /// Chunks fetched ahead of a sequential reader.
@@ -50,6 +57,7 @@ impl Default for FsOptions {
         FsOptions {
             chunk_cache_bytes: 128 << 20,
             tree_cache_bytes: 64 << 20,
+            piece_cache_pieces: 16,
             refresh: Duration::from_secs(5),
             prefetch_chunks: 4,
             prefetch_files: 16,
@@ -86,9 +94,15 @@ pub(crate) struct Inner {
     nodes: Mutex<HashMap<u64, Slot>>,
     trees: Loader<Id, Tree>,
     pub(crate) chunks: Loader<Id, Vec<u8>>,
+    /// Pieces (about 1 MiB each) shared by every repository read: small objects written
+    /// together are read together, and each read takes a fresh view (read transaction).
+    pieces: Arc<PieceCache>,
     pub(crate) files: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    /// Files read without an open handle (the kernel skips OPEN when the filesystem declines
+    /// it), by inode: the most recently read ones.
+    by_ino: Mutex<crate::cache::Lru<u64, Arc<OpenFile>>>,
     pub(crate) next_fh: AtomicU64,
-    pub(crate) pool: Option<rayon::ThreadPool>,
+    pub(crate) pool: Option<crate::pool::Pool>,
     /// Directory tree -> (index of the file opened last, siblings prefetched up to).
     walks: Mutex<crate::cache::Lru<Id, (u32, u32)>>,
     /// Snapshots skipped at the last refresh (logged when this changes).
@@ -100,6 +114,13 @@ pub(crate) struct Inner {
 #[derive(Clone)]
 pub struct FsCore {
     pub(crate) inner: Arc<Inner>,
+}
+
+impl Inner {
+    /// A fresh read transaction, reading pieces through the shared cache.
+    pub(crate) fn view(&self) -> FsResult<View> {
+        Ok(self.repo.view_sharing(self.pieces.clone())?)
+    }
 }
 
 impl FsCore {
@@ -115,7 +136,9 @@ impl FsCore {
             nodes: Mutex::new(HashMap::new()),
             trees: Loader::new(opts.tree_cache_bytes),
             chunks: Loader::new(opts.chunk_cache_bytes),
+            pieces: Arc::new(PieceCache::new(opts.piece_cache_pieces)),
             files: Mutex::new(HashMap::new()),
+            by_ino: Mutex::new(crate::cache::Lru::new(BY_INO)),
             next_fh: AtomicU64::new(1),
             pool,
             walks: Mutex::new(crate::cache::Lru::new(WALKS)),
@@ -159,12 +182,18 @@ impl FsCore {
         if ino == ROOT_INO {
             return;
         }
-        let mut nodes = lock(&self.inner.nodes);
-        if let Some(slot) = nodes.get_mut(&ino) {
-            slot.lookups = slot.lookups.saturating_sub(n);
-            if slot.lookups == 0 {
-                nodes.remove(&ino);
+        let gone = {
+            let mut nodes = lock(&self.inner.nodes);
+            match nodes.get_mut(&ino) {
+                Some(slot) => {
+                    slot.lookups = slot.lookups.saturating_sub(n);
+                    slot.lookups == 0 && nodes.remove(&ino).is_some()
+                }
+                None => false,
             }
+        };
+        if gone {
+            lock(&self.inner.by_ino).remove(&ino);
         }
     }
 
@@ -253,6 +282,59 @@ impl FsCore {
 
     /// Open a regular file for reading; returns the handle for `read`.
     pub fn open(&self, ino: u64) -> FsResult<u64> {
+        let f = self.open_file(ino)?;
+        Ok(self.inner.add_file(f))
+    }
+
+    /// Read from a file by inode, without a handle: for kernels that skip OPEN and RELEASE
+    /// (FUSE "no open" mode). The file's chunk list is kept for the most recently read files.
+    pub fn read_ino(&self, ino: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
+        self.read_ino_with(ino, offset, size, <[u8]>::to_vec)
+    }
+
+    /// `read_ino`, handing the bytes to `sink` (without a copy when they lie in one chunk).
+    pub fn read_ino_with<R>(
+        &self,
+        ino: u64,
+        offset: u64,
+        size: u32,
+        sink: impl FnOnce(&[u8]) -> R,
+    ) -> FsResult<R> {
+        let f = self.file_by_ino(ino)?;
+        crate::read::read_with(&self.inner, &f, offset, size as u64, sink)
+    }
+
+    /// `read`, handing the bytes to `sink` (without a copy when they lie in one chunk).
+    pub fn read_with<R>(
+        &self,
+        fh: u64,
+        offset: u64,
+        size: u32,
+        sink: impl FnOnce(&[u8]) -> R,
+    ) -> FsResult<R> {
+        let f = lock(&self.inner.files)
+            .get(&fh)
+            .cloned()
+            .ok_or_else(|| FsError::new(libc::EBADF))?;
+        crate::read::read_with(&self.inner, &f, offset, size as u64, sink)
+    }
+
+    /// `seek` by inode, without a handle (see `read_ino`).
+    pub fn seek_ino(&self, ino: u64, offset: u64, data: bool) -> FsResult<u64> {
+        let f = self.file_by_ino(ino)?;
+        crate::read::seek_data_or_hole(&f, offset, data)
+    }
+
+    fn file_by_ino(&self, ino: u64) -> FsResult<Arc<OpenFile>> {
+        if let Some(f) = lock(&self.inner.by_ino).get(&ino) {
+            return Ok(f);
+        }
+        let f = Arc::new(OpenFile::new(self.open_file(ino)?));
+        lock(&self.inner.by_ino).insert(ino, f.clone(), 1);
+        Ok(f)
+    }
+
+    fn open_file(&self, ino: u64) -> FsResult<Vec<cairn_repo::format::Extent>> {
         let n = self.node(ino)?;
         let What::Entry {
             tree, index, attr, ..
@@ -267,10 +349,10 @@ impl FsCore {
         }
         let entry = self.entry(tree, *index)?;
         self.prefetch_siblings(tree, *index);
-        let view = self.inner.repo.view()?;
+        let view = self.inner.view()?;
         let extents = self.inner.repo.extents(&view, &entry.content)?;
         drop(view);
-        Ok(self.inner.add_file(extents))
+        Ok(extents)
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
@@ -399,7 +481,7 @@ impl FsCore {
     fn tree(&self, id: &Id) -> FsResult<Arc<Tree>> {
         let repo = &self.inner.repo;
         self.inner.trees.get_or_load(id, tree_weight, || {
-            let view = repo.view()?;
+            let view = self.inner.view()?;
             Ok(repo.load_tree(&view, id)?)
         })
     }
@@ -703,18 +785,11 @@ fn tree_weight(t: &Tree) -> usize {
         + 64
 }
 
-fn build_pool(threads: usize) -> Option<rayon::ThreadPool> {
+fn build_pool(threads: usize) -> Option<crate::pool::Pool> {
     if threads == 0 {
         return None;
     }
-    // A panicking prefetch must not abort the process (rayon's default) and leave a dead
-    // mount behind; the reader that needs the chunk loads it again and gets the error.
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .thread_name(|i| format!("cairn-prefetch-{i}"))
-        .panic_handler(|_| {})
-        .build()
-        .ok()
+    crate::pool::Pool::new(threads, "cairn-prefetch")
 }
 
 fn now() -> Time {

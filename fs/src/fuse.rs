@@ -60,7 +60,14 @@ pub fn mount(core: FsCore, mountpoint: &Path, opts: &MountOptions) -> io::Result
     if opts.allow_other {
         config.acl = SessionACL::All;
     }
-    let session = fuser::Session::new(CairnFuse { core }, mountpoint, &config)?;
+    let session = fuser::Session::new(
+        CairnFuse {
+            core,
+            no_open: false,
+        },
+        mountpoint,
+        &config,
+    )?;
     Ok(Mounted {
         session,
         path: mountpoint.to_path_buf(),
@@ -128,6 +135,10 @@ pub fn is_mountpoint(path: &Path) -> bool {
 
 struct CairnFuse {
     core: FsCore,
+    /// The kernel offered FUSE_NO_OPEN_SUPPORT: `open` answers ENOSYS once, after which the
+    /// kernel opens and closes files without a round trip (no OPEN, no RELEASE) and reads
+    /// arrive with handle 0, served by inode. Its default for such files is `keep_cache`.
+    no_open: bool,
 }
 
 impl CairnFuse {
@@ -217,6 +228,12 @@ impl fuser::Filesystem for CairnFuse {
         // Always READDIRPLUS (not _AUTO): listings then bring every entry's attributes, so
         // `ls -l`, `find` and `cp -a` need no LOOKUP per entry.
         let wanted = InitFlags::FUSE_DO_READDIRPLUS | InitFlags::FUSE_PARALLEL_DIROPS;
+        self.no_open = config
+            .capabilities()
+            .contains(InitFlags::FUSE_NO_OPEN_SUPPORT);
+        if self.no_open {
+            let _ = config.add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT);
+        }
         for flag in wanted.iter() {
             let _ = config.add_capabilities(flag);
         }
@@ -258,6 +275,15 @@ impl fuser::Filesystem for CairnFuse {
         if !matches!(flags.acc_mode(), OpenAccMode::O_RDONLY) || flags.0 & libc::O_TRUNC != 0 {
             return reply.error(Errno::EROFS);
         }
+        if self.no_open {
+            // Checked once per mount by the kernel: from now on no OPEN or RELEASE is sent.
+            // Writes are still refused by the read-only mount itself (EROFS from the VFS).
+            return match self.core.getattr(ino.0) {
+                Ok(a) if a.kind == Kind::Dir => reply.error(Errno::EISDIR),
+                Ok(_) => reply.error(Errno::ENOSYS),
+                Err(e) => reply.error(self.errno(e)),
+            };
+        }
         match self.core.open(ino.0) {
             Ok(fh) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_KEEP_CACHE),
             Err(e) => reply.error(self.errno(e)),
@@ -267,7 +293,7 @@ impl fuser::Filesystem for CairnFuse {
     fn read(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: u64,
         size: u32,
@@ -275,16 +301,27 @@ impl fuser::Filesystem for CairnFuse {
         _lock: Option<LockOwner>,
         reply: ReplyData,
     ) {
-        match self.core.read(fh.0, offset, size) {
-            Ok(d) => reply.data(&d),
-            Err(e) => reply.error(self.errno(e)),
+        // The reply is sent from inside the sink, straight from the cached chunk.
+        let mut reply = Some(reply);
+        let send = |d: &[u8]| {
+            if let Some(r) = reply.take() {
+                r.data(d);
+            }
+        };
+        let r = if fh.0 == 0 {
+            self.core.read_ino_with(ino.0, offset, size, send)
+        } else {
+            self.core.read_with(fh.0, offset, size, send)
+        };
+        if let (Err(e), Some(r)) = (r, reply.take()) {
+            r.error(self.errno(e));
         }
     }
 
     fn lseek(
         &self,
         _req: &Request,
-        _ino: INodeNo,
+        ino: INodeNo,
         fh: FileHandle,
         offset: i64,
         whence: i32,
@@ -298,7 +335,12 @@ impl fuser::Filesystem for CairnFuse {
         let Ok(offset) = u64::try_from(offset) else {
             return reply.error(Errno::ENXIO);
         };
-        match self.core.seek(fh.0, offset, data) {
+        let r = if fh.0 == 0 {
+            self.core.seek_ino(ino.0, offset, data)
+        } else {
+            self.core.seek(fh.0, offset, data)
+        };
+        match r {
             Ok(pos) => reply.offset(pos as i64),
             Err(e) => reply.error(self.errno(e)),
         }
@@ -326,7 +368,8 @@ impl fuser::Filesystem for CairnFuse {
         _lock: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // Nothing to flush: ENOSYS tells the kernel to stop sending FLUSH on every close.
+        reply.error(Errno::ENOSYS);
     }
 
     fn fsync(

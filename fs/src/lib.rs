@@ -11,6 +11,7 @@ pub mod error;
 pub mod fuse;
 pub mod layout;
 pub mod node;
+mod pool;
 mod read;
 
 pub use crate::core::{DirItem, FsCore, FsOptions, Logger};

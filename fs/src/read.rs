@@ -21,13 +21,19 @@ pub struct OpenFile {
     prefetched: AtomicUsize,
 }
 
-impl Inner {
-    pub(crate) fn add_file(&self, extents: Vec<Extent>) -> u64 {
-        let f = OpenFile {
+impl OpenFile {
+    pub(crate) fn new(extents: Vec<Extent>) -> OpenFile {
+        OpenFile {
             map: ExtentMap::new(extents),
             next: AtomicU64::new(0),
             prefetched: AtomicUsize::new(0),
-        };
+        }
+    }
+}
+
+impl Inner {
+    pub(crate) fn add_file(&self, extents: Vec<Extent>) -> u64 {
+        let f = OpenFile::new(extents);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.files).insert(fh, Arc::new(f));
         fh
@@ -36,7 +42,7 @@ impl Inner {
     /// A chunk's plaintext, from the cache or the repository.
     pub(crate) fn chunk(&self, id: &Id) -> FsResult<Arc<Vec<u8>>> {
         self.chunks.get_or_load(id, Vec::len, || {
-            let view = self.repo.view()?;
+            let view = self.view()?;
             Ok(load_chunk(&self.repo, &view, id)?)
         })
     }
@@ -44,11 +50,37 @@ impl Inner {
 
 /// Read up to `size` bytes at `offset` (short only at end of file).
 pub(crate) fn read(inner: &Arc<Inner>, f: &OpenFile, offset: u64, size: u64) -> FsResult<Vec<u8>> {
+    read_with(inner, f, offset, size, <[u8]>::to_vec)
+}
+
+/// Like `read`, handing the bytes to `sink`: a read inside one chunk (every read of a small
+/// file) is served from the cached chunk without copying it first.
+pub(crate) fn read_with<R>(
+    inner: &Arc<Inner>,
+    f: &OpenFile,
+    offset: u64,
+    size: u64,
+    sink: impl FnOnce(&[u8]) -> R,
+) -> FsResult<R> {
     let end = offset.saturating_add(size).min(f.map.size());
     if offset >= end {
-        return Ok(Vec::new());
+        return Ok(sink(&[]));
     }
     let sequential = offset.abs_diff(f.next.load(Ordering::Relaxed)) <= SEQ_SLACK;
+    if let Some((i, start)) = f.map.find(offset) {
+        let x = f.map.extents()[i];
+        if let (Some(id), true) = (x.id, end - start <= x.len) {
+            if sequential {
+                prefetch(inner, f, i);
+            }
+            let data = checked_chunk(inner, &id, x.len)?;
+            let part = data
+                .get((offset - start) as usize..(end - start) as usize)
+                .ok_or_else(|| FsError::eio(format!("chunk {id}: read out of range")))?;
+            f.next.fetch_max(end, Ordering::Relaxed);
+            return Ok(sink(part));
+        }
+    }
     let mut out = Vec::with_capacity((end - offset) as usize);
     let mut pos = offset;
     let mut last = 0;
@@ -70,7 +102,7 @@ pub(crate) fn read(inner: &Arc<Inner>, f: &OpenFile, offset: u64, size: u64) -> 
     if sequential {
         prefetch(inner, f, last);
     }
-    Ok(out)
+    Ok(sink(&out))
 }
 
 /// `lseek(SEEK_DATA)` (`data`) or `lseek(SEEK_HOLE)` from `offset`: stored holes are holes,
@@ -103,19 +135,24 @@ fn append(inner: &Inner, out: &mut Vec<u8>, x: Extent, within: u64, n: u64) -> F
         out.resize(out.len() + n as usize, 0);
         return Ok(());
     };
-    let data = inner.chunk(&id)?;
-    if data.len() as u64 != x.len {
-        return Err(FsError::eio(format!(
-            "chunk {id} holds {} bytes, its file expects {}",
-            data.len(),
-            x.len
-        )));
-    }
+    let data = checked_chunk(inner, &id, x.len)?;
     let part = data
         .get(within as usize..(within + n) as usize)
         .ok_or_else(|| FsError::eio(format!("chunk {id}: read out of range")))?;
     out.extend_from_slice(part);
     Ok(())
+}
+
+/// A chunk that must hold `len` bytes.
+fn checked_chunk(inner: &Inner, id: &Id, len: u64) -> FsResult<Arc<Vec<u8>>> {
+    let data = inner.chunk(id)?;
+    if data.len() as u64 != len {
+        return Err(FsError::eio(format!(
+            "chunk {id} holds {} bytes, its file expects {len}",
+            data.len(),
+        )));
+    }
+    Ok(data)
 }
 
 /// Hand the chunks after extent `i` (up to the configured count) to the prefetch pool.

@@ -114,6 +114,11 @@ impl Repository {
         self.store.view()
     }
 
+    /// A view reading pieces through a cache that outlives it (see `PieceCache`).
+    pub fn view_sharing(&self, cache: std::sync::Arc<crate::store::PieceCache>) -> Result<View> {
+        self.store.view_sharing(cache)
+    }
+
     // ----- snapshots -----
 
     /// All snapshots, oldest first. Undecodable ones are reported as errors.

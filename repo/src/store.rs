@@ -303,12 +303,19 @@ impl Store {
     // ----- reading objects -----
 
     pub fn view(&self) -> Result<View> {
+        self.view_sharing(std::sync::Arc::new(PieceCache::new(PIECE_CACHE_SLOTS)))
+    }
+
+    /// A view whose piece reads go through `cache`, which outlives it: for readers that take
+    /// a fresh view per object (the mount) but still read neighbouring small objects, so one
+    /// piece read serves many of them.
+    pub fn view_sharing(&self, cache: std::sync::Arc<PieceCache>) -> Result<View> {
         let txn = self.db.begin_read()?;
         Ok(View {
             index: txn.open_table(INDEX)?,
             pieces: txn.open_table(PIECES)?,
             packs: txn.open_table(PACKS)?,
-            cache: PieceCache::new(PIECE_CACHE_SLOTS),
+            cache,
         })
     }
 
@@ -441,26 +448,100 @@ pub struct View {
     index: redb::ReadOnlyTable<[u8; 32], IndexValue>,
     pieces: redb::ReadOnlyTable<(u64, u32), &'static [u8]>,
     packs: redb::ReadOnlyTable<u64, (u64, u64)>,
-    cache: PieceCache,
+    cache: std::sync::Arc<PieceCache>,
 }
 
 /// Recently read pieces. Small objects share pieces, and readers (restore, mount) take them in
 /// roughly the order they were written, so one piece read serves many objects.
-struct PieceCache {
-    slots: std::sync::Mutex<Vec<((u64, u32), std::sync::Arc<Vec<u8>>, u64)>>,
+///
+/// A cache shared between views (`Store::view_sharing`) may hold a pack's last piece from
+/// before the pack grew (a later batch of the same backup rewrites it longer; earlier bytes
+/// never change, and pack numbers are never reused), so a cached piece too short for a read
+/// is read again.
+pub struct PieceCache {
+    slots: std::sync::Mutex<Vec<PieceSlot>>,
     capacity: usize,
     clock: std::sync::atomic::AtomicU64,
+    /// Pieces being read right now: a second reader of the same piece waits for the first
+    /// instead of reading (and copying) the same 1 MiB again. Without this, the mount's
+    /// prefetch threads, all decoding neighbouring small files at once, read each piece
+    /// about five times.
+    loading: std::sync::Mutex<std::collections::HashSet<(u64, u32)>>,
+    loaded: std::sync::Condvar,
+}
+
+/// (pack, piece), the piece's bytes, last use.
+type PieceSlot = ((u64, u32), std::sync::Arc<Vec<u8>>, u64);
+
+/// Releases a claim on a piece being read (also when the read fails or unwinds).
+struct Claim<'a> {
+    cache: &'a PieceCache,
+    key: (u64, u32),
+}
+
+impl Drop for Claim<'_> {
+    fn drop(&mut self) {
+        let mut loading = self.cache.loading.lock().unwrap_or_else(|e| e.into_inner());
+        loading.remove(&self.key);
+        drop(loading);
+        self.cache.loaded.notify_all();
+    }
 }
 
 const PIECE_CACHE_SLOTS: usize = 32;
 
 impl PieceCache {
-    fn new(capacity: usize) -> Self {
+    /// A cache of up to `capacity` pieces.
+    pub fn new(capacity: usize) -> Self {
         PieceCache {
             slots: std::sync::Mutex::new(Vec::new()),
             capacity,
             clock: Default::default(),
+            loading: Default::default(),
+            loaded: Default::default(),
         }
+    }
+
+    /// The cached piece if it holds at least `need` bytes; otherwise a claim to read it
+    /// (after waiting for another reader of the same piece, whose result is then used).
+    fn get_or_claim(
+        &self,
+        key: (u64, u32),
+        need: usize,
+    ) -> std::result::Result<std::sync::Arc<Vec<u8>>, Claim<'_>> {
+        let mut waited = false;
+        loop {
+            match self.get(key) {
+                Some(p) if p.len() >= need => return Ok(p),
+                // What another reader just read is still too short: read it ourselves.
+                Some(_) if waited => return Err(self.claim(key)),
+                _ => {}
+            }
+            let mut loading = self.loading.lock().unwrap_or_else(|e| e.into_inner());
+            if !loading.contains(&key) {
+                loading.insert(key);
+                drop(loading);
+                // Loaded between our look and our claim?
+                let claim = Claim { cache: self, key };
+                return match self.get(key) {
+                    Some(p) if p.len() >= need => Ok(p),
+                    _ => Err(claim),
+                };
+            }
+            while loading.contains(&key) {
+                loading = self.loaded.wait(loading).unwrap_or_else(|e| e.into_inner());
+            }
+            waited = true;
+        }
+    }
+
+    /// A claim taken while the piece may be claimed already (a rare re-read).
+    fn claim(&self, key: (u64, u32)) -> Claim<'_> {
+        self.loading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key);
+        Claim { cache: self, key }
     }
 
     fn get(&self, key: (u64, u32)) -> Option<std::sync::Arc<Vec<u8>>> {
@@ -478,7 +559,9 @@ impl PieceCache {
             .clock
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
-        if slots.len() < self.capacity {
+        if let Some(same) = slots.iter_mut().find(|s| s.0 == key) {
+            *same = (key, bytes, now);
+        } else if slots.len() < self.capacity {
             slots.push((key, bytes, now));
         } else if let Some(oldest) = slots.iter_mut().min_by_key(|s| s.2) {
             *oldest = (key, bytes, now);
@@ -506,30 +589,39 @@ impl View {
         let mut pos = loc.offset;
         while pos < end {
             let n = (pos / ps) as u32;
-            let piece = self.piece(id, loc.pack, n)?;
-            let bytes = piece.as_slice();
+            let need = ((end - n as u64 * ps).min(ps)) as usize;
             let start = (pos - n as u64 * ps) as usize;
-            let stop = ((end - n as u64 * ps).min(ps) as usize).min(bytes.len());
-            if start >= stop {
-                return Err(Error::corrupt(
-                    id,
-                    format!("piece {} of pack {} is truncated", n, loc.pack),
-                ));
-            }
-            out.extend_from_slice(&bytes[start..stop]);
-            pos += (stop - start) as u64;
+            let copied = if self.cache.capacity == 0 {
+                // No cache: copy just the object's bytes, not the whole piece.
+                let piece = self.raw_piece(id, loc.pack, n)?;
+                append_part(&mut out, id, loc.pack, n, piece.value(), start, need)?
+            } else {
+                let piece = self.piece(id, loc.pack, n, need)?;
+                append_part(&mut out, id, loc.pack, n, &piece, start, need)?
+            };
+            pos += copied as u64;
         }
         Ok(out)
     }
 
-    fn piece(&self, id: &Id, pack: u64, n: u32) -> Result<std::sync::Arc<Vec<u8>>> {
-        if let Some(p) = self.cache.get((pack, n)) {
-            return Ok(p);
-        }
-        let piece = self
-            .pieces
+    fn raw_piece(
+        &self,
+        id: &Id,
+        pack: u64,
+        n: u32,
+    ) -> Result<redb::AccessGuard<'_, &'static [u8]>> {
+        self.pieces
             .get((pack, n))?
-            .ok_or_else(|| Error::corrupt(id, format!("piece {n} of pack {pack} is missing")))?;
+            .ok_or_else(|| Error::corrupt(id, format!("piece {n} of pack {pack} is missing")))
+    }
+
+    /// Piece `n` of `pack`, from the cache if the cached copy holds at least `need` bytes.
+    fn piece(&self, id: &Id, pack: u64, n: u32, need: usize) -> Result<std::sync::Arc<Vec<u8>>> {
+        let _claim = match self.cache.get_or_claim((pack, n), need) {
+            Ok(p) => return Ok(p),
+            Err(claim) => claim,
+        };
+        let piece = self.raw_piece(id, pack, n)?;
         let bytes = std::sync::Arc::new(piece.value().to_vec());
         self.cache.put((pack, n), bytes.clone());
         Ok(bytes)
@@ -568,6 +660,27 @@ impl View {
     }
 }
 
+/// Append `bytes[start..need]` of piece `n` to `out`; the number of bytes appended.
+fn append_part(
+    out: &mut Vec<u8>,
+    id: &Id,
+    pack: u64,
+    n: u32,
+    bytes: &[u8],
+    start: usize,
+    need: usize,
+) -> Result<usize> {
+    let stop = need.min(bytes.len());
+    if start >= stop {
+        return Err(Error::corrupt(
+            id,
+            format!("piece {n} of pack {pack} is truncated"),
+        ));
+    }
+    out.extend_from_slice(&bytes[start..stop]);
+    Ok(stop - start)
+}
+
 /// Overwrite bytes of a stored piece in place — only for tests that simulate disk damage.
 #[doc(hidden)]
 pub fn damage_object_for_tests(
@@ -595,4 +708,58 @@ pub fn damage_object_for_tests(
     }
     txn.commit()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod piece_cache_tests {
+    use super::PieceCache;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    #[test]
+    fn concurrent_readers_of_one_piece_read_it_once() {
+        let cache = PieceCache::new(4);
+        let reads = AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| match cache.get_or_claim((1, 0), 10) {
+                    Ok(p) => assert_eq!(p.len(), 100),
+                    Err(_claim) => {
+                        reads.fetch_add(1, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(50));
+                        cache.put((1, 0), Arc::new(vec![7; 100]));
+                    }
+                });
+            }
+        });
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn a_cached_piece_too_short_is_read_again() {
+        let cache = PieceCache::new(4);
+        cache.put((1, 0), Arc::new(vec![1; 10]));
+        assert!(cache.get_or_claim((1, 0), 10).is_ok());
+        let claim = cache.get_or_claim((1, 0), 20);
+        assert!(
+            claim.is_err(),
+            "a shorter copy (the pack has grown) is not served"
+        );
+        cache.put((1, 0), Arc::new(vec![1; 20]));
+        drop(claim);
+        assert_eq!(
+            cache.get_or_claim((1, 0), 20).map(|p| p.len()).ok(),
+            Some(20)
+        );
+    }
+
+    #[test]
+    fn a_failed_read_lets_the_next_reader_try() {
+        let cache = PieceCache::new(4);
+        drop(cache.get_or_claim((2, 3), 1));
+        assert!(
+            cache.get_or_claim((2, 3), 1).is_err(),
+            "claimable again, not hanging"
+        );
+    }
 }
