@@ -62,8 +62,14 @@ pub fn snapshot_json(s: &SnapshotEntry) -> serde_json::Value {
 
 pub fn run(g: &Global, a: &Args) -> CmdResult {
     let repo = g.open()?;
-    let list: Vec<SnapshotEntry> = repo
-        .snapshots()?
+    let (all, damaged) = repo.snapshots_tolerant()?;
+    for (id, e) in &damaged {
+        output::warn(&format!(
+            "snapshot {} cannot be read and is not listed: {e}",
+            id.short()
+        ));
+    }
+    let list: Vec<SnapshotEntry> = all
         .into_iter()
         .filter(|s| a.host.as_ref().is_none_or(|h| &s.snapshot.host == h))
         .filter(|s| a.tag.as_ref().is_none_or(|t| s.snapshot.tags.contains(t)))
@@ -74,7 +80,7 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
             "snapshots": list.iter().map(snapshot_json).collect::<Vec<_>>(),
             "repository": crate::stats::space_json(&space),
         }));
-        return Ok(0);
+        return Ok(exit_for(&damaged));
     }
     output::line(&format!(
         "{:<8}  {:<19}  {:<16}  {:<12}  {:>10}  paths",
@@ -98,5 +104,14 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
         ));
     }
     output::info(g, &format!("{} snapshots", list.len()));
-    Ok(0)
+    Ok(exit_for(&damaged))
+}
+
+/// 3 ("finished but incomplete") when some snapshot could not be read.
+fn exit_for(damaged: &[(cairn_repo::Id, cairn_repo::Error)]) -> u8 {
+    if damaged.is_empty() {
+        0
+    } else {
+        crate::EXIT_INCOMPLETE
+    }
 }

@@ -561,7 +561,7 @@ fn check_names_damaged_objects_and_their_paths() {
 /// file (through the engine's read API) and flip one byte of them in the file itself.
 fn damage_victim(repo: &Path, victim: &Path) {
     use cairn_repo::{OpenOptions, Repository};
-    let flip_at = {
+    let sealed = {
         let r = Repository::open(repo, PASSWORD.as_bytes(), &OpenOptions::default()).unwrap();
         let snap = r.find_snapshot("latest").unwrap();
         let view = r.view().unwrap();
@@ -571,18 +571,67 @@ fn damage_victim(repo: &Path, victim: &Path) {
             .unwrap();
         let id = r.extents(&view, &entry.content).unwrap()[0].id.unwrap();
         let loc = view.locate(&id).unwrap().unwrap();
-        let sealed = view.read_sealed(&id, &loc, r.config().piece_size).unwrap();
-        let file = std::fs::read(repo.join("cairn.redb")).unwrap();
-        let needle = &sealed[1000..1064];
-        let pos = file
-            .windows(needle.len())
-            .position(|w| w == needle)
-            .expect("sealed bytes are in the file");
-        pos + 32
+        view.read_sealed(&id, &loc, r.config().piece_size).unwrap()
     };
-    let mut file = std::fs::read(repo.join("cairn.redb")).unwrap();
-    file[flip_at] ^= 0x5a;
-    std::fs::write(repo.join("cairn.redb"), file).unwrap();
+    flip_in_file(repo, &sealed[1000..1064]);
+}
+
+/// Flip a byte in the middle of the one place `needle` occurs in the database file.
+fn flip_in_file(repo: &Path, needle: &[u8]) {
+    let path = repo.join("cairn.redb");
+    let mut file = std::fs::read(&path).unwrap();
+    let pos = file
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .expect("bytes are in the file");
+    file[pos + needle.len() / 2] ^= 0x5a;
+    std::fs::write(&path, file).unwrap();
+}
+
+#[test]
+fn a_damaged_snapshot_does_not_hide_the_others() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), "one").unwrap();
+    let repo = t.path().join("repo");
+    init(&repo);
+    let first = backup(&repo, &[&src]);
+    std::fs::write(src.join("f"), "two").unwrap();
+    let second = backup(&repo, &[&src]);
+    let blob = {
+        let store = cairn_repo::store::Store::open(&repo, 1 << 20).unwrap();
+        let id = second["snapshot"].as_str().unwrap();
+        store
+            .snapshot_blobs()
+            .unwrap()
+            .into_iter()
+            .find(|(i, _)| i.to_hex() == id)
+            .unwrap()
+            .1
+    };
+    flip_in_file(&repo, &blob[8..blob.len() - 8]);
+    let r = run(cairn(&repo).args(["snapshots", "--json"]));
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(
+        r.stderr
+            .contains(&second["short_id"].as_str().unwrap().to_string()),
+        "{}",
+        r.stderr
+    );
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(v["snapshots"].as_array().unwrap().len(), 1);
+    assert_eq!(v["snapshots"][0]["id"], first["snapshot"]);
+    // The intact snapshot still restores, and `latest` now means it.
+    assert_eq!(
+        ok(cairn(&repo).args(["cat", "latest"]).arg(src.join("f")), 0),
+        "one"
+    );
+    assert_eq!(run(cairn(&repo).args(["check"])).code, 1);
+    // The nightly backup keeps working.
+    std::fs::write(src.join("f"), "three").unwrap();
+    backup(&repo, &[&src]);
+    assert_eq!(ok(cairn(&repo).args(["cat", "latest"]).arg(src.join("f")), 0), "three");
 }
 
 #[test]

@@ -1,8 +1,6 @@
 //! The top of the mount: snapshot names and the by-host and by-tag views, rebuilt from the
 //! snapshot list on every refresh.
 
-use cairn_repo::crypto::Kind;
-use cairn_repo::format::Snapshot;
 use cairn_repo::{Id, Repository, SnapshotEntry, Time};
 use std::collections::{BTreeMap, HashMap};
 
@@ -88,19 +86,11 @@ pub fn decode_snapshots(
     repo: &Repository,
     blobs: Vec<(Id, Vec<u8>)>,
 ) -> (Vec<SnapshotEntry>, Vec<String>) {
-    let mut ok = Vec::new();
-    let mut bad = Vec::new();
-    for (id, blob) in blobs {
-        let decoded = repo
-            .keys()
-            .open(Kind::Snapshot, &id, &blob)
-            .and_then(|plain| Snapshot::decode(&plain));
-        match decoded {
-            Ok(snapshot) => ok.push(SnapshotEntry { id, snapshot }),
-            Err(e) => bad.push(format!("snapshot {id} is not shown: {e}")),
-        }
-    }
-    ok.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
+    let (ok, bad) = repo.decode_snapshots(blobs);
+    let bad = bad
+        .into_iter()
+        .map(|(id, e)| format!("snapshot {id} is not shown: {e}"))
+        .collect();
     (ok, bad)
 }
 

@@ -822,7 +822,8 @@ pub fn find_parent(
     let mut want: Vec<&Vec<u8>> = paths.iter().collect();
     want.sort();
     Ok(repo
-        .snapshots()?
+        .snapshots_tolerant()?
+        .0
         .into_iter()
         .rev()
         .find(|s| {
@@ -872,7 +873,8 @@ pub fn backup(
     let parent = match opts.parent {
         Some(id) => {
             let s = repo
-                .snapshots()?
+                .snapshots_tolerant()?
+                .0
                 .into_iter()
                 .find(|s| s.id == id)
                 .ok_or_else(|| Error::Invalid(format!("no parent snapshot {id}")))?;

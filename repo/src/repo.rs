@@ -123,20 +123,46 @@ impl Repository {
 
     /// All snapshots, oldest first. Undecodable ones are reported as errors.
     pub fn snapshots(&self) -> Result<Vec<SnapshotEntry>> {
-        let mut out = Vec::new();
-        for (id, blob) in self.store.snapshot_blobs()? {
-            let plain = self.keys.open(Kind::Snapshot, &id, &blob)?;
-            let snapshot =
-                Snapshot::decode(&plain).map_err(|e| Error::corrupt(id, e.to_string()))?;
-            out.push(SnapshotEntry { id, snapshot });
+        let (ok, mut damaged) = self.snapshots_tolerant()?;
+        match damaged.pop() {
+            Some((_, e)) => Err(e),
+            None => Ok(ok),
         }
-        out.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
-        Ok(out)
+    }
+
+    /// All snapshots that open, oldest first, and the ones that do not with their errors: one
+    /// damaged snapshot must not hide the others from listing, restore or the mount.
+    pub fn snapshots_tolerant(&self) -> Result<(Vec<SnapshotEntry>, Vec<(Id, Error)>)> {
+        Ok(self.decode_snapshots(self.store.snapshot_blobs()?))
+    }
+
+    /// Decrypt and decode sealed snapshots (as stored), splitting good from damaged.
+    pub fn decode_snapshots(
+        &self,
+        blobs: Vec<(Id, Vec<u8>)>,
+    ) -> (Vec<SnapshotEntry>, Vec<(Id, Error)>) {
+        let mut ok = Vec::new();
+        let mut bad = Vec::new();
+        for (id, blob) in blobs {
+            let decoded = self
+                .keys
+                .open(Kind::Snapshot, &id, &blob)
+                .and_then(|plain| {
+                    Snapshot::decode(&plain).map_err(|e| Error::corrupt(id, e.to_string()))
+                });
+            match decoded {
+                Ok(snapshot) => ok.push(SnapshotEntry { id, snapshot }),
+                Err(e) => bad.push((id, e)),
+            }
+        }
+        ok.sort_by(|a, b| a.snapshot.time.cmp(&b.snapshot.time).then(a.id.cmp(&b.id)));
+        (ok, bad)
     }
 
     /// Resolve `latest` or a unique hex prefix of a snapshot id.
+    /// Damaged snapshots are passed over (`check` reports them).
     pub fn find_snapshot(&self, spec: &str) -> Result<SnapshotEntry> {
-        let all = self.snapshots()?;
+        let (all, _) = self.snapshots_tolerant()?;
         if spec == "latest" {
             return all
                 .into_iter()
