@@ -631,7 +631,10 @@ fn a_damaged_snapshot_does_not_hide_the_others() {
     // The nightly backup keeps working.
     std::fs::write(src.join("f"), "three").unwrap();
     backup(&repo, &[&src]);
-    assert_eq!(ok(cairn(&repo).args(["cat", "latest"]).arg(src.join("f")), 0), "three");
+    assert_eq!(
+        ok(cairn(&repo).args(["cat", "latest"]).arg(src.join("f")), 0),
+        "three"
+    );
 }
 
 #[test]
