@@ -62,6 +62,11 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
         Some(path) => open_pair(g, path)?,
     };
     let mut report = check(&repo, &opts)?;
+    if let Some(why) = &report.unrecorded {
+        output::warn(&format!(
+            "the check's result could not be recorded for `cairn status`: {why}"
+        ));
+    }
     if let Some(replica) = &replica {
         report = repair(g, &repo, replica, &opts, report)?;
     }

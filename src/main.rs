@@ -162,13 +162,9 @@ impl Global {
     pub fn open(&self) -> Result<cairn_repo::Repository, Failure> {
         let path = self.repo_path()?;
         // Fail on a missing repository before asking for a password.
-        cairn_repo::store::Store::open(&path, 1 << 20).map_err(Failure::from)?;
+        let store = cairn_repo::store::Store::open(&path, cairn_repo::store::DEFAULT_DB_CACHE)?;
         let password = secrets::password(self, false)?;
-        Ok(cairn_repo::Repository::open(
-            &path,
-            password.as_bytes(),
-            &cairn_repo::OpenOptions::default(),
-        )?)
+        Ok(cairn_repo::Repository::unlock(store, password.as_bytes())?)
     }
 }
 

@@ -17,23 +17,21 @@ pub fn time_string(t: cairn_repo::Time) -> String {
 
 /// Format seconds since the epoch in local time with strftime.
 pub fn format_local(sec: i64, fmt: &str) -> String {
-    let t = sec as libc::time_t;
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: localtime_r writes into the tm we own; strftime writes at most buf.len() bytes.
-    unsafe {
-        if libc::localtime_r(&t, &mut tm).is_null() {
-            return sec.to_string();
-        }
-        let mut buf = [0u8; 64];
-        let cfmt = std::ffi::CString::new(fmt).unwrap_or_default();
-        let n = libc::strftime(
+    let Some(tm) = cairn_repo::util::local_tm(sec) else {
+        return sec.to_string();
+    };
+    let mut buf = [0u8; 64];
+    let cfmt = std::ffi::CString::new(fmt).unwrap_or_default();
+    // SAFETY: strftime writes at most buf.len() bytes into buf and reads the tm we own.
+    let n = unsafe {
+        libc::strftime(
             buf.as_mut_ptr() as *mut libc::c_char,
             buf.len(),
             cfmt.as_ptr(),
             &tm,
-        );
-        String::from_utf8_lossy(&buf[..n]).into_owned()
-    }
+        )
+    };
+    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
 pub fn snapshot_json(s: &SnapshotEntry) -> serde_json::Value {

@@ -96,13 +96,9 @@ pub fn decode_snapshots(
 
 /// `YYYY-MM-DD_HH-MM-SS` in the local time zone (no `:`, sorts chronologically).
 pub fn local_name(t: Time) -> String {
-    let secs = t.sec as libc::time_t;
-    // SAFETY: `tm` is plain data; localtime_r writes it and returns null on failure.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    let ok = unsafe { !libc::localtime_r(&secs, &mut tm).is_null() };
-    if !ok {
+    let Some(tm) = cairn_repo::util::local_tm(t.sec) else {
         return format!("t{}", t.sec);
-    }
+    };
     format!(
         "{:04}-{:02}-{:02}_{:02}-{:02}-{:02}",
         tm.tm_year as i64 + 1900,

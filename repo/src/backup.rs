@@ -13,6 +13,7 @@ use crate::id::Id;
 use crate::packer::Packer;
 use crate::repo::Repository;
 use crate::store::View;
+use crate::util::{display_path as display, join_path as join};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -192,19 +193,6 @@ struct StatCounters {
     bytes_read: AtomicU64,
     objects_added: AtomicU64,
     bytes_added: AtomicU64,
-}
-
-fn display(path: &[u8]) -> String {
-    String::from_utf8_lossy(path).into_owned()
-}
-
-fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut p = parent.to_vec();
-    if !p.ends_with(b"/") {
-        p.push(b'/');
-    }
-    p.extend_from_slice(name);
-    p
 }
 
 impl<'r> Ctx<'r> {

@@ -42,6 +42,9 @@ pub struct CheckReport {
     pub space: Space,
     /// For a subset check: where it started and whether it wrapped around.
     pub subset_wrapped: bool,
+    /// Why the result could not be recorded for `cairn status` (e.g. a full disk); the check
+    /// itself is still valid.
+    pub unrecorded: Option<String>,
 }
 
 pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
@@ -99,7 +102,9 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
             uses,
         });
     }
-    record_last(repo.store(), opts, report.damaged.len())?;
+    if let Err(e) = record_last(repo.store(), opts, report.damaged.len()) {
+        report.unrecorded = Some(e.to_string());
+    }
     Ok(report)
 }
 
@@ -154,7 +159,6 @@ fn select_objects(
         objects.extend(more.into_iter().filter(|(id, _)| *id < cursor));
     }
     let next = match objects.last() {
-        Some((id, _)) if !report.subset_wrapped => next_id(id),
         Some((id, _)) => next_id(id),
         None => Id::default(),
     };

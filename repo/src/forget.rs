@@ -345,16 +345,7 @@ pub fn forget(
 
 /// The local time zone's UTC offset in seconds at instant `t` (honours `TZ`).
 pub fn local_offset(t: i64) -> i64 {
-    let tt = t as libc::time_t;
-    // SAFETY: an all-zero `tm` is a valid value; localtime_r only writes into the one we own.
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    // SAFETY: both pointers are valid for the duration of the call.
-    let ok = unsafe { !libc::localtime_r(&tt, &mut tm).is_null() };
-    if ok {
-        tm.tm_gmtoff
-    } else {
-        0
-    }
+    crate::util::local_tm(t).map_or(0, |tm| tm.tm_gmtoff)
 }
 
 /// (year, month 1..=12, day 1..=31) of a day count since 1970-01-01 (H. Hinnant's algorithm).

@@ -75,7 +75,12 @@ impl Repository {
     }
 
     pub fn open(dir: &Path, password: &[u8], opts: &OpenOptions) -> Result<Repository> {
-        let store = Store::open(dir, opts.db_cache_bytes)?;
+        Repository::unlock(Store::open(dir, opts.db_cache_bytes)?, password)
+    }
+
+    /// Unlock an opened store with a password (open the store first to report a missing
+    /// repository before asking for the password).
+    pub fn unlock(store: Store, password: &[u8]) -> Result<Repository> {
         let config = load_config(&store)?;
         for (slot_id, bytes) in store.key_slots()? {
             let slot: KeySlot = match postcard::from_bytes(&bytes) {
@@ -91,7 +96,7 @@ impl Repository {
                 });
             }
         }
-        Err(Error::WrongPassword(dir.to_path_buf()))
+        Err(Error::WrongPassword(store.dir().to_path_buf()))
     }
 
     pub fn store(&self) -> &Store {

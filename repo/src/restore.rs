@@ -8,6 +8,7 @@ use crate::fsmeta::{apply_at_meta, apply_fd_meta, proc_path};
 use crate::reader::{load_chunk, ExtentMap};
 use crate::repo::Repository;
 use crate::store::View;
+use crate::util::{display_path as display, join_path as join};
 use rayon::prelude::*;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
 use rustix::fs::{AtFlags, Mode, OFlags};
@@ -78,19 +79,6 @@ struct Ctx<'r> {
     dirs: AtomicU64,
     bytes: AtomicU64,
     skipped: AtomicU64,
-}
-
-fn display(p: &[u8]) -> String {
-    String::from_utf8_lossy(p).into_owned()
-}
-
-fn join(parent: &[u8], name: &[u8]) -> Vec<u8> {
-    let mut p = parent.to_vec();
-    if !p.ends_with(b"/") {
-        p.push(b'/');
-    }
-    p.extend_from_slice(name);
-    p
 }
 
 /// Whether `path` should be visited: on the way to an include, or inside one.

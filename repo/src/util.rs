@@ -90,3 +90,28 @@ pub fn pool(threads: usize) -> crate::Result<rayon::ThreadPool> {
         .build()
         .map_err(|e| crate::Error::Invalid(format!("cannot start {n} worker threads: {e}")))
 }
+
+/// The broken-down local time (honours `TZ`) of `sec` seconds since the epoch.
+pub fn local_tm(sec: i64) -> Option<libc::tm> {
+    let t = sec as libc::time_t;
+    // SAFETY: an all-zero `tm` is a valid value; localtime_r only writes into the one we own.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the duration of the call.
+    let ok = unsafe { !libc::localtime_r(&t, &mut tm).is_null() };
+    ok.then_some(tm)
+}
+
+/// A raw path for messages.
+pub fn display_path(path: &[u8]) -> String {
+    String::from_utf8_lossy(path).into_owned()
+}
+
+/// `parent/name` for raw paths.
+pub fn join_path(parent: &[u8], name: &[u8]) -> Vec<u8> {
+    let mut p = parent.to_vec();
+    if !p.ends_with(b"/") {
+        p.push(b'/');
+    }
+    p.extend_from_slice(name);
+    p
+}
