@@ -82,7 +82,7 @@ fn replica_path(
         return Ok(arg.to_path_buf());
     }
     let name = arg.to_string_lossy();
-    match store.target_rows()?.into_iter().find(|(n, _)| *n == name) {
+    match store.targets()?.into_iter().find(|(n, _)| *n == name) {
         Some((_, url)) if url.starts_with("ssh://") => Err(Failure::usage(format!(
             "target {name} is remote ({url}); repairing over ssh is not supported yet: give a local copy's path"
         ))),

@@ -160,9 +160,14 @@ impl Global {
     }
 
     pub fn open(&self) -> Result<cairn_repo::Repository, Failure> {
+        self.open_with_cache(cairn_repo::store::DEFAULT_DB_CACHE)
+    }
+
+    /// Open with a given redb cache size; a missing repository is reported before the password
+    /// is asked for.
+    pub fn open_with_cache(&self, cache_bytes: usize) -> Result<cairn_repo::Repository, Failure> {
         let path = self.repo_path()?;
-        // Fail on a missing repository before asking for a password.
-        let store = cairn_repo::store::Store::open(&path, cairn_repo::store::DEFAULT_DB_CACHE)?;
+        let store = cairn_repo::store::Store::open(&path, cache_bytes)?;
         let password = secrets::password(self, false)?;
         Ok(cairn_repo::Repository::unlock(store, password.as_bytes())?)
     }

@@ -75,21 +75,10 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
     Ok(0)
 }
 
-/// Like `Global::open`, with a small database cache: file data passes through it once, the
-/// decoded-chunk cache is what serves repeated reads.
+/// With a small database cache: file data passes through it once, the decoded-chunk cache is
+/// what serves repeated reads.
 fn open_repo(g: &Global) -> Result<cairn_repo::Repository, Failure> {
-    let path = g.repo_path()?;
-    cairn_repo::store::Store::open(&path, 1 << 20)?;
-    let password = crate::secrets::password(g, false)?;
-    let opts = cairn_repo::OpenOptions {
-        db_cache_bytes: DB_CACHE,
-        ..cairn_repo::OpenOptions::default()
-    };
-    Ok(cairn_repo::Repository::open(
-        &path,
-        password.as_bytes(),
-        &opts,
-    )?)
+    g.open_with_cache(DB_CACHE)
 }
 
 /// One malloc arena for the whole process: request and prefetch threads otherwise each keep

@@ -54,7 +54,6 @@ pub fn prune_with(
     }
     let report = execute(&repo, planned, &opts, &|msg| output::info(g, msg))?;
     let dir = repo.store().dir().to_path_buf();
-    let space = repo.store().space()?;
     drop(repo);
     let compacted = if a.compact {
         output::info(
@@ -67,7 +66,7 @@ pub fn prune_with(
     };
     let file_bytes = std::fs::metadata(dir.join(cairn_repo::store::DB_FILE))
         .map(|m| m.len())
-        .unwrap_or(space.file_bytes);
+        .unwrap_or(0);
     print_report(g, &report, file_bytes, compacted, forget);
     Ok(0)
 }

@@ -109,7 +109,7 @@ fn gather(
         );
     }
     let store = repo.store();
-    for (name, url) in store.target_rows()? {
+    for (name, url) in store.targets()? {
         let last: Option<serde_json::Value> = store
             .state(&format!("sync.{name}"))?
             .and_then(|b| serde_json::from_slice(&b).ok());

@@ -663,11 +663,12 @@ impl Inner {
         }
         let mut nodes = lock(&self.nodes);
         for n in list {
-            let slot = nodes.entry(n.ino).or_insert_with(|| Slot {
-                node: Arc::new(n.clone()),
+            let node = Arc::new(n);
+            let slot = nodes.entry(node.ino).or_insert_with(|| Slot {
+                node: node.clone(),
                 lookups: 0,
             });
-            slot.node = Arc::new(n);
+            slot.node = node;
             slot.lookups += 1;
         }
     }
@@ -793,11 +794,6 @@ fn build_pool(threads: usize) -> Option<crate::pool::Pool> {
 }
 
 fn now() -> Time {
-    let d = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    Time {
-        sec: d.as_secs() as i64,
-        nsec: d.subsec_nanos(),
-    }
+    let (sec, nsec) = cairn_repo::util::now_precise();
+    Time { sec, nsec }
 }

@@ -126,8 +126,9 @@ pub fn child_key(parent: u64, name: &[u8]) -> u64 {
     hash64(&[b"c", &parent.to_le_bytes(), name])
 }
 
-/// The inode number of `entry` below the directory with key `parent` in snapshot view `snap`.
-pub fn entry_ino(snap: u64, parent: u64, entry: &Entry) -> u64 {
+/// The inode number of `entry` whose own key is `key` in snapshot view `snap`: hard links
+/// share one inode per view, everything else uses its key.
+pub fn entry_ino(snap: u64, key: u64, entry: &Entry) -> u64 {
     match entry.link_key() {
         Some((dev, ino)) => hash64(&[
             b"hl",
@@ -135,7 +136,7 @@ pub fn entry_ino(snap: u64, parent: u64, entry: &Entry) -> u64 {
             &dev.to_le_bytes(),
             &ino.to_le_bytes(),
         ]),
-        None => child_key(parent, &entry.name),
+        None => key,
     }
 }
 
@@ -163,11 +164,12 @@ pub fn entry_attr(ino: u64, e: &Entry) -> Attr {
 
 /// A node for `entry`, the `index`-th entry of `tree`, below directory `parent`.
 pub fn entry_node(parent: &Node, snap: u64, tree: Id, index: usize, entry: &Entry) -> Node {
-    let ino = entry_ino(snap, parent.key, entry);
+    let key = child_key(parent.key, &entry.name);
+    let ino = entry_ino(snap, key, entry);
     Node {
         ino,
         parent: parent.ino,
-        key: child_key(parent.key, &entry.name),
+        key,
         what: What::Entry {
             snap_key: snap,
             tree,

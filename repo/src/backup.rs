@@ -32,7 +32,7 @@ const VIEW_REFRESH: Duration = Duration::from_secs(2);
 
 const READ_BUF: usize = 8 << 20;
 const BATCH_BYTES: usize = 16 << 20;
-const INDEX_EVERY: u64 = 256 << 20;
+const INDEX_EVERY: u64 = 64 << 20;
 const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
 
 #[derive(Clone, Debug)]

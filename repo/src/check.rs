@@ -184,7 +184,7 @@ fn verify_object(
     view: &View,
     id: &Id,
     loc: &Location,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<Vec<u8>, String> {
     let sealed = view
         .read_sealed(id, loc, repo.config().piece_size)
         .map_err(|e| e.to_string())?;
@@ -193,7 +193,7 @@ fn verify_object(
     }
     repo.keys()
         .open_verified(loc.kind, id, &sealed)
-        .map(|_| ())
+        .map(|_| sealed)
         .map_err(|e| match e {
             Error::Corrupt { reason, .. } => reason,
             other => other.to_string(),
@@ -371,11 +371,8 @@ fn intact_object(
         .locate(id)
         .map_err(|e| e.to_string())?
         .ok_or("the replica does not have it either")?;
-    verify_object(replica, view, id, &loc)
+    let sealed = verify_object(replica, view, id, &loc)
         .map_err(|e| format!("the replica's copy is damaged too: {e}"))?;
-    let sealed = view
-        .read_sealed(id, &loc, replica.config().piece_size)
-        .map_err(|e| e.to_string())?;
     Ok((loc.kind, sealed))
 }
 
@@ -399,7 +396,7 @@ fn intact_snapshot(
 /// Key-less check for replicas: stored checksums, pieces, and redb's own page checksums.
 pub fn check_storage(dir: &std::path::Path) -> Result<crate::store_maint::StorageReport> {
     let mut store = Store::open(dir, crate::store::DEFAULT_DB_CACHE)?;
-    let config = store_config(&store)?;
+    let config = store.config()?;
     let intact = store.check_db_integrity()?;
     let mut report = store.verify_storage(config.piece_size)?;
     report.db_intact = Some(intact);
@@ -417,7 +414,7 @@ pub fn repair_storage_from(
 ) -> Result<RepairReport> {
     let store = Store::open(dir, crate::store::DEFAULT_DB_CACHE)?;
     let other = Store::open(replica, crate::store::DEFAULT_DB_CACHE)?;
-    let (cfg, other_cfg) = (store_config(&store)?, store_config(&other)?);
+    let (cfg, other_cfg) = (store.config()?, other.config()?);
     if cfg.repo_id != other_cfg.repo_id {
         return Err(Error::Invalid(format!(
             "{} is not a replica of this repository (different repository id)",
@@ -450,14 +447,6 @@ pub fn repair_storage_from(
     }
     packer.commit(true, &[])?;
     Ok(report)
-}
-
-fn store_config(store: &Store) -> Result<crate::format::Config> {
-    let bytes = store.meta("config")?.ok_or_else(|| Error::RepoNotFound {
-        path: store.dir().to_path_buf(),
-        reason: "the database has no Cairn config".into(),
-    })?;
-    crate::format::Config::decode(&bytes)
 }
 
 /// The replica's bytes of `id` if they hash to the checksum `ours` recorded.

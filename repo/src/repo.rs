@@ -81,7 +81,7 @@ impl Repository {
     /// Unlock an opened store with a password (open the store first to report a missing
     /// repository before asking for the password).
     pub fn unlock(store: Store, password: &[u8]) -> Result<Repository> {
-        let config = load_config(&store)?;
+        let config = store.config()?;
         for (slot_id, bytes) in store.key_slots()? {
             let slot: KeySlot = match postcard::from_bytes(&bytes) {
                 Ok(s) => s,
@@ -305,14 +305,6 @@ impl Repository {
 
 /// Shared handle used by parallel workers.
 pub type SharedRepo = Arc<Repository>;
-
-fn load_config(store: &Store) -> Result<Config> {
-    let bytes = store.meta("config")?.ok_or_else(|| Error::RepoNotFound {
-        path: store.dir().to_path_buf(),
-        reason: "the database has no Cairn config".into(),
-    })?;
-    Config::decode(&bytes)
-}
 
 fn encode_slot(slot: &KeySlot) -> Result<Vec<u8>> {
     postcard::to_stdvec(slot).map_err(|e| Error::Invalid(format!("encoding key slot: {e}")))

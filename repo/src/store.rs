@@ -229,7 +229,21 @@ impl Store {
         Ok(())
     }
 
+    /// The repository config, decoded.
+    pub fn config(&self) -> Result<crate::format::Config> {
+        let bytes = self.meta("config")?.ok_or_else(|| Error::RepoNotFound {
+            path: self.dir.clone(),
+            reason: "the database has no Cairn config".into(),
+        })?;
+        crate::format::Config::decode(&bytes)
+    }
+
     // ----- key slots -----
+
+    /// The key slots as stored (still wrapped), for copying to a replica.
+    pub fn key_slot_blobs(&self) -> Result<Vec<Vec<u8>>> {
+        Ok(self.key_slots()?.into_iter().map(|(_, b)| b).collect())
+    }
 
     pub fn key_slots(&self) -> Result<Vec<(u64, Vec<u8>)>> {
         let txn = self.db.begin_read()?;

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::store::{checksum, Location, Store, INDEX, PACKS, PIECES, SESSIONS, SNAPSHOTS, TARGETS};
+use crate::store::{checksum, Location, Store, INDEX, PACKS, PIECES, SESSIONS, SNAPSHOTS};
 use redb::{ReadableDatabase, ReadableTable};
 use std::collections::HashSet;
 use std::path::Path;
@@ -85,22 +85,6 @@ impl Store {
         for row in t.iter()? {
             let (k, v) = row?;
             out.push((k.value(), v.value()));
-        }
-        Ok(out)
-    }
-
-    /// Named sync targets: (name, url).
-    pub fn target_rows(&self) -> Result<Vec<(String, String)>> {
-        let txn = self.db.begin_read()?;
-        let t = match txn.open_table(TARGETS) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(Vec::new()),
-            Err(e) => return Err(e.into()),
-        };
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (k, v) = row?;
-            out.push((k.value().to_string(), v.value().to_string()));
         }
         Ok(out)
     }

@@ -71,12 +71,7 @@ pub fn open_local_replica(primary: &Repository, dir: &Path) -> Result<(Store, bo
             false,
         ));
     }
-    let slots: Vec<Vec<u8>> = primary
-        .store()
-        .key_slots()?
-        .into_iter()
-        .map(|(_, b)| b)
-        .collect();
+    let slots = primary.store().key_slot_blobs()?;
     let store = sink::create_replica(dir, &repo_id, &primary.config().encode(), &slots)?;
     Ok((store, true))
 }
@@ -132,12 +127,7 @@ pub fn sync(
     progress: &SyncProgress,
     report: &mut SyncReport,
 ) -> Result<()> {
-    let slots: Vec<Vec<u8>> = repo
-        .store()
-        .key_slots()?
-        .into_iter()
-        .map(|(_, b)| b)
-        .collect();
+    let slots = repo.store().key_slot_blobs()?;
     expect_done(target.call(Request::AddKeySlots(slots))?)?;
     report.target_snapshots = list_snapshots(target)?;
     // Snapshots first, then the view: the view is newer, so it holds all they reference.

@@ -25,11 +25,7 @@ pub struct Plan {
     pub asked: u64,
 }
 
-impl Plan {
-    pub fn objects(&self) -> usize {
-        self.chunks.len() + self.lists.len() + self.trees.len()
-    }
-}
+impl Plan {}
 
 /// Ask the target which of `ids` it has, in batches; returns the ones it lacks.
 pub fn missing(

@@ -61,12 +61,7 @@ impl<R: Read, W: Write> StreamTarget<R, W> {
             other => return Err(unexpected(&other)),
         };
         if !exists {
-            let key_slots = primary
-                .store()
-                .key_slots()?
-                .into_iter()
-                .map(|(_, b)| b)
-                .collect();
+            let key_slots = primary.store().key_slot_blobs()?;
             let create = Request::Create {
                 config: primary.config().encode(),
                 key_slots,

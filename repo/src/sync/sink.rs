@@ -13,15 +13,6 @@ use std::path::Path;
 /// How many bytes the receiving packer buffers before committing a batch.
 pub const SINK_BATCH_BYTES: usize = 32 << 20;
 
-/// The repository config stored in a store, decoded.
-pub fn store_config(store: &Store) -> Result<Config> {
-    let bytes = store.meta("config")?.ok_or_else(|| Error::RepoNotFound {
-        path: store.dir().to_path_buf(),
-        reason: "the database has no Cairn config".into(),
-    })?;
-    Config::decode(&bytes)
-}
-
 fn foreign(path: &Path, theirs: &[u8; 16], ours: &[u8; 16]) -> Error {
     Error::Invalid(format!(
         "{} is not a replica of this repository (it is repository {}, this one is {}); refusing to touch it",
@@ -39,7 +30,7 @@ pub fn repository_exists(dir: &Path) -> bool {
 /// Open an existing replica and make sure it shares `repo_id`.
 pub fn open_replica(dir: &Path, repo_id: &[u8; 16], cache: usize) -> Result<Store> {
     let store = Store::open(dir, cache)?;
-    let config = store_config(&store)?;
+    let config = store.config()?;
     if &config.repo_id != repo_id {
         return Err(foreign(dir, &config.repo_id, repo_id));
     }
@@ -78,7 +69,7 @@ pub fn create_replica(
 
 /// Add the slots the store lacks; returns how many were added.
 pub fn add_missing_slots(store: &Store, slots: &[Vec<u8>]) -> Result<u64> {
-    let have: Vec<Vec<u8>> = store.key_slots()?.into_iter().map(|(_, b)| b).collect();
+    let have = store.key_slot_blobs()?;
     let mut added = 0;
     for s in slots {
         if have.contains(s) {
@@ -106,7 +97,7 @@ pub struct Sink<'s> {
 
 impl<'s> Sink<'s> {
     pub fn new(store: &'s Store, append_only: bool) -> Result<Sink<'s>> {
-        let cfg = store_config(store)?;
+        let cfg = store.config()?;
         let session = store.begin_session(&crate::util::session_info())?;
         Ok(Sink {
             store,
@@ -115,10 +106,6 @@ impl<'s> Sink<'s> {
             dirty: false,
             session,
         })
-    }
-
-    pub fn append_only(&self) -> bool {
-        self.append_only
     }
 
     /// Answer one request; failures become `Response::Error` for the peer.
