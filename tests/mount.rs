@@ -527,3 +527,43 @@ fn sparse_files_show_their_holes_through_lseek() {
         "cp -a out of the mount keeps the file sparse"
     );
 }
+
+/// Pages of `file` in the page cache (`fincore`), without reading it.
+fn cached_pages(file: &Path) -> u64 {
+    let out = sh(&format!("fincore --noheadings --output PAGES {}", q(file)));
+    out.trim().parse().unwrap_or_else(|_| panic!("fincore said {out:?}"))
+}
+
+#[test]
+fn reading_a_directory_in_order_finds_the_next_files_already_in_the_page_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, src) = (tmp.path().join("repo"), tmp.path().join("src"));
+    // 120 small files of different sizes and kinds (random, text, empty), and a big one.
+    sh(&format!(
+        "set -e; mkdir -p {s}/many; cd {s}/many
+         for i in $(seq 100 219); do
+           head -c $(( (i * 7919) % 60000 )) /dev/urandom > f$i
+           [ $((i % 3)) = 0 ] && seq $i $((i * 40)) > f$i
+         done
+         head -c 2000000 /dev/urandom > f150big",
+        s = q(&src)
+    ));
+    init(&repo);
+    backup(&repo, &[&src]);
+    let m = Mount::start(&repo, &tmp.path().join("mnt"), &[]);
+    let many = inside(&m, &src).join("many");
+    sh(&format!("ls -l {} > /dev/null", q(&many)));
+    let ahead = many.join("f110");
+    assert_eq!(cached_pages(&ahead), 0, "nothing read yet");
+    // The first read pushes a few files; reading on past them pushes a full window.
+    sh(&format!("cat {0}/f10[0-5] > /dev/null", q(&many)));
+    let start = Instant::now();
+    while cached_pages(&ahead) == 0 && start.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        cached_pages(&ahead) > 0,
+        "f110 was put in the page cache ahead of the reader"
+    );
+    same_tree(&src, &inside(&m, &src));
+}

@@ -21,10 +21,22 @@ const WALKS: usize = 256;
 /// (directories and skipped entries in between are allowed).
 const IN_ORDER_GAP: u32 = 16;
 
+/// Files fetched ahead of the first read in a directory (before it is known to be walked).
+const FIRST_WINDOW: u32 = 4;
+
 /// Files kept ready for handle-less reads (`read_ino`).
 const BY_INO: usize = 256;
 
 pub type Logger = Arc<dyn Fn(&str) + Send + Sync>;
+
+/// Puts a whole file's bytes into the kernel's page cache for an inode (FUSE `notify_store`),
+/// so a reader walking a directory finds the next files there without a round trip. Returns
+/// false if the kernel declined.
+pub type Pusher = Arc<dyn Fn(u64, &[u8]) -> bool + Send + Sync>;
+
+/// Files up to this size are pushed whole to the kernel ahead of an in-order reader; larger
+/// ones only have their first chunk decoded ahead (their reads go through kernel read-ahead).
+const PUSH_MAX: u64 = 1 << 20;
 
 /// Tunables of a mount; `Default` gives sensible values.
 #[derive(Clone)]
@@ -40,8 +52,8 @@ pub struct FsOptions {
     pub refresh: Duration,
     /// Chunks fetched ahead of a sequential reader.
     pub prefetch_chunks: usize,
-    /// When files of one directory are opened in order (tar, cp -r), the first chunks of this
-    /// many following files are fetched ahead.
+    /// When files of one directory are read in order (tar, cp -r, diff -r), this many
+    /// following files are decoded ahead (and, once mounted, put in the kernel's page cache).
     pub prefetch_files: usize,
     /// Threads decoding prefetched chunks (0: no prefetch).
     pub prefetch_threads: usize,
@@ -60,7 +72,7 @@ impl Default for FsOptions {
             piece_cache_pieces: 16,
             refresh: Duration::from_secs(5),
             prefetch_chunks: 4,
-            prefetch_files: 16,
+            prefetch_files: 32,
             prefetch_threads: 4,
             uid: 0,
             gid: 0,
@@ -108,6 +120,8 @@ pub(crate) struct Inner {
     /// Snapshots skipped at the last refresh (logged when this changes).
     damaged: Mutex<Vec<String>>,
     started: Time,
+    /// Set by the FUSE adapter once mounted (see `Pusher`).
+    pusher: std::sync::OnceLock<Pusher>,
 }
 
 /// The filesystem; cheap to clone and shared by all request threads.
@@ -144,6 +158,7 @@ impl FsCore {
             walks: Mutex::new(crate::cache::Lru::new(WALKS)),
             damaged: Mutex::new(Vec::new()),
             started: now(),
+            pusher: std::sync::OnceLock::new(),
             opts,
         };
         inner.report_damaged(damaged);
@@ -154,6 +169,11 @@ impl FsCore {
 
     pub fn log(&self, msg: &str) {
         self.inner.log(msg);
+    }
+
+    /// Let directory walks hand the following small files to the kernel ahead of the reader.
+    pub fn set_pusher(&self, push: Pusher) {
+        let _ = self.inner.pusher.set(push);
     }
 
     /// The current layout, re-read from the repository when it is older than the refresh
@@ -348,7 +368,7 @@ impl FsCore {
             _ => return Err(FsError::new(libc::EINVAL)),
         }
         let entry = self.entry(tree, *index)?;
-        self.prefetch_siblings(tree, *index);
+        self.prefetch_siblings(&n, tree, *index);
         let view = self.inner.view()?;
         let extents = self.inner.repo.extents(&view, &entry.content)?;
         drop(view);
@@ -429,38 +449,59 @@ impl FsCore {
 
     // ----- internals -----
 
-    /// If files of this directory are being opened in order, fetch the first chunks of the
-    /// next files ahead (small files are one chunk each: this is their read-ahead).
-    fn prefetch_siblings(&self, tree_id: &Id, index: u32) {
-        let want = self.inner.opts.prefetch_files as u32;
-        let (from, to) = {
-            let mut walks = lock(&self.inner.walks);
-            let (last, done) = walks.get(tree_id).unwrap_or((u32::MAX, 0));
-            let in_order = last != u32::MAX && index > last && index - last <= IN_ORDER_GAP;
-            let to = index.saturating_add(want);
-            walks.insert(
-                *tree_id,
-                (index, if in_order { to.max(done) } else { done }),
-                1,
-            );
-            if !in_order {
-                return;
-            }
-            ((index + 1).max(done), to)
+    /// If files of this directory are being read in order, decode the next files ahead: small
+    /// ones whole, handed to the kernel's page cache when a pusher is set (the reader then
+    /// finds them there without a round trip), larger ones their first chunk.
+    fn prefetch_siblings(&self, n: &Node, tree_id: &Id, index: u32) {
+        let Some((from, to)) = self.walk_window(tree_id, index) else {
+            return;
         };
         let Ok(tree) = self.tree(tree_id) else { return };
-        let ids = tree
-            .entries
-            .iter()
-            .take(to as usize)
-            .skip(from as usize)
-            .filter_map(|e| match &e.content {
-                cairn_repo::Content::Inline(x) if e.kind == FileType::File => {
-                    x.first().and_then(|x| x.id)
+        let push = self.inner.pusher.get().cloned();
+        let dir = push.as_ref().and_then(|_| self.node(n.parent).ok());
+        let What::Entry { snap_key, .. } = n.what else {
+            return;
+        };
+        let mut first_chunks = Vec::new();
+        for e in tree.entries.iter().take(to as usize).skip(from as usize) {
+            let cairn_repo::Content::Inline(xs) = &e.content else {
+                continue;
+            };
+            if e.kind != FileType::File {
+                continue;
+            }
+            match (&push, &dir) {
+                (Some(push), Some(dir)) if e.size <= PUSH_MAX => {
+                    let ino = node::entry_ino(snap_key, node::child_key(dir.key, &e.name), e);
+                    crate::read::push_ahead(&self.inner, push.clone(), ino, xs.clone());
                 }
-                _ => None,
-            });
-        crate::read::prefetch_ids(&self.inner, ids);
+                _ => first_chunks.extend(xs.first().and_then(|x| x.id)),
+            }
+        }
+        crate::read::prefetch_ids(&self.inner, first_chunks.into_iter());
+    }
+
+    /// Record that entry `index` of this directory was read; the entries to fetch ahead if
+    /// the directory is being read in order. Reading entry i then j (i < j <= i + gap) is in
+    /// order, and so is a read just past what was already fetched ahead (the reader found
+    /// the files before it in the page cache, so they never reached us). The first read in
+    /// a directory fetches a few files ahead: most readers of one file go on to the next.
+    fn walk_window(&self, tree_id: &Id, index: u32) -> Option<(u32, u32)> {
+        let mut walks = lock(&self.inner.walks);
+        let (last, done) = walks.get(tree_id).unwrap_or((u32::MAX, 0));
+        let first = last == u32::MAX;
+        let in_order = first
+            || index > last
+                && (index - last <= IN_ORDER_GAP || index <= done.saturating_add(IN_ORDER_GAP));
+        let want = if first {
+            FIRST_WINDOW
+        } else {
+            self.inner.opts.prefetch_files as u32
+        };
+        let (from, to) = ((index + 1).max(done), index.saturating_add(want));
+        let done = if in_order { to.max(done) } else { done };
+        walks.insert(*tree_id, (index, done), 1);
+        (in_order && from < to).then_some((from, to))
     }
 
     fn node(&self, ino: u64) -> FsResult<Arc<Node>> {

@@ -15,6 +15,7 @@ use std::ffi::OsStr;
 use std::io;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Top-level views change when snapshots come and go.
@@ -62,12 +63,16 @@ pub fn mount(core: FsCore, mountpoint: &Path, opts: &MountOptions) -> io::Result
     }
     let session = fuser::Session::new(
         CairnFuse {
-            core,
+            core: core.clone(),
             no_open: false,
         },
         mountpoint,
         &config,
     )?;
+    let notifier = session.notifier();
+    core.set_pusher(Arc::new(move |ino, data| {
+        notifier.store(INodeNo(ino), 0, data).is_ok()
+    }));
     Ok(Mounted {
         session,
         path: mountpoint.to_path_buf(),

@@ -170,6 +170,21 @@ fn prefetch(inner: &Arc<Inner>, f: &OpenFile, i: usize) {
     prefetch_ids(inner, f.map.extents()[from..to].iter().filter_map(|x| x.id));
 }
 
+/// On the prefetch pool: decode a small file whole and hand it to the kernel's page cache
+/// for inode `ino` (a failure is not reported: a reader that needs the file will be).
+pub(crate) fn push_ahead(inner: &Arc<Inner>, push: crate::core::Pusher, ino: u64, xs: Vec<Extent>) {
+    let Some(pool) = &inner.pool else { return };
+    let inner = inner.clone();
+    pool.spawn(move || {
+        let f = OpenFile::new(xs);
+        let size = f.map.size();
+        if size == 0 {
+            return;
+        }
+        let _ = read_with(&inner, &f, 0, size, |data| push(ino, data));
+    });
+}
+
 /// Decode these chunks into the cache on the prefetch pool (those not cached or loading).
 pub(crate) fn prefetch_ids(inner: &Arc<Inner>, ids: impl Iterator<Item = Id>) {
     let Some(pool) = &inner.pool else { return };

@@ -582,3 +582,92 @@ fn seek_data_and_hole_follow_the_stored_holes() {
     );
     assert_eq!(c.read(fh, 0, 4096).unwrap(), vec![0u8; 4096]);
 }
+
+/// Wait until `pushed` holds `n` entries (pushes run on the prefetch pool), or a few seconds.
+fn wait_for_pushes(pushed: &Mutex<Vec<(u64, Vec<u8>)>>, n: usize) {
+    for _ in 0..500 {
+        if pushed.lock().unwrap().len() >= n {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn reading_a_directory_in_order_pushes_the_next_small_files_whole() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("walk");
+    std::fs::create_dir(&src).unwrap();
+    for i in 0..40u64 {
+        let size = 1000 + 3000 * i as usize; // up to ~118 KiB: several chunks for some
+        std::fs::write(src.join(format!("f{i:02}")), noise(size, i)).unwrap();
+    }
+    std::fs::write(src.join("f05big"), noise(1_500_000, 99)).unwrap(); // over the push limit
+    std::fs::create_dir(src.join("f07dir")).unwrap();
+    std::fs::write(src.join("f09empty"), b"").unwrap();
+    let repo = Repository::init(&tmp.path().join("repo"), b"pw", &repo_opts()).unwrap();
+    snapshot(&repo, &src);
+    let c = FsCore::new(Arc::new(repo), FsOptions::default()).unwrap();
+    let pushed = Arc::new(Mutex::new(Vec::new()));
+    let p = pushed.clone();
+    c.set_pusher(Arc::new(move |ino, data: &[u8]| {
+        p.lock().unwrap().push((ino, data.to_vec()));
+        true
+    }));
+    let dir = walk(&c, only_snapshot(&c), &src);
+    let by_ino: std::collections::HashMap<u64, Vec<u8>> = list(&c, dir.ino)
+        .into_iter()
+        .filter(|(_, _, k)| *k == FileType::File)
+        .map(|(name, ino, _)| (ino, std::fs::read(src.join(OsStrPath(&name))).unwrap()))
+        .collect();
+    let ino_of = |name: &str| walk(&c, dir.ino, Path::new(&format!("/{name}"))).ino;
+
+    // A first read in a directory fetches a few files ahead, no more.
+    assert_eq!(
+        c.read_ino(ino_of("f00"), 0, 1 << 20).unwrap(),
+        by_ino[&ino_of("f00")]
+    );
+    wait_for_pushes(&pushed, 3);
+    std::thread::sleep(Duration::from_millis(100));
+    let first: Vec<u64> = pushed.lock().unwrap().iter().map(|(i, _)| *i).collect();
+    let want: Vec<u64> = ["f01", "f02", "f03"].iter().map(|n| ino_of(n)).collect();
+    let mut got = first.clone();
+    got.sort();
+    let mut want_sorted = want.clone();
+    want_sorted.sort();
+    assert_eq!(
+        got, want_sorted,
+        "the first read pushes the next three: {first:?}"
+    );
+
+    // Reading on in order pushes the following small files whole, skipping the big one,
+    // the directory and the empty file.
+    assert_eq!(
+        c.read_ino(ino_of("f04"), 0, 1 << 20).unwrap(),
+        by_ino[&ino_of("f04")]
+    );
+    wait_for_pushes(&pushed, 3 + 20);
+    std::thread::sleep(Duration::from_millis(100));
+    let all = pushed.lock().unwrap().clone();
+    for (ino, data) in &all {
+        let want = by_ino
+            .get(ino)
+            .expect("only files of this directory are pushed");
+        assert_eq!(data, want, "pushed bytes are the file's whole content");
+    }
+    let inos: std::collections::HashSet<u64> = all.iter().map(|(i, _)| *i).collect();
+    for name in ["f05", "f06", "f10", "f20", "f30"] {
+        assert!(inos.contains(&ino_of(name)), "{name} pushed");
+    }
+    for name in ["f05big", "f09empty", "f04", "f39"] {
+        assert!(!inos.contains(&ino_of(name)), "{name} not pushed");
+    }
+}
+
+/// A raw name as a relative path.
+struct OsStrPath<'a>(&'a [u8]);
+impl AsRef<Path> for OsStrPath<'_> {
+    fn as_ref(&self) -> &Path {
+        Path::new(std::ffi::OsStr::from_bytes(self.0))
+    }
+}
