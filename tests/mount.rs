@@ -531,7 +531,9 @@ fn sparse_files_show_their_holes_through_lseek() {
 /// Pages of `file` in the page cache (`fincore`), without reading it.
 fn cached_pages(file: &Path) -> u64 {
     let out = sh(&format!("fincore --noheadings --output PAGES {}", q(file)));
-    out.trim().parse().unwrap_or_else(|_| panic!("fincore said {out:?}"))
+    out.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("fincore said {out:?}"))
 }
 
 #[test]

@@ -21,6 +21,9 @@ const WALKS: usize = 256;
 /// (directories and skipped entries in between are allowed).
 const IN_ORDER_GAP: u32 = 16;
 
+/// Subdirectory trees decoded ahead when a directory is listed.
+const SUBTREES_AHEAD: usize = 64;
+
 /// Files fetched ahead of the first read in a directory (before it is known to be walked).
 const FIRST_WINDOW: u32 = 4;
 
@@ -447,21 +450,38 @@ impl FsCore {
         self.inner.chunks.used()
     }
 
+    /// Bytes (estimated) of decoded directory trees in the cache.
+    pub fn tree_cache_used(&self) -> usize {
+        self.inner.trees.used()
+    }
+
     // ----- internals -----
 
-    /// If files of this directory are being read in order, decode the next files ahead: small
-    /// ones whole, handed to the kernel's page cache when a pusher is set (the reader then
-    /// finds them there without a round trip), larger ones their first chunk.
+    /// If files of this directory are being read in order, decode the next files ahead.
     fn prefetch_siblings(&self, n: &Node, tree_id: &Id, index: u32) {
         let Some((from, to)) = self.walk_window(tree_id, index) else {
             return;
         };
-        let Ok(tree) = self.tree(tree_id) else { return };
-        let push = self.inner.pusher.get().cloned();
-        let dir = push.as_ref().and_then(|_| self.node(n.parent).ok());
         let What::Entry { snap_key, .. } = n.what else {
             return;
         };
+        let dir = self.node(n.parent).ok();
+        self.fetch_files_ahead(dir.as_deref(), snap_key, tree_id, from, to);
+    }
+
+    /// Called once the start of a listing of `ino` has reached the kernel: decode ahead
+    /// what the lister is likely to want next (the subdirectories' trees).
+    pub fn listed(&self, ino: u64) {
+        let Ok(dir) = self.node(ino) else { return };
+        self.prefetch_subtrees(&dir);
+    }
+
+    /// Decode entries `from..to` of directory `dir`'s tree ahead of the reader: small files
+    /// whole, handed to the kernel's page cache when a pusher is set (the reader then finds
+    /// them there without a round trip), larger ones their first chunk.
+    fn fetch_files_ahead(&self, dir: Option<&Node>, snap: u64, tree_id: &Id, from: u32, to: u32) {
+        let Ok(tree) = self.tree(tree_id) else { return };
+        let push = self.inner.pusher.get().cloned();
         let mut first_chunks = Vec::new();
         for e in tree.entries.iter().take(to as usize).skip(from as usize) {
             let cairn_repo::Content::Inline(xs) = &e.content else {
@@ -470,15 +490,41 @@ impl FsCore {
             if e.kind != FileType::File {
                 continue;
             }
-            match (&push, &dir) {
+            match (&push, dir) {
                 (Some(push), Some(dir)) if e.size <= PUSH_MAX => {
-                    let ino = node::entry_ino(snap_key, node::child_key(dir.key, &e.name), e);
+                    let ino = node::entry_ino(snap, node::child_key(dir.key, &e.name), e);
                     crate::read::push_ahead(&self.inner, push.clone(), ino, xs.clone());
                 }
                 _ => first_chunks.extend(xs.first().and_then(|x| x.id)),
             }
         }
         crate::read::prefetch_ids(&self.inner, first_chunks.into_iter());
+    }
+
+    /// Decode the trees of a listed directory's subdirectories on the pool: whoever lists a
+    /// directory (`ls -R`, `find`, `tar`, a file manager) usually enters them next.
+    fn prefetch_subtrees(&self, dir: &Node) {
+        if self.inner.pool.is_none() {
+            return;
+        }
+        let Some((_, tree_id)) = dir.subtree() else {
+            return;
+        };
+        let Ok(tree) = self.tree(&tree_id) else {
+            return;
+        };
+        let ids = tree.entries.iter().filter_map(|e| e.subtree);
+        for id in ids.take(SUBTREES_AHEAD) {
+            if self.inner.trees.present(&id) {
+                continue;
+            }
+            let core = self.clone();
+            if let Some(pool) = &self.inner.pool {
+                pool.spawn(move || {
+                    let _ = core.tree(&id);
+                });
+            }
+        }
     }
 
     /// Record that entry `index` of this directory was read; the entries to fetch ahead if
@@ -488,8 +534,10 @@ impl FsCore {
     /// a directory fetches a few files ahead: most readers of one file go on to the next.
     fn walk_window(&self, tree_id: &Id, index: u32) -> Option<(u32, u32)> {
         let mut walks = lock(&self.inner.walks);
-        let (last, done) = walks.get(tree_id).unwrap_or((u32::MAX, 0));
-        let first = last == u32::MAX;
+        let (first, last, done) = match walks.get(tree_id) {
+            None => (true, 0, 0),
+            Some((last, done)) => (false, last, done),
+        };
         let in_order = first
             || index > last
                 && (index - last <= IN_ORDER_GAP || index <= done.saturating_add(IN_ORDER_GAP));

@@ -418,7 +418,10 @@ impl fuser::Filesystem for CairnFuse {
         });
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(self.errno(e)),
+            Err(e) => return reply.error(self.errno(e)),
+        }
+        if offset == 0 {
+            self.core.listed(ino.0);
         }
     }
 
@@ -443,7 +446,10 @@ impl fuser::Filesystem for CairnFuse {
         });
         match r {
             Ok(()) => reply.ok(),
-            Err(e) => reply.error(self.errno(e)),
+            Err(e) => return reply.error(self.errno(e)),
+        }
+        if offset == 0 {
+            self.core.listed(ino.0);
         }
     }
 

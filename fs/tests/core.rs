@@ -671,3 +671,43 @@ impl AsRef<Path> for OsStrPath<'_> {
         Path::new(std::ffi::OsStr::from_bytes(self.0))
     }
 }
+
+#[test]
+fn a_listing_decodes_the_subdirectories_trees_ahead() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("top");
+    for i in 0..6 {
+        let d = src.join(format!("sub{i}"));
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("file"), format!("content {i}")).unwrap();
+    }
+    let repo = Repository::init(&tmp.path().join("repo"), b"pw", &repo_opts()).unwrap();
+    snapshot(&repo, &src);
+    let repo = Arc::new(repo);
+    // What listing every subdirectory by hand leaves in the tree cache...
+    let by_hand = FsCore::new(repo.clone(), FsOptions::default()).unwrap();
+    let top = walk(&by_hand, only_snapshot(&by_hand), &src);
+    for i in 0..6 {
+        let sub = by_hand
+            .lookup(top.ino, format!("sub{i}").as_bytes())
+            .unwrap();
+        assert_eq!(list(&by_hand, sub.ino).len(), 3);
+    }
+    let want = by_hand.tree_cache_used();
+    // ...a listing of the top directory alone brings in ahead of time.
+    let c = FsCore::new(repo, FsOptions::default()).unwrap();
+    let top = walk(&c, only_snapshot(&c), &src);
+    assert_eq!(list(&c, top.ino).len(), 8);
+    let before = c.tree_cache_used();
+    assert!(before < want);
+    c.listed(top.ino);
+    let start = std::time::Instant::now();
+    while c.tree_cache_used() < want && start.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        c.tree_cache_used(),
+        want,
+        "the six subdirectory trees were decoded"
+    );
+}
