@@ -30,7 +30,9 @@ use std::time::{Duration, Instant};
 
 const VIEW_REFRESH: Duration = Duration::from_secs(2);
 
-const READ_BUF: usize = 8 << 20;
+/// Bytes of a file read (and chunked) at a time; at least the chunk maximum (see `fill`).
+/// 4 MiB measured as fast as 8 MiB with less memory (first backup of the bench dataset).
+const READ_BUF: usize = 4 << 20;
 const BATCH_BYTES: usize = 16 << 20;
 const INDEX_EVERY: u64 = 64 << 20;
 const CACHEDIR_SIGNATURE: &[u8] = b"Signature: 8a477f597d28d172789f06886806bc55";
@@ -536,12 +538,14 @@ impl<'r> Ctx<'r> {
     ) -> Result<u64, ReadError> {
         let cfg = self.repo.config();
         let seed = self.repo.keys().chunker_seed();
+        // At least one whole chunk fits, so every cut is the one the whole stream would get.
+        let cap = READ_BUF.max(cfg.chunk_max as usize);
         let mut buf: Vec<u8> = Vec::new();
         let mut off = start;
         let mut total = 0u64;
         loop {
             let expect = size_hint.saturating_sub(off - start);
-            let eof = fill(fd, &mut buf, &mut off, end, expect)?;
+            let eof = fill(fd, &mut buf, &mut off, end, expect, cap)?;
             self.check_failed().map_err(ReadError::Repo)?;
             let chunks: Vec<(usize, usize)> = fastcdc::v2020::FastCDC::with_level_and_seed(
                 &buf,
@@ -600,10 +604,17 @@ fn push_hole(extents: &mut Vec<Extent>, len: u64) {
     }
 }
 
-/// Read until `buf` holds `READ_BUF` bytes, `end` is reached or EOF; true at EOF/end.
+/// Read until `buf` holds `cap` bytes, `end` is reached or EOF; true at EOF/end.
 /// `expect` is how many more bytes the file should have: the buffer is sized for them (plus one,
-/// to see EOF in the same call), never larger than `READ_BUF`, so small files cost small buffers.
-fn fill(fd: &OwnedFd, buf: &mut Vec<u8>, off: &mut u64, end: u64, expect: u64) -> io::Result<bool> {
+/// to see EOF in the same call), never larger than `cap`, so small files cost small buffers.
+fn fill(
+    fd: &OwnedFd,
+    buf: &mut Vec<u8>,
+    off: &mut u64,
+    end: u64,
+    expect: u64,
+    cap: usize,
+) -> io::Result<bool> {
     let room = if expect == 0 {
         64 << 10
     } else {
@@ -612,7 +623,7 @@ fn fill(fd: &OwnedFd, buf: &mut Vec<u8>, off: &mut u64, end: u64, expect: u64) -
     let want = (buf.len() as u64)
         .saturating_add(room)
         .min((end - *off).saturating_add(buf.len() as u64));
-    let want = (want.min(READ_BUF as u64) as usize).max(buf.len());
+    let want = (want.min(cap as u64) as usize).max(buf.len());
     let old = buf.len();
     buf.resize(want, 0);
     let mut filled = old;

@@ -136,6 +136,11 @@ fn chunk_boundaries_are_stable_and_keyed() {
         ..BackupOptions::default()
     };
     let first = backup(&repo, &opts, &Progress::default()).unwrap();
+    assert_eq!(
+        stored_chunk_lengths(&repo, &first.snapshot.root, &src.join("a")),
+        whole_stream_chunk_lengths(&repo, &data),
+        "reading the file in pieces cuts it exactly where chunking it whole does"
+    );
     let mut shifted = b"an insertion at the front".to_vec();
     shifted.extend_from_slice(&data);
     std::fs::write(src.join("a"), &shifted).unwrap();
@@ -145,4 +150,41 @@ fn chunk_boundaries_are_stable_and_keyed() {
         added < first.snapshot.stats.bytes_added / 3,
         "only the first chunk(s) are new: {added}"
     );
+}
+
+/// The chunk lengths of the file at absolute `path` in the snapshot with root tree `root`.
+fn stored_chunk_lengths(repo: &Repository, root: &cairn_repo::Id, path: &Path) -> Vec<u64> {
+    let view = repo.view().unwrap();
+    let mut tree = repo.load_tree(&view, root).unwrap();
+    let names: Vec<_> = path.components().skip(1).collect();
+    for (i, name) in names.iter().enumerate() {
+        let name = name.as_os_str().as_encoded_bytes();
+        let e = tree
+            .entries
+            .iter()
+            .find(|e| e.name == name)
+            .unwrap()
+            .clone();
+        if i + 1 == names.len() {
+            let extents = repo.extents(&view, &e.content).unwrap();
+            return extents.iter().map(|x| x.len).collect();
+        }
+        tree = repo.load_tree(&view, &e.subtree.unwrap()).unwrap();
+    }
+    unreachable!("empty path")
+}
+
+/// The chunk lengths FastCDC gives `data` as one stream, with the repository's parameters.
+fn whole_stream_chunk_lengths(repo: &Repository, data: &[u8]) -> Vec<u64> {
+    let c = repo.config();
+    fastcdc::v2020::FastCDC::with_level_and_seed(
+        data,
+        c.chunk_min as usize,
+        c.chunk_avg as usize,
+        c.chunk_max as usize,
+        fastcdc::v2020::Normalization::Level1,
+        repo.keys().chunker_seed(),
+    )
+    .map(|c| c.length as u64)
+    .collect()
 }
