@@ -188,3 +188,30 @@ fn whole_stream_chunk_lengths(repo: &Repository, data: &[u8]) -> Vec<u64> {
     .map(|c| c.length as u64)
     .collect()
 }
+
+#[test]
+fn the_repository_file_stays_within_3_percent_of_what_it_stores() {
+    // Incompressible data in large chunks: nearly all of the file is pieces, so a piece that
+    // stopped fitting its 1 MiB allocation (a redb layout change) would double the file.
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..4 {
+        let data = cairn_repo::testkit::noise(i, 10 << 20);
+        std::fs::write(src.join(format!("f{i}")), data).unwrap();
+    }
+    let repo = Repository::init(&t.path().join("repo"), b"pw", &fast_open()).unwrap();
+    let opts = BackupOptions {
+        paths: vec![src],
+        ..BackupOptions::default()
+    };
+    backup(&repo, &opts, &Progress::default()).unwrap();
+    let s = repo.store().space().unwrap();
+    let ratio = s.file_bytes as f64 / s.object_bytes as f64;
+    assert!(
+        (1.0..1.03).contains(&ratio),
+        "file {} bytes for {} stored: {ratio:.3}",
+        s.file_bytes,
+        s.object_bytes
+    );
+}
