@@ -537,7 +537,7 @@ fn cached_pages(file: &Path) -> u64 {
 }
 
 #[test]
-fn reading_a_directory_in_order_finds_the_next_files_already_in_the_page_cache() {
+fn readers_in_order_find_the_next_files_and_chunks_already_in_the_page_cache() {
     let tmp = tempfile::tempdir().unwrap();
     let (repo, src) = (tmp.path().join("repo"), tmp.path().join("src"));
     // 120 small files of different sizes and kinds (random, text, empty), and a big one.
@@ -566,6 +566,21 @@ fn reading_a_directory_in_order_finds_the_next_files_already_in_the_page_cache()
     assert!(
         cached_pages(&ahead) > 0,
         "f110 was put in the page cache ahead of the reader"
+    );
+    // A sequential reader of a big file finds the following chunks there too.
+    let big = many.join("f150big");
+    sh(&format!(
+        "dd if={} bs=128k count=2 status=none > /dev/null",
+        q(&big)
+    ));
+    let start = Instant::now();
+    while cached_pages(&big) < 400 && start.elapsed() < WAIT {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pages = cached_pages(&big);
+    assert!(
+        pages >= 400,
+        "488 pages of f150big cached after reading 64: {pages}"
     );
     same_tree(&src, &inside(&m, &src));
 }

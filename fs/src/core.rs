@@ -32,10 +32,11 @@ const BY_INO: usize = 256;
 
 pub type Logger = Arc<dyn Fn(&str) + Send + Sync>;
 
-/// Puts a whole file's bytes into the kernel's page cache for an inode (FUSE `notify_store`),
-/// so a reader walking a directory finds the next files there without a round trip. Returns
-/// false if the kernel declined.
-pub type Pusher = Arc<dyn Fn(u64, &[u8]) -> bool + Send + Sync>;
+/// Puts bytes of a file into the kernel's page cache for an inode at an offset (FUSE
+/// `notify_store`), so a reader finds them there without a round trip: the next small files
+/// of a directory read in order, the next chunks of a file read sequentially. Returns false
+/// if the kernel declined.
+pub type Pusher = Arc<dyn Fn(u64, u64, &[u8]) -> bool + Send + Sync>;
 
 /// Files up to this size are pushed whole to the kernel ahead of an in-order reader; larger
 /// ones only have their first chunk decoded ahead (their reads go through kernel read-ahead).
@@ -134,6 +135,10 @@ pub struct FsCore {
 }
 
 impl Inner {
+    pub(crate) fn pusher(&self) -> Option<&Pusher> {
+        self.pusher.get()
+    }
+
     /// A fresh read transaction, reading pieces through the shared cache.
     pub(crate) fn view(&self) -> FsResult<View> {
         Ok(self.repo.view_sharing(self.pieces.clone())?)
@@ -306,7 +311,7 @@ impl FsCore {
     /// Open a regular file for reading; returns the handle for `read`.
     pub fn open(&self, ino: u64) -> FsResult<u64> {
         let f = self.open_file(ino)?;
-        Ok(self.inner.add_file(f))
+        Ok(self.inner.add_file(f, ino))
     }
 
     /// Read from a file by inode, without a handle: for kernels that skip OPEN and RELEASE
@@ -352,7 +357,7 @@ impl FsCore {
         if let Some(f) = lock(&self.inner.by_ino).get(&ino) {
             return Ok(f);
         }
-        let f = Arc::new(OpenFile::new(self.open_file(ino)?));
+        let f = Arc::new(OpenFile::new(self.open_file(ino)?, ino));
         lock(&self.inner.by_ino).insert(ino, f.clone(), 1);
         Ok(f)
     }

@@ -70,8 +70,8 @@ pub fn mount(core: FsCore, mountpoint: &Path, opts: &MountOptions) -> io::Result
         &config,
     )?;
     let notifier = session.notifier();
-    core.set_pusher(Arc::new(move |ino, data| {
-        notifier.store(INodeNo(ino), 0, data).is_ok()
+    core.set_pusher(Arc::new(move |ino, offset, data| {
+        notifier.store(INodeNo(ino), offset, data).is_ok()
     }));
     Ok(Mounted {
         session,

@@ -7,33 +7,43 @@ use crate::error::{FsError, FsResult};
 use cairn_repo::format::Extent;
 use cairn_repo::reader::{load_chunk, ExtentMap};
 use cairn_repo::Id;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// How far from the last read's end a read may start and still count as sequential.
 const SEQ_SLACK: u64 = 4 << 20;
 
+/// Pages are the unit of the kernel's page cache: pushed ranges start and end on them.
+const PAGE: u64 = 4096;
+
 pub struct OpenFile {
     map: ExtentMap,
-    /// End of the furthest read so far.
+    /// End of the last read (a reader that jumps back and reads on is sequential again).
     next: AtomicU64,
     /// Extents before this index have been handed to the prefetcher.
     prefetched: AtomicUsize,
+    /// The kernel's inode for this file (0: unknown, nothing is pushed).
+    ino: u64,
+    /// Extents already handed to the kernel's page cache (empty when `ino` is 0).
+    pushed: Vec<AtomicBool>,
 }
 
 impl OpenFile {
-    pub(crate) fn new(extents: Vec<Extent>) -> OpenFile {
+    pub(crate) fn new(extents: Vec<Extent>, ino: u64) -> OpenFile {
+        let pushed = if ino == 0 { 0 } else { extents.len() };
         OpenFile {
             map: ExtentMap::new(extents),
             next: AtomicU64::new(0),
             prefetched: AtomicUsize::new(0),
+            ino,
+            pushed: (0..pushed).map(|_| AtomicBool::new(false)).collect(),
         }
     }
 }
 
 impl Inner {
-    pub(crate) fn add_file(&self, extents: Vec<Extent>) -> u64 {
-        let f = OpenFile::new(extents);
+    pub(crate) fn add_file(&self, extents: Vec<Extent>, ino: u64) -> u64 {
+        let f = OpenFile::new(extents, ino);
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.files).insert(fh, Arc::new(f));
         fh
@@ -49,7 +59,12 @@ impl Inner {
 }
 
 /// Read up to `size` bytes at `offset` (short only at end of file).
-pub(crate) fn read(inner: &Arc<Inner>, f: &OpenFile, offset: u64, size: u64) -> FsResult<Vec<u8>> {
+pub(crate) fn read(
+    inner: &Arc<Inner>,
+    f: &Arc<OpenFile>,
+    offset: u64,
+    size: u64,
+) -> FsResult<Vec<u8>> {
     read_with(inner, f, offset, size, <[u8]>::to_vec)
 }
 
@@ -57,7 +72,7 @@ pub(crate) fn read(inner: &Arc<Inner>, f: &OpenFile, offset: u64, size: u64) -> 
 /// file) is served from the cached chunk without copying it first.
 pub(crate) fn read_with<R>(
     inner: &Arc<Inner>,
-    f: &OpenFile,
+    f: &Arc<OpenFile>,
     offset: u64,
     size: u64,
     sink: impl FnOnce(&[u8]) -> R,
@@ -77,8 +92,12 @@ pub(crate) fn read_with<R>(
             let part = data
                 .get((offset - start) as usize..(end - start) as usize)
                 .ok_or_else(|| FsError::eio(format!("chunk {id}: read out of range")))?;
-            f.next.fetch_max(end, Ordering::Relaxed);
-            return Ok(sink(part));
+            f.next.store(end, Ordering::Relaxed);
+            let r = sink(part);
+            if sequential {
+                push_chunk(inner, f, i, &data);
+            }
+            return Ok(r);
         }
     }
     let mut out = Vec::with_capacity((end - offset) as usize);
@@ -98,7 +117,7 @@ pub(crate) fn read_with<R>(
         pos += n;
         last = i;
     }
-    f.next.fetch_max(end, Ordering::Relaxed);
+    f.next.store(end, Ordering::Relaxed);
     if sequential {
         prefetch(inner, f, last);
     }
@@ -155,11 +174,11 @@ fn checked_chunk(inner: &Inner, id: &Id, len: u64) -> FsResult<Arc<Vec<u8>>> {
     Ok(data)
 }
 
-/// Hand the chunks after extent `i` (up to the configured count) to the prefetch pool.
-fn prefetch(inner: &Arc<Inner>, f: &OpenFile, i: usize) {
-    if inner.pool.is_none() {
-        return;
-    }
+/// Hand the chunks after extent `i` (up to the configured count) to the prefetch pool; with
+/// a pusher, each decoded chunk then goes to the kernel's page cache, so the sequential
+/// reader finds it there instead of asking for it 128 KiB at a time.
+fn prefetch(inner: &Arc<Inner>, f: &Arc<OpenFile>, i: usize) {
+    let Some(pool) = &inner.pool else { return };
     let want = inner.opts.prefetch_chunks;
     let from = (i + 1).max(f.prefetched.load(Ordering::Relaxed));
     let to = (i + 1 + want).min(f.map.extents().len());
@@ -167,7 +186,47 @@ fn prefetch(inner: &Arc<Inner>, f: &OpenFile, i: usize) {
         return;
     }
     f.prefetched.fetch_max(to, Ordering::Relaxed);
-    prefetch_ids(inner, f.map.extents()[from..to].iter().filter_map(|x| x.id));
+    if f.ino == 0 || inner.pusher().is_none() {
+        return prefetch_ids(inner, f.map.extents()[from..to].iter().filter_map(|x| x.id));
+    }
+    for j in from..to {
+        let Some(id) = f.map.extents()[j].id else {
+            continue;
+        };
+        let (inner, f) = (inner.clone(), f.clone());
+        pool.spawn(move || {
+            if let Ok(data) = inner.chunk(&id) {
+                push_chunk(&inner, &f, j, &data);
+            }
+        });
+    }
+}
+
+/// Hand extent `i` of `f` (its decoded bytes) to the kernel's page cache, once: the whole
+/// pages it covers (the last page of the file too); the pages it shares with its neighbours
+/// are left to normal reads, since a partly written page cannot be marked valid.
+fn push_chunk(inner: &Inner, f: &OpenFile, i: usize, data: &[u8]) {
+    let (Some(push), Some(done)) = (inner.pusher(), f.pushed.get(i)) else {
+        return;
+    };
+    if done.swap(true, Ordering::Relaxed) {
+        return;
+    }
+    let start = f.map.start(i);
+    let end = start + data.len() as u64;
+    let from = start.div_ceil(PAGE) * PAGE;
+    let to = if end == f.map.size() {
+        end
+    } else {
+        end / PAGE * PAGE
+    };
+    if from < to {
+        push(
+            f.ino,
+            from,
+            &data[(from - start) as usize..(to - start) as usize],
+        );
+    }
 }
 
 /// On the prefetch pool: decode a small file whole and hand it to the kernel's page cache
@@ -176,12 +235,12 @@ pub(crate) fn push_ahead(inner: &Arc<Inner>, push: crate::core::Pusher, ino: u64
     let Some(pool) = &inner.pool else { return };
     let inner = inner.clone();
     pool.spawn(move || {
-        let f = OpenFile::new(xs);
+        let f = Arc::new(OpenFile::new(xs, 0));
         let size = f.map.size();
         if size == 0 {
             return;
         }
-        let _ = read_with(&inner, &f, 0, size, |data| push(ino, data));
+        let _ = read_with(&inner, &f, 0, size, |data| push(ino, 0, data));
     });
 }
 

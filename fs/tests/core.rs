@@ -583,8 +583,21 @@ fn seek_data_and_hole_follow_the_stored_holes() {
     assert_eq!(c.read(fh, 0, 4096).unwrap(), vec![0u8; 4096]);
 }
 
+type Pushes = Arc<Mutex<Vec<(u64, u64, Vec<u8>)>>>;
+
+/// A pusher that records what it is given: (inode, offset, bytes).
+fn recording_pusher(c: &FsCore) -> Pushes {
+    let pushed: Pushes = Arc::new(Mutex::new(Vec::new()));
+    let p = pushed.clone();
+    c.set_pusher(Arc::new(move |ino, offset, data: &[u8]| {
+        p.lock().unwrap().push((ino, offset, data.to_vec()));
+        true
+    }));
+    pushed
+}
+
 /// Wait until `pushed` holds `n` entries (pushes run on the prefetch pool), or a few seconds.
-fn wait_for_pushes(pushed: &Mutex<Vec<(u64, Vec<u8>)>>, n: usize) {
+fn wait_for_pushes(pushed: &Pushes, n: usize) {
     for _ in 0..500 {
         if pushed.lock().unwrap().len() >= n {
             return;
@@ -608,12 +621,7 @@ fn reading_a_directory_in_order_pushes_the_next_small_files_whole() {
     let repo = Repository::init(&tmp.path().join("repo"), b"pw", &repo_opts()).unwrap();
     snapshot(&repo, &src);
     let c = FsCore::new(Arc::new(repo), FsOptions::default()).unwrap();
-    let pushed = Arc::new(Mutex::new(Vec::new()));
-    let p = pushed.clone();
-    c.set_pusher(Arc::new(move |ino, data: &[u8]| {
-        p.lock().unwrap().push((ino, data.to_vec()));
-        true
-    }));
+    let pushed = recording_pusher(&c);
     let dir = walk(&c, only_snapshot(&c), &src);
     let by_ino: std::collections::HashMap<u64, Vec<u8>> = list(&c, dir.ino)
         .into_iter()
@@ -622,15 +630,19 @@ fn reading_a_directory_in_order_pushes_the_next_small_files_whole() {
         .collect();
     let ino_of = |name: &str| walk(&c, dir.ino, Path::new(&format!("/{name}"))).ino;
 
-    // A first read in a directory fetches a few files ahead, no more.
+    // A first read in a directory fetches a few files ahead, no more. (The file read is
+    // pushed too: a read of its first chunk hands the whole chunk over.)
     assert_eq!(
         c.read_ino(ino_of("f00"), 0, 1 << 20).unwrap(),
         by_ino[&ino_of("f00")]
     );
-    wait_for_pushes(&pushed, 3);
+    wait_for_pushes(&pushed, 4);
     std::thread::sleep(Duration::from_millis(100));
-    let first: Vec<u64> = pushed.lock().unwrap().iter().map(|(i, _)| *i).collect();
-    let want: Vec<u64> = ["f01", "f02", "f03"].iter().map(|n| ino_of(n)).collect();
+    let first: Vec<u64> = pushed.lock().unwrap().iter().map(|(i, _, _)| *i).collect();
+    let want: Vec<u64> = ["f00", "f01", "f02", "f03"]
+        .iter()
+        .map(|n| ino_of(n))
+        .collect();
     let mut got = first.clone();
     got.sort();
     let mut want_sorted = want.clone();
@@ -646,20 +658,21 @@ fn reading_a_directory_in_order_pushes_the_next_small_files_whole() {
         c.read_ino(ino_of("f04"), 0, 1 << 20).unwrap(),
         by_ino[&ino_of("f04")]
     );
-    wait_for_pushes(&pushed, 3 + 20);
+    wait_for_pushes(&pushed, 4 + 20);
     std::thread::sleep(Duration::from_millis(100));
     let all = pushed.lock().unwrap().clone();
-    for (ino, data) in &all {
+    for (ino, offset, data) in &all {
         let want = by_ino
             .get(ino)
             .expect("only files of this directory are pushed");
+        assert_eq!(*offset, 0);
         assert_eq!(data, want, "pushed bytes are the file's whole content");
     }
-    let inos: std::collections::HashSet<u64> = all.iter().map(|(i, _)| *i).collect();
+    let inos: std::collections::HashSet<u64> = all.iter().map(|(i, _, _)| *i).collect();
     for name in ["f05", "f06", "f10", "f20", "f30"] {
         assert!(inos.contains(&ino_of(name)), "{name} pushed");
     }
-    for name in ["f05big", "f09empty", "f04", "f39"] {
+    for name in ["f05big", "f09empty", "f39"] {
         assert!(!inos.contains(&ino_of(name)), "{name} not pushed");
     }
 }
@@ -709,5 +722,62 @@ fn a_listing_decodes_the_subdirectories_trees_ahead() {
         c.tree_cache_used(),
         want,
         "the six subdirectory trees were decoded"
+    );
+}
+
+#[test]
+fn a_sequential_reader_finds_the_next_chunks_pushed_on_whole_pages() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("big");
+    std::fs::create_dir(&src).unwrap();
+    let data = noise(9_000_001, 7); // several chunks; the size is not a multiple of a page
+    std::fs::write(src.join("file"), &data).unwrap();
+    let repo = Repository::init(&tmp.path().join("repo"), b"pw", &repo_opts()).unwrap();
+    snapshot(&repo, &src);
+    let c = FsCore::new(Arc::new(repo), FsOptions::default()).unwrap();
+    let pushed = recording_pusher(&c);
+    let ino = walk(&c, only_snapshot(&c), &src.join("file")).ino;
+
+    // A read far from the start is not sequential: nothing is pushed.
+    let far = 6 << 20;
+    assert_eq!(
+        c.read_ino(ino, far, 4096).unwrap(),
+        data[far as usize..][..4096]
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(
+        pushed.lock().unwrap().is_empty(),
+        "random access pushes nothing"
+    );
+
+    // Reading from the start, 128 KiB at a time like the kernel, hands chunks over ahead.
+    let mut pos = 0;
+    while pos < 2 << 20 {
+        let part = c.read_ino(ino, pos, 128 << 10).unwrap();
+        assert_eq!(part, data[pos as usize..pos as usize + part.len()]);
+        pos += part.len() as u64;
+    }
+    wait_for_pushes(&pushed, 4);
+    std::thread::sleep(Duration::from_millis(300));
+    let all = pushed.lock().unwrap().clone();
+    let mut covered = 0;
+    for (i, offset, bytes) in &all {
+        assert_eq!(*i, ino);
+        let end = offset + bytes.len() as u64;
+        assert_eq!(offset % 4096, 0, "pushes start on a page");
+        assert!(
+            end % 4096 == 0 || end == data.len() as u64,
+            "and end on one (or at EOF)"
+        );
+        assert_eq!(
+            bytes[..],
+            data[*offset as usize..end as usize],
+            "the file's bytes"
+        );
+        covered += bytes.len();
+    }
+    assert!(
+        covered > 4 << 20,
+        "chunks beyond the read were pushed: {covered} bytes"
     );
 }

@@ -38,6 +38,11 @@ impl ExtentMap {
         &self.extents
     }
 
+    /// Where extent `i` starts in the file.
+    pub fn start(&self, i: usize) -> u64 {
+        self.starts[i]
+    }
+
     /// Index of the extent holding `offset`, and that extent's start.
     pub fn find(&self, offset: u64) -> Option<(usize, u64)> {
         if offset >= self.size {
