@@ -24,6 +24,9 @@ const IN_ORDER_GAP: u32 = 16;
 /// Subdirectory trees decoded ahead when a directory is listed.
 const SUBTREES_AHEAD: usize = 64;
 
+/// How long a read transaction is reused (see `Inner::with_view`).
+const VIEW_REUSE: Duration = Duration::from_millis(500);
+
 /// Files fetched ahead of the first read in a directory (before it is known to be walked).
 const FIRST_WINDOW: u32 = 4;
 
@@ -124,6 +127,8 @@ pub(crate) struct Inner {
     /// Snapshots skipped at the last refresh (logged when this changes).
     damaged: Mutex<Vec<String>>,
     started: Time,
+    /// The read transaction `with_view` reuses, and when it was opened.
+    view: Mutex<Option<(Instant, Arc<View>)>>,
     /// Set by the FUSE adapter once mounted (see `Pusher`).
     pusher: std::sync::OnceLock<Pusher>,
 }
@@ -139,9 +144,25 @@ impl Inner {
         self.pusher.get()
     }
 
-    /// A fresh read transaction, reading pieces through the shared cache.
-    pub(crate) fn view(&self) -> FsResult<View> {
-        Ok(self.repo.view_sharing(self.pieces.clone())?)
+    /// Run `f` on a read transaction (reading pieces through the shared cache). One is
+    /// reused for up to `VIEW_REUSE` (opening one takes two fcntl locks and three table
+    /// opens, per small file otherwise); if `f` fails on a reused one, it runs again on a
+    /// fresh one, so objects committed since (a new snapshot's) are always found.
+    pub(crate) fn with_view<T>(&self, f: impl Fn(&View) -> cairn_repo::Result<T>) -> FsResult<T> {
+        let reused = {
+            let v = lock(&self.view);
+            v.as_ref()
+                .filter(|(at, _)| at.elapsed() < VIEW_REUSE)
+                .map(|(_, view)| view.clone())
+        };
+        if let Some(view) = reused {
+            if let Ok(t) = f(&view) {
+                return Ok(t);
+            }
+        }
+        let view = Arc::new(self.repo.view_sharing(self.pieces.clone())?);
+        *lock(&self.view) = Some((Instant::now(), view.clone()));
+        Ok(f(&view)?)
     }
 }
 
@@ -167,6 +188,7 @@ impl FsCore {
             damaged: Mutex::new(Vec::new()),
             started: now(),
             pusher: std::sync::OnceLock::new(),
+            view: Mutex::new(None),
             opts,
         };
         inner.report_damaged(damaged);
@@ -377,10 +399,12 @@ impl FsCore {
         }
         let entry = self.entry(tree, *index)?;
         self.prefetch_siblings(&n, tree, *index);
-        let view = self.inner.view()?;
-        let extents = self.inner.repo.extents(&view, &entry.content)?;
-        drop(view);
-        Ok(extents)
+        if let cairn_repo::Content::Inline(xs) = entry.content {
+            return Ok(xs);
+        }
+        let repo = &self.inner.repo;
+        self.inner
+            .with_view(|view| repo.extents(view, &entry.content))
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
@@ -575,8 +599,7 @@ impl FsCore {
     fn tree(&self, id: &Id) -> FsResult<Arc<Tree>> {
         let repo = &self.inner.repo;
         self.inner.trees.get_or_load(id, tree_weight, || {
-            let view = self.inner.view()?;
-            Ok(repo.load_tree(&view, id)?)
+            self.inner.with_view(|view| repo.load_tree(view, id))
         })
     }
 

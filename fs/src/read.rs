@@ -52,8 +52,7 @@ impl Inner {
     /// A chunk's plaintext, from the cache or the repository.
     pub(crate) fn chunk(&self, id: &Id) -> FsResult<Arc<Vec<u8>>> {
         self.chunks.get_or_load(id, Vec::len, || {
-            let view = self.view()?;
-            Ok(load_chunk(&self.repo, &view, id)?)
+            self.with_view(|view| load_chunk(&self.repo, view, id))
         })
     }
 }

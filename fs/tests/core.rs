@@ -430,6 +430,9 @@ fn write_type_errors_and_damage_is_eio_with_the_object_named() {
         100,
     )
     .unwrap();
+    // Damage made through a transaction is seen once the mount's reused read transaction
+    // (at most 0.5 s old) is replaced.
+    std::thread::sleep(Duration::from_millis(600));
     let fh = c.open(a.ino).unwrap();
     let err = c.read(fh, 0, 4096).unwrap_err();
     assert_eq!(err.errno, libc::EIO);
@@ -455,6 +458,7 @@ fn write_type_errors_and_damage_is_eio_with_the_object_named() {
         50,
     )
     .unwrap();
+    std::thread::sleep(Duration::from_millis(600));
     let deep = walk(&c, snap, &f.src.join("dir/deep"));
     let err = c.lookup(deep.ino, b"zeros").unwrap_err();
     assert_eq!(err.errno, libc::EIO);
@@ -780,4 +784,23 @@ fn a_sequential_reader_finds_the_next_chunks_pushed_on_whole_pages() {
         covered > 4 << 20,
         "chunks beyond the read were pushed: {covered} bytes"
     );
+}
+
+#[test]
+fn a_new_snapshot_reads_at_once_though_read_transactions_are_reused() {
+    let f = fixture();
+    let c = core(&f, Duration::from_millis(1));
+    // Read something: a read transaction is now open and kept for reuse.
+    let first = only_snapshot(&c);
+    let a = walk(&c, first, &f.src.join("small.txt"));
+    assert!(!read_all(&c, a.ino, 4096).is_empty());
+    // A new snapshot with new objects, read at once (well within the reuse time).
+    std::fs::write(f.src.join("fresh.bin"), noise(300_000, 42)).unwrap();
+    snapshot(&f.repo, &f.src);
+    std::thread::sleep(Duration::from_millis(5));
+    let latest = c.lookup(ROOT_INO, b"latest").unwrap();
+    let target = String::from_utf8(c.readlink(latest.ino).unwrap()).unwrap();
+    let snap = walk(&c, ROOT_INO, Path::new(&format!("/{target}")));
+    let fresh = walk(&c, snap.ino, &f.src.join("fresh.bin"));
+    assert_eq!(read_all(&c, fresh.ino, 65536), noise(300_000, 42));
 }
