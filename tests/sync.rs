@@ -448,3 +448,72 @@ impl TapCreate for PathBuf {
         self
     }
 }
+
+/// Hold an exclusive lock on a repository's database file for `secs` seconds (as another
+/// process opening it exclusively would); returns once the lock is held.
+fn hold_exclusively(repo: &Path, secs: f64) -> Child {
+    let db = repo.join("cairn.redb");
+    let child = Command::new("flock")
+        .arg("-x")
+        .arg(&db)
+        .args(["sleep", &secs.to_string()])
+        .spawn()
+        .expect("flock (util-linux) runs");
+    let start = Instant::now();
+    // Held once a non-blocking shared lock fails.
+    while Command::new("flock")
+        .args(["-n", "-s"])
+        .arg(&db)
+        .arg("true")
+        .status()
+        .unwrap()
+        .success()
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "lock never taken"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
+#[test]
+fn lock_wait_waits_for_a_locked_primary_or_replica() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, src, nas) = (
+        tmp.path().join("repo"),
+        tmp.path().join("src"),
+        tmp.path().join("nas"),
+    );
+    make_source(&src);
+    init(&repo);
+    backup(&repo, &[&src]);
+    let sync = |wait: &str| {
+        let mut c = cairn(&repo);
+        c.args(["sync", "--quiet", "--lock-wait", wait]).arg(&nas);
+        c
+    };
+
+    // The primary locked: no wait gives the contract's exit code; a wait succeeds after it.
+    let mut holder = hold_exclusively(&repo, 1.5);
+    let r = run(&mut sync("0"));
+    assert_eq!(r.code, 11, "locked primary: {}", r.stderr);
+    assert!(r.stderr.contains("locked"), "{}", r.stderr);
+    let start = Instant::now();
+    ok(&mut sync("30"), 0);
+    assert!(start.elapsed() > Duration::from_millis(500), "it waited");
+    holder.wait().unwrap();
+    assert_eq!(snapshot_ids(&nas), snapshot_ids(&repo));
+
+    // The replica locked: that target (the only one: exit 1) fails without a wait, and
+    // syncs with one.
+    backup(&repo, &[&src]);
+    let mut holder = hold_exclusively(&nas, 1.5);
+    let r = run(&mut sync("0"));
+    assert_eq!(r.code, 1, "every target failed: {}", r.stderr);
+    assert!(r.stderr.contains("locked"), "{}", r.stderr);
+    ok(&mut sync("30"), 0);
+    holder.wait().unwrap();
+    assert_eq!(snapshot_ids(&nas), snapshot_ids(&repo));
+}
