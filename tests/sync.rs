@@ -21,6 +21,20 @@ fn make_source(dir: &Path) {
     std::os::unix::fs::symlink("a/b/text", dir.join("link")).unwrap();
 }
 
+/// A repository with one backup of `make_source`, and where a replica may go ("nas").
+fn backed_up() -> (tempfile::TempDir, PathBuf, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, src, nas) = (
+        tmp.path().join("repo"),
+        tmp.path().join("src"),
+        tmp.path().join("nas"),
+    );
+    make_source(&src);
+    init(&repo);
+    backup(&repo, &[&src]);
+    (tmp, repo, src, nas)
+}
+
 fn sync_json(c: &mut Command, code: i32) -> serde_json::Value {
     let out = ok(c, code);
     serde_json::from_str(&out).unwrap_or_else(|e| panic!("sync --json: {e}\n{out}"))
@@ -54,15 +68,7 @@ fn sync_state(repo: &Path, key: &str) -> serde_json::Value {
 
 #[test]
 fn local_target_add_list_sync_restore() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (repo, src, nas) = (
-        tmp.path().join("repo"),
-        tmp.path().join("src"),
-        tmp.path().join("nas"),
-    );
-    make_source(&src);
-    init(&repo);
-    backup(&repo, &[&src]);
+    let (tmp, repo, src, nas) = backed_up();
     ok(cairn(&repo).args(["target", "add", "nas"]).arg(&nas), 0);
     let r = run(cairn(&repo).args(["target", "add", "nas", "/elsewhere"]));
     assert_ne!(r.code, 0, "duplicate names are refused");
@@ -155,15 +161,7 @@ fn a_foreign_repository_is_refused() {
 
 #[test]
 fn sync_runs_beside_a_backup() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (repo, src, nas) = (
-        tmp.path().join("repo"),
-        tmp.path().join("src"),
-        tmp.path().join("nas"),
-    );
-    make_source(&src);
-    init(&repo);
-    backup(&repo, &[&src]);
+    let (_tmp, repo, src, nas) = backed_up();
     std::fs::write(src.join("bigger"), pseudo_random(40_000_000, 9)).unwrap();
     let mut running = cairn(&repo)
         .args(["backup", "--quiet"])
@@ -480,15 +478,7 @@ fn hold_exclusively(repo: &Path, secs: f64) -> Child {
 
 #[test]
 fn lock_wait_waits_for_a_locked_primary_or_replica() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (repo, src, nas) = (
-        tmp.path().join("repo"),
-        tmp.path().join("src"),
-        tmp.path().join("nas"),
-    );
-    make_source(&src);
-    init(&repo);
-    backup(&repo, &[&src]);
+    let (_tmp, repo, src, nas) = backed_up();
     let sync = |wait: &str| {
         let mut c = cairn(&repo);
         c.args(["sync", "--quiet", "--lock-wait", wait]).arg(&nas);

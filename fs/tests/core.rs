@@ -94,13 +94,19 @@ fn fixture() -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     build_source(&src);
-    let repo = Repository::init(&tmp.path().join("repo"), b"pw", &repo_opts()).unwrap();
-    snapshot(&repo, &src);
+    let repo = backed_up(tmp.path(), &src);
     Fixture {
         src,
         repo: Arc::new(repo),
         _tmp: tmp,
     }
+}
+
+/// A new repository in `dir`/repo holding one snapshot of `src`.
+fn backed_up(dir: &Path, src: &Path) -> Repository {
+    let repo = Repository::init(&dir.join("repo"), b"pw", &repo_opts()).unwrap();
+    snapshot(&repo, src);
+    repo
 }
 
 fn snapshot(repo: &Repository, src: &Path) {
@@ -474,8 +480,7 @@ fn large_directory_lists_in_pages_and_forget_frees_every_inode() {
     for i in 0..5000 {
         std::fs::write(src.join(format!("f{i:05}")), b"").unwrap();
     }
-    let repo = Repository::init(&tmp.path().join("repo"), b"pw", &repo_opts()).unwrap();
-    snapshot(&repo, &src);
+    let repo = backed_up(tmp.path(), &src);
     let c = FsCore::new(
         Arc::new(repo),
         FsOptions {
@@ -558,8 +563,7 @@ fn seek_data_and_hole_follow_the_stored_holes() {
     let os_seek = |off: i64, whence: i32| unsafe {
         libc::lseek(std::os::fd::AsRawFd::as_raw_fd(&fd), off, whence)
     };
-    let repo = Repository::init(&tmp.path().join("repo"), b"pw", &repo_opts()).unwrap();
-    snapshot(&repo, &src);
+    let repo = backed_up(tmp.path(), &src);
     let c = FsCore::new(Arc::new(repo), FsOptions::default()).unwrap();
     let a = walk(&c, only_snapshot(&c), &path);
     let fh = c.open(a.ino).unwrap();
@@ -622,8 +626,7 @@ fn reading_a_directory_in_order_pushes_the_next_small_files_whole() {
     std::fs::write(src.join("f05big"), noise(1_500_000, 99)).unwrap(); // over the push limit
     std::fs::create_dir(src.join("f07dir")).unwrap();
     std::fs::write(src.join("f09empty"), b"").unwrap();
-    let repo = Repository::init(&tmp.path().join("repo"), b"pw", &repo_opts()).unwrap();
-    snapshot(&repo, &src);
+    let repo = backed_up(tmp.path(), &src);
     let c = FsCore::new(Arc::new(repo), FsOptions::default()).unwrap();
     let pushed = recording_pusher(&c);
     let dir = walk(&c, only_snapshot(&c), &src);
@@ -698,8 +701,7 @@ fn a_listing_decodes_the_subdirectories_trees_ahead() {
         std::fs::create_dir_all(&d).unwrap();
         std::fs::write(d.join("file"), format!("content {i}")).unwrap();
     }
-    let repo = Repository::init(&tmp.path().join("repo"), b"pw", &repo_opts()).unwrap();
-    snapshot(&repo, &src);
+    let repo = backed_up(tmp.path(), &src);
     let repo = Arc::new(repo);
     // What listing every subdirectory by hand leaves in the tree cache...
     let by_hand = FsCore::new(repo.clone(), FsOptions::default()).unwrap();
@@ -736,8 +738,7 @@ fn a_sequential_reader_finds_the_next_chunks_pushed_on_whole_pages() {
     std::fs::create_dir(&src).unwrap();
     let data = noise(9_000_001, 7); // several chunks; the size is not a multiple of a page
     std::fs::write(src.join("file"), &data).unwrap();
-    let repo = Repository::init(&tmp.path().join("repo"), b"pw", &repo_opts()).unwrap();
-    snapshot(&repo, &src);
+    let repo = backed_up(tmp.path(), &src);
     let c = FsCore::new(Arc::new(repo), FsOptions::default()).unwrap();
     let pushed = recording_pusher(&c);
     let ino = walk(&c, only_snapshot(&c), &src.join("file")).ino;
