@@ -140,7 +140,8 @@ fn make_source(src: &Path) {
          setfattr -n user.note -v 'kept' {s}/a.txt
          touch -h -d '2001-02-03 04:05:06.123456789' {s}/d/link
          touch -d '1969-07-20 20:17:40.5' {s}/d/big.bin
-         touch -d '2099-12-31 23:59:59.999999999' {s}/d/suid"
+         touch -d '2099-12-31 23:59:59.999999999' {s}/d/suid
+         touch -d '2020-05-06 07:08:09.5' {s}/d/fifo {s}/d/sgid {s}/d/sticky {s}/empty {s}/d"
     ));
 }
 
@@ -252,7 +253,7 @@ fn mount_layout_and_attributes() {
 }
 
 #[test]
-fn cp_a_and_tar_out_of_the_mount_reproduce_the_source() {
+fn cp_a_tar_and_rsync_out_of_the_mount_reproduce_the_source() {
     let s = setup();
     let m = Mount::start(
         &s.repo,
@@ -279,6 +280,16 @@ fn cp_a_and_tar_out_of_the_mount_reproduce_the_source() {
         q(&untar)
     ));
     same_tree(&s.src, &untar);
+    let rsynced = s.tmp.path().join("rsynced");
+    sh(&format!("rsync -aHAX {}/ {}/", q(&from), q(&rsynced)));
+    same_tree(&s.src, &rsynced);
+    assert_eq!(
+        sh(&format!(
+            "getfattr --only-values -n user.note {}",
+            q(&rsynced.join("a.txt"))
+        )),
+        "kept"
+    );
 }
 
 #[test]
