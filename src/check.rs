@@ -1,6 +1,7 @@
 use crate::{output, CmdResult, Failure, Global};
 use cairn_repo::check::{
-    check, check_storage, repair_from, repair_storage_from, CheckOptions, CheckReport,
+    check, check_storage, repair_from, repair_from_target, repair_storage_from, CheckOptions,
+    CheckReport, RepairReport,
 };
 use cairn_repo::store_maint::{StorageProblem, StorageReport};
 use cairn_repo::Repository;
@@ -21,10 +22,13 @@ pub struct Args {
     /// recorded here, also without a password.
     #[arg(long, conflicts_with_all = ["read_data", "read_data_subset"])]
     storage_only: bool,
-    /// Copy intact copies of damaged or missing objects back from this replica (a path, or the
-    /// name of a local sync target; the same password opens it), then check again
-    #[arg(long, value_name = "PATH|TARGET")]
+    /// Copy intact copies of damaged or missing objects back from this replica (a path, an
+    /// ssh:// URL, or the name of a sync target), then check again. Every copy is verified
+    /// with this repository's keys first
+    #[arg(long, value_name = "PATH|URL|TARGET")]
     repair_from: Option<PathBuf>,
+    #[command(flatten)]
+    ssh: crate::sync::SshArgs,
 }
 
 /// Rounds of repair: healing a tree can uncover damage below it.
@@ -57,9 +61,9 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
         read_data: a.read_data,
         subset_percent: subset,
     };
-    let (repo, replica) = match &a.repair_from {
+    let (repo, mut replica) = match &a.repair_from {
         None => (g.open()?, None),
-        Some(path) => open_pair(g, path)?,
+        Some(arg) => open_pair(g, arg, &a.ssh)?,
     };
     let mut report = check(&repo, &opts)?;
     if let Some(why) = &report.unrecorded {
@@ -67,50 +71,101 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
             "the check's result could not be recorded for `cairn status`: {why}"
         ));
     }
-    if let Some(replica) = &replica {
+    if let Some(replica) = &mut replica {
         report = repair(g, &repo, replica, &opts, report)?;
     }
     print_report(g, &report)
 }
 
-/// A replica given as a path, or as the name of a sync target with a local URL.
-fn replica_path(
+/// What `--repair-from` names: a local replica, or one reached over ssh.
+enum ReplicaArg {
+    Path(PathBuf),
+    Ssh(String),
+}
+
+/// A replica given as a path, an ssh:// URL, or the name of a sync target.
+fn replica_arg(
     store: &cairn_repo::store::Store,
     arg: &std::path::Path,
-) -> Result<PathBuf, Failure> {
+) -> Result<ReplicaArg, Failure> {
     if arg.exists() {
-        return Ok(arg.to_path_buf());
+        return Ok(ReplicaArg::Path(arg.to_path_buf()));
     }
     let name = arg.to_string_lossy();
+    if name.starts_with("ssh://") {
+        return Ok(ReplicaArg::Ssh(name.into_owned()));
+    }
     match store.targets()?.into_iter().find(|(n, _)| *n == name) {
-        Some((_, url)) if url.starts_with("ssh://") => Err(Failure::usage(format!(
-            "target {name} is remote ({url}); repairing over ssh is not supported yet: give a local copy's path"
+        Some((_, url)) if url.starts_with("ssh://") => Ok(ReplicaArg::Ssh(url)),
+        Some((_, url)) => Ok(ReplicaArg::Path(PathBuf::from(
+            url.strip_prefix("file://").unwrap_or(&url),
         ))),
-        Some((_, url)) => Ok(PathBuf::from(url.strip_prefix("file://").unwrap_or(&url))),
-        None => Ok(arg.to_path_buf()),
+        None => Ok(ReplicaArg::Path(arg.to_path_buf())),
+    }
+}
+
+/// Where repairs read their copies.
+enum Replica {
+    /// Opened with the same password.
+    Local(Repository),
+    /// `cairn serve` on the far side; only read.
+    Ssh(Box<cairn_repo::sync::SshTarget>, String),
+}
+
+impl Replica {
+    fn label(&self) -> String {
+        match self {
+            Replica::Local(r) => r.store().dir().display().to_string(),
+            Replica::Ssh(_, url) => url.clone(),
+        }
+    }
+
+    fn repair(
+        &mut self,
+        repo: &Repository,
+        ids: &[cairn_repo::Id],
+    ) -> Result<RepairReport, Failure> {
+        Ok(match self {
+            Replica::Local(replica) => repair_from(repo, replica, ids)?,
+            Replica::Ssh(target, _) => repair_from_target(repo, target.as_mut(), ids)?,
+        })
     }
 }
 
 fn open_pair(
     g: &Global,
-    replica: &std::path::Path,
-) -> Result<(Repository, Option<Repository>), Failure> {
+    arg: &std::path::Path,
+    ssh: &crate::sync::SshArgs,
+) -> Result<(Repository, Option<Replica>), Failure> {
     let path = g.repo_path()?;
     let store = cairn_repo::store::Store::open(&path, 1 << 20).map_err(Failure::from)?;
-    let replica = replica_path(&store, replica)?;
+    let replica = replica_arg(&store, arg)?;
     drop(store);
-    cairn_repo::store::Store::open(&replica, 1 << 20).map_err(Failure::from)?;
-    let password = crate::secrets::password(g, false)?;
     let opts = cairn_repo::OpenOptions::default();
-    let repo = Repository::open(&path, password.as_bytes(), &opts)?;
-    let other = Repository::open(&replica, password.as_bytes(), &opts)?;
-    Ok((repo, Some(other)))
+    match replica {
+        ReplicaArg::Path(replica) => {
+            cairn_repo::store::Store::open(&replica, 1 << 20).map_err(Failure::from)?;
+            let password = crate::secrets::password(g, false)?;
+            let repo = Repository::open(&path, password.as_bytes(), &opts)?;
+            let other = Repository::open(&replica, password.as_bytes(), &opts)?;
+            Ok((repo, Some(Replica::Local(other))))
+        }
+        ReplicaArg::Ssh(url) => {
+            let repo = g.open()?;
+            let parsed = cairn_repo::sync::SshUrl::parse(&url)?;
+            let mut target = cairn_repo::sync::SshTarget::connect(&parsed, &ssh.options())?;
+            target
+                .handshake_existing(&repo)
+                .map_err(|e| Failure::from(cairn_repo::Error::Invalid(format!("{url}: {e}"))))?;
+            Ok((repo, Some(Replica::Ssh(Box::new(target), url))))
+        }
+    }
 }
 
 fn repair(
     g: &Global,
     repo: &Repository,
-    replica: &Repository,
+    replica: &mut Replica,
     opts: &CheckOptions,
     mut report: CheckReport,
 ) -> Result<CheckReport, Failure> {
@@ -119,12 +174,9 @@ fn repair(
             break;
         }
         let ids: Vec<_> = report.damaged.iter().map(|d| d.id).collect();
-        let r = repair_from(repo, replica, &ids)?;
+        let r = replica.repair(repo, &ids)?;
         for id in &r.repaired {
-            output::info(
-                g,
-                &format!("repaired {id} from {}", replica.store().dir().display()),
-            );
+            output::info(g, &format!("repaired {id} from {}", replica.label()));
         }
         for (id, why) in &r.failed {
             output::warn(&format!("cannot repair {id}: {why}"));
@@ -141,7 +193,15 @@ fn storage_only(g: &Global, repair: Option<&std::path::Path>) -> CmdResult {
     let path = g.repo_path()?;
     if let Some(arg) = repair {
         let store = cairn_repo::store::Store::open(&path, 1 << 20)?;
-        let replica = replica_path(&store, arg)?;
+        let replica = match replica_arg(&store, arg)? {
+            ReplicaArg::Path(p) => p,
+            ReplicaArg::Ssh(url) => {
+                return Err(Failure::usage(format!(
+                    "--storage-only repairs from a local replica only; to repair from {url}, \
+                     run `cairn check --repair-from` without --storage-only (needs the password)"
+                )))
+            }
+        };
         drop(store);
         let r = repair_storage_from(&path, &replica)?;
         for id in &r.repaired {

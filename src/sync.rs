@@ -21,6 +21,13 @@ pub struct Args {
     /// Wait up to this many seconds for a repository that is locked
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     lock_wait: u64,
+    #[command(flatten)]
+    ssh: SshArgs,
+}
+
+/// How to reach ssh targets (shared by `sync` and `check --repair-from`).
+#[derive(clap::Args)]
+pub struct SshArgs {
     /// The ssh command and its options, split at whitespace (default: ssh)
     #[arg(long, env = "CAIRN_SSH_COMMAND", value_name = "COMMAND")]
     ssh_command: Option<String>,
@@ -32,6 +39,21 @@ pub struct Args {
         value_name = "PATH"
     )]
     remote_cairn: String,
+}
+
+impl SshArgs {
+    pub fn options(&self) -> SshOptions {
+        let command = self
+            .ssh_command
+            .as_deref()
+            .map(|c| c.split_whitespace().map(String::from).collect())
+            .filter(|v: &Vec<String>| !v.is_empty())
+            .unwrap_or_else(|| vec!["ssh".to_string()]);
+        SshOptions {
+            command,
+            remote_binary: self.remote_cairn.clone(),
+        }
+    }
 }
 
 struct Resolved {
@@ -119,19 +141,6 @@ fn resolve(repo: &Repository, wanted: &[String]) -> Result<Vec<Resolved>, Failur
             ))),
         })
         .collect()
-}
-
-fn ssh_options(a: &Args) -> SshOptions {
-    let command = a
-        .ssh_command
-        .as_deref()
-        .map(|c| c.split_whitespace().map(String::from).collect())
-        .filter(|v: &Vec<String>| !v.is_empty())
-        .unwrap_or_else(|| vec!["ssh".to_string()]);
-    SshOptions {
-        command,
-        remote_binary: a.remote_cairn.clone(),
-    }
 }
 
 fn retry_locked<T>(lock_wait: u64, mut f: impl FnMut() -> Result<T, Error>) -> Result<T, Error> {
@@ -275,7 +284,7 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
             limit_rate,
             ..SyncOptions::default()
         },
-        ssh: ssh_options(a),
+        ssh: a.ssh.options(),
         lock_wait: a.lock_wait,
     };
     let mut outcomes = Vec::new();

@@ -204,22 +204,6 @@ fn status_exit_codes() {
 }
 
 /// A chunk of the repository, found without the password.
-fn some_chunk(repo: &Path) -> (cairn_repo::Id, u32) {
-    let store = cairn_repo::store::Store::open(repo, 1 << 20).unwrap();
-    let cfg = cairn_repo::format::Config::decode(&store.meta("config").unwrap().unwrap()).unwrap();
-    let mut found = None;
-    store
-        .view()
-        .unwrap()
-        .for_each_object(|id, loc| {
-            if loc.kind == cairn_repo::crypto::Kind::Chunk && found.is_none() {
-                found = Some(id);
-            }
-            Ok(())
-        })
-        .unwrap();
-    (found.unwrap(), cfg.piece_size)
-}
 
 #[test]
 fn check_names_damage_and_repair_from_a_replica_heals_it() {

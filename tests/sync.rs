@@ -507,3 +507,66 @@ fn lock_wait_waits_for_a_locked_primary_or_replica() {
     holder.wait().unwrap();
     assert_eq!(snapshot_ids(&nas), snapshot_ids(&repo));
 }
+
+#[test]
+fn check_repairs_from_a_replica_over_ssh() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sshd = start_sshd(&tmp.path().join("ssh").tap_create());
+    let (_t, repo, src, _nas) = backed_up();
+    let remote = tmp.path().join("offsite");
+    let url = format!(
+        "ssh://{}@127.0.0.1:{}{}",
+        user(),
+        sshd.port,
+        remote.display()
+    );
+    ok(cairn(&repo).args(["target", "add", "offsite", &url]), 0);
+    ok(ssh_cairn(&repo, &sshd).args(["sync", "--quiet"]), 0);
+
+    let (chunk, piece_size) = some_chunk(&repo);
+    {
+        let store = cairn_repo::store::Store::open(&repo, 1 << 20).unwrap();
+        cairn_repo::store::damage_object_for_tests(&store, &chunk, piece_size, 11).unwrap();
+    }
+    let r = run(cairn(&repo).args(["check", "--read-data"]));
+    assert_eq!(r.code, 1, "the damage is found: {}", r.stdout);
+
+    // Key-less repair reads local replicas only: a usage error that says what to do.
+    let r =
+        run(ssh_cairn(&repo, &sshd).args(["check", "--storage-only", "--repair-from", "offsite"]));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("without --storage-only"), "{}", r.stderr);
+
+    // An ssh URL with no replica behind it: refused, and nothing is created there.
+    let nowhere = format!(
+        "ssh://{}@127.0.0.1:{}{}/none",
+        user(),
+        sshd.port,
+        tmp.path().display()
+    );
+    let r = run(ssh_cairn(&repo, &sshd).args(["check", "--repair-from", &nowhere]));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("no replica"), "{}", r.stderr);
+    assert!(!tmp.path().join("none").exists());
+
+    // The named ssh target: the copy is fetched, verified here and stored; clean afterwards.
+    let out = ok(
+        ssh_cairn(&repo, &sshd).args(["check", "--read-data", "--repair-from", "offsite"]),
+        0,
+    );
+    assert!(
+        out.contains(&format!("repaired {chunk} from ssh://")),
+        "{out}"
+    );
+    ok(cairn(&repo).args(["check", "--read-data"]), 0);
+    restore_and_compare(&repo, &src, &tmp.path().join("out"));
+
+    // A replica whose copy is damaged too: nothing is stored, and the check says why.
+    for dir in [&repo, &remote] {
+        let store = cairn_repo::store::Store::open(dir, 1 << 20).unwrap();
+        cairn_repo::store::damage_object_for_tests(&store, &chunk, piece_size, 13).unwrap();
+    }
+    let r = run(ssh_cairn(&repo, &sshd).args(["check", "--read-data", "--repair-from", "offsite"]));
+    assert_eq!(r.code, 1, "{}", r.stdout);
+    assert!(r.stderr.contains("damaged too"), "{}", r.stderr);
+}

@@ -384,13 +384,96 @@ fn intact_snapshot(
     let blob = snaps
         .get(id)
         .ok_or("the replica does not have this snapshot")?;
-    let plain = replica
+    snapshot_copy_intact(replica, id, blob.clone())
+}
+
+/// A replica's copy of snapshot `id`, if it opens with `keys_of`'s keys and decodes.
+fn snapshot_copy_intact(
+    keys_of: &Repository,
+    id: &Id,
+    blob: Vec<u8>,
+) -> std::result::Result<Vec<u8>, String> {
+    let plain = keys_of
         .keys()
-        .open(Kind::Snapshot, id, blob)
+        .open(Kind::Snapshot, id, &blob)
         .map_err(|e| format!("the replica's copy is damaged too: {e}"))?;
     crate::format::Snapshot::decode(&plain)
         .map_err(|e| format!("the replica's copy does not decode: {e}"))?;
-    Ok(blob.clone())
+    Ok(blob)
+}
+
+/// `repair_from` with the copies read from a replica behind the sync protocol (an ssh
+/// target, after `handshake_existing`). Each copy is verified here, with this repository's
+/// keys (a replica shares them), before it is stored; the replica is only read.
+pub fn repair_from_target(
+    repo: &Repository,
+    target: &mut dyn crate::sync::Target,
+    damaged: &[Id],
+) -> Result<RepairReport> {
+    let own_snaps: HashSet<Id> = repo
+        .store()
+        .snapshot_blobs()?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let cfg = repo.config();
+    let mut packer = Packer::relocating(repo.store(), cfg.piece_size, cfg.pack_max, 32 << 20);
+    let mut report = RepairReport::default();
+    let mut snapshot_copies = Vec::new();
+    for id in damaged {
+        let copy = if own_snaps.contains(id) {
+            fetch_snapshot(repo, target, id)?.map(|blob| snapshot_copies.push((*id, blob)))
+        } else {
+            fetch_object(repo, target, id)?.and_then(|(kind, sealed)| {
+                packer.add(*id, kind, &sealed).map_err(|e| e.to_string())
+            })
+        };
+        match copy {
+            Ok(()) => report.repaired.push(*id),
+            Err(why) => report.failed.push((*id, why)),
+        }
+    }
+    packer.commit(true, &snapshot_copies)?;
+    Ok(report)
+}
+
+/// The replica's copy of object `id`, verified; `Err` inside for a copy that is missing or
+/// damaged (the outer error is the connection's).
+fn fetch_object(
+    repo: &Repository,
+    target: &mut dyn crate::sync::Target,
+    id: &Id,
+) -> Result<std::result::Result<(Kind, Vec<u8>), String>> {
+    use crate::sync::proto::{check_object, Request, Response};
+    let o = match target.call(Request::GetObject(*id))? {
+        Response::Object(Some(o)) if o.id == *id => o,
+        Response::Object(Some(_)) => return Ok(Err("the replica sent another object".into())),
+        Response::Object(None) => return Ok(Err("the replica does not have it either".into())),
+        other => return Err(crate::sync::remote::unexpected(&other)),
+    };
+    let damaged = |e: Error| format!("the replica's copy is damaged too: {}", reason(e));
+    let kind = match check_object(&o) {
+        Ok(kind) => kind,
+        Err(e) => return Ok(Err(damaged(e))),
+    };
+    Ok(repo
+        .keys()
+        .open_verified(kind, id, &o.sealed)
+        .map(|_| (kind, o.sealed))
+        .map_err(damaged))
+}
+
+fn fetch_snapshot(
+    repo: &Repository,
+    target: &mut dyn crate::sync::Target,
+    id: &Id,
+) -> Result<std::result::Result<Vec<u8>, String>> {
+    use crate::sync::proto::{Request, Response};
+    match target.call(Request::GetSnapshot(*id))? {
+        Response::SnapshotBlob(Some(blob)) => Ok(snapshot_copy_intact(repo, id, blob)),
+        Response::SnapshotBlob(None) => Ok(Err("the replica does not have this snapshot".into())),
+        other => Err(crate::sync::remote::unexpected(&other)),
+    }
 }
 
 /// Key-less check for replicas: stored checksums, pieces, and redb's own page checksums.

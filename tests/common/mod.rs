@@ -108,3 +108,21 @@ fn is_special_pair(line: &str) -> bool {
     .iter()
     .any(|k| line.starts_with("File ") && line.matches(&format!(" is a {k}")).count() == 2)
 }
+
+/// Some chunk of the repository, and the repository's piece size (to damage it in tests).
+pub fn some_chunk(repo: &Path) -> (cairn_repo::Id, u32) {
+    let store = cairn_repo::store::Store::open(repo, 1 << 20).unwrap();
+    let cfg = cairn_repo::format::Config::decode(&store.meta("config").unwrap().unwrap()).unwrap();
+    let mut found = None;
+    store
+        .view()
+        .unwrap()
+        .for_each_object(|id, loc| {
+            if loc.kind == cairn_repo::crypto::Kind::Chunk && found.is_none() {
+                found = Some(id);
+            }
+            Ok(())
+        })
+        .unwrap();
+    (found.unwrap(), cfg.piece_size)
+}

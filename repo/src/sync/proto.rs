@@ -56,6 +56,11 @@ pub enum Request {
     AddKeySlots(Vec<Vec<u8>>),
     DeleteSnapshots(Vec<Id>),
     Bye,
+    /// The stored copy of one object, for `check --repair-from` (added after version 1
+    /// shipped: an older server answers with a protocol error).
+    GetObject(Id),
+    /// The stored blob of one snapshot, likewise.
+    GetSnapshot(Id),
 }
 
 /// Server to client.
@@ -81,6 +86,10 @@ pub enum Response {
     },
     Done,
     Error(String),
+    /// The object as stored (unverified: the client checks it), or `None` if absent.
+    Object(Option<WireObject>),
+    /// The snapshot blob as stored, or `None` if absent.
+    SnapshotBlob(Option<Vec<u8>>),
 }
 
 /// Encode a message into a frame body.

@@ -38,6 +38,15 @@ impl<R: Read, W: Write> StreamTarget<R, W> {
 
     /// Hello, and create the replica if the far side has none. Refuses a foreign repository.
     pub fn handshake(&mut self, primary: &Repository) -> Result<bool> {
+        self.hello(primary, true)
+    }
+
+    /// Hello to a replica that must exist already (to read from it).
+    pub fn handshake_existing(&mut self, primary: &Repository) -> Result<()> {
+        self.hello(primary, false).map(|_| ())
+    }
+
+    fn hello(&mut self, primary: &Repository, create: bool) -> Result<bool> {
         let repo_id = primary.config().repo_id;
         let hello = Request::Hello {
             magic: proto::MAGIC,
@@ -60,6 +69,11 @@ impl<R: Read, W: Write> StreamTarget<R, W> {
             }
             other => return Err(unexpected(&other)),
         };
+        if !exists && !create {
+            return Err(Error::Invalid(
+                "there is no replica of this repository there".into(),
+            ));
+        }
         if !exists {
             let key_slots = primary.store().key_slot_blobs()?;
             let create = Request::Create {
@@ -95,6 +109,8 @@ pub fn unexpected(resp: &Response) -> Error {
         Response::Stored { .. } => "stored",
         Response::Done => "done",
         Response::Error(_) => "error",
+        Response::Object(_) => "object",
+        Response::SnapshotBlob(_) => "snapshot blob",
     };
     proto::protocol_error(format!("unexpected {name} reply"))
 }
@@ -259,6 +275,10 @@ impl SshTarget {
 
     pub fn handshake(&mut self, primary: &Repository) -> Result<bool> {
         self.with_stream(|s| s.handshake(primary))
+    }
+
+    pub fn handshake_existing(&mut self, primary: &Repository) -> Result<()> {
+        self.with_stream(|s| s.handshake_existing(primary))
     }
 
     /// Add what ssh said on stderr once it has exited, so "connection refused" and "permission

@@ -126,10 +126,32 @@ impl<'s> Sink<'s> {
             }
             Request::DeleteSnapshots(ids) => self.delete_snapshots(&ids),
             Request::Bye => self.flush().map(|_| Response::Done),
+            Request::GetObject(id) => self.get_object(&id),
+            Request::GetSnapshot(id) => Ok(Response::SnapshotBlob(
+                self.store
+                    .snapshot_blobs()?
+                    .into_iter()
+                    .find(|(s, _)| *s == id)
+                    .map(|(_, blob)| blob),
+            )),
             Request::Hello { .. } | Request::Create { .. } => Err(proto::protocol_error(
                 "hello or create after the session started",
             )),
         }
+    }
+
+    fn get_object(&self, id: &Id) -> Result<Response> {
+        let view = self.store.view()?;
+        let Some(loc) = view.locate(id)? else {
+            return Ok(Response::Object(None));
+        };
+        let sealed = view.read_sealed(id, &loc, self.store.config()?.piece_size)?;
+        Ok(Response::Object(Some(WireObject {
+            id: *id,
+            kind: loc.kind as u8,
+            check: loc.check,
+            sealed,
+        })))
     }
 
     fn info(&self) -> Result<Response> {
