@@ -333,7 +333,7 @@ impl FsCore {
     /// Open a regular file for reading; returns the handle for `read`.
     pub fn open(&self, ino: u64) -> FsResult<u64> {
         let f = self.open_file(ino)?;
-        Ok(self.inner.add_file(f, ino))
+        Ok(self.inner.add_file(f))
     }
 
     /// Read from a file by inode, without a handle: for kernels that skip OPEN and RELEASE
@@ -379,12 +379,12 @@ impl FsCore {
         if let Some(f) = lock(&self.inner.by_ino).get(&ino) {
             return Ok(f);
         }
-        let f = Arc::new(OpenFile::new(self.open_file(ino)?, ino));
+        let f = Arc::new(self.open_file(ino)?);
         lock(&self.inner.by_ino).insert(ino, f.clone(), 1);
         Ok(f)
     }
 
-    fn open_file(&self, ino: u64) -> FsResult<Vec<cairn_repo::format::Extent>> {
+    fn open_file(&self, ino: u64) -> FsResult<OpenFile> {
         let n = self.node(ino)?;
         let What::Entry {
             tree, index, attr, ..
@@ -399,12 +399,14 @@ impl FsCore {
         }
         let entry = self.entry(tree, *index)?;
         self.prefetch_siblings(&n, tree, *index);
-        if let cairn_repo::Content::Inline(xs) = entry.content {
-            return Ok(xs);
-        }
-        let repo = &self.inner.repo;
-        self.inner
-            .with_view(|view| repo.extents(view, &entry.content))
+        let extents = match entry.content {
+            cairn_repo::Content::Inline(xs) => xs,
+            content => {
+                let repo = &self.inner.repo;
+                self.inner.with_view(|view| repo.extents(view, &content))?
+            }
+        };
+        Ok(OpenFile::for_inode(extents, ino, attr.size))
     }
 
     pub fn read(&self, fh: u64, offset: u64, size: u32) -> FsResult<Vec<u8>> {
@@ -522,7 +524,7 @@ impl FsCore {
             match (&push, dir) {
                 (Some(push), Some(dir)) if e.size <= PUSH_MAX => {
                     let ino = node::entry_ino(snap, node::child_key(dir.key, &e.name), e);
-                    crate::read::push_ahead(&self.inner, push.clone(), ino, xs.clone());
+                    crate::read::push_ahead(&self.inner, push.clone(), ino, e.size, xs.clone());
                 }
                 _ => first_chunks.extend(xs.first().and_then(|x| x.id)),
             }

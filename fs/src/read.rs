@@ -29,6 +29,14 @@ pub struct OpenFile {
 }
 
 impl OpenFile {
+    /// The file the kernel knows as `ino` with size `size`. Its chunks may be pushed to the
+    /// kernel's page cache, unless the stored extents disagree with that size (a push past
+    /// it would change the size the kernel shows).
+    pub(crate) fn for_inode(extents: Vec<Extent>, ino: u64, size: u64) -> OpenFile {
+        let total: u64 = extents.iter().map(|x| x.len).sum();
+        OpenFile::new(extents, if total == size { ino } else { 0 })
+    }
+
     pub(crate) fn new(extents: Vec<Extent>, ino: u64) -> OpenFile {
         let pushed = if ino == 0 { 0 } else { extents.len() };
         OpenFile {
@@ -42,8 +50,7 @@ impl OpenFile {
 }
 
 impl Inner {
-    pub(crate) fn add_file(&self, extents: Vec<Extent>, ino: u64) -> u64 {
-        let f = OpenFile::new(extents, ino);
+    pub(crate) fn add_file(&self, f: OpenFile) -> u64 {
         let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
         lock(&self.files).insert(fh, Arc::new(f));
         fh
@@ -208,7 +215,8 @@ fn push_chunk(inner: &Inner, f: &OpenFile, i: usize, data: &[u8]) {
     let (Some(push), Some(done)) = (inner.pusher(), f.pushed.get(i)) else {
         return;
     };
-    if done.swap(true, Ordering::Relaxed) {
+    // Only bytes a read would return: a chunk of another length is EIO there, never pushed.
+    if f.map.extents()[i].len != data.len() as u64 || done.swap(true, Ordering::Relaxed) {
         return;
     }
     let start = f.map.start(i);
@@ -230,13 +238,19 @@ fn push_chunk(inner: &Inner, f: &OpenFile, i: usize, data: &[u8]) {
 
 /// On the prefetch pool: decode a small file whole and hand it to the kernel's page cache
 /// for inode `ino` (a failure is not reported: a reader that needs the file will be).
-pub(crate) fn push_ahead(inner: &Arc<Inner>, push: crate::core::Pusher, ino: u64, xs: Vec<Extent>) {
+pub(crate) fn push_ahead(
+    inner: &Arc<Inner>,
+    push: crate::core::Pusher,
+    ino: u64,
+    size: u64,
+    xs: Vec<Extent>,
+) {
     let Some(pool) = &inner.pool else { return };
     let inner = inner.clone();
     pool.spawn(move || {
         let f = Arc::new(OpenFile::new(xs, 0));
-        let size = f.map.size();
-        if size == 0 {
+        // Exactly the size the kernel shows for the file (see `OpenFile::for_inode`).
+        if size == 0 || f.map.size() != size {
             return;
         }
         let _ = read_with(&inner, &f, 0, size, |data| push(ino, 0, data));
