@@ -122,8 +122,8 @@ pub(crate) struct Inner {
     by_ino: Mutex<crate::cache::Lru<u64, Arc<OpenFile>>>,
     pub(crate) next_fh: AtomicU64,
     pub(crate) pool: Option<crate::pool::Pool>,
-    /// Directory tree -> (index of the file opened last, siblings prefetched up to).
-    walks: Mutex<crate::cache::Lru<Id, (u32, u32)>>,
+    /// Directory inode -> (index of the file read last, siblings fetched ahead up to).
+    walks: Mutex<crate::cache::Lru<u64, (u32, u32)>>,
     /// Snapshots skipped at the last refresh (logged when this changes).
     damaged: Mutex<Vec<String>>,
     started: Time,
@@ -490,7 +490,7 @@ impl FsCore {
 
     /// If files of this directory are being read in order, decode the next files ahead.
     fn prefetch_siblings(&self, n: &Node, tree_id: &Id, index: u32) {
-        let Some((from, to)) = self.walk_window(tree_id, index) else {
+        let Some((from, to)) = self.walk_window(n.parent, index) else {
             return;
         };
         let What::Entry { snap_key, .. } = n.what else {
@@ -563,9 +563,9 @@ impl FsCore {
     /// order, and so is a read just past what was already fetched ahead (the reader found
     /// the files before it in the page cache, so they never reached us). The first read in
     /// a directory fetches a few files ahead: most readers of one file go on to the next.
-    fn walk_window(&self, tree_id: &Id, index: u32) -> Option<(u32, u32)> {
+    fn walk_window(&self, dir: u64, index: u32) -> Option<(u32, u32)> {
         let mut walks = lock(&self.inner.walks);
-        let (first, last, done) = match walks.get(tree_id) {
+        let (first, last, done) = match walks.get(&dir) {
             None => (true, 0, 0),
             Some((last, done)) => (false, last, done),
         };
@@ -579,7 +579,7 @@ impl FsCore {
         };
         let (from, to) = ((index + 1).max(done), index.saturating_add(want));
         let done = if in_order { to.max(done) } else { done };
-        walks.insert(*tree_id, (index, done), 1);
+        walks.insert(dir, (index, done), 1);
         (in_order && from < to).then_some((from, to))
     }
 
