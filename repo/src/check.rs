@@ -333,8 +333,23 @@ pub fn repair_from(
             replica.store().dir().display()
         )));
     }
-    let view = replica.view()?;
-    let snaps: HashMap<Id, Vec<u8>> = replica.store().snapshot_blobs()?.into_iter().collect();
+    let mut copies = LocalCopies {
+        replica,
+        view: replica.view()?,
+        snaps: replica.store().snapshot_blobs()?.into_iter().collect(),
+    };
+    repair_with(repo, damaged, &mut copies)
+}
+
+/// Where a repair finds copies. The inner `Err` says why this copy cannot be used (missing,
+/// damaged); the outer one stops the repair (the replica cannot be read at all).
+trait Copies {
+    fn object(&mut self, id: &Id) -> Result<std::result::Result<(Kind, Vec<u8>), String>>;
+    fn snapshot(&mut self, id: &Id) -> Result<std::result::Result<Vec<u8>, String>>;
+}
+
+/// Store verified copies of the damaged objects and snapshots, relocating their index rows.
+fn repair_with(repo: &Repository, damaged: &[Id], copies: &mut dyn Copies) -> Result<RepairReport> {
     let own_snaps: HashSet<Id> = repo
         .store()
         .snapshot_blobs()?
@@ -347,9 +362,11 @@ pub fn repair_from(
     let mut snapshot_copies = Vec::new();
     for id in damaged {
         let copy = if own_snaps.contains(id) {
-            intact_snapshot(replica, &snaps, id).map(|blob| snapshot_copies.push((*id, blob)))
+            copies
+                .snapshot(id)?
+                .map(|blob| snapshot_copies.push((*id, blob)))
         } else {
-            intact_object(replica, &view, id).and_then(|(kind, sealed)| {
+            copies.object(id)?.and_then(|(kind, sealed)| {
                 packer.add(*id, kind, &sealed).map_err(|e| e.to_string())
             })
         };
@@ -360,6 +377,39 @@ pub fn repair_from(
     }
     packer.commit(true, &snapshot_copies)?;
     Ok(report)
+}
+
+/// A local replica, opened with its keys (the same as ours).
+struct LocalCopies<'a> {
+    replica: &'a Repository,
+    view: View,
+    snaps: HashMap<Id, Vec<u8>>,
+}
+
+impl Copies for LocalCopies<'_> {
+    fn object(&mut self, id: &Id) -> Result<std::result::Result<(Kind, Vec<u8>), String>> {
+        Ok(intact_object(self.replica, &self.view, id))
+    }
+
+    fn snapshot(&mut self, id: &Id) -> Result<std::result::Result<Vec<u8>, String>> {
+        Ok(intact_snapshot(self.replica, &self.snaps, id))
+    }
+}
+
+/// A replica behind the sync protocol; its copies are verified with our keys.
+struct TargetCopies<'a> {
+    repo: &'a Repository,
+    target: &'a mut dyn crate::sync::Target,
+}
+
+impl Copies for TargetCopies<'_> {
+    fn object(&mut self, id: &Id) -> Result<std::result::Result<(Kind, Vec<u8>), String>> {
+        fetch_object(self.repo, self.target, id)
+    }
+
+    fn snapshot(&mut self, id: &Id) -> Result<std::result::Result<Vec<u8>, String>> {
+        fetch_snapshot(self.repo, self.target, id)
+    }
 }
 
 fn intact_object(
@@ -410,31 +460,7 @@ pub fn repair_from_target(
     target: &mut dyn crate::sync::Target,
     damaged: &[Id],
 ) -> Result<RepairReport> {
-    let own_snaps: HashSet<Id> = repo
-        .store()
-        .snapshot_blobs()?
-        .into_iter()
-        .map(|(id, _)| id)
-        .collect();
-    let cfg = repo.config();
-    let mut packer = Packer::relocating(repo.store(), cfg.piece_size, cfg.pack_max, 32 << 20);
-    let mut report = RepairReport::default();
-    let mut snapshot_copies = Vec::new();
-    for id in damaged {
-        let copy = if own_snaps.contains(id) {
-            fetch_snapshot(repo, target, id)?.map(|blob| snapshot_copies.push((*id, blob)))
-        } else {
-            fetch_object(repo, target, id)?.and_then(|(kind, sealed)| {
-                packer.add(*id, kind, &sealed).map_err(|e| e.to_string())
-            })
-        };
-        match copy {
-            Ok(()) => report.repaired.push(*id),
-            Err(why) => report.failed.push((*id, why)),
-        }
-    }
-    packer.commit(true, &snapshot_copies)?;
-    Ok(report)
+    repair_with(repo, damaged, &mut TargetCopies { repo, target })
 }
 
 /// The replica's copy of object `id`, verified; `Err` inside for a copy that is missing or
