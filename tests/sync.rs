@@ -139,16 +139,9 @@ fn limit_rate_caps_the_sending_speed() {
 
 #[test]
 fn a_foreign_repository_is_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (repo, other, src) = (
-        tmp.path().join("repo"),
-        tmp.path().join("other"),
-        tmp.path().join("src"),
-    );
-    make_source(&src);
-    init(&repo);
+    let (tmp, repo, _src, _) = backed_up();
+    let other = tmp.path().join("other");
     init(&other);
-    backup(&repo, &[&src]);
     let r = run(cairn(&repo).arg("sync").arg(&other));
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(
