@@ -276,6 +276,11 @@ fn user() -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// The ssh:// URL of `path` on the test sshd, as the current user.
+fn ssh_url(sshd: &Sshd, path: &Path) -> String {
+    format!("ssh://{}@127.0.0.1:{}{}", user(), sshd.port, path.display())
+}
+
 fn ssh_cairn(repo: &Path, sshd: &Sshd) -> Command {
     let mut c = cairn(repo);
     c.env("CAIRN_SSH_COMMAND", &sshd.ssh_command)
@@ -292,12 +297,7 @@ fn over_ssh_with_an_unreachable_second_target() {
     make_source(&src);
     init(&repo);
     backup(&repo, &[&src]);
-    let url = format!(
-        "ssh://{}@127.0.0.1:{}{}",
-        user(),
-        sshd.port,
-        remote.display()
-    );
+    let url = ssh_url(&sshd, &remote);
     ok(cairn(&repo).args(["target", "add", "offsite", &url]), 0);
     let dead = format!("ssh://127.0.0.1:{}/nowhere", free_port());
     ok(cairn(&repo).args(["target", "add", "dead", &dead]), 0);
@@ -507,12 +507,7 @@ fn check_repairs_from_a_replica_over_ssh() {
     let sshd = start_sshd(&tmp.path().join("ssh").tap_create());
     let (_t, repo, src, _nas) = backed_up();
     let remote = tmp.path().join("offsite");
-    let url = format!(
-        "ssh://{}@127.0.0.1:{}{}",
-        user(),
-        sshd.port,
-        remote.display()
-    );
+    let url = ssh_url(&sshd, &remote);
     ok(cairn(&repo).args(["target", "add", "offsite", &url]), 0);
     ok(ssh_cairn(&repo, &sshd).args(["sync", "--quiet"]), 0);
 
@@ -531,12 +526,7 @@ fn check_repairs_from_a_replica_over_ssh() {
     assert!(r.stderr.contains("without --storage-only"), "{}", r.stderr);
 
     // An ssh URL with no replica behind it: refused, and nothing is created there.
-    let nowhere = format!(
-        "ssh://{}@127.0.0.1:{}{}/none",
-        user(),
-        sshd.port,
-        tmp.path().display()
-    );
+    let nowhere = ssh_url(&sshd, &tmp.path().join("none"));
     let r = run(ssh_cairn(&repo, &sshd).args(["check", "--repair-from", &nowhere]));
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("no replica"), "{}", r.stderr);

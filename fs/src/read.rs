@@ -248,12 +248,25 @@ pub(crate) fn push_ahead(
     let Some(pool) = &inner.pool else { return };
     let inner = inner.clone();
     pool.spawn(move || {
-        let f = Arc::new(OpenFile::new(xs, 0));
         // Exactly the size the kernel shows for the file (see `OpenFile::for_inode`).
-        if size == 0 || f.map.size() != size {
+        let total: u64 = xs.iter().map(|x| x.len).sum();
+        if size == 0 || total != size {
             return;
         }
-        let _ = read_with(&inner, &f, 0, size, |data| push(ino, 0, data));
+        if let [x @ Extent { id: Some(id), .. }] = xs[..] {
+            // One chunk (nearly every small file): pushed straight from the cache.
+            if let Ok(data) = checked_chunk(&inner, &id, x.len) {
+                push(ino, 0, &data);
+            }
+            return;
+        }
+        let mut whole = Vec::with_capacity(size as usize);
+        if xs
+            .iter()
+            .all(|x| append(&inner, &mut whole, *x, 0, x.len).is_ok())
+        {
+            push(ino, 0, &whole);
+        }
     });
 }
 

@@ -44,6 +44,24 @@ fn quick() -> PruneOptions {
     }
 }
 
+/// Everything the plan found unused was either rescued (reused by a backup that ran
+/// meanwhile) or dropped, and the repository is clean and restores `s2`.
+fn assert_rescued_and_intact(
+    repo: &Repository,
+    report: &cairn_repo::prune::PruneReport,
+    s2: &cairn_repo::Id,
+    src: &Path,
+    root: &Path,
+) {
+    assert_eq!(
+        report.rescued + report.objects_dropped,
+        report.plan.objects_unused,
+        "{report:?}"
+    );
+    assert_clean(repo);
+    assert_restores(repo, s2, src, root);
+}
+
 fn assert_clean(repo: &Repository) {
     let r = check(
         repo,
@@ -196,13 +214,7 @@ fn prune_keeps_objects_a_backup_reused_after_the_plan() {
     // The file chunks and the tree of `src` are reused; only the trees of the parent
     // directories (whose mtimes changed) are really unused.
     assert!(report.rescued >= 3, "{report:?}");
-    assert_eq!(
-        report.rescued + report.objects_dropped,
-        report.plan.objects_unused,
-        "{report:?}"
-    );
-    assert_clean(&repo);
-    assert_restores(&repo, &s2, &src, &f.root);
+    assert_rescued_and_intact(&repo, &report, &s2, &src, &f.root);
 }
 
 #[test]
@@ -254,13 +266,7 @@ fn prune_waits_for_a_live_session_then_keeps_what_it_reused() {
     });
     assert!(*waited.lock().unwrap() > 0);
     assert!(report.rescued >= 2, "{report:?}");
-    assert_eq!(
-        report.rescued + report.objects_dropped,
-        report.plan.objects_unused,
-        "{report:?}"
-    );
-    assert_clean(&repo);
-    assert_restores(&repo, &s2, &src, &f.root);
+    assert_rescued_and_intact(&repo, &report, &s2, &src, &f.root);
 }
 
 #[test]
