@@ -268,6 +268,9 @@ fn print_report(g: &Global, report: &CheckReport) -> CmdResult {
                 "id": d.id.to_hex(), "problem": d.problem, "uses": d.uses,
                 "used_by": d.used_by.iter().map(|(snap, p)| serde_json::json!({"snapshot": snap.to_hex(), "path": p})).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
+            "unreferenced_damaged": report.unreferenced.iter().map(|d| serde_json::json!({
+                "id": d.id.to_hex(), "problem": d.problem,
+            })).collect::<Vec<_>>(),
             "ok": report.damaged.is_empty(),
         }));
     } else {
@@ -309,6 +312,19 @@ fn print_report(g: &Global, report: &CheckReport) -> CmdResult {
                 ));
             }
         }
+    }
+    if !report.unreferenced.is_empty() {
+        output::warn(&format!(
+            "{} stored objects fail verification but no snapshot uses them (junk, not damage to any backup; `cairn prune` removes them): {}",
+            report.unreferenced.len(),
+            report
+                .unreferenced
+                .iter()
+                .take(5)
+                .map(|d| format!("{} ({})", d.id.short(), d.problem))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
     }
     if report.damaged.is_empty() {
         output::info(g, "no errors found");

@@ -38,7 +38,11 @@ pub struct CheckReport {
     pub objects: u64,
     pub objects_read: u64,
     pub bytes_read: u64,
+    /// Damage to what snapshots need: each one with the snapshots and paths it hurts.
     pub damaged: Vec<Damage>,
+    /// Stored objects that fail verification but no snapshot references (junk left by a
+    /// killed writer or stored by a hostile client): nothing is lost, `prune` removes them.
+    pub unreferenced: Vec<Damage>,
     pub space: Space,
     /// For a subset check: where it started and whether it wrapped around.
     pub subset_wrapped: bool,
@@ -48,6 +52,9 @@ pub struct CheckReport {
 }
 
 pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
+    // Snapshots first, then the view: a snapshot committed in between is in the view with all
+    // it references, while the other order walks it against a view that lacks its objects.
+    let snapshots = repo.store().snapshot_blobs()?;
     let view = repo.view()?;
     let mut report = CheckReport {
         objects: view.object_count()?,
@@ -72,8 +79,9 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
         clean: HashSet::new(),
         users: HashMap::new(),
         trees: 0,
+        incomplete: false,
     };
-    for (id, blob) in repo.store().snapshot_blobs()? {
+    for (id, blob) in snapshots {
         report.snapshots += 1;
         let snap = repo
             .keys()
@@ -84,6 +92,7 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
                 walker.tree(&id, &s.root, "/")?;
             }
             Err(e) => {
+                walker.incomplete = true;
                 walker
                     .bad
                     .insert(id, format!("snapshot does not open: {e}"));
@@ -92,15 +101,27 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
         }
     }
     report.trees = walker.trees;
-    let Walker { bad, users, .. } = walker;
+    let Walker {
+        bad,
+        users,
+        incomplete,
+        ..
+    } = walker;
     for (id, problem) in bad {
         let (uses, used_by) = users.get(&id).cloned().unwrap_or_default();
-        report.damaged.push(Damage {
+        let d = Damage {
             id,
             problem,
             used_by,
             uses,
-        });
+        };
+        // Unused only if the walk saw every reference: under a tree that does not read,
+        // anything may be used.
+        if uses == 0 && !incomplete {
+            report.unreferenced.push(d);
+        } else {
+            report.damaged.push(d);
+        }
     }
     if let Err(e) = record_last(repo.store(), opts, report.damaged.len()) {
         report.unrecorded = Some(e.to_string());
@@ -208,6 +229,8 @@ struct Walker<'a> {
     clean: HashSet<Id>,
     users: HashMap<Id, (u64, Vec<(Id, String)>)>,
     trees: u64,
+    /// A snapshot, tree or content list did not read, so some references were not seen.
+    incomplete: bool,
 }
 
 impl Walker<'_> {
@@ -238,11 +261,13 @@ impl Walker<'_> {
         }
         if !self.exists(id)? {
             self.note(id, snap, path);
+            self.incomplete = true;
             return Ok(false);
         }
         let tree: Tree = match self.repo.load_tree(self.view, id) {
             Ok(t) => t,
             Err(e) if e.is_damage() || matches!(e, Error::Format(_)) => {
+                self.incomplete = true;
                 self.bad.insert(*id, reason(e));
                 self.note(id, snap, path);
                 return Ok(false);
@@ -284,12 +309,14 @@ impl Walker<'_> {
                 for l in lists {
                     if !self.exists(&l.id)? {
                         self.note(&l.id, snap, path);
+                        self.incomplete = true;
                         ok = false;
                         continue;
                     }
                     match self.repo.extents(self.view, &Content::Lists(vec![*l])) {
                         Ok(x) => ok &= self.content(snap, &Content::Inline(x), path)?,
                         Err(e) if e.is_damage() || matches!(e, Error::Format(_)) => {
+                            self.incomplete = true;
                             self.bad.insert(l.id, reason(e));
                             self.note(&l.id, snap, path);
                             ok = false;

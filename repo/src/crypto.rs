@@ -252,12 +252,34 @@ impl KdfParams {
         }
     }
 
-    fn derive(&self, password: &[u8]) -> Result<Zeroizing<[u8; 32]>> {
-        if self.memory_kib > 4 * 1024 * 1024 || self.iterations > 100 || self.parallelism > 64 {
-            return Err(Error::Format(
-                "key slot asks for absurd Argon2 parameters".into(),
-            ));
+    /// Whether these parameters are within what Cairn derives keys with (DESIGN.md, "Key
+    /// slots"): a key slot may come from a hostile peer (`AddKeySlots`), and every
+    /// wrong-password open tries every slot, so one slot's cost is bounded.
+    pub fn check_limits(&self) -> Result<()> {
+        let cost = self.memory_kib as u64 * self.iterations as u64;
+        if self.memory_kib > KDF_MAX_MEMORY_KIB
+            || self.iterations == 0
+            || self.iterations > KDF_MAX_ITERATIONS
+            || self.parallelism == 0
+            || self.parallelism > KDF_MAX_PARALLELISM
+            || cost > KDF_MAX_COST
+        {
+            return Err(Error::Refused(format!(
+                "key slot asks for Argon2 memory {} KiB, {} iterations, {} lanes; accepted are at most {} KiB, {} iterations, {} lanes and {} KiB x iterations",
+                self.memory_kib,
+                self.iterations,
+                self.parallelism,
+                KDF_MAX_MEMORY_KIB,
+                KDF_MAX_ITERATIONS,
+                KDF_MAX_PARALLELISM,
+                KDF_MAX_COST
+            )));
         }
+        Ok(())
+    }
+
+    fn derive(&self, password: &[u8]) -> Result<Zeroizing<[u8; 32]>> {
+        self.check_limits()?;
         let params =
             argon2::Params::new(self.memory_kib, self.iterations, self.parallelism, Some(32))
                 .map_err(|e| Error::Format(format!("bad Argon2 parameters in key slot: {e}")))?;
@@ -270,6 +292,15 @@ impl KdfParams {
         Ok(key)
     }
 }
+
+/// Largest Argon2 memory a key slot may ask for: 256 MiB (the default is 64 MiB).
+pub const KDF_MAX_MEMORY_KIB: u32 = 256 * 1024;
+pub const KDF_MAX_ITERATIONS: u32 = 10;
+pub const KDF_MAX_PARALLELISM: u32 = 16;
+/// Memory times iterations: four times the default (64 MiB x 3), about 0.5 s here.
+pub const KDF_MAX_COST: u64 = 4 * 64 * 1024 * 3;
+/// Most key slots one repository holds; a receiver refuses more.
+pub const MAX_KEY_SLOTS: usize = 16;
 
 /// One password's wrapping of the master keys.
 #[derive(Clone, Debug, Serialize, Deserialize)]

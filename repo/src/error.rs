@@ -37,6 +37,13 @@ pub enum Error {
     Format(String),
     #[error("{0}")]
     Invalid(String),
+    /// A request the repository refuses by rule: a deletion on an append-only server, or an
+    /// attempt to replace a stored snapshot, object or key slot with other bytes.
+    #[error("refused: {0}")]
+    Refused(String),
+    /// The peer of a sync or serve session sent something this side cannot accept.
+    #[error("sync protocol error: {0}")]
+    Protocol(String),
     #[error("interrupted")]
     Interrupted,
 }

@@ -88,6 +88,10 @@ impl Repository {
                 Ok(s) => s,
                 Err(_) => continue,
             };
+            // A slot beyond the limits (planted by a hostile peer) is never derived.
+            if slot.kdf.check_limits().is_err() {
+                continue;
+            }
             if let Some(keys) = slot.unwrap_keys(password, &config.repo_id)? {
                 return Ok(Repository {
                     store,

@@ -256,10 +256,17 @@ impl Store {
         Ok(out)
     }
 
+    /// Add a key slot (as encoded); refused once the repository holds `MAX_KEY_SLOTS`.
     pub fn add_key_slot(&self, slot: &[u8]) -> Result<u64> {
         let txn = self.db.begin_write()?;
         let id = {
             let mut t = txn.open_table(KEYS)?;
+            if t.len()? >= crate::crypto::MAX_KEY_SLOTS as u64 {
+                return Err(Error::Refused(format!(
+                    "the repository holds {} key slots already, the most it takes; remove one with `cairn key remove`",
+                    crate::crypto::MAX_KEY_SLOTS
+                )));
+            }
             let id = t.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
             t.insert(id, slot)?;
             id
@@ -420,12 +427,27 @@ impl Store {
             }
             let mut snaps = txn.open_table(SNAPSHOTS)?;
             for (id, blob) in batch.snapshots {
+                if !batch.relocate {
+                    match snaps.get(id.0)? {
+                        Some(old) if old.value() == blob.as_slice() => continue,
+                        Some(_) => return Err(snapshot_conflict(id)),
+                        None => {}
+                    }
+                }
                 snaps.insert(id.0, blob.as_slice())?;
             }
         }
         txn.commit()?;
         Ok(pack)
     }
+}
+
+/// The error for a snapshot that exists with other bytes: stored snapshots are never replaced
+/// (only a repair, which copies a verified blob over a damaged one, may).
+pub fn snapshot_conflict(id: &Id) -> Error {
+    Error::Refused(format!(
+        "snapshot {id} is already stored with other bytes; a stored snapshot is never replaced"
+    ))
 }
 
 fn u64_from(b: &[u8]) -> u64 {
@@ -452,7 +474,9 @@ pub(crate) struct Batch<'a> {
     pub objects: &'a [(Id, Location)],
     pub pack_len: u64,
     pub pack_objects: u64,
-    /// Overwrite existing index rows (verbatim copies by prune and repair).
+    /// Overwrite existing index rows and snapshot blobs (verbatim copies by prune and repair).
+    /// Without it an existing snapshot is kept when the same bytes come again and the commit
+    /// is refused when other bytes come under its id.
     pub relocate: bool,
     pub snapshots: &'a [(Id, Vec<u8>)],
 }

@@ -603,3 +603,82 @@ fn a_pack_appended_to_after_the_plan_is_kept() {
     );
     assert!(view.locate(&x).unwrap().is_none());
 }
+
+/// Issue 16: `check` beside a running backup must not report the objects of a snapshot
+/// committed while it starts as missing (it listed snapshots after opening its view).
+#[test]
+fn issue16_check_beside_backups_reports_no_false_damage() {
+    let f = fixture();
+    let repo = Repository::init(&f.repo_dir, PW, &opts()).unwrap();
+    let src = f.root.join("src");
+    // Reading the data is the long first phase of a check, for backups to commit inside.
+    for i in 0..300 {
+        write(&src, &format!("f{i}"), 1000 + i, 1 << 10);
+    }
+    write(&src, "big", 7, 24 << 20);
+    backup_of(&repo, &[&src]);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let checks = std::thread::scope(|s| {
+        s.spawn(|| {
+            for round in 0..10u64 {
+                write(&src, &format!("new{round}"), round, 64 << 10);
+                backup_of(&repo, &[&src]);
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let mut checks = 0;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            let o = CheckOptions {
+                read_data: true,
+                subset_percent: None,
+            };
+            let r = check(&repo, &o).unwrap();
+            assert!(
+                r.damaged.is_empty(),
+                "false damage beside a backup: {:?}",
+                r.damaged.iter().map(|d| &d.problem).collect::<Vec<_>>()
+            );
+            checks += 1;
+        }
+        checks
+    });
+    assert!(checks > 0);
+}
+
+/// Issue 16: an object that fails verification but no snapshot uses (junk a hostile client
+/// stored under a fresh id) is reported apart from damage, so the check stays green.
+#[test]
+fn issue16_unreferenced_junk_is_not_damage() {
+    let f = fixture();
+    let repo = Repository::init(&f.repo_dir, PW, &opts()).unwrap();
+    let src = f.root.join("src");
+    write(&src, "a", 1, 10 << 10);
+    backup_of(&repo, &[&src]);
+    let cfg = repo.config().clone();
+    let junk = vec![0x5A; 500];
+    let mut p =
+        cairn_repo::packer::Packer::new(repo.store(), cfg.piece_size, cfg.pack_max, 1 << 20);
+    p.add(Id([9; 32]), Kind::Chunk, &junk).unwrap();
+    p.commit(true, &[]).unwrap();
+    let r = check(
+        &repo,
+        &CheckOptions {
+            read_data: true,
+            subset_percent: None,
+        },
+    )
+    .unwrap();
+    assert!(r.damaged.is_empty(), "{:?}", r.damaged);
+    assert_eq!(r.unreferenced.len(), 1);
+    assert_eq!(r.unreferenced[0].id, Id([9; 32]));
+    prune(&repo, &quick(), &|_| {}).unwrap();
+    let r = check(
+        &repo,
+        &CheckOptions {
+            read_data: true,
+            subset_percent: None,
+        },
+    )
+    .unwrap();
+    assert!(r.unreferenced.is_empty(), "prune removed the junk");
+}

@@ -12,6 +12,7 @@ use cairn_repo::sync::{
 use cairn_repo::{Error, Id, OpenOptions, Repository, Result};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 const PASSWORD: &[u8] = b"sync test password";
 
@@ -425,19 +426,24 @@ fn a_foreign_repository_is_refused_and_untouched() {
     assert_eq!(std::fs::read(junk.join("keep")).unwrap(), b"mine");
 }
 
-/// Run `serve` on one end of a socket pair in a thread; return a client on the other end.
-fn served(
-    dir: PathBuf,
-    append_only: bool,
-) -> (
+type Served = (
     StreamTarget<UnixStream, UnixStream>,
     std::thread::JoinHandle<Result<()>>,
-) {
+);
+
+/// Run `serve` on one end of a socket pair in a thread; return a client on the other end.
+fn served(dir: PathBuf, append_only: bool) -> Served {
+    served_logged(dir, append_only, Arc::default())
+}
+
+/// Likewise, with the server's log lines collected in `log`.
+fn served_logged(dir: PathBuf, append_only: bool, log: Arc<Mutex<Vec<String>>>) -> Served {
     let (a, b) = UnixStream::pair().unwrap();
     let server = std::thread::spawn(move || {
         let mut r = b.try_clone().unwrap();
         let mut w = b;
-        sync::serve::serve(&dir, append_only, &mut r, &mut w)
+        let mut record = |line: &str| log.lock().unwrap().push(line.to_string());
+        sync::serve::serve(&dir, append_only, &mut r, &mut w, &mut record)
     });
     let client = StreamTarget::new(a.try_clone().unwrap(), a);
     (client, server)
@@ -607,7 +613,7 @@ fn hostile_peers_get_clean_errors() {
     let server = std::thread::spawn(move || {
         let mut r = b.try_clone().unwrap();
         let mut w = b;
-        sync::serve::serve(&dir, false, &mut r, &mut w)
+        sync::serve::serve(&dir, false, &mut r, &mut w, &mut |_| {})
     });
     let mut w = a.try_clone().unwrap();
     std::io::Write::write_all(&mut w, &u32::MAX.to_le_bytes()).unwrap();
@@ -687,4 +693,151 @@ fn hostile_peers_get_clean_errors() {
     assert!(sink
         .try_handle(Request::Have(vec![Id([0; 32]); proto::MAX_HAVE + 1]))
         .is_err());
+}
+
+/// Sync `f.primary` to an append-only server at `dir` and return a connected client.
+fn synced_append_only(f: &Fixture, dir: &Path, log: Arc<Mutex<Vec<String>>>) -> Served {
+    let (mut client, server) = served_logged(dir.to_path_buf(), true, log);
+    client.handshake(&f.primary).unwrap();
+    sync::sync(
+        &f.primary,
+        &mut client,
+        &SyncOptions::default(),
+        &SyncProgress::default(),
+        &mut SyncReport::default(),
+    )
+    .unwrap();
+    (client, server)
+}
+
+#[test]
+fn issue16_append_only_never_replaces_a_snapshot() {
+    let f = fixture();
+    let dir = f.root.join("remote");
+    let log = Arc::new(Mutex::new(Vec::new()));
+    let (mut client, server) = synced_append_only(&f, &dir, log.clone());
+    let real = f.primary.store().snapshot_blobs().unwrap();
+    let garbage: Vec<(Id, Vec<u8>)> = real.iter().map(|(id, _)| (*id, vec![0xAB; 200])).collect();
+    let err = client.call(Request::PutSnapshots(garbage)).unwrap_err();
+    assert!(err.to_string().contains("never replaced"), "{err}");
+    // The same bytes again are a no-op, not an error.
+    assert_eq!(
+        client.call(Request::PutSnapshots(real.clone())).unwrap(),
+        Response::Done
+    );
+    assert_eq!(client.call(Request::Bye).unwrap(), Response::Done);
+    server.join().unwrap().unwrap();
+    let logged = log.lock().unwrap().join("\n");
+    assert!(
+        logged.contains("never replaced"),
+        "refusal logged: {logged}"
+    );
+
+    let store = Store::open(&dir, 1 << 20).unwrap();
+    assert_eq!(
+        store.snapshot_blobs().unwrap(),
+        real,
+        "replica's snapshots intact"
+    );
+    drop(store);
+    let replica = Repository::open(&dir, PASSWORD, &opts()).unwrap();
+    assert_eq!(snapshot_ids(&replica), snapshot_ids(&f.primary));
+    assert_clean(&replica);
+}
+
+#[test]
+fn issue16_sync_notices_a_snapshot_replaced_on_the_target() {
+    let f = fixture();
+    let dir = f.root.join("replica");
+    sync_local(&f.primary, &dir, &SyncOptions::default()).unwrap();
+    let (id, _) = f.primary.store().snapshot_blobs().unwrap().remove(0);
+    {
+        // What a hostile server (or disk damage) could do to its copy, below the protocol.
+        let store = Store::open(&dir, 1 << 20).unwrap();
+        let cfg = store.config().unwrap();
+        let mut p =
+            cairn_repo::packer::Packer::relocating(&store, cfg.piece_size, cfg.pack_max, 1 << 20);
+        p.commit(true, &[(id, vec![0xCD; 300])]).unwrap();
+    }
+    let (store, _) = sync::open_local_replica(&f.primary, &dir).unwrap();
+    let mut target = LocalTarget::new(&store).unwrap();
+    let mut report = SyncReport::default();
+    let err = sync::sync(
+        &f.primary,
+        &mut target,
+        &SyncOptions::default(),
+        &SyncProgress::default(),
+        &mut report,
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("other bytes"), "{err}");
+    assert_eq!(report.differing, vec![id]);
+}
+
+fn planted_slot(memory_kib: u32, iterations: u32) -> Vec<u8> {
+    let slot = cairn_repo::crypto::KeySlot {
+        created: 0,
+        host: "h".into(),
+        user: "u".into(),
+        kdf: cairn_repo::crypto::KdfParams {
+            memory_kib,
+            iterations,
+            parallelism: 1,
+            salt: [1; 16],
+        },
+        nonce: [2; 24],
+        wrapped: vec![3; 96],
+    };
+    postcard::to_stdvec(&slot).unwrap()
+}
+
+#[test]
+fn issue16_key_slots_from_a_peer_are_bounded() {
+    let f = fixture();
+    let dir = f.root.join("remote");
+    let (mut client, server) = synced_append_only(&f, &dir, Arc::default());
+    // One slot of 1 GiB x 8 iterations would make every wrong-password open take seconds.
+    let err = client
+        .call(Request::AddKeySlots(vec![planted_slot(1 << 20, 8)]))
+        .unwrap_err();
+    assert!(err.to_string().contains("Argon2"), "{err}");
+    let many: Vec<Vec<u8>> = (0..20).map(|i| planted_slot(64 + i, 1)).collect();
+    let err = client.call(Request::AddKeySlots(many)).unwrap_err();
+    assert!(err.to_string().contains("at most 16"), "{err}");
+    assert_eq!(client.call(Request::Bye).unwrap(), Response::Done);
+    server.join().unwrap().unwrap();
+    let store = Store::open(&dir, 1 << 20).unwrap();
+    assert_eq!(store.key_slots().unwrap().len(), 1, "nothing was added");
+
+    // A slot beyond the limits that got in anyway (an older server) is never derived: a
+    // wrong password is answered at once, the right one still opens.
+    store.add_key_slot(&planted_slot(1 << 20, 8)).unwrap();
+    drop(store);
+    let t = std::time::Instant::now();
+    assert!(matches!(
+        Repository::open(&dir, b"wrong", &opts()),
+        Err(Error::WrongPassword(_))
+    ));
+    assert!(
+        t.elapsed() < std::time::Duration::from_secs(2),
+        "{:?}",
+        t.elapsed()
+    );
+    Repository::open(&dir, PASSWORD, &opts()).unwrap();
+}
+
+#[test]
+fn issue16_a_hello_with_another_id_does_not_learn_the_real_one() {
+    let f = fixture();
+    let dir = f.root.join("remote");
+    let (mut client, server) = synced_append_only(&f, &dir, Arc::default());
+    client.call(Request::Bye).unwrap();
+    server.join().unwrap().unwrap();
+    let stranger = Repository::init(&f.root.join("stranger"), PASSWORD, &opts()).unwrap();
+    let (mut client, server) = served(dir, true);
+    let err = client.handshake(&stranger).unwrap_err().to_string();
+    let real = hex::encode(f.primary.config().repo_id);
+    assert!(!err.contains(&real), "the real id leaked: {err}");
+    assert!(err.contains("not a replica"), "{err}");
+    assert!(server.join().unwrap().is_err());
 }

@@ -117,6 +117,8 @@ pub struct SyncReport {
     pub ids_asked: u64,
     /// Snapshots the target holds (as last known).
     pub target_snapshots: Vec<Id>,
+    /// Snapshots the target holds with other bytes than this repository: tampered or damaged.
+    pub differing: Vec<Id>,
 }
 
 /// Push every snapshot the target lacks, with everything they need.
@@ -129,17 +131,22 @@ pub fn sync(
 ) -> Result<()> {
     let slots = repo.store().key_slot_blobs()?;
     expect_done(target.call(Request::AddKeySlots(slots))?)?;
-    report.target_snapshots = list_snapshots(target)?;
+    let theirs = list_snapshot_checks(target)?;
+    report.target_snapshots = theirs.keys().copied().collect();
     // Snapshots first, then the view: the view is newer, so it holds all they reference.
     let blobs = repo.store().snapshot_blobs()?;
     let view = repo.view()?;
-    let theirs: std::collections::HashSet<Id> = report.target_snapshots.iter().copied().collect();
-    let lacking: Vec<(Id, Vec<u8>)> = blobs
-        .into_iter()
-        .filter(|(id, _)| !theirs.contains(id))
-        .collect();
+    let mut lacking: Vec<(Id, Vec<u8>)> = Vec::new();
+    report.differing.clear();
+    for (id, blob) in blobs {
+        match theirs.get(&id) {
+            Some(check) if *check == crate::store::checksum(&blob) => {}
+            Some(_) => report.differing.push(id),
+            None => lacking.push((id, blob)),
+        }
+    }
     if lacking.is_empty() {
-        return Ok(());
+        return differing_error(report);
     }
     let roots = lacking
         .iter()
@@ -154,7 +161,22 @@ pub fn sync(
     report.round_trips += 1;
     report.snapshots_sent = ids.len() as u64;
     report.target_snapshots.extend(ids);
-    Ok(())
+    differing_error(report)
+}
+
+/// A target whose copy of a snapshot is not the one this repository holds has been tampered
+/// with or damaged: the sync of that target fails, naming the snapshots (the rest was sent).
+fn differing_error(report: &SyncReport) -> Result<()> {
+    let Some(first) = report.differing.first() else {
+        return Ok(());
+    };
+    Err(Error::corrupt(
+        first,
+        format!(
+            "the target holds other bytes for {} snapshot(s) than this repository (first: {first}): replaced or damaged on the target, whose copy cannot be trusted; have its administrator run `cairn check` there",
+            report.differing.len()
+        ),
+    ))
 }
 
 fn snapshot_root(repo: &Repository, id: &Id, blob: &[u8]) -> Result<Id> {
@@ -162,6 +184,16 @@ fn snapshot_root(repo: &Repository, id: &Id, blob: &[u8]) -> Result<Id> {
     Ok(Snapshot::decode(&plain)
         .map_err(|e| Error::corrupt(id, e.to_string()))?
         .root)
+}
+
+/// The target's snapshots with the checksums of their stored blobs.
+pub fn list_snapshot_checks(
+    target: &mut dyn Target,
+) -> Result<std::collections::HashMap<Id, [u8; 16]>> {
+    match target.call(Request::ListSnapshotChecks)? {
+        Response::SnapshotChecks(list) => Ok(list.into_iter().collect()),
+        other => Err(unexpected(&other)),
+    }
 }
 
 pub fn list_snapshots(target: &mut dyn Target) -> Result<Vec<Id>> {

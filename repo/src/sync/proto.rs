@@ -1,15 +1,18 @@
 //! The sync wire protocol (DESIGN.md, "Sync protocol"): length-prefixed frames carrying
 //! postcard-encoded messages. Every decoder here takes hostile bytes: lengths are checked
 //! against hard limits before anything is allocated, and a bad frame is a clean
-//! protocol error (`Error::Invalid` saying so), never a panic.
+//! protocol error (`Error::Protocol`), never a panic.
 
 use crate::error::{Error, Result};
 use crate::id::Id;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 
-/// Protocol version spoken by this build; a peer with another version is refused in the hello.
-pub const VERSION: u32 = 1;
+/// Protocol version spoken by this build. Version 2 appended `ListSnapshotChecks`; a server
+/// answers clients of `MIN_VERSION..=VERSION` in the client's version, and an older server
+/// refuses a newer client in the hello, saying which versions it speaks.
+pub const VERSION: u32 = 2;
+pub const MIN_VERSION: u32 = 1;
 /// The first bytes of a client hello, so a peer that is not cairn fails fast.
 pub const MAGIC: [u8; 8] = *b"CAIRNSYN";
 /// Largest frame body either side accepts (the 4-byte length prefix excluded).
@@ -21,7 +24,7 @@ pub const OBJECT_KINDS: [u8; 3] = [1, 2, 3];
 
 /// A protocol failure: the peer sent something this side cannot accept.
 pub fn protocol_error(msg: impl std::fmt::Display) -> Error {
-    Error::Invalid(format!("sync protocol error: {msg}"))
+    Error::Protocol(msg.to_string())
 }
 
 /// One sealed object as it travels: stored bytes verbatim plus the index checksum.
@@ -61,6 +64,9 @@ pub enum Request {
     GetObject(Id),
     /// The stored blob of one snapshot, likewise.
     GetSnapshot(Id),
+    /// Each snapshot's id and the checksum of its stored blob (appended later, like the two
+    /// above), so a sender notices a copy that is not the one it sent.
+    ListSnapshotChecks,
 }
 
 /// Server to client.
@@ -90,6 +96,8 @@ pub enum Response {
     Object(Option<WireObject>),
     /// The snapshot blob as stored, or `None` if absent.
     SnapshotBlob(Option<Vec<u8>>),
+    /// Answer to `ListSnapshotChecks`: (snapshot id, checksum of the stored blob).
+    SnapshotChecks(Vec<(Id, [u8; 16])>),
 }
 
 /// Encode a message into a frame body.

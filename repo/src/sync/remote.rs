@@ -111,6 +111,7 @@ pub fn unexpected(resp: &Response) -> Error {
         Response::Error(_) => "error",
         Response::Object(_) => "object",
         Response::SnapshotBlob(_) => "snapshot blob",
+        Response::SnapshotChecks(_) => "snapshot checksums",
     };
     proto::protocol_error(format!("unexpected {name} reply"))
 }

@@ -3,7 +3,7 @@
 
 use super::proto::{self, Request, Response};
 use super::sink::{self, Sink};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::store::{Store, DEFAULT_DB_CACHE};
 use std::io::{Read, Write};
 use std::path::Path;
@@ -11,17 +11,33 @@ use std::path::Path;
 /// Serve one client session on `r`/`w` for the replica at `dir`. Returns when the client says
 /// goodbye or closes the stream; a protocol violation is reported to the client (when it can
 /// still be) and returned as an error.
-pub fn serve<R: Read, W: Write>(dir: &Path, append_only: bool, r: &mut R, w: &mut W) -> Result<()> {
-    let result = session(dir, append_only, r, w);
+///
+/// Every refusal and error answered to the client is also passed to `log` (the server's
+/// record of what a client tried: `cairn serve` writes it to stderr and `--log-file`).
+pub fn serve<R: Read, W: Write>(
+    dir: &Path,
+    append_only: bool,
+    r: &mut R,
+    w: &mut W,
+    log: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let result = session(dir, append_only, r, w, log);
     if let Err(e) = &result {
         // Best effort: the peer may already be gone.
         let _ = proto::write_msg(w, &Response::Error(e.to_string()));
+        log(&e.to_string());
     }
     result
 }
 
-fn session<R: Read, W: Write>(dir: &Path, append_only: bool, r: &mut R, w: &mut W) -> Result<()> {
-    let repo_id = match proto::read_msg(r)? {
+fn session<R: Read, W: Write>(
+    dir: &Path,
+    append_only: bool,
+    r: &mut R,
+    w: &mut W,
+    log: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let (repo_id, version) = match proto::read_msg(r)? {
         Request::Hello {
             magic,
             version,
@@ -30,17 +46,18 @@ fn session<R: Read, W: Write>(dir: &Path, append_only: bool, r: &mut R, w: &mut 
             if magic != proto::MAGIC {
                 return Err(proto::protocol_error("the peer is not a cairn sync client"));
             }
-            if version != proto::VERSION {
-                return Err(Error::Invalid(format!(
-                    "sync protocol version {version} is not supported here (this cairn speaks {}); use the same cairn version on both sides",
+            if !(proto::MIN_VERSION..=proto::VERSION).contains(&version) {
+                return Err(proto::protocol_error(format!(
+                    "sync protocol version {version} is not supported here (this cairn speaks {} to {}); use the same cairn version on both sides",
+                    proto::MIN_VERSION,
                     proto::VERSION
                 )));
             }
-            repo_id
+            (repo_id, version)
         }
         _ => return Err(proto::protocol_error("expected a hello")),
     };
-    let store = open_or_create(dir, &repo_id, append_only, r, w)?;
+    let store = open_or_create(dir, &repo_id, version, append_only, r, w)?;
     let mut sink = Sink::new(&store, append_only)?;
     loop {
         let req: Request = match proto::read_frame(r)? {
@@ -48,7 +65,11 @@ fn session<R: Read, W: Write>(dir: &Path, append_only: bool, r: &mut R, w: &mut 
             None => return sink.flush(),
         };
         let bye = req == Request::Bye;
-        proto::write_msg(w, &sink.handle(req))?;
+        let resp = sink.handle(req);
+        if let Response::Error(msg) = &resp {
+            log(msg);
+        }
+        proto::write_msg(w, &resp)?;
         if bye {
             return Ok(());
         }
@@ -58,12 +79,13 @@ fn session<R: Read, W: Write>(dir: &Path, append_only: bool, r: &mut R, w: &mut 
 fn open_or_create<R: Read, W: Write>(
     dir: &Path,
     repo_id: &[u8; 16],
+    version: u32,
     append_only: bool,
     r: &mut R,
     w: &mut W,
 ) -> Result<Store> {
     let hello = |exists| Response::Hello {
-        version: proto::VERSION,
+        version,
         repo_id: *repo_id,
         exists,
         append_only,

@@ -2,7 +2,7 @@
 //! Used directly by the local-path target and by `cairn serve` behind the wire protocol.
 
 use super::proto::{self, Request, Response, WireObject};
-use crate::crypto::KeySlot;
+use crate::crypto::{KeySlot, MAX_KEY_SLOTS};
 use crate::error::{Error, Result};
 use crate::format::Config;
 use crate::id::Id;
@@ -13,13 +13,23 @@ use std::path::Path;
 /// How many bytes the receiving packer buffers before committing a batch.
 pub const SINK_BATCH_BYTES: usize = 32 << 20;
 
-fn foreign(path: &Path, theirs: &[u8; 16], ours: &[u8; 16]) -> Error {
-    Error::Invalid(format!(
-        "{} is not a replica of this repository (it is repository {}, this one is {}); refusing to touch it",
+/// The refusal of a repository with another id. It never names the other id: a `cairn serve`
+/// answers it to whoever connects, and a repository id is not theirs to learn.
+fn foreign(path: &Path, ours: &[u8; 16]) -> Error {
+    Error::Refused(format!(
+        "{} holds another repository, not a replica of this repository ({}); refusing to touch it",
         path.display(),
-        hex::encode(theirs),
         hex::encode(ours)
     ))
+}
+
+/// A key slot sent by a peer: it must decode, and its Argon2 parameters must be within the
+/// limits (a hostile client could otherwise make every open of the replica slow and huge).
+fn peer_slot(bytes: &[u8]) -> Result<KeySlot> {
+    let slot = postcard::from_bytes::<KeySlot>(bytes)
+        .map_err(|_| proto::protocol_error("undecodable key slot"))?;
+    slot.kdf.check_limits()?;
+    Ok(slot)
 }
 
 /// Whether `dir` already holds a repository database.
@@ -32,7 +42,7 @@ pub fn open_replica(dir: &Path, repo_id: &[u8; 16], cache: usize) -> Result<Stor
     let store = Store::open(dir, cache)?;
     let config = store.config()?;
     if &config.repo_id != repo_id {
-        return Err(foreign(dir, &config.repo_id, repo_id));
+        return Err(foreign(dir, repo_id));
     }
     Ok(store)
 }
@@ -56,9 +66,11 @@ pub fn create_replica(
             "a replica needs at least one key slot",
         ));
     }
+    if key_slots.len() > MAX_KEY_SLOTS {
+        return Err(too_many_slots());
+    }
     for s in key_slots {
-        postcard::from_bytes::<KeySlot>(s)
-            .map_err(|_| proto::protocol_error("undecodable key slot"))?;
+        peer_slot(s)?;
     }
     let store = Store::create(dir, &[("config", config.to_vec())])?;
     for s in key_slots {
@@ -67,20 +79,26 @@ pub fn create_replica(
     Ok(store)
 }
 
-/// Add the slots the store lacks; returns how many were added.
+fn too_many_slots() -> Error {
+    Error::Refused(format!(
+        "a repository holds at most {MAX_KEY_SLOTS} key slots; remove unused ones with `cairn key remove` on the primary"
+    ))
+}
+
+/// Add the slots the store lacks (all or none); returns how many were added.
 pub fn add_missing_slots(store: &Store, slots: &[Vec<u8>]) -> Result<u64> {
     let have = store.key_slot_blobs()?;
-    let mut added = 0;
-    for s in slots {
-        if have.contains(s) {
-            continue;
-        }
-        postcard::from_bytes::<KeySlot>(s)
-            .map_err(|_| proto::protocol_error("undecodable key slot"))?;
-        store.add_key_slot(s)?;
-        added += 1;
+    let new: Vec<&Vec<u8>> = slots.iter().filter(|s| !have.contains(s)).collect();
+    if have.len() + new.len() > MAX_KEY_SLOTS {
+        return Err(too_many_slots());
     }
-    Ok(added)
+    for s in &new {
+        peer_slot(s)?;
+    }
+    for s in &new {
+        store.add_key_slot(s)?;
+    }
+    Ok(new.len() as u64)
 }
 
 /// Applies sync requests to one replica store.
@@ -134,6 +152,7 @@ impl<'s> Sink<'s> {
                     .find(|(s, _)| *s == id)
                     .map(|(_, blob)| blob),
             )),
+            Request::ListSnapshotChecks => Ok(Response::SnapshotChecks(self.snapshot_checks()?)),
             Request::Hello { .. } | Request::Create { .. } => Err(proto::protocol_error(
                 "hello or create after the session started",
             )),
@@ -160,6 +179,17 @@ impl<'s> Sink<'s> {
             objects: self.store.view()?.object_count()?,
             append_only: self.append_only,
         })
+    }
+
+    /// Each snapshot's id with the checksum of its stored blob, so a sender can tell that a
+    /// copy here is the one it sent.
+    fn snapshot_checks(&self) -> Result<Vec<(Id, [u8; 16])>> {
+        Ok(self
+            .store
+            .snapshot_blobs()?
+            .into_iter()
+            .map(|(id, blob)| (id, crate::store::checksum(&blob)))
+            .collect())
     }
 
     fn snapshot_ids(&self) -> Result<Vec<Id>> {
@@ -213,15 +243,25 @@ impl<'s> Sink<'s> {
                 "a snapshot blob is too short to be sealed",
             ));
         }
-        self.packer.commit(true, snaps)?;
+        let stored: std::collections::HashMap<Id, Vec<u8>> =
+            self.store.snapshot_blobs()?.into_iter().collect();
+        let mut new = Vec::with_capacity(snaps.len());
+        for (id, blob) in snaps {
+            match stored.get(id) {
+                Some(have) if have == blob => {}
+                Some(_) => return Err(crate::store::snapshot_conflict(id)),
+                None => new.push((*id, blob.clone())),
+            }
+        }
+        self.packer.commit(true, &new)?;
         self.dirty = false;
         Ok(Response::Done)
     }
 
     fn delete_snapshots(&mut self, ids: &[Id]) -> Result<Response> {
         if self.append_only {
-            return Err(Error::Invalid(format!(
-                "{} is served append-only: refusing to delete snapshots",
+            return Err(Error::Refused(format!(
+                "{} is served append-only: snapshots cannot be deleted through it",
                 self.store.dir().display()
             )));
         }
