@@ -219,6 +219,30 @@ pub fn apply_fd_meta<F: AsFd>(fd: F, e: &Entry, path_for_xattr: &CString) -> io:
     Ok(())
 }
 
+/// Change the mode of the fifo, socket or device `name` in `dir` without following a symlink:
+/// `chmodat` follows one, so a local attacker who swaps the entry for a link between our
+/// `mknodat` and the mode change could point it anywhere. The entry is pinned with an
+/// `O_PATH | O_NOFOLLOW` handle, checked, and changed through that handle's /proc path.
+fn chmod_nofollow(dir: BorrowedFd<'_>, name: &OsStr, mode: u32) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )?;
+    if file_type(&rustix::fs::fstat(&fd)?) == FileType::Symlink {
+        return Err(io::Error::other(
+            "the special file was replaced by a symlink while restoring; not following it",
+        ));
+    }
+    rustix::fs::chmod(
+        format!("/proc/self/fd/{}", fd.as_raw_fd()).as_str(),
+        rustix::fs::Mode::from_raw_mode(mode),
+    )?;
+    Ok(())
+}
+
 /// Apply metadata to a symlink, fifo, socket or device inside `dir` without following it.
 pub fn apply_at_meta(dir: BorrowedFd<'_>, name: &[u8], e: &Entry) -> io::Result<()> {
     let cname = OsStr::from_bytes(name);
@@ -234,12 +258,7 @@ pub fn apply_at_meta(dir: BorrowedFd<'_>, name: &[u8], e: &Entry) -> io::Result<
     let path = proc_path(dir, name);
     write_xattrs(None, &path, &e.xattrs)?;
     if e.kind != FileType::Symlink {
-        rustix::fs::chmodat(
-            dir,
-            cname,
-            rustix::fs::Mode::from_raw_mode(e.mode),
-            rustix::fs::AtFlags::empty(),
-        )?;
+        chmod_nofollow(dir, cname, e.mode)?;
     }
     rustix::fs::utimensat(
         dir,

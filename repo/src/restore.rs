@@ -363,7 +363,11 @@ impl<'r> Ctx<'r> {
             ));
             return Ok(false);
         }
-        rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
+        // A plain file is replaced by the rename that completes it (`restore_file`), so a
+        // failure keeps the old one; anything else is made anew.
+        if e.kind != FileType::File || e.link_key().is_some() {
+            rustix::fs::unlinkat(dir, name, AtFlags::empty())?;
+        }
         Ok(true)
     }
 
@@ -394,11 +398,33 @@ impl<'r> Ctx<'r> {
         Ok(())
     }
 
+    /// Write a file under a temporary name beside its place and rename it there once it is
+    /// whole, with its metadata: a file that fails (a damaged chunk, a full disk) leaves
+    /// nothing behind, so it never stands under its real name half-written and stamped *now*
+    /// (which the next restore would keep as "newer"), and an existing file is replaced only
+    /// by a complete one.
     fn restore_file(&self, dir: BorrowedFd<'_>, e: &Entry) -> Result<(), RestoreErr> {
+        static SEQ: AtomicU64 = AtomicU64::new(0);
+        let tmp = format!(
+            ".cairn-restore-{}-{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Relaxed)
+        );
+        let written = self.write_file(dir, e, OsStr::new(&tmp)).and_then(|()| {
+            rustix::fs::renameat(dir, tmp.as_str(), dir, OsStr::from_bytes(&e.name))
+                .map_err(|x| RestoreErr::Io(x.into()))
+        });
+        if written.is_err() {
+            let _ = rustix::fs::unlinkat(dir, tmp.as_str(), AtFlags::empty());
+        }
+        written
+    }
+
+    fn write_file(&self, dir: BorrowedFd<'_>, e: &Entry, name: &OsStr) -> Result<(), RestoreErr> {
         let fd = rustix::fs::openat(
             dir,
-            OsStr::from_bytes(&e.name),
-            OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            name,
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
             Mode::from_raw_mode(0o600),
         )
         .map_err(|x| RestoreErr::Io(x.into()))?;
@@ -429,7 +455,7 @@ impl<'r> Ctx<'r> {
                 Ok(())
             })?;
         rustix::fs::ftruncate(&fd, map.size()).map_err(|x| RestoreErr::Io(x.into()))?;
-        apply_fd_meta(&fd, e, &proc_path(dir, &e.name)).map_err(RestoreErr::Io)?;
+        apply_fd_meta(&fd, e, &proc_path(dir, name.as_bytes())).map_err(RestoreErr::Io)?;
         Ok(())
     }
 }

@@ -682,3 +682,86 @@ fn issue16_unreferenced_junk_is_not_damage() {
     .unwrap();
     assert!(r.unreferenced.is_empty(), "prune removed the junk");
 }
+
+/// Issue 16: a restore that meets a damaged chunk or tree restores everything else, reports
+/// what it skipped, leaves no half-written file under a real name (nor a temporary one), and
+/// keeps the file that was there before.
+#[test]
+fn issue16_restore_passes_over_damage_and_leaves_no_half_written_file() {
+    let f = fixture();
+    let src = f.root.join("src");
+    write(&src.join("a"), "x", 21, 300 << 10);
+    write(&src.join("b"), "y", 22, 10 << 10);
+    write(&src, "top", 23, 50 << 10);
+    let repo = Repository::init(&f.repo_dir, PW, &opts()).unwrap();
+    backup_of(&repo, &[&src]);
+    let root = repo.snapshots().unwrap()[0].snapshot.root;
+    let view = repo.view().unwrap();
+    let at = |p: &Path| {
+        repo.lookup(&view, &root, p.as_os_str().as_encoded_bytes())
+            .unwrap()
+            .unwrap()
+    };
+    let chunk = match &at(&src.join("a/x")).content {
+        cairn_repo::Content::Inline(x) => x[0].id.unwrap(),
+        other => panic!("{other:?}"),
+    };
+    let tree_b = at(&src.join("b")).subtree.unwrap();
+    drop(view);
+    let ps = repo.config().piece_size;
+    damage_object_for_tests(repo.store(), &chunk, ps, 10).unwrap();
+    damage_object_for_tests(repo.store(), &tree_b, ps, 10).unwrap();
+
+    let target = f.root.join("target");
+    let restored = target.join(src.strip_prefix("/").unwrap());
+    // An older copy of a/x is already there: a failed restore must not destroy it.
+    std::fs::create_dir_all(restored.join("a")).unwrap();
+    std::fs::write(restored.join("a/x"), b"old copy").unwrap();
+    let old = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+    std::fs::File::options()
+        .write(true)
+        .open(restored.join("a/x"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let o = RestoreOptions {
+        target: target.clone(),
+        includes: Vec::new(),
+        overwrite: Overwrite::IfNewer,
+        threads: 0,
+    };
+    let r = restore(&repo, &root, &o, &RestoreProgress::default()).unwrap();
+    assert_eq!(r.warnings.len(), 2, "{:?}", r.warnings);
+    assert!(
+        r.warnings.iter().any(|w| w.contains("/a/x")),
+        "{:?}",
+        r.warnings
+    );
+    assert!(
+        r.warnings.iter().any(|w| w.contains("/b")),
+        "{:?}",
+        r.warnings
+    );
+    assert_eq!(std::fs::read(restored.join("a/x")).unwrap(), b"old copy");
+    assert_eq!(
+        std::fs::read(restored.join("top")).unwrap(),
+        std::fs::read(src.join("top")).unwrap()
+    );
+    let leftovers: Vec<_> = walk(&target)
+        .into_iter()
+        .filter(|p| p.to_string_lossy().contains(".cairn-restore-"))
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
