@@ -590,3 +590,90 @@ fn readers_in_order_find_the_next_files_and_chunks_already_in_the_page_cache() {
     );
     same_tree(&src, &inside(&m, &src));
 }
+
+/// Unmounts a bind mount when dropped.
+struct BindMount(PathBuf);
+
+impl Drop for BindMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Issue 16: a repository on read-only media (a read-only bind mount, as a backup disk
+/// mounted `ro`) is read by every reading command and the mount; writing ones say why not.
+#[test]
+fn issue16_a_repository_on_read_only_media_can_be_read_and_mounted() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().canonicalize().unwrap();
+    let (repo, src) = (root.join("repo"), root.join("src"));
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("d/file"), b"read me from read-only media\n").unwrap();
+    init(&repo);
+    backup(&repo, &[&src]);
+    let ro = root.join("ro");
+    std::fs::create_dir_all(&ro).unwrap();
+    let st = Command::new("mount")
+        .args(["--bind", "-o", "ro"])
+        .arg(&repo)
+        .arg(&ro)
+        .status()
+        .unwrap();
+    assert!(st.success(), "read-only bind mount");
+    let _bind = BindMount(ro.clone());
+    assert!(
+        std::fs::write(ro.join("probe"), b"x").is_err(),
+        "really read-only"
+    );
+
+    let file = src.join("d/file");
+    assert_eq!(snapshots(&ro).len(), 1);
+    ok(cairn(&ro).args(["ls", "latest"]), 0);
+    let cat = ok(cairn(&ro).args(["cat", "latest"]).arg(&file), 0);
+    assert_eq!(cat, "read me from read-only media\n");
+    ok(cairn(&ro).args(["check", "--read-data"]), 0);
+    ok(cairn(&ro).args(["check", "--storage-only"]), 0);
+    let out = root.join("out");
+    ok(
+        cairn(&ro).args(["restore", "latest", "--target"]).arg(&out),
+        0,
+    );
+    assert_eq!(
+        std::fs::read(out.join(file.strip_prefix("/").unwrap())).unwrap(),
+        b"read me from read-only media\n"
+    );
+    let r = run(cairn(&ro).arg("backup").arg(&src));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("read-only"), "{}", r.stderr);
+
+    let m = Mount::start(&ro, &root.join("mnt"), &[]);
+    let through = m.latest().join(file.strip_prefix("/").unwrap());
+    assert_eq!(
+        std::fs::read(&through).unwrap(),
+        b"read me from read-only media\n"
+    );
+    drop(m);
+
+    // As an unprivileged user: a file that may only be read opens read-only; one that may
+    // not be read at all is "permission denied", not "no repository".
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path, m: u32| std::fs::set_permissions(p, std::fs::Permissions::from_mode(m));
+    mode(&root, 0o755).unwrap();
+    mode(&repo, 0o755).unwrap();
+    mode(&repo.join("cairn.redb"), 0o444).unwrap();
+    let as_nobody = || {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bin())
+            .args(["snapshots", "--repo"])
+            .arg(&repo)
+            .env("CAIRN_PASSWORD", PASSWORD);
+        c
+    };
+    let out = ok(&mut as_nobody(), 0);
+    assert!(out.contains("1 snapshots"), "{out}");
+    mode(&repo, 0o700).unwrap();
+    let r = run(&mut as_nobody());
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("Permission denied"), "{}", r.stderr);
+}

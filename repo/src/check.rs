@@ -533,9 +533,13 @@ fn fetch_snapshot(
 pub fn check_storage(dir: &std::path::Path) -> Result<crate::store_maint::StorageReport> {
     let mut store = Store::open(dir, crate::store::DEFAULT_DB_CACHE)?;
     let config = store.config()?;
-    let intact = store.check_db_integrity()?;
+    // redb's page check needs the writer lock; read-only media get the rest of the check.
+    let intact = match store.is_read_only() {
+        true => None,
+        false => Some(store.check_db_integrity()?),
+    };
     let mut report = store.verify_storage(config.piece_size)?;
-    report.db_intact = Some(intact);
+    report.db_intact = intact;
     Ok(report)
 }
 

@@ -44,6 +44,10 @@ pub enum Error {
     /// The peer of a sync or serve session sent something this side cannot accept.
     #[error("sync protocol error: {0}")]
     Protocol(String),
+    #[error(
+        "the repository at {0} is open read-only (read-only media or no write permission on its file) and this needs to write to it; run it where the repository is writable"
+    )]
+    ReadOnly(PathBuf),
     #[error("interrupted")]
     Interrupted,
 }

@@ -73,8 +73,42 @@ pub fn checksum(sealed: &[u8]) -> [u8; 16] {
 }
 
 pub struct Store {
-    pub(crate) db: redb::Database,
+    pub(crate) db: Db,
     dir: PathBuf,
+}
+
+/// The database, opened for writing or, where the file cannot be written (read-only media, a
+/// read-only file), for reading only: every read works, every write is a clear error.
+pub(crate) enum Db {
+    Rw(redb::Database),
+    Ro(redb::ReadOnlyDatabase, PathBuf),
+}
+
+impl Db {
+    pub(crate) fn begin_read(&self) -> Result<redb::ReadTransaction> {
+        Ok(match self {
+            Db::Rw(db) => db.begin_read()?,
+            Db::Ro(db, _) => db.begin_read()?,
+        })
+    }
+
+    pub(crate) fn begin_write(&self) -> Result<redb::WriteTransaction> {
+        match self {
+            Db::Rw(db) => Ok(db.begin_write()?),
+            Db::Ro(_, dir) => Err(Error::ReadOnly(dir.clone())),
+        }
+    }
+
+    pub(crate) fn check_integrity(&mut self) -> Result<bool> {
+        match self {
+            Db::Rw(db) => Ok(db.check_integrity()?),
+            Db::Ro(_, dir) => Err(Error::ReadOnly(dir.clone())),
+        }
+    }
+
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, Db::Ro(..))
+    }
 }
 
 fn builder(cache_bytes: usize) -> redb::Builder {
@@ -85,6 +119,11 @@ fn builder(cache_bytes: usize) -> redb::Builder {
 }
 
 pub const DEFAULT_DB_CACHE: usize = 16 << 20;
+
+/// An open for writing that failed only because the file cannot be written.
+fn not_writable(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::PermissionDenied || e.raw_os_error() == Some(libc::EROFS)
+}
 
 fn map_open_error(dir: &Path, e: redb::DatabaseError) -> Error {
     match e {
@@ -138,7 +177,7 @@ impl Store {
             )
             .map_err(|e| map_open_error(dir, e))?;
         let store = Store {
-            db,
+            db: Db::Rw(db),
             dir: dir.to_path_buf(),
         };
         let txn = store.db.begin_write()?;
@@ -167,7 +206,19 @@ impl Store {
             path: dir.to_path_buf(),
             reason: reason.to_string(),
         };
+        let denied = |path: &Path, e: std::io::Error| {
+            Error::io(
+                format!(
+                    "opening {} (run as a user who may read the repository)",
+                    path.display()
+                ),
+                e,
+            )
+        };
         match std::fs::metadata(dir) {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(denied(dir, e))
+            }
             Err(_) => {
                 return Err(not_found(
                     "the directory does not exist; create one with `cairn init`",
@@ -176,14 +227,27 @@ impl Store {
             Ok(m) if !m.is_dir() => return Err(not_found("it is not a directory")),
             Ok(_) => {}
         }
-        if !file.is_file() {
-            return Err(not_found(
-                "no cairn.redb in it; is this the right path? (`cairn init` creates one)",
-            ));
+        match std::fs::metadata(&file) {
+            Ok(m) if m.is_file() => {}
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                return Err(denied(&file, e))
+            }
+            _ => {
+                return Err(not_found(
+                    "no cairn.redb in it; is this the right path? (`cairn init` creates one)",
+                ))
+            }
         }
-        let db = builder(cache_bytes)
-            .open(&file)
-            .map_err(|e| map_open_error(dir, e))?;
+        let db = match builder(cache_bytes).open(&file) {
+            Ok(db) => Db::Rw(db),
+            Err(redb::DatabaseError::Storage(redb::StorageError::Io(io))) if not_writable(&io) => {
+                let ro = builder(cache_bytes)
+                    .open_read_only(&file)
+                    .map_err(|e| map_open_error(dir, e))?;
+                Db::Ro(ro, dir.to_path_buf())
+            }
+            Err(e) => return Err(map_open_error(dir, e)),
+        };
         let store = Store {
             db,
             dir: dir.to_path_buf(),
@@ -200,6 +264,11 @@ impl Store {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Whether the repository was opened for reading only (its file cannot be written).
+    pub fn is_read_only(&self) -> bool {
+        self.db.is_read_only()
     }
 
     pub fn db_file(&self) -> PathBuf {

@@ -4,7 +4,7 @@
 use crate::error::{Error, Result};
 use crate::id::Id;
 use crate::store::{checksum, Location, Store, INDEX, PACKS, PIECES, SESSIONS, SNAPSHOTS};
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use std::collections::HashSet;
 use std::path::Path;
 

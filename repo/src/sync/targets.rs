@@ -3,7 +3,7 @@
 use super::remote::SshUrl;
 use crate::error::{Error, Result};
 use crate::store::{Store, TARGETS};
-use redb::{ReadableDatabase, ReadableTable};
+use redb::ReadableTable;
 use std::path::PathBuf;
 
 /// Where a target lives.
