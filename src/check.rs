@@ -138,9 +138,13 @@ fn open_pair(
     ssh: &crate::sync::SshArgs,
 ) -> Result<(Repository, Option<Replica>), Failure> {
     let path = g.repo_path()?;
-    let store = cairn_repo::store::Store::open(&path, 1 << 20).map_err(Failure::from)?;
-    let replica = replica_arg(&store, arg)?;
-    drop(store);
+    let replica = match cairn_repo::store::Store::open(&path, 1 << 20) {
+        Ok(store) => replica_arg(&store, arg)?,
+        Err(damaged @ cairn_repo::Error::Damaged { .. }) => {
+            return rebuild(g, &path, arg, damaged);
+        }
+        Err(e) => return Err(e.into()),
+    };
     let opts = cairn_repo::OpenOptions::default();
     match replica {
         ReplicaArg::Path(replica) => {
@@ -160,6 +164,48 @@ fn open_pair(
             Ok((repo, Some(Replica::Ssh(Box::new(target), url))))
         }
     }
+}
+
+/// The repository's database does not open at all: rebuild it from a local replica, then
+/// go on as a repair (the check that follows heals what the replica's copies still lack).
+fn rebuild(
+    g: &Global,
+    path: &std::path::Path,
+    arg: &std::path::Path,
+    damaged: cairn_repo::Error,
+) -> Result<(Repository, Option<Replica>), Failure> {
+    if !arg.exists() {
+        return Err(Failure::fatal(format!(
+            "{damaged}. Rebuilding it needs a local replica: {} is not a path here (copy the replica to this machine, or give its path)",
+            arg.display()
+        )));
+    }
+    if let cairn_repo::Error::Damaged { reason, .. } = &damaged {
+        output::warn(&format!(
+            "the repository database at {} does not open ({reason}); rebuilding it from {}",
+            path.display(),
+            arg.display()
+        ));
+    }
+    let opts = cairn_repo::OpenOptions::default();
+    let password = crate::secrets::password(g, false)?;
+    let other = Repository::open(arg, password.as_bytes(), &opts)?;
+    let r = cairn_repo::check::rebuild_from(path, &other)?;
+    output::info(
+        g,
+        &format!(
+            "rebuilt {} from {}: {} snapshots, {} objects ({}); the damaged file is kept as {}. \
+             Snapshots that never reached the replica, and this repository's sync targets, are not in it",
+            path.display(),
+            arg.display(),
+            r.snapshots,
+            r.objects,
+            output::bytes(r.bytes),
+            r.kept.display()
+        ),
+    );
+    let repo = Repository::open(path, password.as_bytes(), &opts)?;
+    Ok((repo, Some(Replica::Local(other))))
 }
 
 fn repair(

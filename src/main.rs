@@ -174,9 +174,27 @@ impl Global {
 }
 
 fn main() -> ExitCode {
+    output::quiet_panics();
     let cli = Cli::parse();
+    // A panic that got past the engine's guards still ends as an error with the contract's
+    // exit code 1, never Rust's 101.
+    let result = std::panic::catch_unwind(|| dispatch(&cli)).unwrap_or_else(|_| {
+        Err(Failure::fatal(
+            "internal error (see the line above); if the repository may be damaged, run `cairn check`",
+        ))
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(f) => {
+            output::error(&f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}
+
+fn dispatch(cli: &Cli) -> CmdResult {
     let g = &cli.global;
-    let result = match &cli.command {
+    match &cli.command {
         Command::Init(a) => init::run(g, a),
         Command::Backup(a) => backup::run(g, a),
         Command::Snapshots(a) => snapshots::run(g, a),
@@ -194,12 +212,5 @@ fn main() -> ExitCode {
         Command::Forget(a) => forget::run(g, a),
         Command::Prune(a) => prune::run(g, a),
         Command::Status(a) => status::run(g, a),
-    };
-    match result {
-        Ok(code) => ExitCode::from(code),
-        Err(f) => {
-            output::error(&f.message);
-            ExitCode::from(f.code)
-        }
     }
 }

@@ -11,6 +11,26 @@ pub fn error(msg: &str) {
     eprintln!("cairn: error: {msg}");
 }
 
+/// Panics print one short line, the first only: the engine turns the panics a damaged
+/// repository causes inside redb into errors (reported by the command itself), so the default
+/// hook's message and backtrace for each would only bury the report. `RUST_BACKTRACE` set
+/// keeps the default hook, for debugging.
+pub fn quiet_panics() {
+    if std::env::var_os("RUST_BACKTRACE").is_some_and(|v| v != "0") {
+        return;
+    }
+    static SHOWN: AtomicBool = AtomicBool::new(false);
+    std::panic::set_hook(Box::new(|info| {
+        if !SHOWN.swap(true, Ordering::SeqCst) {
+            let at = info
+                .location()
+                .map(|l| format!(" at {}:{}", l.file(), l.line()))
+                .unwrap_or_default();
+            eprintln!("cairn: internal error{at} (further ones not shown); if the repository is damaged this is reported below, see `cairn check`");
+        }
+    }));
+}
+
 pub fn warn(msg: &str) {
     eprintln!("cairn: warning: {msg}");
 }

@@ -395,11 +395,15 @@ fn serve_append_only_and_hostile_input() {
         &cairn_repo::OpenOptions::default(),
     )
     .unwrap();
+    let log = tmp.path().join("serve.log");
     let mut child = Command::new(bin())
-        .args(["serve", "--append-only", "--repo"])
+        .args(["serve", "--append-only", "--log-file"])
+        .arg(&log)
+        .arg("--repo")
         .arg(&dir)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let mut client = cairn_repo::sync::StreamTarget::new(
@@ -423,10 +427,23 @@ fn serve_append_only_and_hostile_input() {
         .call(Request::DeleteSnapshots(report.target_snapshots.clone()))
         .unwrap_err();
     assert!(err.to_string().contains("append-only"), "{err}");
+    // Issue 16: nor can a client replace what is stored: the same ids with other bytes are
+    // refused (and logged on the server), the same bytes again are a no-op.
+    let real = primary.store().snapshot_blobs().unwrap();
+    let forged: Vec<_> = real.iter().map(|(id, _)| (*id, vec![0x42; 300])).collect();
+    let err = client.call(Request::PutSnapshots(forged)).unwrap_err();
+    assert!(err.to_string().contains("never replaced"), "{err}");
+    client.call(Request::PutSnapshots(real)).unwrap();
     client.call(Request::Bye).unwrap();
     drop(client);
     assert!(child.wait().unwrap().success());
     assert_eq!(snapshot_ids(&dir), snapshot_ids(&repo));
+    ok(cairn(&dir).args(["check", "--read-data"]), 0);
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("append-only") && logged.contains("never replaced"),
+        "{logged}"
+    );
 }
 
 trait TapCreate {

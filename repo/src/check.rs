@@ -337,6 +337,49 @@ fn reason(e: Error) -> String {
     }
 }
 
+/// What `rebuild_from` did.
+#[derive(Clone, Debug)]
+pub struct RebuildReport {
+    /// Where the damaged database file was moved (kept for salvage).
+    pub kept: std::path::PathBuf,
+    pub snapshots: u64,
+    pub objects: u64,
+    pub bytes: u64,
+}
+
+/// Rebuild the repository at `dir`, whose database does not open at all, from `replica` (a
+/// replica opened with the same password): the damaged file is moved aside (never deleted)
+/// as `cairn.redb.damaged-<unix time>`, a new database is made with the replica's config and
+/// key slots, and everything the replica holds is copied back verbatim by a local sync. What
+/// the primary held that never reached the replica (newer snapshots, its sync targets, its
+/// state records) cannot be had from there.
+pub fn rebuild_from(dir: &std::path::Path, replica: &Repository) -> Result<RebuildReport> {
+    let file = dir.join(crate::store::DB_FILE);
+    let kept = dir.join(format!(
+        "{}{}",
+        crate::store::DAMAGED_PREFIX,
+        crate::util::now_unix()
+    ));
+    std::fs::rename(&file, &kept)
+        .map_err(|e| Error::io(format!("moving {} aside", file.display()), e))?;
+    let (store, _) = crate::sync::open_local_replica(replica, dir)?;
+    let mut target = crate::sync::LocalTarget::new(&store)?;
+    let mut report = crate::sync::SyncReport::default();
+    crate::sync::sync(
+        replica,
+        &mut target,
+        &crate::sync::SyncOptions::default(),
+        &crate::sync::SyncProgress::default(),
+        &mut report,
+    )?;
+    Ok(RebuildReport {
+        kept,
+        snapshots: report.snapshots_sent,
+        objects: report.objects_sent,
+        bytes: report.bytes_sent,
+    })
+}
+
 /// What `repair_from` did for each damaged object.
 #[derive(Clone, Debug, Default)]
 pub struct RepairReport {
@@ -534,9 +577,15 @@ pub fn check_storage(dir: &std::path::Path) -> Result<crate::store_maint::Storag
     let mut store = Store::open(dir, crate::store::DEFAULT_DB_CACHE)?;
     let config = store.config()?;
     // redb's page check needs the writer lock; read-only media get the rest of the check.
+    // Damage redb finds in its own pages is a finding, not the end of the check: the pieces
+    // are verified all the same.
     let intact = match store.is_read_only() {
         true => None,
-        false => Some(store.check_db_integrity()?),
+        false => match store.check_db_integrity() {
+            Ok(ok) => Some(ok),
+            Err(Error::Db(_)) => Some(false),
+            Err(e) => return Err(e),
+        },
     };
     let mut report = store.verify_storage(config.piece_size)?;
     report.db_intact = intact;

@@ -33,6 +33,11 @@ pub enum Error {
     },
     #[error("repository database error: {0}")]
     Db(String),
+    /// The database file's own structure is damaged: redb cannot open or walk it.
+    #[error(
+        "the repository database at {path} is damaged ({reason}); heal it from a replica with `cairn check --repair-from REPLICA` (which rebuilds it if it does not open), or put back a copy of the file"
+    )]
+    Damaged { path: PathBuf, reason: String },
     #[error("unsupported repository format: {0}")]
     Format(String),
     #[error("{0}")]
@@ -45,9 +50,9 @@ pub enum Error {
     #[error("sync protocol error: {0}")]
     Protocol(String),
     #[error(
-        "the repository at {0} is open read-only (read-only media or no write permission on its file) and this needs to write to it; run it where the repository is writable"
+        "the repository at {path} is open read-only ({why}) and this needs to write to it; run it where the repository is writable"
     )]
-    ReadOnly(PathBuf),
+    ReadOnly { path: PathBuf, why: &'static str },
     #[error("interrupted")]
     Interrupted,
 }
@@ -64,6 +69,31 @@ impl Error {
         Error::Corrupt {
             id: id.to_string(),
             reason: reason.into(),
+        }
+    }
+
+    /// Run `f`, which reads or writes the database, turning a panic into an error: redb
+    /// trusts its file's structure, and random bytes in a b-tree page reach an `unreachable!`
+    /// inside it. A damaged repository must give a report, never a crash.
+    pub fn guard<T>(f: impl FnOnce() -> Result<T>) -> Result<T> {
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).unwrap_or_else(|p| {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a damaged structure".into());
+            Err(Error::Db(format!("DB corrupted: {msg}")))
+        })
+    }
+
+    /// The error for object `id` when reading it met damage in the database's structure.
+    pub fn at_object(self, id: &crate::Id) -> Error {
+        match self {
+            Error::Db(m) | Error::Damaged { reason: m, .. } => Error::corrupt(
+                id,
+                format!("the repository database is damaged where it is kept ({m})"),
+            ),
+            other => other,
         }
     }
 

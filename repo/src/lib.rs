@@ -18,6 +18,7 @@ pub mod repo;
 pub mod restore;
 pub mod store;
 pub mod store_maint;
+mod store_truncated;
 pub mod sync;
 pub mod testkit;
 pub mod util;

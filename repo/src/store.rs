@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 pub const DB_FILE: &str = "cairn.redb";
 pub const FORMAT_VERSION: u32 = 1;
+/// Name prefix of a damaged database file moved aside by a rebuild.
+pub const DAMAGED_PREFIX: &str = "cairn.redb.damaged-";
 
 /// object id -> (pack, offset in pack, sealed length, kind, first 16 bytes of BLAKE3(sealed))
 pub(crate) type IndexValue = (u64, u64, u32, u8, [u8; 16]);
@@ -81,28 +83,35 @@ pub struct Store {
 /// read-only file), for reading only: every read works, every write is a clear error.
 pub(crate) enum Db {
     Rw(redb::Database),
-    Ro(redb::ReadOnlyDatabase, PathBuf),
+    /// Read-only, with the reason (read-only media; a truncated file).
+    Ro(redb::ReadOnlyDatabase, PathBuf, &'static str),
 }
 
 impl Db {
     pub(crate) fn begin_read(&self) -> Result<redb::ReadTransaction> {
         Ok(match self {
             Db::Rw(db) => db.begin_read()?,
-            Db::Ro(db, _) => db.begin_read()?,
+            Db::Ro(db, ..) => db.begin_read()?,
         })
     }
 
     pub(crate) fn begin_write(&self) -> Result<redb::WriteTransaction> {
         match self {
             Db::Rw(db) => Ok(db.begin_write()?),
-            Db::Ro(_, dir) => Err(Error::ReadOnly(dir.clone())),
+            Db::Ro(_, dir, why) => Err(Error::ReadOnly {
+                path: dir.clone(),
+                why,
+            }),
         }
     }
 
     pub(crate) fn check_integrity(&mut self) -> Result<bool> {
         match self {
             Db::Rw(db) => Ok(db.check_integrity()?),
-            Db::Ro(_, dir) => Err(Error::ReadOnly(dir.clone())),
+            Db::Ro(_, dir, why) => Err(Error::ReadOnly {
+                path: dir.clone(),
+                why,
+            }),
         }
     }
 
@@ -136,10 +145,57 @@ fn map_open_error(dir: &Path, e: redb::DatabaseError) -> Error {
         {
             Error::io(format!("opening {}", dir.display()), io)
         }
-        other => Error::RepoNotFound {
+        redb::DatabaseError::Storage(redb::StorageError::Io(io)) => Error::RepoNotFound {
             path: dir.to_path_buf(),
-            reason: format!("the database does not open ({other})"),
+            reason: format!("its cairn.redb is not a database ({io})"),
         },
+        redb::DatabaseError::UpgradeRequired(v) => Error::Format(format!(
+            "the database file has format {v}, which this cairn cannot open"
+        )),
+        // The file is a database that does not open: damaged, not missing.
+        other => Error::Damaged {
+            path: dir.to_path_buf(),
+            reason: other.to_string(),
+        },
+    }
+}
+
+const READ_ONLY_MEDIA: &str = "read-only media or no write permission on its file";
+
+/// A file cut short opens read-only, seen at its recorded length with zeros past the cut
+/// (`store_truncated`); any other error stays as it is.
+fn open_truncated(dir: &Path, file: &Path, cache_bytes: usize, e: Error) -> Result<Db> {
+    let Error::Damaged { reason, .. } = &e else {
+        return Err(e);
+    };
+    let Some(len) = crate::store_truncated::recorded_len(reason) else {
+        return Err(e);
+    };
+    let f = std::fs::File::open(file)
+        .map_err(|io| Error::io(format!("opening {}", file.display()), io))?;
+    let backend = crate::store_truncated::ZeroTail::new(f, len)
+        .map_err(|io| Error::io(format!("opening {}", file.display()), io))?;
+    let ro = Error::guard(|| {
+        builder(cache_bytes)
+            .open_read_only_with_backend(backend)
+            .map_err(|x| map_open_error(dir, x))
+    })
+    .map_err(|_| e)?;
+    Ok(Db::Ro(
+        ro,
+        dir.to_path_buf(),
+        "its file is shorter than its database records (truncated); it is opened for reading only, and what was cut off reads as damage",
+    ))
+}
+
+/// A panic or `Db` error from opening the database at `dir`, as `Error::Damaged`.
+fn damaged_at(dir: &Path, e: Error) -> Error {
+    match e {
+        Error::Db(reason) => Error::Damaged {
+            path: dir.to_path_buf(),
+            reason,
+        },
+        other => other,
     }
 }
 
@@ -150,11 +206,18 @@ impl Store {
         if file.exists() {
             return Err(Error::RepoExists(dir.to_path_buf()));
         }
-        if dir.exists()
-            && std::fs::read_dir(dir)
-                .map(|mut d| d.next().is_some())
+        // Empty but for damaged databases moved aside by a rebuild (`check::rebuild_from`).
+        let occupied = |mut d: std::fs::ReadDir| {
+            d.any(|e| {
+                e.map(|e| {
+                    !e.file_name()
+                        .as_encoded_bytes()
+                        .starts_with(DAMAGED_PREFIX.as_bytes())
+                })
                 .unwrap_or(true)
-        {
+            })
+        };
+        if dir.exists() && std::fs::read_dir(dir).map(occupied).unwrap_or(true) {
             return Err(Error::Invalid(format!(
                 "{} exists and is not empty; give a new or empty directory",
                 dir.display()
@@ -238,21 +301,23 @@ impl Store {
                 ))
             }
         }
-        let db = match builder(cache_bytes).open(&file) {
-            Ok(db) => Db::Rw(db),
+        let db = Error::guard(|| match builder(cache_bytes).open(&file) {
+            Ok(db) => Ok(Db::Rw(db)),
             Err(redb::DatabaseError::Storage(redb::StorageError::Io(io))) if not_writable(&io) => {
                 let ro = builder(cache_bytes)
                     .open_read_only(&file)
                     .map_err(|e| map_open_error(dir, e))?;
-                Db::Ro(ro, dir.to_path_buf())
+                Ok(Db::Ro(ro, dir.to_path_buf(), READ_ONLY_MEDIA))
             }
-            Err(e) => return Err(map_open_error(dir, e)),
-        };
+            Err(e) => Err(map_open_error(dir, e)),
+        })
+        .map_err(|e| damaged_at(dir, e))
+        .or_else(|e| open_truncated(dir, &file, cache_bytes, e))?;
         let store = Store {
             db,
             dir: dir.to_path_buf(),
         };
-        match store.meta("format")? {
+        match store.meta("format").map_err(|e| damaged_at(dir, e))? {
             Some(v) if v == FORMAT_VERSION.to_le_bytes() => Ok(store),
             Some(v) => Err(Error::Format(format!(
                 "repository format {:?} is newer than this cairn understands; upgrade cairn",
@@ -276,26 +341,32 @@ impl Store {
     }
 
     pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let txn = self.db.begin_read()?;
-        let t = match txn.open_table(META) {
-            Ok(t) => t,
-            Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-            Err(e) => return Err(e.into()),
-        };
-        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+        Error::guard(|| {
+            let txn = self.db.begin_read()?;
+            let t = match txn.open_table(META) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            Ok(t.get(key)?.map(|v| v.value().to_vec()))
+        })
     }
 
     pub fn state(&self, key: &str) -> Result<Option<Vec<u8>>> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(STATE)?;
-        Ok(t.get(key)?.map(|v| v.value().to_vec()))
+        Error::guard(|| {
+            let txn = self.db.begin_read()?;
+            let t = txn.open_table(STATE)?;
+            Ok(t.get(key)?.map(|v| v.value().to_vec()))
+        })
     }
 
     pub fn set_state(&self, key: &str, value: &[u8]) -> Result<()> {
-        let txn = self.db.begin_write()?;
-        txn.open_table(STATE)?.insert(key, value)?;
-        txn.commit()?;
-        Ok(())
+        Error::guard(|| {
+            let txn = self.db.begin_write()?;
+            txn.open_table(STATE)?.insert(key, value)?;
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     /// The repository config, decoded.
@@ -315,79 +386,89 @@ impl Store {
     }
 
     pub fn key_slots(&self) -> Result<Vec<(u64, Vec<u8>)>> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(KEYS)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (k, v) = row?;
-            out.push((k.value(), v.value().to_vec()));
-        }
-        Ok(out)
+        Error::guard(|| {
+            let txn = self.db.begin_read()?;
+            let t = txn.open_table(KEYS)?;
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                out.push((k.value(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
     }
 
     /// Add a key slot (as encoded); refused once the repository holds `MAX_KEY_SLOTS`.
     pub fn add_key_slot(&self, slot: &[u8]) -> Result<u64> {
-        let txn = self.db.begin_write()?;
-        let id = {
-            let mut t = txn.open_table(KEYS)?;
-            if t.len()? >= crate::crypto::MAX_KEY_SLOTS as u64 {
-                return Err(Error::Refused(format!(
-                    "the repository holds {} key slots already, the most it takes; remove one with `cairn key remove`",
-                    crate::crypto::MAX_KEY_SLOTS
-                )));
-            }
-            let id = t.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
-            t.insert(id, slot)?;
-            id
-        };
-        txn.commit()?;
-        Ok(id)
+        Error::guard(|| {
+            let txn = self.db.begin_write()?;
+            let id = {
+                let mut t = txn.open_table(KEYS)?;
+                if t.len()? >= crate::crypto::MAX_KEY_SLOTS as u64 {
+                    return Err(Error::Refused(format!(
+                        "the repository holds {} key slots already, the most it takes; remove one with `cairn key remove`",
+                        crate::crypto::MAX_KEY_SLOTS
+                    )));
+                }
+                let id = t.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+                t.insert(id, slot)?;
+                id
+            };
+            txn.commit()?;
+            Ok(id)
+        })
     }
 
     /// Remove a slot; refuses to remove the last one (that would lock everyone out).
     pub fn remove_key_slot(&self, id: u64) -> Result<()> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut t = txn.open_table(KEYS)?;
-            if t.get(id)?.is_none() {
-                return Err(Error::Invalid(format!(
-                    "no key slot {id}; see `cairn key list`"
-                )));
+        Error::guard(|| {
+            let txn = self.db.begin_write()?;
+            {
+                let mut t = txn.open_table(KEYS)?;
+                if t.get(id)?.is_none() {
+                    return Err(Error::Invalid(format!(
+                        "no key slot {id}; see `cairn key list`"
+                    )));
+                }
+                if t.len()? <= 1 {
+                    return Err(Error::Invalid(
+                        "refusing to remove the last key slot".into(),
+                    ));
+                }
+                t.remove(id)?;
             }
-            if t.len()? <= 1 {
-                return Err(Error::Invalid(
-                    "refusing to remove the last key slot".into(),
-                ));
-            }
-            t.remove(id)?;
-        }
-        txn.commit()?;
-        Ok(())
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     // ----- snapshots -----
 
     pub fn snapshot_blobs(&self) -> Result<Vec<(Id, Vec<u8>)>> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(SNAPSHOTS)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (k, v) = row?;
-            out.push((Id(k.value()), v.value().to_vec()));
-        }
-        Ok(out)
+        Error::guard(|| {
+            let txn = self.db.begin_read()?;
+            let t = txn.open_table(SNAPSHOTS)?;
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                out.push((Id(k.value()), v.value().to_vec()));
+            }
+            Ok(out)
+        })
     }
 
     pub fn remove_snapshots(&self, ids: &[Id]) -> Result<()> {
-        let txn = self.db.begin_write()?;
-        {
-            let mut t = txn.open_table(SNAPSHOTS)?;
-            for id in ids {
-                t.remove(id.0)?;
+        Error::guard(|| {
+            let txn = self.db.begin_write()?;
+            {
+                let mut t = txn.open_table(SNAPSHOTS)?;
+                for id in ids {
+                    t.remove(id.0)?;
+                }
             }
-        }
-        txn.commit()?;
-        Ok(())
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     // ----- reading objects -----
@@ -411,6 +492,10 @@ impl Store {
 
     /// Sizes for the space report: sealed bytes indexed, pack bytes, and the file's size on disk.
     pub fn space(&self) -> Result<Space> {
+        Error::guard(|| self.space_unguarded())
+    }
+
+    fn space_unguarded(&self) -> Result<Space> {
         let txn = self.db.begin_read()?;
         let index = txn.open_table(INDEX)?;
         let packs = txn.open_table(PACKS)?;
@@ -435,37 +520,47 @@ impl Store {
     // ----- writing -----
 
     pub fn begin_session(&self, info: &[u8]) -> Result<u64> {
-        let txn = self.db.begin_write()?;
-        let id = {
-            let mut t = txn.open_table(SESSIONS)?;
-            let id = t.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
-            t.insert(id, info)?;
-            id
-        };
-        txn.commit()?;
-        Ok(id)
+        Error::guard(|| {
+            let txn = self.db.begin_write()?;
+            let id = {
+                let mut t = txn.open_table(SESSIONS)?;
+                let id = t.last()?.map(|(k, _)| k.value() + 1).unwrap_or(1);
+                t.insert(id, info)?;
+                id
+            };
+            txn.commit()?;
+            Ok(id)
+        })
     }
 
     pub fn end_session(&self, id: u64) -> Result<()> {
-        let txn = self.db.begin_write()?;
-        txn.open_table(SESSIONS)?.remove(id)?;
-        txn.commit()?;
-        Ok(())
+        Error::guard(|| {
+            let txn = self.db.begin_write()?;
+            txn.open_table(SESSIONS)?.remove(id)?;
+            txn.commit()?;
+            Ok(())
+        })
     }
 
     pub fn sessions(&self) -> Result<Vec<(u64, Vec<u8>)>> {
-        let txn = self.db.begin_read()?;
-        let t = txn.open_table(SESSIONS)?;
-        let mut out = Vec::new();
-        for row in t.iter()? {
-            let (k, v) = row?;
-            out.push((k.value(), v.value().to_vec()));
-        }
-        Ok(out)
+        Error::guard(|| {
+            let txn = self.db.begin_read()?;
+            let t = txn.open_table(SESSIONS)?;
+            let mut out = Vec::new();
+            for row in t.iter()? {
+                let (k, v) = row?;
+                out.push((k.value(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
     }
 
     /// Commit a batch: pieces and the index entries of objects they complete, then snapshots.
     pub(crate) fn commit_batch(&self, batch: Batch<'_>) -> Result<Option<u64>> {
+        Error::guard(|| self.commit_batch_unguarded(batch))
+    }
+
+    fn commit_batch_unguarded(&self, batch: Batch<'_>) -> Result<Option<u64>> {
         let txn = self.db.begin_write()?;
         let mut pack = batch.pack;
         {
@@ -678,18 +773,24 @@ impl PieceCache {
 
 impl View {
     pub fn locate(&self, id: &Id) -> Result<Option<Location>> {
-        match self.index.get(id.0)? {
+        Error::guard(|| match self.index.get(id.0)? {
             Some(v) => Ok(Some(Location::from_value(id, v.value())?)),
             None => Ok(None),
-        }
+        })
+        .map_err(|e| e.at_object(id))
     }
 
     pub fn contains(&self, id: &Id) -> Result<bool> {
-        Ok(self.index.get(id.0)?.is_some())
+        Error::guard(|| Ok(self.index.get(id.0)?.is_some())).map_err(|e| e.at_object(id))
     }
 
     /// The sealed bytes of an object, read from the pieces it spans.
     pub fn read_sealed(&self, id: &Id, loc: &Location, piece_size: u32) -> Result<Vec<u8>> {
+        Error::guard(|| self.read_sealed_unguarded(id, loc, piece_size))
+            .map_err(|e| e.at_object(id))
+    }
+
+    fn read_sealed_unguarded(&self, id: &Id, loc: &Location, piece_size: u32) -> Result<Vec<u8>> {
         let ps = piece_size as u64;
         let end = loc.offset + loc.len as u64;
         let mut out = Vec::with_capacity(loc.len as usize);
@@ -736,16 +837,22 @@ impl View {
 
     /// Every indexed object, in id order.
     pub fn for_each_object(&self, mut f: impl FnMut(Id, Location) -> Result<()>) -> Result<()> {
-        for row in self.index.iter()? {
-            let (k, v) = row?;
-            let id = Id(k.value());
-            f(id, Location::from_value(&id, v.value())?)?;
-        }
-        Ok(())
+        Error::guard(|| {
+            for row in self.index.iter()? {
+                let (k, v) = row?;
+                let id = Id(k.value());
+                f(id, Location::from_value(&id, v.value())?)?;
+            }
+            Ok(())
+        })
     }
 
     /// Objects whose id is at or after `from`, at most `limit` of them.
     pub fn objects_from(&self, from: &Id, limit: usize) -> Result<Vec<(Id, Location)>> {
+        Error::guard(|| self.objects_from_unguarded(from, limit))
+    }
+
+    fn objects_from_unguarded(&self, from: &Id, limit: usize) -> Result<Vec<(Id, Location)>> {
         let mut out = Vec::new();
         for row in self.index.range(from.0..)? {
             if out.len() >= limit {
@@ -759,7 +866,7 @@ impl View {
     }
 
     pub fn object_count(&self) -> Result<u64> {
-        Ok(self.index.len()?)
+        Error::guard(|| Ok(self.index.len()?))
     }
 
     pub fn pack_len(&self, pack: u64) -> Result<Option<u64>> {

@@ -92,6 +92,10 @@ impl Store {
     /// Key-less storage verification: every indexed object's stored bytes against the checksum
     /// kept in its index row, and every piece each pack needs present with the right size.
     pub fn verify_storage(&self, piece_size: u32) -> Result<StorageReport> {
+        Error::guard(|| self.verify_storage_unguarded(piece_size))
+    }
+
+    fn verify_storage_unguarded(&self, piece_size: u32) -> Result<StorageReport> {
         let txn = self.db.begin_read()?;
         let packs = txn.open_table(PACKS)?;
         let pieces = txn.open_table(PIECES)?;
@@ -103,20 +107,25 @@ impl Store {
             report.packs += 1;
             for n in 0..len.div_ceil(ps) as u32 {
                 let want = (len - n as u64 * ps).min(ps) as usize;
-                match pieces.get((pack, n))? {
-                    None => report.problems.push(StorageProblem::Piece {
+                let got = Error::guard(|| Ok(pieces.get((pack, n))?.map(|b| b.value().len())));
+                match got {
+                    Err(Error::Db(m)) => report.problems.push(StorageProblem::Piece {
+                        pack,
+                        piece: n,
+                        problem: format!("the database page holding it is damaged ({m})"),
+                    }),
+                    Err(e) => return Err(e),
+                    Ok(None) => report.problems.push(StorageProblem::Piece {
                         pack,
                         piece: n,
                         problem: "missing".into(),
                     }),
-                    Some(b) if b.value().len() < want => {
-                        report.problems.push(StorageProblem::Piece {
-                            pack,
-                            piece: n,
-                            problem: format!("truncated: {} of {want} bytes", b.value().len()),
-                        })
-                    }
-                    Some(_) => {}
+                    Ok(Some(have)) if have < want => report.problems.push(StorageProblem::Piece {
+                        pack,
+                        piece: n,
+                        problem: format!("truncated: {have} of {want} bytes"),
+                    }),
+                    Ok(Some(_)) => {}
                 }
             }
         }
@@ -137,7 +146,7 @@ impl Store {
     /// mode it holds the writer lock while it runs. `Ok(false)`: redb found damage and repaired
     /// its structures (data in damaged pages may be gone: run a full check).
     pub fn check_db_integrity(&mut self) -> Result<bool> {
-        Ok(self.db.check_integrity()?)
+        Error::guard(|| self.db.check_integrity())
     }
 }
 
