@@ -175,6 +175,8 @@ impl Global {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Before any thread exists: no child process may inherit a password.
+    secrets::take_from_env();
     let g = &cli.global;
     let result = match &cli.command {
         Command::Init(a) => init::run(g, a),

@@ -783,3 +783,167 @@ fn full_disk_fails_cleanly_and_keeps_the_repository() {
         "small first file"
     );
 }
+
+/// The environment variables that carry a password or say where one is.
+const SECRET_VARS: [&str; 5] = [
+    "CAIRN_PASSWORD",
+    "CAIRN_PASSWORD_FILE",
+    "CAIRN_PASSWORD_COMMAND",
+    "CAIRN_NEW_PASSWORD",
+    "CAIRN_NEW_PASSWORD_FILE",
+];
+
+fn assert_no_secrets(env_dump: &Path) {
+    let env = std::fs::read_to_string(env_dump).expect("the child recorded its environment");
+    assert!(env.contains("PATH="), "not an environment dump: {env}");
+    for v in SECRET_VARS {
+        assert!(
+            !env.lines().any(|l| l.starts_with(&format!("{v}="))),
+            "{v} leaked into a child:\n{env}"
+        );
+    }
+    assert!(!env.contains(PASSWORD), "the password leaked into a child");
+}
+
+#[test]
+fn passwords_never_reach_child_processes() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    init(&repo);
+    let pwfile = t.path().join("pw");
+    std::fs::write(&pwfile, format!("{PASSWORD}\n")).unwrap();
+    let with_all_secrets = |c: &mut Command| {
+        c.env("CAIRN_PASSWORD_FILE", &pwfile)
+            .env("CAIRN_PASSWORD_COMMAND", format!("echo '{PASSWORD}'"))
+            .env("CAIRN_NEW_PASSWORD", PASSWORD)
+            .env("CAIRN_NEW_PASSWORD_FILE", &pwfile);
+    };
+    // The ssh child of `sync`: a fake ssh records its environment and fails.
+    let fake_ssh = t.path().join("fake-ssh");
+    let ssh_env = t.path().join("ssh-env");
+    std::fs::write(
+        &fake_ssh,
+        format!("#!/bin/sh\nenv > '{}'\nexit 255\n", ssh_env.display()),
+    )
+    .unwrap();
+    sh("chmod 755 fake-ssh", t.path());
+    let mut c = cairn(&repo);
+    with_all_secrets(&mut c);
+    c.env("CAIRN_SSH_COMMAND", &fake_ssh)
+        .args(["sync", "ssh://backup.invalid/srv/replica"]);
+    let r = run(&mut c);
+    assert_ne!(r.code, 0, "the fake ssh fails the sync");
+    assert_no_secrets(&ssh_env);
+    // The shell child of --password-command (given through its variable).
+    let cmd_env = t.path().join("cmd-env");
+    let mut c = cairn(&repo);
+    with_all_secrets(&mut c);
+    c.env_remove("CAIRN_PASSWORD")
+        .env(
+            "CAIRN_PASSWORD_COMMAND",
+            format!("env > '{}'; echo '{PASSWORD}'", cmd_env.display()),
+        )
+        .env_remove("CAIRN_PASSWORD_FILE")
+        .arg("snapshots");
+    ok(&mut c, 0);
+    assert_no_secrets(&cmd_env);
+}
+
+/// Run cairn under a 1 GiB address-space limit, so a read that never ends fails fast.
+fn limited(c: &mut Command) -> Run {
+    let start = std::time::Instant::now();
+    let prog = c.get_program().to_owned();
+    let args: Vec<_> = c.get_args().map(|a| a.to_owned()).collect();
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg(r#"ulimit -v 1048576; exec "$@""#)
+        .arg("sh")
+        .arg(prog)
+        .args(args);
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    let r = run(&mut sh);
+    assert!(start.elapsed().as_secs() < 20, "took {:?}", start.elapsed());
+    r
+}
+
+#[test]
+fn endless_password_sources_are_cut_short() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    init(&repo);
+    let r = limited(cairn(&repo).env_remove("CAIRN_PASSWORD").args([
+        "--password-file",
+        "/dev/zero",
+        "snapshots",
+    ]));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("/dev/zero") && r.stderr.contains("64 KiB"),
+        "{}",
+        r.stderr
+    );
+    let r = limited(cairn(&repo).env_remove("CAIRN_PASSWORD").args([
+        "--password-command",
+        "cat /dev/zero",
+        "snapshots",
+    ]));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("64 KiB"), "{}", r.stderr);
+    let r = limited(cairn(&repo).args(["key", "add", "--new-password-file", "/dev/zero"]));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("64 KiB"), "{}", r.stderr);
+    // Only the first line of a password file counts, however long the rest.
+    let pw = t.path().join("pw");
+    let mut text = format!("{PASSWORD}\n").into_bytes();
+    text.extend(std::iter::repeat_n(b'x', 1 << 20));
+    std::fs::write(&pw, text).unwrap();
+    ok(
+        cairn(&repo)
+            .env_remove("CAIRN_PASSWORD")
+            .arg("--password-file")
+            .arg(&pw)
+            .arg("snapshots"),
+        0,
+    );
+    assert_eq!(run(cairn(&repo).arg("snapshots")).code, 0);
+}
+
+#[test]
+fn empty_passwords_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    let r = run(cairn(&repo).arg("init").env("CAIRN_PASSWORD", ""));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("empty password"), "{}", r.stderr);
+    assert!(!repo.join("cairn.redb").exists());
+    let empty = t.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let r = run(cairn(&repo)
+        .env_remove("CAIRN_PASSWORD")
+        .arg("--password-file")
+        .arg(&empty)
+        .arg("init"));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("empty password"), "{}", r.stderr);
+    assert!(!repo.join("cairn.redb").exists());
+    init(&repo);
+    let r = run(cairn(&repo)
+        .args(["key", "add"])
+        .env("CAIRN_NEW_PASSWORD", ""));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("empty password"), "{}", r.stderr);
+    let r = run(cairn(&repo)
+        .args(["key", "passwd", "--new-password-file"])
+        .arg(&empty));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("empty password"), "{}", r.stderr);
+    let list = ok(cairn(&repo).args(["key", "list", "--json"]), 0);
+    let slots: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(slots.as_array().unwrap().len(), 1, "no slot was added");
+    ok(cairn(&repo).arg("snapshots"), 0);
+}
