@@ -111,6 +111,24 @@ enum Command {
     Status(status::Args),
 }
 
+/// The most worker threads `--threads` accepts.
+pub const MAX_THREADS: usize = 256;
+
+/// Value parser for `--threads`: 1 to `MAX_THREADS`.
+pub fn parse_threads(s: &str) -> Result<usize, String> {
+    let hint = format!(
+        "give a number of threads from 1 to {MAX_THREADS}, or leave the option out for the default"
+    );
+    match s.trim().parse::<u64>() {
+        Ok(n) if (1..=MAX_THREADS as u64).contains(&n) => Ok(n as usize),
+        Ok(0) => Err(format!("0 threads cannot do any work; {hint}")),
+        Ok(_) => Err(format!(
+            "more than {MAX_THREADS} threads is too many; {hint}"
+        )),
+        Err(_) => Err(format!("not a whole number; {hint}")),
+    }
+}
+
 /// A failure with the exit code it maps to.
 pub struct Failure {
     pub code: u8,

@@ -23,9 +23,9 @@ pub struct Args {
     /// What to do with files that already exist at the target
     #[arg(long, value_enum, default_value = "if-newer")]
     overwrite: OverwriteArg,
-    /// Worker threads (default: four per core, at least 8)
-    #[arg(long, default_value_t = 0, hide_default_value = true)]
-    threads: usize,
+    /// Worker threads, 1 to 256 (default: four per core, at least 8)
+    #[arg(long, value_name = "N", value_parser = crate::parse_threads)]
+    threads: Option<usize>,
 }
 
 pub fn run(g: &Global, a: &Args) -> CmdResult {
@@ -39,7 +39,7 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
             OverwriteArg::IfNewer => Overwrite::IfNewer,
             OverwriteArg::Never => Overwrite::Never,
         },
-        threads: a.threads,
+        threads: a.threads.unwrap_or(0),
     };
     let progress = RestoreProgress::default();
     let total = snap.snapshot.stats.bytes;

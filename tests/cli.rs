@@ -947,3 +947,101 @@ fn empty_passwords_are_refused() {
     assert_eq!(slots.as_array().unwrap().len(), 1, "no slot was added");
     ok(cairn(&repo).arg("snapshots"), 0);
 }
+
+#[test]
+fn empty_exclude_patterns_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("sub/keep.txt"), "keep").unwrap();
+    std::fs::write(src.join("drop.tmp"), "drop").unwrap();
+    let repo = t.path().join("repo");
+    init(&repo);
+    for bad in ["", "/", "//"] {
+        let r = run(cairn(&repo).args(["backup", "--exclude", bad]).arg(&src));
+        assert_eq!(r.code, 2, "--exclude {bad:?}: {}", r.stderr);
+        assert!(r.stderr.contains("exclude everything"), "{}", r.stderr);
+    }
+    let r = run(cairn(&repo)
+        .arg("backup")
+        .arg(format!("--exclude="))
+        .arg(&src));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        snapshots(&repo).is_empty(),
+        "no snapshot from a refused backup"
+    );
+    // Blank and whitespace-only lines of an exclude file are skipped, not match-all.
+    let exfile = t.path().join("excludes");
+    std::fs::write(&exfile, "\n   \n*.tmp\n\n\t\n# comment\n").unwrap();
+    ok(
+        cairn(&repo)
+            .args(["backup", "--exclude-file"])
+            .arg(&exfile)
+            .arg(&src),
+        0,
+    );
+    let ls = ok(cairn(&repo).args(["ls", "latest"]).arg(&src), 0);
+    assert!(
+        ls.contains("sub/keep.txt") && !ls.contains("drop.tmp"),
+        "{ls}"
+    );
+    // A `/` line in an exclude file is refused like `--exclude /`.
+    std::fs::write(&exfile, "*.tmp\n/\n").unwrap();
+    let r = run(cairn(&repo)
+        .args(["backup", "--exclude-file"])
+        .arg(&exfile)
+        .arg(&src));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("exclude everything") && r.stderr.contains("excludes"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(snapshots(&repo).len(), 1);
+}
+
+#[test]
+fn absurd_thread_counts_and_cache_sizes_are_usage_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    init(&repo);
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let target = t.path().join("target");
+    for n in ["0", "999999999", "-1", "many"] {
+        let r = run(cairn(&repo)
+            .arg("backup")
+            .arg(format!("--threads={n}"))
+            .arg(&src));
+        assert_eq!(r.code, 2, "backup --threads {n}: {}", r.stderr);
+        assert!(r.stderr.contains("from 1 to 256"), "{}", r.stderr);
+        let r = run(cairn(&repo)
+            .args(["restore", "latest"])
+            .arg(format!("--threads={n}"))
+            .arg("--target")
+            .arg(&target));
+        assert_eq!(r.code, 2, "restore --threads {n}: {}", r.stderr);
+        assert!(r.stderr.contains("from 1 to 256"), "{}", r.stderr);
+        let r = run(cairn(&repo)
+            .arg("mount")
+            .arg(format!("--threads={n}"))
+            .arg(&target));
+        assert_eq!(r.code, 2, "mount --threads {n}: {}", r.stderr);
+        assert!(r.stderr.contains("from 1 to 256"), "{}", r.stderr);
+    }
+    for n in ["0", "999999999999", "18446744073709551616"] {
+        let r = run(cairn(&repo).args(["mount", "--cache-size", n]).arg(&target));
+        assert_eq!(r.code, 2, "mount --cache-size {n}: {}", r.stderr);
+        assert!(r.stderr.contains("size in MiB from 1 to"), "{}", r.stderr);
+    }
+    assert!(snapshots(&repo).is_empty());
+    // Sane values still work.
+    ok(cairn(&repo).args(["backup", "--threads", "2"]).arg(&src), 0);
+    ok(
+        cairn(&repo)
+            .args(["restore", "latest", "--threads", "256", "--target"])
+            .arg(&target),
+        0,
+    );
+}

@@ -102,6 +102,11 @@ impl Excludes {
         let mut b = GlobSetBuilder::new();
         for p in patterns {
             let p = p.trim_end_matches('/');
+            if p.is_empty() {
+                return Err(Error::Invalid(
+                    "an empty exclude pattern (or `/`) would exclude everything; give a glob such as `*.tmp`".into(),
+                ));
+            }
             let pat = if p.starts_with('/') {
                 p.to_string()
             } else {
