@@ -130,6 +130,7 @@ pub fn parse_threads(s: &str) -> Result<usize, String> {
 }
 
 /// A failure with the exit code it maps to.
+#[derive(Debug)]
 pub struct Failure {
     pub code: u8,
     pub message: String,

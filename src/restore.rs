@@ -1,5 +1,6 @@
 use crate::{output, CmdResult, Failure, Global, EXIT_INCOMPLETE};
 use cairn_repo::restore::{restore, Overwrite, RestoreOptions, RestoreProgress};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -17,9 +18,9 @@ pub struct Args {
     /// Directory to restore into (created if missing)
     #[arg(long, short = 't')]
     target: PathBuf,
-    /// Restore only this absolute path of the snapshot (repeatable)
+    /// Restore only this absolute path of the snapshot (repeatable; any bytes, as stored)
     #[arg(long = "include", short = 'i')]
-    includes: Vec<String>,
+    includes: Vec<PathBuf>,
     /// What to do with files that already exist at the target
     #[arg(long, value_enum, default_value = "if-newer")]
     overwrite: OverwriteArg,
@@ -33,7 +34,11 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
     let snap = repo.find_snapshot(&a.snapshot)?;
     let opts = RestoreOptions {
         target: a.target.clone(),
-        includes: a.includes.iter().map(|s| s.as_bytes().to_vec()).collect(),
+        includes: a
+            .includes
+            .iter()
+            .map(|p| p.as_os_str().as_bytes().to_vec())
+            .collect(),
         overwrite: match a.overwrite {
             OverwriteArg::Always => Overwrite::Always,
             OverwriteArg::IfNewer => Overwrite::IfNewer,

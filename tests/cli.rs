@@ -1045,3 +1045,119 @@ fn absurd_thread_counts_and_cache_sizes_are_usage_errors() {
         0,
     );
 }
+
+#[test]
+fn ls_quotes_control_characters_on_a_terminal_and_json_keeps_every_byte() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a\x1b[31mred"), "escape").unwrap();
+    let latin1 = src.join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    std::fs::write(&latin1, "latin1 name").unwrap();
+    std::fs::write(src.join("plain"), "plain").unwrap();
+    std::os::unix::fs::symlink(
+        std::ffi::OsStr::from_bytes(b"\xff-target"),
+        src.join("link"),
+    )
+    .unwrap();
+    let repo = t.path().join("repo");
+    init(&repo);
+    backup(&repo, &[&src]);
+    // On a terminal (util-linux `script` gives it one): GNU ls shell-escape quoting.
+    let out = Command::new("script")
+        .arg("-qec")
+        .arg(format!(
+            "{} ls -l latest {}",
+            bin().display(),
+            src.display()
+        ))
+        .arg("/dev/null")
+        .env_remove("CAIRN_PASSWORD_FILE")
+        .env_remove("CAIRN_PASSWORD_COMMAND")
+        .env("CAIRN_PASSWORD", PASSWORD)
+        .env("CAIRN_REPO", &repo)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !tty.contains('\x1b'),
+        "a raw escape reached the terminal: {tty:?}"
+    );
+    let dir = src.display();
+    assert!(
+        tty.contains(&format!("'{dir}/a'$'\\033''[31mred'")),
+        "{tty}"
+    );
+    assert!(tty.contains(&format!("'{dir}/caf'$'\\351'")), "{tty}");
+    assert!(
+        tty.contains(&format!("{dir}/link -> ''$'\\377''-target'")),
+        "{tty}"
+    );
+    assert!(tty.contains(&format!(" {dir}/plain\r\n")), "{tty:?}");
+    // Off a terminal: the names as before.
+    let piped = ok(cairn(&repo).args(["ls", "latest"]).arg(&src), 0);
+    assert!(
+        piped.contains(&format!("{dir}/a\x1b[31mred\n")),
+        "{piped:?}"
+    );
+    // --json: the exact bytes of a name that is not UTF-8, and only then.
+    let json = ok(cairn(&repo).args(["ls", "--json", "latest"]).arg(&src), 0);
+    let items: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    let hex_of = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let bad = items
+        .iter()
+        .find(|i| i["path_hex"] == hex_of(latin1.as_os_str().as_bytes()).as_str())
+        .unwrap_or_else(|| panic!("no path_hex for the latin1 name: {json}"));
+    assert_eq!(bad["size"], 11);
+    let link = items
+        .iter()
+        .find(|i| i["path"] == format!("{dir}/link").as_str())
+        .unwrap();
+    assert_eq!(link["target_hex"], hex_of(b"\xff-target").as_str());
+    assert!(link.get("path_hex").is_none(), "{link}");
+    let plain = items
+        .iter()
+        .find(|i| i["path"] == format!("{dir}/plain").as_str())
+        .unwrap();
+    assert!(plain.get("path_hex").is_none() && plain.get("target_hex").is_none());
+    assert_eq!(items.len(), 4, "{json}");
+}
+
+#[test]
+fn cat_ls_and_restore_take_paths_that_are_not_utf8() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let latin1 = src.join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    std::fs::write(&latin1, "latin1 name\n").unwrap();
+    std::fs::write(src.join("other"), "other").unwrap();
+    let repo = t.path().join("repo");
+    init(&repo);
+    backup(&repo, &[&src]);
+    let out = cairn(&repo)
+        .args(["cat", "latest"])
+        .arg(&latin1)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"latin1 name\n");
+    let ls = ok(cairn(&repo).args(["ls", "latest"]).arg(&latin1), 0);
+    assert!(ls.contains("caf\u{fffd}"), "{ls}");
+    let target = t.path().join("target");
+    ok(
+        cairn(&repo)
+            .args(["restore", "latest", "--target"])
+            .arg(&target)
+            .arg("--include")
+            .arg(&latin1),
+        0,
+    );
+    let back = restored(&target, &latin1);
+    assert_eq!(std::fs::read(&back).unwrap(), b"latin1 name\n");
+    assert!(!restored(&target, &src.join("other")).exists());
+}
