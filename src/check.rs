@@ -138,13 +138,13 @@ fn open_pair(
     ssh: &crate::sync::SshArgs,
 ) -> Result<(Repository, Option<Replica>), Failure> {
     let path = g.repo_path()?;
-    let store = cairn_repo::store::Store::open(&path, 1 << 20).map_err(Failure::from)?;
+    let store = crate::open_store(&path, 1 << 20)?;
     let replica = replica_arg(&store, arg)?;
     drop(store);
     let opts = cairn_repo::OpenOptions::default();
     match replica {
         ReplicaArg::Path(replica) => {
-            cairn_repo::store::Store::open(&replica, 1 << 20).map_err(Failure::from)?;
+            crate::open_store(&replica, 1 << 20)?;
             let password = crate::secrets::password(g, false)?;
             let repo = Repository::open(&path, password.as_bytes(), &opts)?;
             let other = Repository::open(&replica, password.as_bytes(), &opts)?;
@@ -191,8 +191,9 @@ fn repair(
 
 fn storage_only(g: &Global, repair: Option<&std::path::Path>) -> CmdResult {
     let path = g.repo_path()?;
+    crate::check_access(&path)?;
     if let Some(arg) = repair {
-        let store = cairn_repo::store::Store::open(&path, 1 << 20)?;
+        let store = crate::open_store(&path, 1 << 20)?;
         let replica = match replica_arg(&store, arg)? {
             ReplicaArg::Path(p) => p,
             ReplicaArg::Ssh(url) => {

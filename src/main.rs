@@ -23,7 +23,7 @@ mod target;
 
 use cairn_repo::Error;
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 pub const EXIT_FATAL: u8 = 1;
@@ -171,6 +171,44 @@ impl Failure {
 /// What a command returns: the exit code on success (0, or 3 for "finished but incomplete").
 pub type CmdResult = Result<u8, Failure>;
 
+/// Refuse a repository this user may not read with "permission denied" (exit 1) instead of
+/// "no repository" (exit 10): `Store::open` takes a `cairn.redb` it cannot see for a missing
+/// one. Only what cannot be reached is reported here; everything else is left to `Store::open`.
+pub fn check_access(dir: &Path) -> Result<(), Failure> {
+    let denied = |what: &Path| {
+        Failure::fatal(format!(
+            "permission denied: cannot open the repository at {} ({} is not accessible to this \
+             user); run cairn as a user who can read and write it (its owner, or root), or fix \
+             its permissions",
+            dir.display(),
+            what.display()
+        ))
+    };
+    let is_denied = |e: &std::io::Error| e.kind() == std::io::ErrorKind::PermissionDenied;
+    match std::fs::metadata(dir) {
+        Err(e) if is_denied(&e) => return Err(denied(dir)),
+        Ok(m) if m.is_dir() => {}
+        _ => return Ok(()),
+    }
+    let db = dir.join(cairn_repo::store::DB_FILE);
+    match std::fs::symlink_metadata(&db) {
+        Err(e) if is_denied(&e) => Err(denied(dir)),
+        Ok(m) if m.is_file() => {
+            match std::fs::OpenOptions::new().read(true).write(true).open(&db) {
+                Err(e) if is_denied(&e) => Err(denied(&db)),
+                _ => Ok(()),
+            }
+        }
+        _ => Ok(()),
+    }
+}
+
+/// `Store::open` after `check_access`.
+pub fn open_store(dir: &Path, cache_bytes: usize) -> Result<cairn_repo::store::Store, Failure> {
+    check_access(dir)?;
+    Ok(cairn_repo::store::Store::open(dir, cache_bytes)?)
+}
+
 impl Global {
     pub fn repo_path(&self) -> Result<PathBuf, Failure> {
         self.repo
@@ -186,7 +224,7 @@ impl Global {
     /// is asked for.
     pub fn open_with_cache(&self, cache_bytes: usize) -> Result<cairn_repo::Repository, Failure> {
         let path = self.repo_path()?;
-        let store = cairn_repo::store::Store::open(&path, cache_bytes)?;
+        let store = open_store(&path, cache_bytes)?;
         let password = secrets::password(self, false)?;
         Ok(cairn_repo::Repository::unlock(store, password.as_bytes())?)
     }

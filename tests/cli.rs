@@ -1161,3 +1161,69 @@ fn cat_ls_and_restore_take_paths_that_are_not_utf8() {
     assert_eq!(std::fs::read(&back).unwrap(), b"latin1 name\n");
     assert!(!restored(&target, &src.join("other")).exists());
 }
+
+#[test]
+fn a_repository_this_user_cannot_read_is_permission_denied_not_missing() {
+    // Root reads everything; run cairn as `nobody` against root's 0700 repository.
+    if Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout != b"0\n")
+        .unwrap_or(true)
+    {
+        return;
+    }
+    let t = tempfile::Builder::new()
+        .prefix("cairn-eacces")
+        .tempdir_in("/tmp")
+        .unwrap();
+    sh("chmod 755 .", t.path());
+    let repo = t.path().join("repo");
+    init(&repo);
+    let as_nobody = |args: &[&str], repo: &Path| {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bin())
+            .arg("--repo")
+            .arg(repo)
+            .args(args)
+            .env("CAIRN_PASSWORD", PASSWORD)
+            .env_remove("CAIRN_PASSWORD_FILE")
+            .env_remove("CAIRN_PASSWORD_COMMAND")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for args in [
+        &["snapshots"][..],
+        &["ls", "latest"],
+        &["check", "--storage-only"],
+        &["target", "list"],
+    ] {
+        let (code, err) = as_nobody(args, &repo);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.contains("permission denied") && err.contains("run cairn as a user who can"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("no Cairn repository"), "{err}");
+    }
+    // The directory is open to everyone but the database is not.
+    sh("chmod 755 repo", t.path());
+    let (code, err) = as_nobody(&["snapshots"], &repo);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("permission denied") && err.contains("cairn.redb"),
+        "{err}"
+    );
+    // What is really missing is still exit 10.
+    let (code, err) = as_nobody(&["snapshots"], &t.path().join("missing"));
+    assert_eq!(code, 10, "{err}");
+    let (code, err) = as_nobody(&["snapshots"], t.path());
+    assert_eq!(code, 10, "{err}");
+    // And root, who may read it, opens it as before.
+    ok(cairn(&repo).arg("snapshots"), 0);
+}
