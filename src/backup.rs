@@ -139,7 +139,7 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
         ));
         if !report.warnings.is_empty() {
             output::warn(&format!(
-                "{} files or directories could not be read; the snapshot holds everything else",
+                "{} problems, listed above: what could not be read or vanished is left out; a file that changed while being read holds what was read; the snapshot holds everything else",
                 report.warnings.len()
             ));
         }

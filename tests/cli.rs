@@ -1227,3 +1227,65 @@ fn a_repository_this_user_cannot_read_is_permission_denied_not_missing() {
     // And root, who may read it, opens it as before.
     ok(cairn(&repo).arg("snapshots"), 0);
 }
+
+#[test]
+fn files_that_read_shorter_or_longer_than_their_size_are_stored_as_read() {
+    // sysfs says 4096 bytes (and no blocks), procfs says 0: neither is what reading gives.
+    let pseudo: Vec<&Path> = [
+        "/sys/kernel/mm/transparent_hugepage/enabled",
+        "/sys/kernel/mm/transparent_hugepage/defrag",
+        "/sys/kernel/mm/ksm/run",
+        "/sys/kernel/mm/ksm/pages_to_scan",
+        "/proc/sys/kernel/ostype",
+    ]
+    .iter()
+    .map(Path::new)
+    .filter(|p| std::fs::read(p).is_ok())
+    .collect();
+    assert!(!pseudo.is_empty(), "no sysfs or procfs file to test with");
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    init(&repo);
+    let r = run(cairn(&repo).args(["backup", "--json"]).args(&pseudo));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report["warnings"], serde_json::json!([]), "{}", r.stdout);
+    for p in &pseudo {
+        let want = std::fs::read(p).unwrap();
+        assert!(
+            (want.len() as u64) < 4096 && std::fs::metadata(p).unwrap().len() != want.len() as u64
+        );
+        let out = cairn(&repo)
+            .args(["cat", "latest"])
+            .arg(p)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&want),
+            "{} is stored as read, without padding",
+            p.display()
+        );
+        let ls = ok(cairn(&repo).args(["ls", "--json", "latest"]).arg(p), 0);
+        let items: serde_json::Value = serde_json::from_str(&ls).unwrap();
+        assert_eq!(items[0]["size"], want.len(), "{ls}");
+    }
+    let target = t.path().join("target");
+    ok(
+        cairn(&repo)
+            .args(["restore", "latest", "--target"])
+            .arg(&target),
+        0,
+    );
+    for p in &pseudo {
+        assert_eq!(
+            std::fs::read(restored(&target, p)).unwrap(),
+            std::fs::read(p).unwrap()
+        );
+    }
+}
