@@ -15,7 +15,7 @@ pub struct Args {
     #[arg(long)]
     host: Option<String>,
     /// Exclude paths matching this glob (repeatable); a leading / anchors it at the root
-    #[arg(long = "exclude", short = 'e')]
+    #[arg(long = "exclude", short = 'e', value_parser = parse_exclude)]
     excludes: Vec<String>,
     /// Read exclude globs from a file, one per line (repeatable)
     #[arg(long = "exclude-file")]
@@ -32,17 +32,44 @@ pub struct Args {
     /// Read all files, even those whose metadata is unchanged since the parent snapshot
     #[arg(long)]
     force: bool,
-    /// Worker threads (default: four per core, at least 8)
-    #[arg(long, default_value_t = 0, hide_default_value = true)]
-    threads: usize,
+    /// Worker threads, 1 to 256 (default: four per core, at least 8)
+    #[arg(long, value_name = "N", value_parser = crate::parse_threads)]
+    threads: Option<usize>,
+}
+
+/// Why an exclude pattern is refused: an empty one (or only `/`) would match every path.
+fn bad_exclude(p: &str) -> Option<&'static str> {
+    if p.is_empty() {
+        Some("an empty pattern would exclude everything; give a glob such as '*.tmp' or '/var/cache'")
+    } else if p.trim_end_matches('/').is_empty() {
+        Some("`/` would exclude everything; give a glob such as '*.tmp' or '/var/cache'")
+    } else {
+        None
+    }
+}
+
+fn parse_exclude(s: &str) -> Result<String, String> {
+    match bad_exclude(s) {
+        Some(why) => Err(why.to_string()),
+        None => Ok(s.to_string()),
+    }
 }
 
 pub fn run(g: &Global, a: &Args) -> CmdResult {
-    let repo = g.open()?;
     let mut excludes = a.excludes.clone();
     for f in &a.exclude_files {
-        excludes.extend(read_exclude_file(f)?);
+        // Blank lines and `#` comments are skipped by read_exclude_file.
+        for p in read_exclude_file(f)? {
+            if let Some(why) = bad_exclude(&p) {
+                return Err(Failure::usage(format!(
+                    "exclude file {}: pattern `{p}`: {why}",
+                    f.display()
+                )));
+            }
+            excludes.push(p);
+        }
     }
+    let repo = g.open()?;
     let opts = BackupOptions {
         paths: a.paths.clone(),
         tags: a.tags.clone(),
@@ -53,7 +80,7 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
         compression: a.compression,
         parent: None,
         force: a.force,
-        threads: a.threads,
+        threads: a.threads.unwrap_or(0),
     };
     let progress = Progress::default();
     let render = || {
@@ -112,7 +139,7 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
         ));
         if !report.warnings.is_empty() {
             output::warn(&format!(
-                "{} files or directories could not be read; the snapshot holds everything else",
+                "{} problems, listed above: what could not be read or vanished is left out; a file that changed while being read holds what was read; the snapshot holds everything else",
                 report.warnings.len()
             ));
         }

@@ -1,30 +1,36 @@
 use crate::{output, CmdResult, Failure, Global};
 use cairn_repo::format::FileType;
 use cairn_repo::reader::{load_chunk, ExtentMap};
+use std::os::unix::ffi::OsStrExt;
+use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Snapshot id prefix or `latest`
     snapshot: String,
-    /// Absolute path of a file inside the snapshot
-    path: String,
+    /// Absolute path of a file inside the snapshot (any bytes, as stored)
+    path: PathBuf,
 }
 
 pub fn run(g: &Global, a: &Args) -> CmdResult {
     let repo = g.open()?;
     let snap = repo.find_snapshot(&a.snapshot)?;
     let view = repo.view()?;
+    let path = a.path.as_os_str().as_bytes();
+    let shown = String::from_utf8_lossy(path);
     let entry = repo
-        .lookup(&view, &snap.snapshot.root, a.path.as_bytes())?
+        .lookup(&view, &snap.snapshot.root, path)?
         .ok_or_else(|| {
             Failure::fatal(format!(
-                "{}: no such path in snapshot {}",
-                a.path,
-                snap.id.short()
+                "{shown}: no such path in snapshot {}; find it with `cairn ls {}`",
+                snap.id.short(),
+                a.snapshot
             ))
         })?;
     if entry.kind != FileType::File {
-        return Err(Failure::fatal(format!("{}: not a regular file", a.path)));
+        return Err(Failure::fatal(format!(
+            "{shown}: not a regular file; `cairn cat` prints files only (see `cairn ls -l`)"
+        )));
     }
     let map = ExtentMap::new(repo.extents(&view, &entry.content)?);
     let zeros = vec![0u8; 1 << 20];

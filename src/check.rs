@@ -148,7 +148,7 @@ fn open_pair(
     let opts = cairn_repo::OpenOptions::default();
     match replica {
         ReplicaArg::Path(replica) => {
-            cairn_repo::store::Store::open(&replica, 1 << 20).map_err(Failure::from)?;
+            cairn_repo::store::Store::open(&replica, 1 << 20)?;
             let password = crate::secrets::password(g, false)?;
             let repo = Repository::open(&path, password.as_bytes(), &opts)?;
             let other = Repository::open(&replica, password.as_bytes(), &opts)?;

@@ -5,7 +5,7 @@ pub struct Args {}
 
 pub fn run(g: &Global, _a: &Args) -> CmdResult {
     let path = g.repo_path()?;
-    let password = secrets::password(g, true)?;
+    let password = secrets::init_password(g)?;
     let repo = cairn_repo::Repository::init(
         &path,
         password.as_bytes(),

@@ -1,13 +1,14 @@
 use crate::{output, CmdResult, Failure, Global};
 use cairn_repo::format::{Entry, FileType};
 use cairn_repo::{store::View, Repository};
+use std::os::unix::ffi::OsStrExt;
 
 #[derive(clap::Args)]
 pub struct Args {
     /// Snapshot id prefix or `latest`
     snapshot: String,
-    /// Absolute path inside the snapshot (default: everything)
-    path: Option<String>,
+    /// Absolute path inside the snapshot (default: everything); any bytes, as stored
+    path: Option<std::path::PathBuf>,
     /// Long listing: mode, owner, size, mtime
     #[arg(long, short = 'l')]
     long: bool,
@@ -64,13 +65,22 @@ pub fn mode_string(e: &Entry) -> String {
     s
 }
 
-fn entry_json(path: &str, e: &Entry) -> serde_json::Value {
-    serde_json::json!({
-        "path": path, "type": format!("{:?}", e.kind).to_lowercase(), "mode": e.mode,
+/// One entry of `ls --json`. `path` and `target` are text (bytes that are not UTF-8 become
+/// U+FFFD); when they are not valid UTF-8, `path_hex` / `target_hex` hold the exact bytes.
+fn entry_json(path: &[u8], e: &Entry) -> serde_json::Value {
+    let mut v = serde_json::json!({
+        "path": String::from_utf8_lossy(path), "type": format!("{:?}", e.kind).to_lowercase(), "mode": e.mode,
         "uid": e.uid, "gid": e.gid, "user": e.user, "group": e.group, "size": e.size,
         "mtime": e.mtime.sec, "mtime_nsec": e.mtime.nsec,
         "target": (e.kind == FileType::Symlink).then(|| String::from_utf8_lossy(&e.target).into_owned()),
-    })
+    });
+    if std::str::from_utf8(path).is_err() {
+        v["path_hex"] = hex::encode(path).into();
+    }
+    if e.kind == FileType::Symlink && std::str::from_utf8(&e.target).is_err() {
+        v["target_hex"] = hex::encode(&e.target).into();
+    }
+    v
 }
 
 struct Lister<'a> {
@@ -79,11 +89,14 @@ struct Lister<'a> {
     long: bool,
     json: bool,
     recursive: bool,
+    /// Stdout is a terminal: names with control characters are quoted.
+    terminal: bool,
     items: Vec<serde_json::Value>,
 }
 
 impl Lister<'_> {
-    fn print(&mut self, path: &str, e: &Entry) {
+    fn print(&mut self, path: &[u8], e: &Entry) {
+        let shown = output::path_for_humans(path, self.terminal);
         if self.json {
             self.items.push(entry_json(path, e));
         } else if self.long {
@@ -105,18 +118,21 @@ impl Lister<'_> {
                 group,
                 e.size,
                 when,
-                path
+                shown
             );
             if e.kind == FileType::Symlink {
-                l.push_str(&format!(" -> {}", String::from_utf8_lossy(&e.target)));
+                l.push_str(&format!(
+                    " -> {}",
+                    output::path_for_humans(&e.target, self.terminal)
+                ));
             }
             output::line(&l);
         } else {
-            output::line(path);
+            output::line(&shown);
         }
     }
 
-    fn walk(&mut self, path: &str, e: &Entry, depth: usize) -> Result<(), Failure> {
+    fn walk(&mut self, path: &[u8], e: &Entry, depth: usize) -> Result<(), Failure> {
         if depth > 0 {
             self.print(path, e);
         }
@@ -125,12 +141,12 @@ impl Lister<'_> {
         }
         let Some(sub) = e.subtree else { return Ok(()) };
         let tree = self.repo.load_tree(&self.view, &sub)?;
+        let base = path.strip_suffix(b"/").unwrap_or(path);
         for child in &tree.entries {
-            let p = format!(
-                "{}/{}",
-                path.trim_end_matches('/'),
-                String::from_utf8_lossy(&child.name)
-            );
+            let mut p = Vec::with_capacity(base.len() + 1 + child.name.len());
+            p.extend_from_slice(base);
+            p.push(b'/');
+            p.extend_from_slice(&child.name);
             self.walk(&p, child, depth + 1)?;
         }
         Ok(())
@@ -141,13 +157,18 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
     let repo = g.open()?;
     let snap = repo.find_snapshot(&a.snapshot)?;
     let view = repo.view()?;
-    let path = a.path.clone().unwrap_or_else(|| "/".into());
+    let path: Vec<u8> = match &a.path {
+        Some(p) => p.as_os_str().as_bytes().to_vec(),
+        None => b"/".to_vec(),
+    };
     let entry = repo
-        .lookup(&view, &snap.snapshot.root, path.as_bytes())?
+        .lookup(&view, &snap.snapshot.root, &path)?
         .ok_or_else(|| {
             Failure::fatal(format!(
-                "{path}: no such path in snapshot {}",
-                snap.id.short()
+                "{}: no such path in snapshot {}; list it with `cairn ls {}`",
+                String::from_utf8_lossy(&path),
+                snap.id.short(),
+                a.snapshot
             ))
         })?;
     let mut l = Lister {
@@ -156,6 +177,7 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
         long: a.long,
         json: g.json,
         recursive: !a.no_recursive,
+        terminal: !g.json && output::stdout_is_terminal(),
         items: Vec::new(),
     };
     if entry.kind != FileType::Dir {

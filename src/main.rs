@@ -111,7 +111,26 @@ enum Command {
     Status(status::Args),
 }
 
+/// The most worker threads `--threads` accepts.
+pub const MAX_THREADS: usize = 256;
+
+/// Value parser for `--threads`: 1 to `MAX_THREADS`.
+pub fn parse_threads(s: &str) -> Result<usize, String> {
+    let hint = format!(
+        "give a number of threads from 1 to {MAX_THREADS}, or leave the option out for the default"
+    );
+    match s.trim().parse::<u64>() {
+        Ok(n) if (1..=MAX_THREADS as u64).contains(&n) => Ok(n as usize),
+        Ok(0) => Err(format!("0 threads cannot do any work; {hint}")),
+        Ok(_) => Err(format!(
+            "more than {MAX_THREADS} threads is too many; {hint}"
+        )),
+        Err(_) => Err(format!("not a whole number; {hint}")),
+    }
+}
+
 /// A failure with the exit code it maps to.
+#[derive(Debug)]
 pub struct Failure {
     pub code: u8,
     pub message: String,
@@ -176,6 +195,8 @@ impl Global {
 fn main() -> ExitCode {
     output::quiet_panics();
     let cli = Cli::parse();
+    // Before any thread or child starts: no password variable reaches a child process.
+    secrets::take_from_env();
     // A panic that got past the engine's guards still ends as an error with the contract's
     // exit code 1, never Rust's 101.
     let result = std::panic::catch_unwind(|| dispatch(&cli)).unwrap_or_else(|_| {

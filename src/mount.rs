@@ -19,10 +19,10 @@ pub struct Args {
     /// Existing empty directory to mount on
     mountpoint: PathBuf,
     /// Memory for decoded file chunks, in MiB
-    #[arg(long, value_name = "MiB", default_value_t = 128)]
+    #[arg(long, value_name = "MiB", default_value_t = 128, value_parser = parse_cache_mib)]
     cache_size: usize,
     /// Threads serving requests [default: number of CPUs, at least 2, at most 8]
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", value_parser = crate::parse_threads)]
     threads: Option<usize>,
     /// Let other users see the mount (the stored permissions still apply); non-root users
     /// need `user_allow_other` in /etc/fuse.conf
@@ -31,6 +31,33 @@ pub struct Args {
     /// Seconds between re-reads of the snapshot list
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     refresh: u64,
+}
+
+/// This machine's memory in MiB (a bound for `--cache-size`).
+fn memory_mib() -> u64 {
+    // SAFETY: sysconf only reads system parameters.
+    let (pages, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_PHYS_PAGES),
+            libc::sysconf(libc::_SC_PAGESIZE),
+        )
+    };
+    if pages <= 0 || page <= 0 {
+        return 1 << 20;
+    }
+    (pages as u64).saturating_mul(page as u64) >> 20
+}
+
+/// Value parser for `--cache-size`: 1 MiB up to this machine's memory.
+fn parse_cache_mib(s: &str) -> Result<usize, String> {
+    let max = memory_mib().max(1);
+    let hint = format!("give a size in MiB from 1 to {max} (this machine's memory)");
+    match s.trim().parse::<u64>() {
+        Ok(n) if (1..=max).contains(&n) => Ok(n as usize),
+        Ok(0) => Err(format!("a cache of 0 MiB cannot hold a chunk; {hint}")),
+        Ok(_) => Err(format!("more than this machine's memory; {hint}")),
+        Err(_) => Err(format!("not a whole number of MiB; {hint}")),
+    }
 }
 
 pub fn run(g: &Global, a: &Args) -> CmdResult {
@@ -42,11 +69,6 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
         .map(|n| n.get())
         .unwrap_or(2);
     let threads = a.threads.unwrap_or(cpus.clamp(2, 8));
-    if threads == 0 || a.cache_size == 0 {
-        return Err(Failure::usage(
-            "--threads and --cache-size must be at least 1",
-        ));
-    }
     let repo = Arc::new(open_repo(g)?);
     let core = FsCore::new(repo, fs_options(a, cpus)).map_err(fs_failure)?;
     let opts = MountOptions {

@@ -1,5 +1,6 @@
 use crate::{output, CmdResult, Failure, Global, EXIT_INCOMPLETE};
 use cairn_repo::restore::{restore, Overwrite, RestoreOptions, RestoreProgress};
+use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 
@@ -17,15 +18,15 @@ pub struct Args {
     /// Directory to restore into (created if missing)
     #[arg(long, short = 't')]
     target: PathBuf,
-    /// Restore only this absolute path of the snapshot (repeatable)
+    /// Restore only this absolute path of the snapshot (repeatable; any bytes, as stored)
     #[arg(long = "include", short = 'i')]
-    includes: Vec<String>,
+    includes: Vec<PathBuf>,
     /// What to do with files that already exist at the target
     #[arg(long, value_enum, default_value = "if-newer")]
     overwrite: OverwriteArg,
-    /// Worker threads (default: four per core, at least 8)
-    #[arg(long, default_value_t = 0, hide_default_value = true)]
-    threads: usize,
+    /// Worker threads, 1 to 256 (default: four per core, at least 8)
+    #[arg(long, value_name = "N", value_parser = crate::parse_threads)]
+    threads: Option<usize>,
 }
 
 pub fn run(g: &Global, a: &Args) -> CmdResult {
@@ -33,13 +34,17 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
     let snap = repo.find_snapshot(&a.snapshot)?;
     let opts = RestoreOptions {
         target: a.target.clone(),
-        includes: a.includes.iter().map(|s| s.as_bytes().to_vec()).collect(),
+        includes: a
+            .includes
+            .iter()
+            .map(|p| p.as_os_str().as_bytes().to_vec())
+            .collect(),
         overwrite: match a.overwrite {
             OverwriteArg::Always => Overwrite::Always,
             OverwriteArg::IfNewer => Overwrite::IfNewer,
             OverwriteArg::Never => Overwrite::Never,
         },
-        threads: a.threads,
+        threads: a.threads.unwrap_or(0),
     };
     let progress = RestoreProgress::default();
     let total = snap.snapshot.stats.bytes;

@@ -26,7 +26,7 @@ pub fn absolute_url(url: &str) -> Result<String, Failure> {
 }
 
 pub fn run(g: &Global, c: &Command) -> CmdResult {
-    let store = Store::open(&g.repo_path()?, 1 << 20)?;
+    let store = cairn_repo::store::Store::open(&g.repo_path()?, 1 << 20)?;
     match c {
         Command::Add { name, url } => {
             let url = absolute_url(url)?;

@@ -783,3 +783,506 @@ fn full_disk_fails_cleanly_and_keeps_the_repository() {
         "small first file"
     );
 }
+
+/// The environment variables that carry a password or say where one is.
+const SECRET_VARS: [&str; 5] = [
+    "CAIRN_PASSWORD",
+    "CAIRN_PASSWORD_FILE",
+    "CAIRN_PASSWORD_COMMAND",
+    "CAIRN_NEW_PASSWORD",
+    "CAIRN_NEW_PASSWORD_FILE",
+];
+
+fn assert_no_secrets(env_dump: &Path) {
+    let env = std::fs::read_to_string(env_dump).expect("the child recorded its environment");
+    assert!(env.contains("PATH="), "not an environment dump: {env}");
+    for v in SECRET_VARS {
+        assert!(
+            !env.lines().any(|l| l.starts_with(&format!("{v}="))),
+            "{v} leaked into a child:\n{env}"
+        );
+    }
+    assert!(!env.contains(PASSWORD), "the password leaked into a child");
+}
+
+#[test]
+fn passwords_never_reach_child_processes() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    init(&repo);
+    let pwfile = t.path().join("pw");
+    std::fs::write(&pwfile, format!("{PASSWORD}\n")).unwrap();
+    let with_all_secrets = |c: &mut Command| {
+        c.env("CAIRN_PASSWORD_FILE", &pwfile)
+            .env("CAIRN_PASSWORD_COMMAND", format!("echo '{PASSWORD}'"))
+            .env("CAIRN_NEW_PASSWORD", PASSWORD)
+            .env("CAIRN_NEW_PASSWORD_FILE", &pwfile);
+    };
+    // The ssh child of `sync`: a fake ssh records its environment and fails.
+    let fake_ssh = t.path().join("fake-ssh");
+    let ssh_env = t.path().join("ssh-env");
+    std::fs::write(
+        &fake_ssh,
+        format!("#!/bin/sh\nenv > '{}'\nexit 255\n", ssh_env.display()),
+    )
+    .unwrap();
+    sh("chmod 755 fake-ssh", t.path());
+    let mut c = cairn(&repo);
+    with_all_secrets(&mut c);
+    c.env("CAIRN_SSH_COMMAND", &fake_ssh)
+        .args(["sync", "ssh://backup.invalid/srv/replica"]);
+    let r = run(&mut c);
+    assert_ne!(r.code, 0, "the fake ssh fails the sync");
+    assert_no_secrets(&ssh_env);
+    // The shell child of --password-command (given through its variable).
+    let cmd_env = t.path().join("cmd-env");
+    let mut c = cairn(&repo);
+    with_all_secrets(&mut c);
+    c.env_remove("CAIRN_PASSWORD")
+        .env(
+            "CAIRN_PASSWORD_COMMAND",
+            format!("env > '{}'; echo '{PASSWORD}'", cmd_env.display()),
+        )
+        .env_remove("CAIRN_PASSWORD_FILE")
+        .arg("snapshots");
+    ok(&mut c, 0);
+    assert_no_secrets(&cmd_env);
+}
+
+/// Run cairn under a 1 GiB address-space limit, so a read that never ends fails fast.
+fn limited(c: &mut Command) -> Run {
+    let start = std::time::Instant::now();
+    let prog = c.get_program().to_owned();
+    let args: Vec<_> = c.get_args().map(|a| a.to_owned()).collect();
+    let mut sh = Command::new("sh");
+    sh.arg("-c")
+        .arg(r#"ulimit -v 1048576; exec "$@""#)
+        .arg("sh")
+        .arg(prog)
+        .args(args);
+    for (k, v) in c.get_envs() {
+        match v {
+            Some(v) => sh.env(k, v),
+            None => sh.env_remove(k),
+        };
+    }
+    let r = run(&mut sh);
+    assert!(start.elapsed().as_secs() < 20, "took {:?}", start.elapsed());
+    r
+}
+
+#[test]
+fn endless_password_sources_are_cut_short() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    init(&repo);
+    let r = limited(cairn(&repo).env_remove("CAIRN_PASSWORD").args([
+        "--password-file",
+        "/dev/zero",
+        "snapshots",
+    ]));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("/dev/zero") && r.stderr.contains("64 KiB"),
+        "{}",
+        r.stderr
+    );
+    let r = limited(cairn(&repo).env_remove("CAIRN_PASSWORD").args([
+        "--password-command",
+        "cat /dev/zero",
+        "snapshots",
+    ]));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("64 KiB"), "{}", r.stderr);
+    let r = limited(cairn(&repo).args(["key", "add", "--new-password-file", "/dev/zero"]));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("64 KiB"), "{}", r.stderr);
+    // Only the first line of a password file counts, however long the rest.
+    let pw = t.path().join("pw");
+    let mut text = format!("{PASSWORD}\n").into_bytes();
+    text.extend(std::iter::repeat_n(b'x', 1 << 20));
+    std::fs::write(&pw, text).unwrap();
+    ok(
+        cairn(&repo)
+            .env_remove("CAIRN_PASSWORD")
+            .arg("--password-file")
+            .arg(&pw)
+            .arg("snapshots"),
+        0,
+    );
+    assert_eq!(run(cairn(&repo).arg("snapshots")).code, 0);
+}
+
+#[test]
+fn empty_passwords_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    let r = run(cairn(&repo).arg("init").env("CAIRN_PASSWORD", ""));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("empty password"), "{}", r.stderr);
+    assert!(!repo.join("cairn.redb").exists());
+    let empty = t.path().join("empty");
+    std::fs::write(&empty, "\n").unwrap();
+    let r = run(cairn(&repo)
+        .env_remove("CAIRN_PASSWORD")
+        .arg("--password-file")
+        .arg(&empty)
+        .arg("init"));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("empty password"), "{}", r.stderr);
+    assert!(!repo.join("cairn.redb").exists());
+    init(&repo);
+    let r = run(cairn(&repo)
+        .args(["key", "add"])
+        .env("CAIRN_NEW_PASSWORD", ""));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("empty password"), "{}", r.stderr);
+    let r = run(cairn(&repo)
+        .args(["key", "passwd", "--new-password-file"])
+        .arg(&empty));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("empty password"), "{}", r.stderr);
+    let list = ok(cairn(&repo).args(["key", "list", "--json"]), 0);
+    let slots: serde_json::Value = serde_json::from_str(&list).unwrap();
+    assert_eq!(slots.as_array().unwrap().len(), 1, "no slot was added");
+    ok(cairn(&repo).arg("snapshots"), 0);
+}
+
+#[test]
+fn empty_exclude_patterns_are_refused() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("sub/keep.txt"), "keep").unwrap();
+    std::fs::write(src.join("drop.tmp"), "drop").unwrap();
+    let repo = t.path().join("repo");
+    init(&repo);
+    for bad in ["", "/", "//"] {
+        let r = run(cairn(&repo).args(["backup", "--exclude", bad]).arg(&src));
+        assert_eq!(r.code, 2, "--exclude {bad:?}: {}", r.stderr);
+        assert!(r.stderr.contains("exclude everything"), "{}", r.stderr);
+    }
+    let r = run(cairn(&repo).arg("backup").arg("--exclude=").arg(&src));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        snapshots(&repo).is_empty(),
+        "no snapshot from a refused backup"
+    );
+    // Blank and whitespace-only lines of an exclude file are skipped, not match-all.
+    let exfile = t.path().join("excludes");
+    std::fs::write(&exfile, "\n   \n*.tmp\n\n\t\n# comment\n").unwrap();
+    ok(
+        cairn(&repo)
+            .args(["backup", "--exclude-file"])
+            .arg(&exfile)
+            .arg(&src),
+        0,
+    );
+    let ls = ok(cairn(&repo).args(["ls", "latest"]).arg(&src), 0);
+    assert!(
+        ls.contains("sub/keep.txt") && !ls.contains("drop.tmp"),
+        "{ls}"
+    );
+    // A `/` line in an exclude file is refused like `--exclude /`.
+    std::fs::write(&exfile, "*.tmp\n/\n").unwrap();
+    let r = run(cairn(&repo)
+        .args(["backup", "--exclude-file"])
+        .arg(&exfile)
+        .arg(&src));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("exclude everything") && r.stderr.contains("excludes"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(snapshots(&repo).len(), 1);
+}
+
+#[test]
+fn absurd_thread_counts_and_cache_sizes_are_usage_errors() {
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    init(&repo);
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let target = t.path().join("target");
+    for n in ["0", "999999999", "-1", "many"] {
+        let r = run(cairn(&repo)
+            .arg("backup")
+            .arg(format!("--threads={n}"))
+            .arg(&src));
+        assert_eq!(r.code, 2, "backup --threads {n}: {}", r.stderr);
+        assert!(r.stderr.contains("from 1 to 256"), "{}", r.stderr);
+        let r = run(cairn(&repo)
+            .args(["restore", "latest"])
+            .arg(format!("--threads={n}"))
+            .arg("--target")
+            .arg(&target));
+        assert_eq!(r.code, 2, "restore --threads {n}: {}", r.stderr);
+        assert!(r.stderr.contains("from 1 to 256"), "{}", r.stderr);
+        let r = run(cairn(&repo)
+            .arg("mount")
+            .arg(format!("--threads={n}"))
+            .arg(&target));
+        assert_eq!(r.code, 2, "mount --threads {n}: {}", r.stderr);
+        assert!(r.stderr.contains("from 1 to 256"), "{}", r.stderr);
+    }
+    for n in ["0", "999999999999", "18446744073709551616"] {
+        let r = run(cairn(&repo).args(["mount", "--cache-size", n]).arg(&target));
+        assert_eq!(r.code, 2, "mount --cache-size {n}: {}", r.stderr);
+        assert!(r.stderr.contains("size in MiB from 1 to"), "{}", r.stderr);
+    }
+    assert!(snapshots(&repo).is_empty());
+    // Sane values still work.
+    ok(cairn(&repo).args(["backup", "--threads", "2"]).arg(&src), 0);
+    ok(
+        cairn(&repo)
+            .args(["restore", "latest", "--threads", "256", "--target"])
+            .arg(&target),
+        0,
+    );
+}
+
+#[test]
+fn ls_quotes_control_characters_on_a_terminal_and_json_keeps_every_byte() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("a\x1b[31mred"), "escape").unwrap();
+    let latin1 = src.join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    std::fs::write(&latin1, "latin1 name").unwrap();
+    std::fs::write(src.join("plain"), "plain").unwrap();
+    std::os::unix::fs::symlink(
+        std::ffi::OsStr::from_bytes(b"\xff-target"),
+        src.join("link"),
+    )
+    .unwrap();
+    let repo = t.path().join("repo");
+    init(&repo);
+    backup(&repo, &[&src]);
+    // On a terminal (util-linux `script` gives it one): GNU ls shell-escape quoting.
+    let out = Command::new("script")
+        .arg("-qec")
+        .arg(format!(
+            "{} ls -l latest {}",
+            bin().display(),
+            src.display()
+        ))
+        .arg("/dev/null")
+        .env_remove("CAIRN_PASSWORD_FILE")
+        .env_remove("CAIRN_PASSWORD_COMMAND")
+        .env("CAIRN_PASSWORD", PASSWORD)
+        .env("CAIRN_REPO", &repo)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let tty = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !tty.contains('\x1b'),
+        "a raw escape reached the terminal: {tty:?}"
+    );
+    let dir = src.display();
+    assert!(
+        tty.contains(&format!("'{dir}/a'$'\\033''[31mred'")),
+        "{tty}"
+    );
+    assert!(tty.contains(&format!("'{dir}/caf'$'\\351'")), "{tty}");
+    assert!(
+        tty.contains(&format!("{dir}/link -> ''$'\\377''-target'")),
+        "{tty}"
+    );
+    assert!(tty.contains(&format!(" {dir}/plain\r\n")), "{tty:?}");
+    // Off a terminal: the names as before.
+    let piped = ok(cairn(&repo).args(["ls", "latest"]).arg(&src), 0);
+    assert!(
+        piped.contains(&format!("{dir}/a\x1b[31mred\n")),
+        "{piped:?}"
+    );
+    // --json: the exact bytes of a name that is not UTF-8, and only then.
+    let json = ok(cairn(&repo).args(["ls", "--json", "latest"]).arg(&src), 0);
+    let items: Vec<serde_json::Value> = serde_json::from_str(&json).unwrap();
+    let hex_of = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+    let bad = items
+        .iter()
+        .find(|i| i["path_hex"] == hex_of(latin1.as_os_str().as_bytes()).as_str())
+        .unwrap_or_else(|| panic!("no path_hex for the latin1 name: {json}"));
+    assert_eq!(bad["size"], 11);
+    let link = items
+        .iter()
+        .find(|i| i["path"] == format!("{dir}/link").as_str())
+        .unwrap();
+    assert_eq!(link["target_hex"], hex_of(b"\xff-target").as_str());
+    assert!(link.get("path_hex").is_none(), "{link}");
+    let plain = items
+        .iter()
+        .find(|i| i["path"] == format!("{dir}/plain").as_str())
+        .unwrap();
+    assert!(plain.get("path_hex").is_none() && plain.get("target_hex").is_none());
+    assert_eq!(items.len(), 4, "{json}");
+}
+
+#[test]
+fn cat_ls_and_restore_take_paths_that_are_not_utf8() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    let latin1 = src.join(std::ffi::OsStr::from_bytes(b"caf\xe9"));
+    std::fs::write(&latin1, "latin1 name\n").unwrap();
+    std::fs::write(src.join("other"), "other").unwrap();
+    let repo = t.path().join("repo");
+    init(&repo);
+    backup(&repo, &[&src]);
+    let out = cairn(&repo)
+        .args(["cat", "latest"])
+        .arg(&latin1)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"latin1 name\n");
+    let ls = ok(cairn(&repo).args(["ls", "latest"]).arg(&latin1), 0);
+    assert!(ls.contains("caf\u{fffd}"), "{ls}");
+    let target = t.path().join("target");
+    ok(
+        cairn(&repo)
+            .args(["restore", "latest", "--target"])
+            .arg(&target)
+            .arg("--include")
+            .arg(&latin1),
+        0,
+    );
+    let back = restored(&target, &latin1);
+    assert_eq!(std::fs::read(&back).unwrap(), b"latin1 name\n");
+    assert!(!restored(&target, &src.join("other")).exists());
+}
+
+#[test]
+fn a_repository_this_user_cannot_read_is_permission_denied_not_missing() {
+    // Root reads everything; run cairn as `nobody` against root's 0700 repository.
+    if Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout != b"0\n")
+        .unwrap_or(true)
+    {
+        return;
+    }
+    let t = tempfile::Builder::new()
+        .prefix("cairn-eacces")
+        .tempdir_in("/tmp")
+        .unwrap();
+    sh("chmod 755 .", t.path());
+    let repo = t.path().join("repo");
+    init(&repo);
+    let as_nobody = |args: &[&str], repo: &Path| {
+        let out = Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(bin())
+            .arg("--repo")
+            .arg(repo)
+            .args(args)
+            .env("CAIRN_PASSWORD", PASSWORD)
+            .env_remove("CAIRN_PASSWORD_FILE")
+            .env_remove("CAIRN_PASSWORD_COMMAND")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for args in [
+        &["snapshots"][..],
+        &["ls", "latest"],
+        &["check", "--storage-only"],
+        &["target", "list"],
+    ] {
+        let (code, err) = as_nobody(args, &repo);
+        assert_eq!(code, 1, "{args:?}: {err}");
+        assert!(
+            err.contains("permission denied") && err.contains("run cairn as a user who can"),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("no Cairn repository"), "{err}");
+    }
+    // The directory is open to everyone but the database is not.
+    sh("chmod 755 repo", t.path());
+    let (code, err) = as_nobody(&["snapshots"], &repo);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains("permission denied") && err.contains("cairn.redb"),
+        "{err}"
+    );
+    // What is really missing is still exit 10.
+    let (code, err) = as_nobody(&["snapshots"], &t.path().join("missing"));
+    assert_eq!(code, 10, "{err}");
+    let (code, err) = as_nobody(&["snapshots"], t.path());
+    assert_eq!(code, 10, "{err}");
+    // And root, who may read it, opens it as before.
+    ok(cairn(&repo).arg("snapshots"), 0);
+}
+
+#[test]
+fn files_that_read_shorter_or_longer_than_their_size_are_stored_as_read() {
+    // sysfs says 4096 bytes (and no blocks), procfs says 0: neither is what reading gives.
+    let pseudo: Vec<&Path> = [
+        "/sys/kernel/mm/transparent_hugepage/enabled",
+        "/sys/kernel/mm/transparent_hugepage/defrag",
+        "/sys/kernel/mm/ksm/run",
+        "/sys/kernel/mm/ksm/pages_to_scan",
+        "/proc/sys/kernel/ostype",
+    ]
+    .iter()
+    .map(Path::new)
+    .filter(|p| std::fs::read(p).is_ok())
+    .collect();
+    assert!(!pseudo.is_empty(), "no sysfs or procfs file to test with");
+    let t = tempfile::tempdir().unwrap();
+    let repo = t.path().join("repo");
+    init(&repo);
+    let r = run(cairn(&repo).args(["backup", "--json"]).args(&pseudo));
+    assert_eq!(r.code, 0, "{}", r.stderr);
+    let report: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    assert_eq!(report["warnings"], serde_json::json!([]), "{}", r.stdout);
+    for p in &pseudo {
+        let want = std::fs::read(p).unwrap();
+        assert!(
+            (want.len() as u64) < 4096 && std::fs::metadata(p).unwrap().len() != want.len() as u64
+        );
+        let out = cairn(&repo)
+            .args(["cat", "latest"])
+            .arg(p)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&want),
+            "{} is stored as read, without padding",
+            p.display()
+        );
+        let ls = ok(cairn(&repo).args(["ls", "--json", "latest"]).arg(p), 0);
+        let items: serde_json::Value = serde_json::from_str(&ls).unwrap();
+        assert_eq!(items[0]["size"], want.len(), "{ls}");
+    }
+    let target = t.path().join("target");
+    ok(
+        cairn(&repo)
+            .args(["restore", "latest", "--target"])
+            .arg(&target),
+        0,
+    );
+    for p in &pseudo {
+        assert_eq!(
+            std::fs::read(restored(&target, p)).unwrap(),
+            std::fs::read(p).unwrap()
+        );
+    }
+}

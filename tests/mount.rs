@@ -675,5 +675,5 @@ fn issue16_a_repository_on_read_only_media_can_be_read_and_mounted() {
     mode(&repo, 0o700).unwrap();
     let r = run(&mut as_nobody());
     assert_eq!(r.code, 1, "{}", r.stderr);
-    assert!(r.stderr.contains("Permission denied"), "{}", r.stderr);
+    assert!(r.stderr.contains("permission denied"), "{}", r.stderr);
 }

@@ -102,6 +102,11 @@ impl Excludes {
         let mut b = GlobSetBuilder::new();
         for p in patterns {
             let p = p.trim_end_matches('/');
+            if p.is_empty() {
+                return Err(Error::Invalid(
+                    "an empty exclude pattern (or `/`) would exclude everything; give a glob such as `*.tmp`".into(),
+                ));
+            }
             let pat = if p.starts_with('/') {
                 p.to_string()
             } else {
@@ -460,13 +465,24 @@ impl<'r> Ctx<'r> {
             }
             Err(ReadError::Repo(err)) => return Err(err),
         };
+        // The entry holds exactly what was read: its size is the bytes read (or holes seen).
         let read: u64 = extents.iter().map(|x| x.len).sum();
         if read != e.size {
-            self.warn(format!(
-                "{}: changed size while being read ({} -> {read} bytes)",
-                display(path),
-                e.size
-            ));
+            // A file that reads shorter than its size and did not change (sysfs and procfs
+            // files say 4096 or 0) is stored as read, like `cat` shows it, without a warning;
+            // one that changed size while it was read is stored as read, and the warning says so.
+            // (Only the size tells: opening a sysfs file can move its mtime.)
+            let changed = match rustix::fs::fstat(&fd) {
+                Ok(st) => st.st_size as u64 != e.size,
+                Err(_) => true,
+            };
+            if changed {
+                self.warn(format!(
+                    "{}: changed size while being read ({} -> {read} bytes); stored the {read} bytes read, which may mix old and new contents",
+                    display(path),
+                    e.size
+                ));
+            }
             e.size = read;
         }
         e.content = self.content_of(extents)?;
@@ -514,14 +530,30 @@ impl<'r> Ctx<'r> {
                 push_hole(&mut extents, start - pos);
             }
             let hint = if end == u64::MAX { size } else { end - start };
-            pos = start + self.chunk_region(fd, start, end, hint, &mut extents)?;
+            let n = self.chunk_region(fd, start, end, hint, &mut extents)?;
+            pos = start + n;
+            if end != u64::MAX && n < end - start {
+                // EOF before the end of a data region: the file shrank while being read, or
+                // is a pseudo-file shorter than its size. What was read is all there is; no
+                // later region and no trailing hole may pad it with zeros that were never read.
+                return Ok(extents);
+            }
         }
         if sparse {
-            let size = rustix::fs::fstat(fd)
+            let now = rustix::fs::fstat(fd)
                 .map_err(|e| ReadError::Io(e.into()))?
                 .st_size as u64;
-            if size > pos {
-                push_hole(&mut extents, size - pos);
+            if now > pos {
+                // A trailing hole, or data appended since the regions were mapped: read that.
+                match rustix::fs::seek(fd, rustix::fs::SeekFrom::Data(pos)) {
+                    Ok(data) if data < now => {
+                        if data > pos {
+                            push_hole(&mut extents, data - pos);
+                        }
+                        self.chunk_region(fd, data, u64::MAX, now - data, &mut extents)?;
+                    }
+                    _ => push_hole(&mut extents, now - pos),
+                }
             }
         }
         Ok(extents)

@@ -9,6 +9,10 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 pub enum Error {
     #[error("no Cairn repository at {path}: {reason}")]
     RepoNotFound { path: PathBuf, reason: String },
+    #[error(
+        "permission denied: cannot open the repository at {0}; run cairn as a user who can read it (its owner, or root), or fix its permissions"
+    )]
+    PermissionDenied(PathBuf),
     #[error("a repository already exists at {0}; choose another path or use it as it is")]
     RepoExists(PathBuf),
     #[error("wrong password: no key slot of the repository at {0} opens with it")]

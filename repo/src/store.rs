@@ -141,6 +141,11 @@ fn map_open_error(dir: &Path, e: redb::DatabaseError) -> Error {
             reason: "opened exclusively, e.g. by `prune --compact`".into(),
         },
         redb::DatabaseError::Storage(redb::StorageError::Io(io))
+            if io.kind() == std::io::ErrorKind::PermissionDenied =>
+        {
+            Error::PermissionDenied(dir.to_path_buf())
+        }
+        redb::DatabaseError::Storage(redb::StorageError::Io(io))
             if io.kind() != std::io::ErrorKind::InvalidData =>
         {
             Error::io(format!("opening {}", dir.display()), io)
@@ -269,18 +274,9 @@ impl Store {
             path: dir.to_path_buf(),
             reason: reason.to_string(),
         };
-        let denied = |path: &Path, e: std::io::Error| {
-            Error::io(
-                format!(
-                    "opening {} (run as a user who may read the repository)",
-                    path.display()
-                ),
-                e,
-            )
-        };
         match std::fs::metadata(dir) {
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                return Err(denied(dir, e))
+                return Err(Error::PermissionDenied(dir.to_path_buf()))
             }
             Err(_) => {
                 return Err(not_found(
@@ -293,7 +289,7 @@ impl Store {
         match std::fs::metadata(&file) {
             Ok(m) if m.is_file() => {}
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                return Err(denied(&file, e))
+                return Err(Error::PermissionDenied(dir.to_path_buf()))
             }
             _ => {
                 return Err(not_found(

@@ -242,6 +242,12 @@ impl SshTarget {
         let argv = ssh_argv(url, opts);
         let mut child = Command::new(&argv[0])
             .args(&argv[1..])
+            // ssh and what it runs (ProxyCommand, askpass) never see a repository password.
+            .env_remove("CAIRN_PASSWORD")
+            .env_remove("CAIRN_PASSWORD_FILE")
+            .env_remove("CAIRN_PASSWORD_COMMAND")
+            .env_remove("CAIRN_NEW_PASSWORD")
+            .env_remove("CAIRN_NEW_PASSWORD_FILE")
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
