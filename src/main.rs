@@ -145,10 +145,13 @@ impl From<Error> for Failure {
             Error::Interrupted => EXIT_INTERRUPTED,
             _ => EXIT_FATAL,
         };
-        Failure {
-            code,
-            message: e.to_string(),
+        let mut message = e.to_string();
+        if e.is_disk_full() {
+            message.push_str(
+                "; the disk is full: free space there and run it again (on a repository's disk, the next backup first gives back what a failed one wrote, and `cairn prune` drops data no snapshot uses)",
+            );
         }
+        Failure { code, message }
     }
 }
 

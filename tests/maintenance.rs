@@ -312,3 +312,55 @@ fn prune_beside_a_backup_in_another_process_loses_nothing() {
     );
     assert_same_tree(&src, &target.join(src.strip_prefix("/").unwrap()));
 }
+
+/// Unmounts a tmpfs when dropped.
+struct Tmpfs(std::path::PathBuf);
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// Issue 16: a backup that fills the repository's disk fails clearly and gives back what it
+/// wrote (the pages return to the database, whose file keeps its size), so the next, smaller
+/// backup fits without a prune.
+#[test]
+fn issue16_a_backup_that_fills_the_disk_gives_back_its_space() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(tmp.path()).unwrap();
+    let disk = root.join("disk");
+    std::fs::create_dir_all(&disk).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount a 64 MiB tmpfs");
+    let _disk = Tmpfs(disk.clone());
+    let repo = disk.join("repo");
+    init(&repo);
+    let (big, small) = (root.join("big"), root.join("small"));
+    std::fs::create_dir_all(&big).unwrap();
+    std::fs::create_dir_all(&small).unwrap();
+    for i in 0..4 {
+        std::fs::write(big.join(format!("f{i}")), noise(10 + i, 25 << 20)).unwrap();
+    }
+    std::fs::write(small.join("note"), b"hello!").unwrap();
+    std::fs::write(small.join("data"), noise(99, 30 << 20)).unwrap();
+    let r = run(cairn(&repo).arg("backup").arg(&big));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("disk is full"), "{}", r.stderr);
+    assert!(snapshots(&repo).is_empty());
+    let r = run(cairn(&repo).arg("backup").arg(&small));
+    assert_eq!(
+        r.code, 0,
+        "the next, smaller backup needs no prune: {}",
+        r.stderr
+    );
+    assert_eq!(snapshots(&repo).len(), 1);
+    ok(cairn(&repo).args(["check", "--read-data"]), 0);
+}

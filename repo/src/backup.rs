@@ -913,6 +913,9 @@ pub fn backup(
         }
         None => find_parent(repo, &host, &paths)?,
     };
+    // What a writer that died left unindexed (a full disk, a kill) goes back first, so it
+    // does not wait for a prune (best effort: a read-only or full repository stays as it is).
+    let _ = repo.store().give_back_abandoned();
     let session = repo.store().begin_session(&crate::util::session_info())?;
     let result = crate::util::pool(opts.threads)?.install(|| {
         run(

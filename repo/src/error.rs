@@ -10,7 +10,7 @@ pub enum Error {
     #[error("no Cairn repository at {path}: {reason}")]
     RepoNotFound { path: PathBuf, reason: String },
     #[error(
-        "permission denied: cannot open the repository at {0}; run cairn as a user who can read it (its owner, or root), or fix its permissions"
+        "permission denied: cannot open {0}; run cairn as a user who can read the repository (its owner, or root), or fix its permissions"
     )]
     PermissionDenied(PathBuf),
     #[error("a repository already exists at {0}; choose another path or use it as it is")]
@@ -98,6 +98,20 @@ impl Error {
                 format!("the repository database is damaged where it is kept ({m})"),
             ),
             other => other,
+        }
+    }
+
+    /// True when the disk (or quota) holding what was being written is full.
+    pub fn is_disk_full(&self) -> bool {
+        const ENOSPC: i32 = 28;
+        const EDQUOT: i32 = 122;
+        match self {
+            Error::Io { source, .. } => {
+                matches!(source.raw_os_error(), Some(ENOSPC) | Some(EDQUOT))
+            }
+            // redb's I/O errors arrive flattened (see `db_error!`).
+            Error::Db(m) => m.contains("(os error 28)") || m.contains("(os error 122)"),
+            _ => false,
         }
     }
 

@@ -130,6 +130,7 @@ impl<'s> Packer<'s> {
             pack_len: boundary,
             pack_objects: self.pack_objects,
             relocate: self.relocate,
+            close,
             snapshots,
         })?;
         self.pending.drain(..ready);

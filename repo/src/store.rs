@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 
 pub const DB_FILE: &str = "cairn.redb";
 pub const FORMAT_VERSION: u32 = 1;
+/// `STATE` key prefix of a pack a writer has open (see `Store::give_back_abandoned`).
+const OPEN_PACK: &str = "open_pack.";
 /// Name prefix of a damaged database file moved aside by a rebuild.
 pub const DAMAGED_PREFIX: &str = "cairn.redb.damaged-";
 
@@ -143,7 +145,7 @@ fn map_open_error(dir: &Path, e: redb::DatabaseError) -> Error {
         redb::DatabaseError::Storage(redb::StorageError::Io(io))
             if io.kind() == std::io::ErrorKind::PermissionDenied =>
         {
-            Error::PermissionDenied(dir.to_path_buf())
+            Error::PermissionDenied(dir.join(DB_FILE))
         }
         redb::DatabaseError::Storage(redb::StorageError::Io(io))
             if io.kind() != std::io::ErrorKind::InvalidData =>
@@ -289,7 +291,7 @@ impl Store {
         match std::fs::metadata(&file) {
             Ok(m) if m.is_file() => {}
             Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
-                return Err(Error::PermissionDenied(dir.to_path_buf()))
+                return Err(Error::PermissionDenied(file))
             }
             _ => {
                 return Err(not_found(
@@ -551,6 +553,70 @@ impl Store {
         })
     }
 
+    /// Give back what writers that died left in their open packs: the pieces past the last
+    /// indexed object, which nothing can use (a backup killed or stopped by a full disk
+    /// commits pieces ahead of their index rows, see `Packer::index_every`). A writer records
+    /// each pack it opens (`STATE` `open_pack.<pack>` = its session info) in the commit that
+    /// opens it and removes the record in the commit that closes it; a record whose process is
+    /// gone marks such a pack. Returns the bytes given back.
+    pub fn give_back_abandoned(&self) -> Result<u64> {
+        Error::guard(|| {
+            let abandoned: Vec<u64> = {
+                let txn = self.db.begin_read()?;
+                let state = txn.open_table(STATE)?;
+                let mut out = Vec::new();
+                for row in state.range(OPEN_PACK..)? {
+                    let (k, v) = row?;
+                    let Some(pack) = k.value().strip_prefix(OPEN_PACK) else {
+                        break;
+                    };
+                    if !crate::util::session_alive(v.value()) {
+                        out.extend(pack.parse::<u64>().ok());
+                    }
+                }
+                out
+            };
+            let mut freed = 0;
+            for pack in abandoned {
+                freed += self.drop_unindexed_tail(pack)?;
+            }
+            Ok(freed)
+        })
+    }
+
+    /// Cut `pack` back to its last indexed object (see `give_back_abandoned`).
+    fn drop_unindexed_tail(&self, pack: u64) -> Result<u64> {
+        let ps = self.config()?.piece_size as u64;
+        let txn = self.db.begin_write()?;
+        let freed = {
+            let (mut end, mut objects) = (0u64, 0u64);
+            for row in txn.open_table(INDEX)?.iter()? {
+                let (_, v) = row?;
+                let (p, offset, len, ..) = v.value();
+                if p == pack {
+                    end = end.max(offset + len as u64);
+                    objects += 1;
+                }
+            }
+            let mut packs = txn.open_table(PACKS)?;
+            let old = packs.get(pack)?.map(|v| v.value().0).unwrap_or(0);
+            let mut pieces = txn.open_table(PIECES)?;
+            for n in end.div_ceil(ps) as u32..old.div_ceil(ps) as u32 {
+                pieces.remove((pack, n))?;
+            }
+            if end == 0 {
+                packs.remove(pack)?;
+            } else {
+                packs.insert(pack, (end, objects))?;
+            }
+            txn.open_table(STATE)?
+                .remove(format!("{OPEN_PACK}{pack}").as_str())?;
+            old.saturating_sub(end)
+        };
+        txn.commit()?;
+        Ok(freed)
+    }
+
     /// Commit a batch: pieces and the index entries of objects they complete, then snapshots.
     pub(crate) fn commit_batch(&self, batch: Batch<'_>) -> Result<Option<u64>> {
         Error::guard(|| self.commit_batch_unguarded(batch))
@@ -570,6 +636,13 @@ impl Store {
                 pack = Some(next);
             }
             if let Some(p) = pack {
+                let key = format!("{OPEN_PACK}{p}");
+                if batch.close {
+                    txn.open_table(STATE)?.remove(key.as_str())?;
+                } else if batch.pack.is_none() {
+                    let me = crate::util::session_info();
+                    txn.open_table(STATE)?.insert(key.as_str(), me.as_slice())?;
+                }
                 let mut pieces = txn.open_table(PIECES)?;
                 for (n, bytes) in batch.pieces {
                     pieces.insert((p, *n), *bytes)?;
@@ -638,6 +711,8 @@ pub(crate) struct Batch<'a> {
     /// Without it an existing snapshot is kept when the same bytes come again and the commit
     /// is refused when other bytes come under its id.
     pub relocate: bool,
+    /// This commit closes the pack.
+    pub close: bool,
     pub snapshots: &'a [(Id, Vec<u8>)],
 }
 
