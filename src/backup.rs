@@ -69,6 +69,19 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
             excludes.push(p);
         }
     }
+    // Before any thread starts: a stop signal commits what was written and exits 130.
+    crate::signals::block();
+    let progress = std::sync::Arc::new(Progress::default());
+    let stop = progress.clone();
+    std::thread::spawn(move || {
+        crate::signals::wait();
+        stop.cancel.store(true, Relaxed);
+        output::warn(
+            "interrupted: keeping what was written for the next backup (again to stop at once)",
+        );
+        crate::signals::wait();
+        std::process::exit(crate::EXIT_INTERRUPTED.into());
+    });
     let repo = g.open()?;
     let opts = BackupOptions {
         paths: a.paths.clone(),
@@ -82,7 +95,7 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
         force: a.force,
         threads: a.threads.unwrap_or(0),
     };
-    let progress = Progress::default();
+
     let render = || {
         let files = progress.files.load(Relaxed);
         let bytes = progress.bytes.load(Relaxed);

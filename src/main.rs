@@ -15,6 +15,7 @@ mod prune;
 mod restore;
 mod secrets;
 mod serve;
+mod signals;
 mod snapshots;
 mod stats;
 mod status;
@@ -171,14 +172,50 @@ impl Failure {
     }
 }
 
+/// A repository URL as a local directory (see `Global::repo_path`).
+fn repo_location(raw: PathBuf) -> Result<PathBuf, Failure> {
+    use std::os::unix::ffi::OsStrExt;
+    let bytes = raw.as_os_str().as_bytes();
+    if let Some(rest) = bytes.strip_prefix(b"file://") {
+        return Ok(PathBuf::from(std::ffi::OsStr::from_bytes(rest)));
+    }
+    let Some(end) = bytes.windows(3).position(|w| w == b"://") else {
+        return Ok(raw);
+    };
+    let scheme = &bytes[..end];
+    let is_scheme = scheme.first().is_some_and(u8::is_ascii_alphabetic)
+        && scheme
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(b));
+    if !is_scheme {
+        return Ok(raw);
+    }
+    let url = raw.display();
+    Err(match scheme {
+        b"ssh" | b"s3" => Failure::usage(format!(
+            "{url}: a repository on a server or in S3 cannot be used directly yet; keep the \
+             repository on a local path and copy it there with `cairn target add NAME {url}` and \
+             `cairn sync` (ssh), or give a local path"
+        )),
+        _ => Failure::usage(format!(
+            "{url}: unknown repository URL scheme `{}://`; give a path or file://PATH",
+            String::from_utf8_lossy(scheme)
+        )),
+    })
+}
+
 /// What a command returns: the exit code on success (0, or 3 for "finished but incomplete").
 pub type CmdResult = Result<u8, Failure>;
 
 impl Global {
+    /// The repository's directory, from `--repo`/`$CAIRN_REPO`: a path or `file://PATH`. A
+    /// URL of another scheme is refused, never taken for a relative directory (which made
+    /// `--repo ssh://host/path` back up into a local folder named `ssh:`).
     pub fn repo_path(&self) -> Result<PathBuf, Failure> {
-        self.repo
-            .clone()
-            .ok_or_else(|| Failure::usage("no repository given: use --repo PATH or set CAIRN_REPO"))
+        let raw = self.repo.clone().ok_or_else(|| {
+            Failure::usage("no repository given: use --repo PATH or set CAIRN_REPO")
+        })?;
+        repo_location(raw)
     }
 
     pub fn open(&self) -> Result<cairn_repo::Repository, Failure> {

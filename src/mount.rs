@@ -62,7 +62,7 @@ fn parse_cache_mib(s: &str) -> Result<usize, String> {
 
 pub fn run(g: &Global, a: &Args) -> CmdResult {
     // First, before any thread exists: every thread inherits the blocked set.
-    block_signals();
+    crate::signals::block();
     single_malloc_arena();
     check_mountpoint(&a.mountpoint)?;
     let cpus = std::thread::available_parallelism()
@@ -148,38 +148,8 @@ fn check_mountpoint(p: &Path) -> Result<(), Failure> {
     }
 }
 
-fn signal_set() -> libc::sigset_t {
-    // SAFETY: sigemptyset/sigaddset initialise and fill a plain sigset_t.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigemptyset(&mut set);
-        for s in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
-            libc::sigaddset(&mut set, s);
-        }
-        set
-    }
-}
-
-/// Block the stop signals in this thread and every thread started after it, so only the
-/// signal thread (via `sigwait`) receives them.
-fn block_signals() {
-    let set = signal_set();
-    // SAFETY: `set` is initialised; a null old-set pointer is allowed.
-    unsafe {
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-}
-
-fn wait_signal() -> i32 {
-    let set = signal_set();
-    let mut sig = 0;
-    // SAFETY: `set` is initialised and `sig` is a valid out pointer.
-    unsafe { libc::sigwait(&set, &mut sig) };
-    sig
-}
-
 fn on_signal(mut unmounter: fuse::Unmounter, path: &Path) {
-    wait_signal();
+    crate::signals::wait();
     if let Err(e) = unmounter.unmount() {
         output::warn(&format!("unmounting {}: {e}", path.display()));
     }

@@ -690,6 +690,51 @@ fn killed_backup_leaves_a_repository_that_checks_clean_and_is_reused() {
     assert_same_tree(&src, &restored(&out, &src));
 }
 
+/// Issue 10: SIGINT (or SIGTERM) stops a backup cleanly: exit 130, what was written is
+/// committed for the next backup to reuse, no snapshot, a clean check.
+#[test]
+fn an_interrupted_backup_exits_130_and_keeps_what_it_wrote() {
+    let t = tempfile::tempdir().unwrap();
+    let src = t.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    sh(
+        "for i in $(seq 10); do head -c 20000000 /dev/urandom > big$i; done",
+        &src,
+    );
+    let repo = t.path().join("repo");
+    init(&repo);
+    let db = repo.join("cairn.redb");
+    let used =
+        |p: &Path| std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(p).unwrap()) * 512;
+    let start = used(&db);
+    let mut child = cairn(&repo)
+        .args(["backup", "--quiet"])
+        .arg(&src)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while used(&db) < start + 30_000_000 && std::time::Instant::now() < deadline {
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "still running when signalled"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(snapshots(&repo).is_empty());
+    ok(cairn(&repo).args(["check", "--read-data"]), 0);
+    let b = backup(&repo, &[&src]);
+    assert!(
+        b["bytes_added"].as_u64().unwrap() < 200_000_000 - 20_000_000,
+        "reused what the interrupted backup wrote: {b}"
+    );
+}
+
 #[test]
 fn a_second_process_reads_while_a_backup_writes() {
     let t = tempfile::tempdir().unwrap();
@@ -1285,4 +1330,38 @@ fn files_that_read_shorter_or_longer_than_their_size_are_stored_as_read() {
             std::fs::read(p).unwrap()
         );
     }
+}
+
+/// Issue 10: a repository URL is never taken for a relative directory: `ssh://…` (not usable
+/// directly yet) and unknown schemes are refused and create nothing; `file://PATH` is a path.
+#[test]
+fn repository_urls_are_not_taken_for_local_directories() {
+    let t = tempfile::tempdir().unwrap();
+    for url in [
+        "ssh://backup.example/srv/repo",
+        "s3://bucket/prefix",
+        "ftp://host/x",
+    ] {
+        let r = run(Command::new(bin())
+            .current_dir(t.path())
+            .args(["init", "--repo", url])
+            .env("CAIRN_PASSWORD", PASSWORD));
+        assert_eq!(r.code, 2, "{url}: {}", r.stderr);
+        assert!(r.stderr.contains(url), "{}", r.stderr);
+        assert_eq!(
+            std::fs::read_dir(t.path()).unwrap().count(),
+            0,
+            "{url}: nothing created in the current directory"
+        );
+    }
+    let repo = t.path().join("repo");
+    let url = format!("file://{}", repo.display());
+    ok(
+        Command::new(bin())
+            .args(["init", "--repo", &url])
+            .env("CAIRN_PASSWORD", PASSWORD),
+        0,
+    );
+    assert!(repo.join("cairn.redb").is_file());
+    assert!(snapshots(&repo).is_empty());
 }

@@ -83,6 +83,9 @@ pub struct Progress {
     pub total_files: AtomicU64,
     pub total_bytes: AtomicU64,
     pub scan_done: AtomicBool,
+    /// Set (from a signal handler's thread) to stop the backup: it ends with
+    /// `Error::Interrupted` after committing what it wrote, which the next backup reuses.
+    pub cancel: AtomicBool,
 }
 
 pub struct BackupReport {
@@ -261,6 +264,9 @@ impl<'r> Ctx<'r> {
     fn check_failed(&self) -> Result<()> {
         if self.failed.load(Relaxed) {
             return Err(Error::Invalid("the repository writer stopped".into()));
+        }
+        if self.progress.cancel.load(Relaxed) {
+            return Err(Error::Interrupted);
         }
         Ok(())
     }
