@@ -92,6 +92,8 @@ struct Lister<'a> {
     /// Stdout is a terminal: names with control characters are quoted.
     terminal: bool,
     items: Vec<serde_json::Value>,
+    /// Directories that could not be read (damaged), reported and passed over.
+    damaged: u64,
 }
 
 impl Lister<'_> {
@@ -140,7 +142,19 @@ impl Lister<'_> {
             return Ok(());
         }
         let Some(sub) = e.subtree else { return Ok(()) };
-        let tree = self.repo.load_tree(&self.view, &sub)?;
+        // A damaged directory is reported and passed over; the rest is still listed (exit 3).
+        let tree = match self.repo.load_tree(&self.view, &sub) {
+            Ok(t) => t,
+            Err(err) if err.is_damage() => {
+                output::warn(&format!(
+                    "{}: cannot list: {err}",
+                    output::path_for_humans(path, self.terminal)
+                ));
+                self.damaged += 1;
+                return Ok(());
+            }
+            Err(err) => return Err(err.into()),
+        };
         let base = path.strip_suffix(b"/").unwrap_or(path);
         for child in &tree.entries {
             let mut p = Vec::with_capacity(base.len() + 1 + child.name.len());
@@ -179,6 +193,7 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
         recursive: !a.no_recursive,
         terminal: !g.json && output::stdout_is_terminal(),
         items: Vec::new(),
+        damaged: 0,
     };
     if entry.kind != FileType::Dir {
         l.print(&path, &entry);
@@ -188,5 +203,9 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
     if g.json {
         output::json(&serde_json::Value::Array(l.items));
     }
-    Ok(0)
+    Ok(if l.damaged > 0 {
+        crate::EXIT_INCOMPLETE
+    } else {
+        0
+    })
 }

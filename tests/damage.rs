@@ -216,3 +216,52 @@ fn issue16_a_database_that_does_not_open_is_rebuilt_from_a_replica() {
         0,
     );
 }
+
+/// A damaged directory (tree object) is reported and passed over: `ls` and `restore` show
+/// and restore everything else, and exit 3.
+#[test]
+fn issue16_a_damaged_directory_is_passed_over_by_ls_and_restore() {
+    let f = fixture();
+    let d2 = f.src.join("d2");
+    {
+        let repo = cairn_repo::Repository::open(
+            &f.repo,
+            PASSWORD.as_bytes(),
+            &cairn_repo::OpenOptions::default(),
+        )
+        .unwrap();
+        // The first snapshot holds the whole source.
+        let snap = repo.snapshots().unwrap().remove(0);
+        let view = repo.view().unwrap();
+        let tree = repo
+            .lookup(
+                &view,
+                &snap.snapshot.root,
+                d2.as_os_str().as_encoded_bytes(),
+            )
+            .unwrap()
+            .unwrap()
+            .subtree
+            .unwrap();
+        drop(view);
+        let ps = repo.config().piece_size;
+        cairn_repo::store::damage_object_for_tests(repo.store(), &tree, ps, 5).unwrap();
+    }
+    let first = snapshots(&f.repo)[0]["id"].as_str().unwrap().to_string();
+    let r = run(cairn(&f.repo).args(["ls", &first]));
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    assert!(r.stderr.contains("/d2"), "{}", r.stderr);
+    assert!(
+        r.stdout.contains("/d3/f0"),
+        "the rest is listed: {}",
+        r.stdout
+    );
+    let target = f.root.join("out");
+    let r = run(cairn(&f.repo)
+        .args(["restore", &first, "--target"])
+        .arg(&target));
+    assert_eq!(r.code, 3, "{}", r.stderr);
+    let restored = target.join(f.src.strip_prefix("/").unwrap());
+    assert!(restored.join("d3/f0").is_file());
+    assert!(!restored.join("d2/f0").exists());
+}
