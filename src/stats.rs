@@ -11,6 +11,8 @@ pub fn space_json(s: &Space) -> serde_json::Value {
         "pack_bytes": s.pack_bytes,
         "file_bytes": s.file_bytes,
         "file_length": s.file_len,
+        "db_bytes": s.db_bytes,
+        "free_in_file_bytes": s.free_in_file(),
         "overhead_ratio": overhead(s),
     })
 }
@@ -47,6 +49,13 @@ pub fn run(g: &Global, _a: &Args) -> CmdResult {
         "repository file:      {}",
         output::bytes(space.file_bytes)
     ));
+    if let (Some(used), Some(free)) = (space.db_bytes, space.free_in_file()) {
+        output::line(&format!("  in use:             {}", output::bytes(used)));
+        output::line(&format!(
+            "  free inside:        {} (reused by later writes; `prune --compact` gives it back)",
+            output::bytes(free)
+        ));
+    }
     output::line(&format!("file / stored:        {:.3}", overhead(&space)));
     if space.object_bytes > 0 {
         output::line(&format!(

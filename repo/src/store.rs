@@ -507,10 +507,18 @@ impl Store {
             let (_, v) = row?;
             s.pack_bytes += v.value().0;
         }
+        drop((index, packs, txn));
         if let Ok(m) = std::fs::metadata(self.db_file()) {
             use std::os::unix::fs::MetadataExt;
             s.file_bytes = m.blocks() * 512;
             s.file_len = m.len();
+        }
+        // redb reports its allocated pages from a write transaction only (not committed).
+        if let Ok(txn) = self.db.begin_write() {
+            if let Ok(st) = txn.stats() {
+                s.db_bytes = Some(st.allocated_pages() * st.page_size() as u64);
+            }
+            let _ = txn.abort();
         }
         Ok(s)
     }
@@ -699,6 +707,17 @@ pub struct Space {
     pub file_bytes: u64,
     /// The file's length; redb grows it ahead of use, the tail is sparse.
     pub file_len: u64,
+    /// Bytes of pages redb has allocated (live data and its structures); the rest of
+    /// `file_bytes` is free inside the file, reused by later writes. `None` when the
+    /// repository is open read-only.
+    pub db_bytes: Option<u64>,
+}
+
+impl Space {
+    /// Free space inside the file that is backed by the disk (what `prune --compact` returns).
+    pub fn free_in_file(&self) -> Option<u64> {
+        self.db_bytes.map(|d| self.file_bytes.saturating_sub(d))
+    }
 }
 
 pub(crate) struct Batch<'a> {
