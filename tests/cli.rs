@@ -380,21 +380,28 @@ fn excludes_caches_and_unreadable_files() {
     );
 }
 
+/// A temporary directory under /tmp for tests that run cairn as `nobody`; `None` unless
+/// this runs as root (root reads everything, and only root can switch users).
+fn tempdir_for_nobody(prefix: &str) -> Option<tempfile::TempDir> {
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    root.then(|| {
+        tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir_in("/tmp")
+            .unwrap()
+    })
+}
+
 #[test]
 fn unreadable_file_as_non_root_gives_exit_3() {
     // Root reads everything; run the backup as `nobody` on a repository it owns.
-    if Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout != b"0\n")
-        .unwrap_or(true)
-    {
+    let Some(t) = tempdir_for_nobody("cairn-nobody") else {
         return;
-    }
-    let t = tempfile::Builder::new()
-        .prefix("cairn-nobody")
-        .tempdir_in("/tmp")
-        .unwrap();
+    };
     let src = t.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("readable"), "ok").unwrap();
@@ -1207,18 +1214,9 @@ fn cat_ls_and_restore_take_paths_that_are_not_utf8() {
 #[test]
 fn a_repository_this_user_cannot_read_is_permission_denied_not_missing() {
     // Root reads everything; run cairn as `nobody` against root's 0700 repository.
-    if Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout != b"0\n")
-        .unwrap_or(true)
-    {
+    let Some(t) = tempdir_for_nobody("cairn-eacces") else {
         return;
-    }
-    let t = tempfile::Builder::new()
-        .prefix("cairn-eacces")
-        .tempdir_in("/tmp")
-        .unwrap();
+    };
     sh("chmod 755 .", t.path());
     let repo = t.path().join("repo");
     init(&repo);

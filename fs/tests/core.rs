@@ -771,7 +771,7 @@ fn a_sequential_reader_finds_the_next_chunks_pushed_on_whole_pages() {
         let end = offset + bytes.len() as u64;
         assert_eq!(offset % 4096, 0, "pushes start on a page");
         assert!(
-            end % 4096 == 0 || end == data.len() as u64,
+            end.is_multiple_of(4096) || end == data.len() as u64,
             "and end on one (or at EOF)"
         );
         assert_eq!(

@@ -42,6 +42,9 @@ pub struct Repository {
     slot: u64,
 }
 
+/// A snapshot that does not decrypt or decode, with why.
+pub type Undecodable = (Id, Error);
+
 /// A snapshot together with its id.
 #[derive(Clone, Debug)]
 pub struct SnapshotEntry {
@@ -142,7 +145,7 @@ impl Repository {
 
     /// All snapshots that open, oldest first, and the ones that do not with their errors: one
     /// damaged snapshot must not hide the others from listing, restore or the mount.
-    pub fn snapshots_tolerant(&self) -> Result<(Vec<SnapshotEntry>, Vec<(Id, Error)>)> {
+    pub fn snapshots_tolerant(&self) -> Result<(Vec<SnapshotEntry>, Vec<Undecodable>)> {
         Ok(self.decode_snapshots(self.store.snapshot_blobs()?))
     }
 
