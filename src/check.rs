@@ -270,7 +270,15 @@ fn storage_only(g: &Global, repair: Option<&std::path::Path>) -> CmdResult {
             } => format!("pack {pack} piece {piece}: {problem}"),
         })
         .chain((r.db_intact == Some(false)).then(|| {
-            "the database's page checksums failed; redb repaired its structures".to_string()
+            let mut m = "the database's page checksums failed; redb repaired its structures"
+                .to_string();
+            if r.marked_for_repack > 0 {
+                m.push_str(&format!(
+                    " (repaired objects' damaged old copies stay in {} pack(s) until `cairn prune` rewrites them)",
+                    r.marked_for_repack
+                ));
+            }
+            m
         }))
         .collect();
     if g.json {

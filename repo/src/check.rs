@@ -427,6 +427,12 @@ fn repair_with(repo: &Repository, damaged: &[Id], copies: &mut dyn Copies) -> Re
         .map(|(id, _)| id)
         .collect();
     let cfg = repo.config();
+    let view = repo.view()?;
+    let damaged_packs: HashSet<u64> = damaged
+        .iter()
+        .filter_map(|id| view.locate(id).ok().flatten().map(|l| l.pack))
+        .collect();
+    drop(view);
     let mut packer = Packer::relocating(repo.store(), cfg.piece_size, cfg.pack_max, 32 << 20);
     let mut report = RepairReport::default();
     let mut snapshot_copies = Vec::new();
@@ -446,6 +452,7 @@ fn repair_with(repo: &Repository, damaged: &[Id], copies: &mut dyn Copies) -> Re
         }
     }
     packer.commit(true, &snapshot_copies)?;
+    repo.store().mark_for_repack(&damaged_packs)?;
     Ok(report)
 }
 
@@ -589,6 +596,7 @@ pub fn check_storage(dir: &std::path::Path) -> Result<crate::store_maint::Storag
     };
     let mut report = store.verify_storage(config.piece_size)?;
     report.db_intact = intact;
+    report.marked_for_repack = store.marked_for_repack()?.len() as u64;
     Ok(report)
 }
 
@@ -622,10 +630,12 @@ pub fn repair_storage_from(
     let (view, theirs) = (store.view()?, other.view()?);
     let mut packer = Packer::relocating(&store, cfg.piece_size, cfg.pack_max, 32 << 20);
     let mut report = RepairReport::default();
+    let mut damaged_packs = HashSet::new();
     for id in damaged {
         let Some(loc) = view.locate(&id)? else {
             continue;
         };
+        damaged_packs.insert(loc.pack);
         match verbatim_copy(&theirs, &id, &loc, other_cfg.piece_size) {
             Ok(sealed) => {
                 packer.add(id, loc.kind, &sealed)?;
@@ -635,6 +645,8 @@ pub fn repair_storage_from(
         }
     }
     packer.commit(true, &[])?;
+    drop(view);
+    store.mark_for_repack(&damaged_packs)?;
     Ok(report)
 }
 

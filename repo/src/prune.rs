@@ -145,6 +145,7 @@ pub fn plan(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
     }
     // Order matters (DESIGN.md): pack rows, then snapshots, then the object view.
     let rows = repo.store().pack_rows()?;
+    let marked = repo.store().marked_for_repack()?;
     let snaps = repo.snapshots().map_err(unreadable)?;
     let view = repo.view()?;
     let mut plan = PrunePlan::default();
@@ -177,7 +178,7 @@ pub fn plan(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
         let live_bytes: u64 = live.iter().map(|(_, l)| l.len as u64).sum();
         let action = if live.is_empty() {
             PackAction::Delete
-        } else if (live_bytes as f64) < opts.repack_below * row.0 as f64 {
+        } else if (live_bytes as f64) < opts.repack_below * row.0 as f64 || marked.contains(&pack) {
             PackAction::Repack
         } else {
             PackAction::Keep

@@ -3,7 +3,10 @@
 
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::store::{checksum, Location, Store, INDEX, PACKS, PIECES, SESSIONS, SNAPSHOTS};
+use crate::store::{checksum, Location, Store, INDEX, PACKS, PIECES, SESSIONS, SNAPSHOTS, STATE};
+
+/// `STATE` key prefix of a pack marked for rewriting (see `Store::mark_for_repack`).
+const REPACK: &str = "repack.";
 use redb::ReadableTable;
 use std::collections::HashSet;
 use std::path::Path;
@@ -87,6 +90,43 @@ impl Store {
             out.push((k.value(), v.value()));
         }
         Ok(out)
+    }
+
+    /// Mark packs that still hold damaged bytes of repaired objects, for the next prune to
+    /// rewrite whatever their live share (`STATE` `repack.<pack>`): otherwise the damage stays
+    /// in the file, and redb's page check fails, for as long as the pack is mostly live.
+    pub(crate) fn mark_for_repack(&self, packs: &HashSet<u64>) -> Result<()> {
+        if packs.is_empty() {
+            return Ok(());
+        }
+        Error::guard(|| {
+            let txn = self.db.begin_write()?;
+            {
+                let mut state = txn.open_table(STATE)?;
+                for p in packs {
+                    state.insert(format!("{REPACK}{p}").as_str(), [].as_slice())?;
+                }
+            }
+            txn.commit()?;
+            Ok(())
+        })
+    }
+
+    /// The packs `mark_for_repack` marked.
+    pub fn marked_for_repack(&self) -> Result<HashSet<u64>> {
+        Error::guard(|| {
+            let txn = self.db.begin_read()?;
+            let state = txn.open_table(STATE)?;
+            let mut out = HashSet::new();
+            for row in state.range(REPACK..)? {
+                let (k, _) = row?;
+                let Some(p) = k.value().strip_prefix(REPACK) else {
+                    break;
+                };
+                out.extend(p.parse::<u64>().ok());
+            }
+            Ok(out)
+        })
     }
 
     /// Key-less storage verification: every indexed object's stored bytes against the checksum
@@ -230,6 +270,8 @@ fn delete_packs(
             n += 1;
         }
         packs.remove(c.pack)?;
+        txn.open_table(STATE)?
+            .remove(format!("{REPACK}{}", c.pack).as_str())?;
         done.packs_deleted += 1;
         done.pack_bytes_deleted += c.row.0;
     }
@@ -284,6 +326,8 @@ pub struct StorageReport {
     pub problems: Vec<StorageProblem>,
     /// `Some(false)`: redb's integrity check found and repaired damage; `None`: not run.
     pub db_intact: Option<bool>,
+    /// Packs holding damaged old copies of repaired objects, which the next prune rewrites.
+    pub marked_for_repack: u64,
 }
 
 /// Compact the database file so freed pages go back to the file system. redb needs the file to
