@@ -21,6 +21,7 @@ mod stats;
 mod status;
 mod sync;
 mod target;
+mod version;
 
 use cairn_repo::Error;
 use clap::{Parser, Subcommand};
@@ -38,7 +39,7 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 #[derive(Parser)]
 #[command(
     name = "cairn",
-    version,
+    version = version::text(),
     about = "Versioned, deduplicating, encrypted backups you can mount"
 )]
 pub struct Cli {
