@@ -1,4 +1,4 @@
-//! Everyday fit: `cairn --version`, shell completions and manual pages,
+//! Everyday fit: `cairn --version`, shell completions, manual pages and `scripts/install`,
 //! checked against the subcommands the real binary's `--help` lists, so a new subcommand
 //! without a page or a completion fails here.
 
@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// Every subcommand, nested ones included, as its path of names (`["key", "add"]`), read from
@@ -324,4 +324,92 @@ fn man_writes_a_valid_page_for_every_subcommand() {
     let r = run(Command::new(bin()).arg("man").arg(&file));
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains(&*file.to_string_lossy()), "{}", r.stderr);
+}
+
+fn install_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/install")
+}
+
+#[test]
+fn install_script_installs_binary_pages_and_completions() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("prefix");
+    let out = ok(
+        Command::new(install_script())
+            .arg("--prefix")
+            .arg(&prefix)
+            .arg("--binary")
+            .arg(bin()),
+        0,
+    );
+    assert!(out.contains(&expected_version()), "{out}");
+
+    let installed = prefix.join("bin/cairn");
+    let version = ok(Command::new(&installed).arg("--version"), 0);
+    assert_eq!(version.trim_end(), expected_version());
+
+    let man = prefix.join("share/man");
+    check_pages(&man.join("man1"));
+    // `man` finds them by name under the prefix.
+    if tool("man") {
+        let r = run(Command::new("man")
+            .arg("-M")
+            .arg(&man)
+            .arg("cairn-key-add")
+            .env("MANWIDTH", "100")
+            .env("MAN_DISABLE_SECCOMP", "1")
+            .env_remove("MANPAGER")
+            .env_remove("PAGER"));
+        assert_eq!(r.code, 0, "{}", r.stderr);
+        assert!(r.stdout.contains("cairn-key-add"), "{}", r.stdout);
+    }
+
+    let share = prefix.join("share");
+    check_completions(
+        &share.join("bash-completion/completions/cairn"),
+        &share.join("zsh/site-functions/_cairn"),
+        &share.join("fish/vendor_completions.d/cairn.fish"),
+    );
+
+    // Installing again over the same prefix (an upgrade) works, and a stale page of a
+    // subcommand that no longer exists is removed.
+    std::fs::write(man.join("man1/cairn-gone.1"), ".TH x 1\n").unwrap();
+    ok(
+        Command::new(install_script())
+            .arg(format!("--prefix={}", prefix.display()))
+            .arg(format!("--binary={}", bin().display())),
+        0,
+    );
+    check_pages(&man.join("man1"));
+
+    // DESTDIR puts everything under it.
+    let dest = dir.path().join("dest");
+    ok(
+        Command::new(install_script())
+            .args(["--prefix", "/opt/cairn", "--binary"])
+            .arg(bin())
+            .env("DESTDIR", &dest),
+        0,
+    );
+    ok(
+        Command::new(dest.join("opt/cairn/bin/cairn")).arg("--version"),
+        0,
+    );
+    assert!(dest
+        .join("opt/cairn/share/bash-completion/completions/cairn")
+        .is_file());
+
+    // A relative --prefix is taken from the directory the script is run in.
+    ok(
+        Command::new(install_script())
+            .current_dir(dir.path())
+            .args(["--prefix", "rel", "--binary"])
+            .arg(bin()),
+        0,
+    );
+    assert!(dir.path().join("rel/bin/cairn").is_file());
+    assert!(dir.path().join("rel/share/man/man1/cairn.1").is_file());
+
+    let r = run(Command::new(install_script()).arg("--bogus"));
+    assert_eq!(r.code, 2, "{}", r.stderr);
 }
