@@ -169,6 +169,31 @@ fn check_completions(bash: &Path, zsh: &Path, fish: &Path) {
         });
         assert!(at_level, "fish script lacks `{}`", sub.join(" "));
     }
+    // fish, when installed, really completes every subcommand too.
+    if tool("fish") {
+        for sub in &subs {
+            let (last, parents) = sub.split_last().unwrap();
+            let line = format!(
+                "cairn {}",
+                parents.iter().map(|p| format!("{p} ")).collect::<String>()
+            );
+            let out = ok(
+                Command::new("fish")
+                    .arg("--no-config")
+                    .arg("-c")
+                    .arg("source $argv[1]; complete -C $argv[2]")
+                    .arg(fish)
+                    .arg(&line),
+                0,
+            );
+            assert!(
+                out.lines()
+                    .any(|l| l.split('\t').next() == Some(last.as_str())),
+                "fish does not complete `{}` after `{line}`: {out}",
+                sub.join(" ")
+            );
+        }
+    }
     for (shell, script) in [("bash", bash), ("zsh", zsh), ("fish", fish)] {
         if tool(shell) {
             let out = Command::new(shell).arg("-n").arg(script).output().unwrap();
