@@ -4,11 +4,13 @@
 mod backup;
 mod cat;
 mod check;
+mod completions;
 mod diff;
 mod forget;
 mod init;
 mod key;
 mod ls;
+mod man;
 mod mount;
 mod output;
 mod prune;
@@ -21,6 +23,7 @@ mod stats;
 mod status;
 mod sync;
 mod target;
+mod version;
 
 use cairn_repo::Error;
 use clap::{Parser, Subcommand};
@@ -38,7 +41,7 @@ pub const EXIT_INTERRUPTED: u8 = 130;
 #[derive(Parser)]
 #[command(
     name = "cairn",
-    version,
+    version = version::text(),
     about = "Versioned, deduplicating, encrypted backups you can mount"
 )]
 pub struct Cli {
@@ -110,6 +113,10 @@ enum Command {
 10 no repository; 12 wrong password."
     )]
     Status(status::Args),
+    /// Print the shell completion script for bash, zsh or fish to stdout
+    Completions(completions::Args),
+    /// Write the manual pages (cairn.1 and one per subcommand) into a directory
+    Man(man::Args),
 }
 
 /// The most worker threads `--threads` accepts.
@@ -273,5 +280,7 @@ fn dispatch(cli: &Cli) -> CmdResult {
         Command::Forget(a) => forget::run(g, a),
         Command::Prune(a) => prune::run(g, a),
         Command::Status(a) => status::run(g, a),
+        Command::Completions(a) => completions::run(a),
+        Command::Man(a) => man::run(g, a),
     }
 }

@@ -1,0 +1,31 @@
+//! What `cairn --version` says: the program's version and the repository format and sync
+//! protocol versions it reads and writes, so that whoever runs a server (`cairn serve`) can
+//! tell at a glance whether a client and a server fit together.
+
+use cairn_repo::store::FORMAT_VERSION;
+use cairn_repo::sync::proto::{MIN_VERSION, VERSION};
+use std::sync::LazyLock;
+
+static TEXT: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{} (repository format {FORMAT_VERSION}, sync protocol {VERSION}; serves sync protocol \
+         {})",
+        env!("CARGO_PKG_VERSION"),
+        served_range()
+    )
+});
+
+/// The sync protocol versions `cairn serve` answers: `1-2`, or `2` when there is only one.
+fn served_range() -> String {
+    if MIN_VERSION == VERSION {
+        VERSION.to_string()
+    } else {
+        format!("{MIN_VERSION}-{VERSION}")
+    }
+}
+
+/// The version line's text after `cairn `, e.g.
+/// `0.1.0 (repository format 1, sync protocol 2; serves sync protocol 1-2)`.
+pub fn text() -> &'static str {
+    &TEXT
+}
