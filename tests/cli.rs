@@ -644,30 +644,40 @@ fn a_damaged_snapshot_does_not_hide_the_others() {
     );
 }
 
-#[test]
-fn killed_backup_leaves_a_repository_that_checks_clean_and_is_reused() {
+/// A source of `files` random 20 MB files and a new repository, for tests that stop a backup
+/// half-way: (temporary dir, source, repository).
+fn big_source_and_repo(files: u32) -> (tempfile::TempDir, PathBuf, PathBuf) {
     let t = tempfile::tempdir().unwrap();
     let src = t.path().join("src");
     std::fs::create_dir_all(&src).unwrap();
     sh(
-        "for i in $(seq 12); do head -c 20000000 /dev/urandom > big$i; done",
+        &format!("for i in $(seq {files}); do head -c 20000000 /dev/urandom > big$i; done"),
         &src,
     );
     let repo = t.path().join("repo");
     init(&repo);
-    // Kill at once, then after the database has grown by about one and three batches.
+    (t, src, repo)
+}
+
+/// Bytes the repository's database file occupies on disk.
+fn used(repo: &Path) -> u64 {
     let db = repo.join("cairn.redb");
-    let used =
-        |p: &Path| std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(p).unwrap()) * 512;
+    std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(db).unwrap()) * 512
+}
+
+#[test]
+fn killed_backup_leaves_a_repository_that_checks_clean_and_is_reused() {
+    let (t, src, repo) = big_source_and_repo(12);
+    // Kill at once, then after the database has grown by about one and three batches.
     for grow in [0u64, 50_000_000, 150_000_000] {
-        let start = used(&db);
+        let start = used(&repo);
         let mut child = cairn(&repo)
             .args(["backup", "--quiet"])
             .arg(&src)
             .spawn()
             .unwrap();
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-        while used(&db) < start + grow
+        while used(&repo) < start + grow
             && std::time::Instant::now() < deadline
             && child.try_wait().unwrap().is_none()
         {
@@ -701,19 +711,8 @@ fn killed_backup_leaves_a_repository_that_checks_clean_and_is_reused() {
 /// committed for the next backup to reuse, no snapshot, a clean check.
 #[test]
 fn an_interrupted_backup_exits_130_and_keeps_what_it_wrote() {
-    let t = tempfile::tempdir().unwrap();
-    let src = t.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    sh(
-        "for i in $(seq 10); do head -c 20000000 /dev/urandom > big$i; done",
-        &src,
-    );
-    let repo = t.path().join("repo");
-    init(&repo);
-    let db = repo.join("cairn.redb");
-    let used =
-        |p: &Path| std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(p).unwrap()) * 512;
-    let start = used(&db);
+    let (_t, src, repo) = big_source_and_repo(10);
+    let start = used(&repo);
     let mut child = cairn(&repo)
         .args(["backup", "--quiet"])
         .arg(&src)
@@ -721,7 +720,7 @@ fn an_interrupted_backup_exits_130_and_keeps_what_it_wrote() {
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while used(&db) < start + 30_000_000 && std::time::Instant::now() < deadline {
+    while used(&repo) < start + 30_000_000 && std::time::Instant::now() < deadline {
         assert!(
             child.try_wait().unwrap().is_none(),
             "still running when signalled"
