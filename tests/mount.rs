@@ -210,7 +210,7 @@ fn mount_layout_and_attributes() {
     let top = sh(&format!("ls {}", q(&m.dir)));
     assert_eq!(
         top.split_whitespace().collect::<Vec<_>>(),
-        vec!["hosts", "latest", "snapshots", "tags"]
+        vec!["calendar", "hosts", "latest", "snapshots", "tags"]
     );
     let snaps = sh(&format!("ls {}/snapshots", q(&m.dir)));
     let name = snaps.trim();
@@ -230,6 +230,18 @@ fn mount_layout_and_attributes() {
         listing(&s.src),
         listing(&mounted_src),
         "modes, owners, sizes, nsec mtimes, link counts, targets"
+    );
+    // The calendar view leads to the same snapshot (issue 13).
+    let by_day = m.dir.join(format!(
+        "calendar/{}/{}/{}/{}",
+        &name[..4],
+        &name[5..7],
+        &name[8..10],
+        &name[11..]
+    ));
+    assert_eq!(
+        listing(&by_day.join(s.src.strip_prefix("/").unwrap())),
+        listing(&mounted_src)
     );
     let (a, h) = (
         std::fs::metadata(mounted_src.join("a.txt")).unwrap(),

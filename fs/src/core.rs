@@ -820,6 +820,7 @@ fn synthetic_children(dir: &Node, layout: &Layout) -> Vec<(String, Node)> {
                 mk("snapshots", node::top_key("snapshots"), What::Snapshots),
                 mk("hosts", node::top_key("hosts"), What::Hosts),
                 mk("tags", node::top_key("tags"), What::Tags),
+                mk("calendar", node::top_key("calendar"), What::Calendar),
             ];
             if layout.latest().is_some() {
                 v.push(mk("latest", node::top_key("latest"), What::Latest));
@@ -849,7 +850,7 @@ fn synthetic_children(dir: &Node, layout: &Layout) -> Vec<(String, Node)> {
             let members = match view {
                 ViewKind::Host(h) => layout.hosts.get(h),
                 ViewKind::Tag(t) => layout.tags.get(t),
-                ViewKind::Snapshots => None,
+                ViewKind::Snapshots | ViewKind::Calendar => None,
             };
             snap_dirs(
                 dir,
@@ -857,31 +858,78 @@ fn synthetic_children(dir: &Node, layout: &Layout) -> Vec<(String, Node)> {
                 members.map(|m| layout.group(m)).unwrap_or_default(),
             )
         }
+        What::Calendar => periods(dir, layout, ""),
+        What::Period(prefix) if prefix.len() < DAY.len() => periods(dir, layout, prefix),
+        What::Period(day) => layout
+            .snaps
+            .iter()
+            .filter_map(|s| {
+                let time = s.name.strip_prefix(day.as_str())?.strip_prefix('_')?;
+                Some((time.to_string(), snap_dir(dir, &ViewKind::Calendar, s)))
+            })
+            .collect(),
         _ => Vec::new(),
     }
+}
+
+/// The shape of a day in snapshot names (`YYYY-MM-DD`); a year is its first 4 bytes, a month
+/// its first 7.
+const DAY: &str = "YYYY-MM-DD";
+
+/// The next calendar level below `prefix` ("" for the years): each distinct year, month or day
+/// of the snapshot names under it, named by its own number (`2026`, `11`, `29`).
+fn periods(dir: &Node, layout: &Layout, prefix: &str) -> Vec<(String, Node)> {
+    let len = match prefix.len() {
+        0 => 4,
+        4 => 7,
+        _ => DAY.len(),
+    };
+    let mut seen: Vec<&str> = layout
+        .snaps
+        .iter()
+        .filter(|s| s.name.len() > DAY.len() && s.name.starts_with(prefix))
+        .filter_map(|s| s.name.get(..len))
+        .collect();
+    // Names follow local time, which can step back (daylight saving): sort, not only dedup.
+    seen.sort_unstable();
+    seen.dedup();
+    seen.into_iter()
+        .map(|p| {
+            let own = p.get(prefix.len()..).unwrap_or(p).trim_start_matches('-');
+            let key = node::period_key(p);
+            (
+                own.to_string(),
+                Node {
+                    ino: key,
+                    parent: dir.ino,
+                    key,
+                    what: What::Period(p.to_string()),
+                },
+            )
+        })
+        .collect()
 }
 
 fn snap_dirs(dir: &Node, view: &ViewKind, snaps: Vec<&SnapView>) -> Vec<(String, Node)> {
     snaps
         .into_iter()
-        .map(|s| {
-            let key = node::snap_key(view, &s.id);
-            let what = What::SnapRoot {
-                snap: s.id,
-                root: s.root,
-                time: s.time,
-            };
-            (
-                s.name.clone(),
-                Node {
-                    ino: key,
-                    parent: dir.ino,
-                    key,
-                    what,
-                },
-            )
-        })
+        .map(|s| (s.name.clone(), snap_dir(dir, view, s)))
         .collect()
+}
+
+/// A snapshot's top directory in one view.
+fn snap_dir(dir: &Node, view: &ViewKind, s: &SnapView) -> Node {
+    let key = node::snap_key(view, &s.id);
+    Node {
+        ino: key,
+        parent: dir.ino,
+        key,
+        what: What::SnapRoot {
+            snap: s.id,
+            root: s.root,
+            time: s.time,
+        },
+    }
 }
 
 /// An estimate of a decoded tree's memory, for the tree cache's bound.
@@ -915,4 +963,88 @@ fn build_pool(threads: usize) -> Option<crate::pool::Pool> {
 fn now() -> Time {
     let (sec, nsec) = cairn_repo::util::now_precise();
     Time { sec, nsec }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod calendar_tests {
+    use super::*;
+    use cairn_repo::{Snapshot, SnapshotEntry};
+
+    fn layout_of(times: &[i64]) -> Layout {
+        let list: Vec<SnapshotEntry> = times
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let mut id = [0u8; 32];
+                id[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                SnapshotEntry {
+                    id: Id(id),
+                    snapshot: Snapshot {
+                        time: Time { sec: *t, nsec: 0 },
+                        host: "h".into(),
+                        user: "u".into(),
+                        tags: vec![],
+                        paths: vec![b"/".to_vec()],
+                        root: Id([1; 32]),
+                        parent: None,
+                        stats: Default::default(),
+                        program: String::new(),
+                    },
+                }
+            })
+            .collect();
+        Layout::build(&list)
+    }
+
+    fn dir(what: What) -> Node {
+        Node {
+            ino: 5,
+            parent: 1,
+            key: 5,
+            what,
+        }
+    }
+
+    fn listing(l: &Layout, what: What) -> Vec<(String, Node)> {
+        synthetic_children(&dir(what), l)
+    }
+
+    /// Two years of hourly snapshots (17,520, plus two in one second): every level lists its
+    /// own numbers once, in order, and a day holds its 24 (or 25) snapshots by time.
+    #[test]
+    fn two_years_of_hourly_snapshots_by_year_month_day() {
+        let start = 1_767_225_600; // 2026-01-01 00:00 UTC
+        let mut times: Vec<i64> = (0..2 * 365 * 24).map(|h| start + h * 3600).collect();
+        times.push(start + 3600); // same second as the second snapshot
+        times.sort();
+        let l = layout_of(&times);
+        let t = std::time::Instant::now();
+        let years = listing(&l, What::Calendar);
+        let names: Vec<&str> = years.iter().map(|(n, _)| n.as_str()).collect();
+        assert!(names.windows(2).all(|w| w[0] < w[1]), "{names:?}");
+        assert!((2..=3).contains(&names.len()), "{names:?}");
+        let mut snaps = 0;
+        for (_, y) in &years {
+            for (m, month) in listing(&l, y.what.clone()) {
+                assert_eq!(m.len(), 2);
+                for (d, day) in listing(&l, month.what.clone()) {
+                    assert_eq!(d.len(), 2);
+                    let in_day = listing(&l, day.what.clone());
+                    assert!(!in_day.is_empty());
+                    for (n, node) in &in_day {
+                        assert!(n.len() >= "00-00-00".len() && !n.contains(':'), "{n}");
+                        assert!(matches!(node.what, What::SnapRoot { .. }));
+                    }
+                    snaps += in_day.len();
+                }
+            }
+        }
+        assert_eq!(snaps, times.len(), "every snapshot once");
+        eprintln!(
+            "calendar: every level of {} snapshots listed in {:?}",
+            times.len(),
+            t.elapsed()
+        );
+    }
 }

@@ -36,6 +36,8 @@ pub enum ViewKind {
     Snapshots,
     Host(String),
     Tag(String),
+    /// `calendar/<year>/<month>/<day>/<time>/`.
+    Calendar,
 }
 
 #[derive(Clone, Debug)]
@@ -47,6 +49,11 @@ pub enum What {
     Latest,
     /// `hosts/<h>` or `tags/<t>`.
     Group(ViewKind),
+    /// `calendar/`.
+    Calendar,
+    /// `calendar/YYYY`, `calendar/YYYY/MM` or `calendar/YYYY/MM/DD`, named by the prefix of
+    /// the snapshot names it holds: `YYYY`, `YYYY-MM` or `YYYY-MM-DD`.
+    Period(String),
     /// A snapshot directory: its contents are the snapshot's root tree.
     SnapRoot {
         snap: Id,
@@ -114,7 +121,13 @@ pub fn group_key(view: &ViewKind) -> u64 {
         ViewKind::Snapshots => top_key("snapshots"),
         ViewKind::Host(h) => hash64(&[b"host", h.as_bytes()]),
         ViewKind::Tag(t) => hash64(&[b"tag", t.as_bytes()]),
+        ViewKind::Calendar => top_key("calendar"),
     }
+}
+
+/// The key (and inode number) of a calendar period directory.
+pub fn period_key(prefix: &str) -> u64 {
+    hash64(&[b"period", prefix.as_bytes()])
 }
 
 /// The key (and inode number) of a snapshot's directory in one view.

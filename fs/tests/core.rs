@@ -186,7 +186,15 @@ fn top_level_layout() {
     let c = core(&f, Duration::from_secs(60));
     assert_eq!(
         names(&c, ROOT_INO),
-        vec![".", "..", "snapshots", "hosts", "tags", "latest"]
+        vec![
+            ".",
+            "..",
+            "snapshots",
+            "hosts",
+            "tags",
+            "calendar",
+            "latest"
+        ]
     );
     let snaps = c.lookup(ROOT_INO, b"snapshots").unwrap();
     let snap_names = names(&c, snaps.ino);
@@ -203,6 +211,22 @@ fn top_level_layout() {
     assert_eq!(names(&c, hosts.ino), vec![".", "..", "box"]);
     let host = c.lookup(hosts.ino, b"box").unwrap();
     assert_eq!(&names(&c, host.ino)[2], name);
+    // calendar/YYYY/MM/DD/HH-MM-SS/ is the same snapshot (issue 13).
+    let mut at = c.lookup(ROOT_INO, b"calendar").unwrap();
+    for (level, part) in [(0, &name[..4]), (1, &name[5..7]), (2, &name[8..10])] {
+        assert_eq!(names(&c, at.ino), vec![".", "..", part], "level {level}");
+        at = c.lookup(at.ino, part.as_bytes()).unwrap();
+    }
+    assert_eq!(names(&c, at.ino), vec![".", "..", &name[11..]]);
+    let by_day = c.lookup(at.ino, name[11..].as_bytes()).unwrap();
+    let direct = c.lookup(snaps.ino, name.as_bytes()).unwrap();
+    assert_eq!(names(&c, by_day.ino), names(&c, direct.ino));
+    assert_eq!(by_day.mtime, direct.mtime);
+    assert_ne!(by_day.ino, direct.ino, "a directory has one inode per view");
+    assert_eq!(
+        c.lookup(at.ino, b"99-99-99").unwrap_err().errno,
+        libc::ENOENT
+    );
     let tags = c.lookup(ROOT_INO, b"tags").unwrap();
     let daily = c.lookup(tags.ino, b"daily").unwrap();
     let via_tag = c.lookup(daily.ino, name.as_bytes()).unwrap();
