@@ -218,7 +218,7 @@ fn top_level_layout() {
         at = c.lookup(at.ino, part.as_bytes()).unwrap();
     }
     assert_eq!(names(&c, at.ino), vec![".", "..", &name[11..]]);
-    let by_day = c.lookup(at.ino, name[11..].as_bytes()).unwrap();
+    let by_day = c.lookup(at.ino, &name.as_bytes()[11..]).unwrap();
     let direct = c.lookup(snaps.ino, name.as_bytes()).unwrap();
     assert_eq!(names(&c, by_day.ino), names(&c, direct.ino));
     assert_eq!(by_day.mtime, direct.mtime);
