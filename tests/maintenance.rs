@@ -407,3 +407,48 @@ fn issue16_a_backup_that_fills_the_disk_gives_back_its_space() {
     assert_eq!(snapshots(&repo).len(), 1);
     ok(cairn(&repo).args(["check", "--read-data"]), 0);
 }
+
+/// Issue 16: a restore into a disk that fills up leaves no empty or half-written file under
+/// a real name (each is renamed into place only when whole) and no temporary file, so a retry
+/// elsewhere, or after freeing space, finds nothing that looks newer than the snapshot.
+#[test]
+fn issue16_a_restore_into_a_full_disk_leaves_only_whole_files() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = std::fs::canonicalize(tmp.path()).unwrap();
+    let (repo, src, disk) = (root.join("repo"), root.join("src"), root.join("disk"));
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..40 {
+        std::fs::write(src.join(format!("f{i:02}")), noise(200 + i, 500 << 10)).unwrap();
+    }
+    init(&repo);
+    backup(&repo, &[&src]);
+    std::fs::create_dir_all(&disk).unwrap();
+    let st = std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
+        .arg(&disk)
+        .status()
+        .unwrap();
+    assert!(st.success(), "mount an 8 MiB tmpfs");
+    let _disk = Tmpfs(disk.clone());
+    let r = run(cairn(&repo)
+        .args(["restore", "latest", "--target"])
+        .arg(&disk));
+    assert_ne!(r.code, 0, "the disk is too small: {}", r.stderr);
+    let restored = disk.join(src.strip_prefix("/").unwrap());
+    let mut whole = 0;
+    for e in std::fs::read_dir(&restored).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        assert!(
+            !name.starts_with(".cairn-restore-"),
+            "temporary file left: {name}"
+        );
+        assert_eq!(
+            std::fs::read(e.path()).unwrap(),
+            std::fs::read(src.join(&name)).unwrap(),
+            "{name} is whole or absent"
+        );
+        whole += 1;
+    }
+    assert!(whole > 0 && whole < 40, "{whole} of 40 fit");
+}
