@@ -140,9 +140,7 @@ fn open_pair(
     let path = g.repo_path()?;
     let replica = match cairn_repo::store::Store::open(&path, 1 << 20) {
         Ok(store) => replica_arg(&store, arg)?,
-        Err(damaged @ cairn_repo::Error::Damaged { .. }) => {
-            return rebuild(g, &path, arg, damaged);
-        }
+        Err(cairn_repo::Error::Damaged { reason, .. }) => return rebuild(g, &path, arg, &reason),
         Err(e) => return Err(e.into()),
     };
     let opts = cairn_repo::OpenOptions::default();
@@ -172,21 +170,19 @@ fn rebuild(
     g: &Global,
     path: &std::path::Path,
     arg: &std::path::Path,
-    damaged: cairn_repo::Error,
+    reason: &str,
 ) -> Result<(Repository, Option<Replica>), Failure> {
+    let broken = format!(
+        "the repository database at {} does not open ({reason})",
+        path.display()
+    );
     if !arg.exists() {
         return Err(Failure::fatal(format!(
-            "{damaged}. Rebuilding it needs a local replica: {} is not a path here (copy the replica to this machine, or give its path)",
+            "{broken}; rebuilding it needs a local replica: {} is not a path here (copy the replica to this machine, or give its path)",
             arg.display()
         )));
     }
-    if let cairn_repo::Error::Damaged { reason, .. } = &damaged {
-        output::warn(&format!(
-            "the repository database at {} does not open ({reason}); rebuilding it from {}",
-            path.display(),
-            arg.display()
-        ));
-    }
+    output::warn(&format!("{broken}; rebuilding it from {}", arg.display()));
     let opts = cairn_repo::OpenOptions::default();
     let password = crate::secrets::password(g, false)?;
     let other = Repository::open(arg, password.as_bytes(), &opts)?;

@@ -80,44 +80,43 @@ fn first_line(bytes: &[u8], what: &str) -> Result<Zeroizing<String>, Failure> {
     Ok(Zeroizing::new(s.to_string()))
 }
 
-/// Read until the first newline or EOF, at most `MAX_PASSWORD_BYTES`. Returns the bytes read
-/// (possibly more than the line) or an error naming `what` when no line ends within the bound.
-fn read_line_bounded(r: &mut impl Read, what: &str) -> Result<Zeroizing<Vec<u8>>, Failure> {
-    // Allocated once at full size, so no reallocation leaves a copy of the password behind.
+/// Read into a buffer of `MAX_PASSWORD_BYTES + 1` until EOF, a full buffer or (with
+/// `to_newline`) the end of the first line; the bytes read. Allocated once at full size, so no
+/// reallocation leaves a copy of the password behind.
+fn read_bounded(
+    r: &mut impl Read,
+    what: &str,
+    to_newline: bool,
+) -> Result<Zeroizing<Vec<u8>>, Failure> {
     let mut buf = Zeroizing::new(vec![0u8; MAX_PASSWORD_BYTES + 1]);
     let mut filled = 0;
-    loop {
-        if filled == buf.len() {
-            return Err(Failure::fatal(format!(
-                "{what}: no end of line within the first {} KiB; put the password alone on the first line",
-                MAX_PASSWORD_BYTES >> 10
-            )));
-        }
+    while filled < buf.len() {
         let n = match r.read(&mut buf[filled..]) {
+            Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(Failure::fatal(format!("reading {what}: {e}"))),
         };
-        if n == 0 {
-            break;
-        }
-        let newline = buf[filled..filled + n].contains(&b'\n');
         filled += n;
-        if newline {
+        if to_newline && buf[filled - n..filled].contains(&b'\n') {
             break;
         }
     }
-    let line = buf[..filled]
-        .iter()
-        .position(|&b| b == b'\n')
-        .unwrap_or(filled);
+    buf.truncate(filled);
+    Ok(buf)
+}
+
+/// Read until the first newline or EOF, at most `MAX_PASSWORD_BYTES`. Returns the bytes read
+/// (possibly more than the line) or an error naming `what` when no line ends within the bound.
+fn read_line_bounded(r: &mut impl Read, what: &str) -> Result<Zeroizing<Vec<u8>>, Failure> {
+    let buf = read_bounded(r, what, true)?;
+    let line = buf.iter().position(|&b| b == b'\n').unwrap_or(buf.len());
     if line > MAX_PASSWORD_BYTES {
         return Err(Failure::fatal(format!(
-            "{what}: the first line is longer than {} KiB; put the password alone on the first line",
+            "{what}: no end of line within the first {} KiB; put the password alone on the first line",
             MAX_PASSWORD_BYTES >> 10
         )));
     }
-    buf.truncate(filled);
     Ok(buf)
 }
 
@@ -219,23 +218,13 @@ fn from_command(cmd: &str) -> Result<Zeroizing<String>, Failure> {
 
 /// Read to EOF, at most `MAX_PASSWORD_BYTES`.
 fn read_all_bounded(r: &mut impl Read, what: &str) -> Result<Zeroizing<Vec<u8>>, Failure> {
-    let mut buf = Zeroizing::new(vec![0u8; MAX_PASSWORD_BYTES + 1]);
-    let mut filled = 0;
-    while filled < buf.len() {
-        match r.read(&mut buf[filled..]) {
-            Ok(0) => break,
-            Ok(n) => filled += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(Failure::fatal(format!("reading {what}: {e}"))),
-        }
-    }
-    if filled > MAX_PASSWORD_BYTES {
+    let buf = read_bounded(r, what, false)?;
+    if buf.len() > MAX_PASSWORD_BYTES {
         return Err(Failure::fatal(format!(
             "{what} is longer than {} KiB; the command must print the password on its first line",
             MAX_PASSWORD_BYTES >> 10
         )));
     }
-    buf.truncate(filled);
     Ok(buf)
 }
 

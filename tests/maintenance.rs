@@ -356,8 +356,21 @@ fn prune_beside_a_backup_in_another_process_loses_nothing() {
     assert_same_tree(&src, &target.join(src.strip_prefix("/").unwrap()));
 }
 
-/// Unmounts a tmpfs when dropped.
+/// A tmpfs of `size` (as `mount -o size=` takes it) on `dir`, unmounted when dropped.
 struct Tmpfs(std::path::PathBuf);
+
+impl Tmpfs {
+    fn mount(dir: &Path, size: &str) -> Tmpfs {
+        std::fs::create_dir_all(dir).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir)
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount a {size} tmpfs on {}", dir.display());
+        Tmpfs(dir.to_path_buf())
+    }
+}
 
 impl Drop for Tmpfs {
     fn drop(&mut self) {
@@ -376,14 +389,7 @@ fn issue16_a_backup_that_fills_the_disk_gives_back_its_space() {
     let tmp = tempfile::tempdir().unwrap();
     let root = std::fs::canonicalize(tmp.path()).unwrap();
     let disk = root.join("disk");
-    std::fs::create_dir_all(&disk).unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
-        .arg(&disk)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount a 64 MiB tmpfs");
-    let _disk = Tmpfs(disk.clone());
+    let _disk = Tmpfs::mount(&disk, "64m");
     let repo = disk.join("repo");
     init(&repo);
     let (big, small) = (root.join("big"), root.join("small"));
@@ -422,14 +428,7 @@ fn issue16_a_restore_into_a_full_disk_leaves_only_whole_files() {
     }
     init(&repo);
     backup(&repo, &[&src]);
-    std::fs::create_dir_all(&disk).unwrap();
-    let st = std::process::Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
-        .arg(&disk)
-        .status()
-        .unwrap();
-    assert!(st.success(), "mount an 8 MiB tmpfs");
-    let _disk = Tmpfs(disk.clone());
+    let _disk = Tmpfs::mount(&disk, "8m");
     let r = run(cairn(&repo)
         .args(["restore", "latest", "--target"])
         .arg(&disk));

@@ -103,14 +103,13 @@ impl Error {
 
     /// True when the disk (or quota) holding what was being written is full.
     pub fn is_disk_full(&self) -> bool {
-        const ENOSPC: i32 = 28;
-        const EDQUOT: i32 = 122;
         match self {
             Error::Io { source, .. } => {
-                matches!(source.raw_os_error(), Some(ENOSPC) | Some(EDQUOT))
+                matches!(
+                    source.raw_os_error(),
+                    Some(libc::ENOSPC) | Some(libc::EDQUOT)
+                )
             }
-            // redb's I/O errors arrive flattened (see `db_error!`).
-            Error::Db(m) => m.contains("(os error 28)") || m.contains("(os error 122)"),
             _ => false,
         }
     }
@@ -121,11 +120,16 @@ impl Error {
     }
 }
 
+/// redb's errors: its I/O errors stay `Error::Io` (so a full disk is one callers can match,
+/// `is_disk_full`), everything else is `Error::Db` with redb's message.
 macro_rules! db_error {
     ($($t:ty),*) => {$(
         impl From<$t> for Error {
             fn from(e: $t) -> Self {
-                Error::Db(e.to_string())
+                match redb::Error::from(e) {
+                    redb::Error::Io(io) => Error::io("I/O error on the repository database", io),
+                    other => Error::Db(other.to_string()),
+                }
             }
         }
     )*};

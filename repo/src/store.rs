@@ -117,7 +117,7 @@ impl Db {
         }
     }
 
-    pub fn is_read_only(&self) -> bool {
+    pub(crate) fn is_read_only(&self) -> bool {
         matches!(self, Db::Ro(..))
     }
 }
@@ -384,13 +384,35 @@ impl Store {
     }
 
     pub fn key_slots(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.numbered_rows(KEYS)
+    }
+
+    /// Every row of a table numbered by `u64` (key slots, sessions), in order.
+    fn numbered_rows(&self, table: TableDefinition<u64, &[u8]>) -> Result<Vec<(u64, Vec<u8>)>> {
         Error::guard(|| {
             let txn = self.db.begin_read()?;
-            let t = txn.open_table(KEYS)?;
+            let t = txn.open_table(table)?;
             let mut out = Vec::new();
             for row in t.iter()? {
                 let (k, v) = row?;
                 out.push((k.value(), v.value().to_vec()));
+            }
+            Ok(out)
+        })
+    }
+
+    /// The `STATE` rows whose key starts with `prefix`, as (rest of the key, value).
+    pub(crate) fn state_with_prefix(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
+        Error::guard(|| {
+            let txn = self.db.begin_read()?;
+            let state = txn.open_table(STATE)?;
+            let mut out = Vec::new();
+            for row in state.range(prefix..)? {
+                let (k, v) = row?;
+                let Some(rest) = k.value().strip_prefix(prefix) else {
+                    break;
+                };
+                out.push((rest.to_string(), v.value().to_vec()));
             }
             Ok(out)
         })
@@ -549,16 +571,7 @@ impl Store {
     }
 
     pub fn sessions(&self) -> Result<Vec<(u64, Vec<u8>)>> {
-        Error::guard(|| {
-            let txn = self.db.begin_read()?;
-            let t = txn.open_table(SESSIONS)?;
-            let mut out = Vec::new();
-            for row in t.iter()? {
-                let (k, v) = row?;
-                out.push((k.value(), v.value().to_vec()));
-            }
-            Ok(out)
-        })
+        self.numbered_rows(SESSIONS)
     }
 
     /// Give back what writers that died left in their open packs: the pieces past the last
@@ -568,28 +581,13 @@ impl Store {
     /// opens it and removes the record in the commit that closes it; a record whose process is
     /// gone marks such a pack. Returns the bytes given back.
     pub fn give_back_abandoned(&self) -> Result<u64> {
-        Error::guard(|| {
-            let abandoned: Vec<u64> = {
-                let txn = self.db.begin_read()?;
-                let state = txn.open_table(STATE)?;
-                let mut out = Vec::new();
-                for row in state.range(OPEN_PACK..)? {
-                    let (k, v) = row?;
-                    let Some(pack) = k.value().strip_prefix(OPEN_PACK) else {
-                        break;
-                    };
-                    if !crate::util::session_alive(v.value()) {
-                        out.extend(pack.parse::<u64>().ok());
-                    }
-                }
-                out
-            };
-            let mut freed = 0;
-            for pack in abandoned {
-                freed += self.drop_unindexed_tail(pack)?;
+        let mut freed = 0;
+        for (pack, writer) in self.state_with_prefix(OPEN_PACK)? {
+            if let (Ok(pack), false) = (pack.parse(), crate::util::session_alive(&writer)) {
+                freed += Error::guard(|| self.drop_unindexed_tail(pack))?;
             }
-            Ok(freed)
-        })
+        }
+        Ok(freed)
     }
 
     /// Cut `pack` back to its last indexed object (see `give_back_abandoned`).
@@ -685,7 +683,7 @@ impl Store {
 
 /// The error for a snapshot that exists with other bytes: stored snapshots are never replaced
 /// (only a repair, which copies a verified blob over a damaged one, may).
-pub fn snapshot_conflict(id: &Id) -> Error {
+fn snapshot_conflict(id: &Id) -> Error {
     Error::Refused(format!(
         "snapshot {id} is already stored with other bytes; a stored snapshot is never replaced"
     ))

@@ -114,19 +114,11 @@ impl Store {
 
     /// The packs `mark_for_repack` marked.
     pub fn marked_for_repack(&self) -> Result<HashSet<u64>> {
-        Error::guard(|| {
-            let txn = self.db.begin_read()?;
-            let state = txn.open_table(STATE)?;
-            let mut out = HashSet::new();
-            for row in state.range(REPACK..)? {
-                let (k, _) = row?;
-                let Some(p) = k.value().strip_prefix(REPACK) else {
-                    break;
-                };
-                out.extend(p.parse::<u64>().ok());
-            }
-            Ok(out)
-        })
+        Ok(self
+            .state_with_prefix(REPACK)?
+            .into_iter()
+            .filter_map(|(pack, _)| pack.parse().ok())
+            .collect())
     }
 
     /// Key-less storage verification: every indexed object's stored bytes against the checksum

@@ -133,6 +133,7 @@ pub fn sync(
     expect_done(target.call(Request::AddKeySlots(slots))?)?;
     let theirs = list_snapshot_checks(target)?;
     report.target_snapshots = theirs.keys().copied().collect();
+    report.target_snapshots.sort();
     // Snapshots first, then the view: the view is newer, so it holds all they reference.
     let blobs = repo.store().snapshot_blobs()?;
     let view = repo.view()?;
