@@ -16,6 +16,7 @@ pub mod prune;
 pub mod reader;
 pub mod repo;
 pub mod restore;
+pub mod storage;
 pub mod store;
 pub mod store_maint;
 mod store_truncated;

@@ -1,0 +1,121 @@
+//! The storage seam (DESIGN.md §9): the object-level contract every store passes, whatever
+//! keeps the bytes (the local redb file today; a server behind `cairn serve` and S3 next).
+//!
+//! Below the seam sealed bytes are opaque: a store sees ids, kinds, lengths and the BLAKE3
+//! check of the sealed bytes, never a key. The contract, which `repo/tests/conformance.rs`
+//! runs against every store:
+//! - An object added to a writer becomes visible only in a `checkpoint` or `commit` that holds
+//!   every byte of it, and objects become visible in the order they were added (a crash or a
+//!   dropped writer leaves a prefix of whole objects, never a part of one).
+//! - A snapshot becomes visible only in the `commit` that carries it, after every object
+//!   added before it; a stored snapshot is never replaced: the same bytes again are a no-op,
+//!   other bytes are `Error::Refused`.
+//! - An object stored once keeps its bytes: adding an id already stored leaves the stored copy
+//!   in place (callers ask `contains` first; a store may spend space on the repeat until a
+//!   sweep).
+//! - Reading an absent object is `Error::Missing`, never a panic or empty bytes.
+//! - Two writers may run at once; each one's objects and snapshots stay whole.
+//!
+//! Callers above the seam move onto this trait one by one (DESIGN.md §9, order of the work);
+//! until they have, the redb store keeps its own wider API beside it.
+
+use crate::crypto::Kind;
+use crate::error::Result;
+use crate::format::Config;
+use crate::id::Id;
+
+pub mod memory;
+mod redb;
+
+/// What a store knows of one object without its key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub kind: Kind,
+    /// Length of the sealed bytes.
+    pub len: u32,
+    /// The first 16 bytes of BLAKE3(sealed): lets a store, a replica or a check verify stored
+    /// bytes without the password.
+    pub check: [u8; 16],
+}
+
+impl ObjectInfo {
+    pub fn of(kind: Kind, sealed: &[u8]) -> ObjectInfo {
+        ObjectInfo {
+            kind,
+            len: sealed.len() as u32,
+            check: checksum(sealed),
+        }
+    }
+}
+
+/// The ciphertext checksum kept with every object (see `ObjectInfo::check`).
+pub fn checksum(sealed: &[u8]) -> [u8; 16] {
+    crate::store::checksum(sealed)
+}
+
+/// How a writer batches its work.
+#[derive(Clone, Copy, Debug)]
+pub struct WriterOptions {
+    /// Bytes buffered before the writer stores them by itself (a store may round it up).
+    pub batch_bytes: usize,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        WriterOptions {
+            batch_bytes: 32 << 20,
+        }
+    }
+}
+
+/// One store of one repository: config, key slots, snapshots, objects, sessions.
+pub trait Storage: Send + Sync {
+    /// Where the store is, for messages: a path or a URL.
+    fn location(&self) -> String;
+    /// The repository's config (chunking, pack sizes, repository id).
+    fn config(&self) -> Result<Config>;
+    /// The key slots, still wrapped, by number.
+    fn key_slots(&self) -> Result<Vec<(u64, Vec<u8>)>>;
+    /// Add a wrapped key slot; refused past `crypto::MAX_KEY_SLOTS`. Returns its number.
+    fn add_key_slot(&self, slot: &[u8]) -> Result<u64>;
+    /// Remove a key slot; refuses an unknown number and the last slot.
+    fn remove_key_slot(&self, id: u64) -> Result<()>;
+    /// Every stored snapshot, sealed, in id order.
+    fn snapshots(&self) -> Result<Vec<(Id, Vec<u8>)>>;
+    /// Remove snapshots (absent ids are passed over); their objects stay until a sweep.
+    fn remove_snapshots(&self, ids: &[Id]) -> Result<()>;
+    /// A reader of the objects stored now.
+    fn reader(&self) -> Result<Box<dyn Reader + '_>>;
+    /// A writer of new objects and snapshots (see the module's contract).
+    fn writer(&self, opts: WriterOptions) -> Result<Box<dyn Writer + '_>>;
+    /// Record a writer in flight (a backup, a sync); garbage collection waits for live ones.
+    fn begin_session(&self, info: &[u8]) -> Result<u64>;
+    fn end_session(&self, id: u64) -> Result<()>;
+    fn sessions(&self) -> Result<Vec<(u64, Vec<u8>)>>;
+}
+
+/// Reads objects by id.
+pub trait Reader: Send + Sync {
+    /// What is stored under `id`, if anything.
+    fn info(&self, id: &Id) -> Result<Option<ObjectInfo>>;
+    /// For each id, whether it is stored (one answer per id, duplicates included).
+    fn contains(&self, ids: &[Id]) -> Result<Vec<bool>>;
+    /// The sealed bytes and kind of `id`; `Error::Missing` when absent.
+    fn read(&self, id: &Id) -> Result<(Kind, Vec<u8>)>;
+    /// Up to `limit` objects whose id is at or after `from`, in id order.
+    fn list(&self, from: &Id, limit: usize) -> Result<Vec<(Id, ObjectInfo)>>;
+    /// How many objects are stored.
+    fn count(&self) -> Result<u64>;
+}
+
+/// Adds objects, then makes them visible (see the module's contract).
+pub trait Writer {
+    /// Queue a sealed object. The writer may store it (and everything before it) right away
+    /// when its buffer is full.
+    fn add(&mut self, id: Id, kind: Kind, sealed: &[u8]) -> Result<()>;
+    /// Store what is buffered: a prefix of the objects added so far becomes visible (a store
+    /// may hold back the tail of a partly filled unit, a redb piece, until a later call).
+    fn checkpoint(&mut self) -> Result<()>;
+    /// Make every object added so far visible, then `snapshots`, in one atomic step.
+    fn commit(&mut self, snapshots: &[(Id, Vec<u8>)]) -> Result<()>;
+}

@@ -1,0 +1,131 @@
+//! The local redb repository behind the seam (an adapter over `crate::store`).
+
+use super::{ObjectInfo, Reader, Storage, Writer, WriterOptions};
+use crate::crypto::Kind;
+use crate::error::{Error, Result};
+use crate::format::Config;
+use crate::id::Id;
+use crate::packer::Packer;
+use crate::store::{Store, View};
+
+impl Storage for Store {
+    fn location(&self) -> String {
+        self.dir().display().to_string()
+    }
+
+    fn config(&self) -> Result<Config> {
+        Store::config(self)
+    }
+
+    fn key_slots(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+        Store::key_slots(self)
+    }
+
+    fn add_key_slot(&self, slot: &[u8]) -> Result<u64> {
+        Store::add_key_slot(self, slot)
+    }
+
+    fn remove_key_slot(&self, id: u64) -> Result<()> {
+        Store::remove_key_slot(self, id)
+    }
+
+    fn snapshots(&self) -> Result<Vec<(Id, Vec<u8>)>> {
+        self.snapshot_blobs()
+    }
+
+    fn remove_snapshots(&self, ids: &[Id]) -> Result<()> {
+        Store::remove_snapshots(self, ids)
+    }
+
+    fn reader(&self) -> Result<Box<dyn Reader + '_>> {
+        Ok(Box::new(RedbReader {
+            view: self.view()?,
+            piece_size: Store::config(self)?.piece_size,
+        }))
+    }
+
+    fn writer(&self, opts: WriterOptions) -> Result<Box<dyn Writer + '_>> {
+        let cfg = Store::config(self)?;
+        Ok(Box::new(RedbWriter(Packer::new(
+            self,
+            cfg.piece_size,
+            cfg.pack_max,
+            opts.batch_bytes,
+        ))))
+    }
+
+    fn begin_session(&self, info: &[u8]) -> Result<u64> {
+        Store::begin_session(self, info)
+    }
+
+    fn end_session(&self, id: u64) -> Result<()> {
+        Store::end_session(self, id)
+    }
+
+    fn sessions(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+        Store::sessions(self)
+    }
+}
+
+struct RedbReader {
+    view: View,
+    piece_size: u32,
+}
+
+impl Reader for RedbReader {
+    fn info(&self, id: &Id) -> Result<Option<ObjectInfo>> {
+        Ok(self.view.locate(id)?.map(|l| ObjectInfo {
+            kind: l.kind,
+            len: l.len,
+            check: l.check,
+        }))
+    }
+
+    fn contains(&self, ids: &[Id]) -> Result<Vec<bool>> {
+        ids.iter().map(|id| self.view.contains(id)).collect()
+    }
+
+    fn read(&self, id: &Id) -> Result<(Kind, Vec<u8>)> {
+        let loc = self
+            .view
+            .locate(id)?
+            .ok_or_else(|| Error::Missing(id.to_hex()))?;
+        Ok((loc.kind, self.view.read_sealed(id, &loc, self.piece_size)?))
+    }
+
+    fn list(&self, from: &Id, limit: usize) -> Result<Vec<(Id, ObjectInfo)>> {
+        Ok(self
+            .view
+            .objects_from(from, limit)?
+            .into_iter()
+            .map(|(id, l)| {
+                let info = ObjectInfo {
+                    kind: l.kind,
+                    len: l.len,
+                    check: l.check,
+                };
+                (id, info)
+            })
+            .collect())
+    }
+
+    fn count(&self) -> Result<u64> {
+        self.view.object_count()
+    }
+}
+
+struct RedbWriter<'s>(Packer<'s>);
+
+impl Writer for RedbWriter<'_> {
+    fn add(&mut self, id: Id, kind: Kind, sealed: &[u8]) -> Result<()> {
+        self.0.add(id, kind, sealed)
+    }
+
+    fn checkpoint(&mut self) -> Result<()> {
+        self.0.commit(false, &[])
+    }
+
+    fn commit(&mut self, snapshots: &[(Id, Vec<u8>)]) -> Result<()> {
+        self.0.commit(true, snapshots)
+    }
+}
