@@ -15,7 +15,7 @@ pub struct Args {
 pub fn run(g: &Global, a: &Args) -> CmdResult {
     let repo = g.open()?;
     let snap = repo.find_snapshot(&a.snapshot)?;
-    let view = repo.view()?;
+    let view = repo.reader()?;
     let path = a.path.as_os_str().as_bytes();
     let shown = String::from_utf8_lossy(path);
     let entry = repo

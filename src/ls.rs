@@ -1,6 +1,6 @@
 use crate::{output, CmdResult, Failure, Global};
 use cairn_repo::format::{Entry, FileType};
-use cairn_repo::{store::View, Repository};
+use cairn_repo::Repository;
 use std::os::unix::ffi::OsStrExt;
 
 #[derive(clap::Args)]
@@ -85,7 +85,7 @@ fn entry_json(path: &[u8], e: &Entry) -> serde_json::Value {
 
 struct Lister<'a> {
     repo: &'a Repository,
-    view: View,
+    view: Box<dyn cairn_repo::storage::Reader>,
     long: bool,
     json: bool,
     recursive: bool,
@@ -170,7 +170,7 @@ impl Lister<'_> {
 pub fn run(g: &Global, a: &Args) -> CmdResult {
     let repo = g.open()?;
     let snap = repo.find_snapshot(&a.snapshot)?;
-    let view = repo.view()?;
+    let view = repo.reader()?;
     let path: Vec<u8> = match &a.path {
         Some(p) => p.as_os_str().as_bytes().to_vec(),
         None => b"/".to_vec(),

@@ -226,14 +226,19 @@ impl Global {
     }
 
     pub fn open(&self) -> Result<cairn_repo::Repository, Failure> {
-        self.open_with_cache(cairn_repo::store::DEFAULT_DB_CACHE)
+        self.open_tuned(&cairn_repo::OpenOptions::default())
     }
 
     /// Open with a given redb cache size; a missing repository is reported before the password
     /// is asked for.
-    pub fn open_with_cache(&self, cache_bytes: usize) -> Result<cairn_repo::Repository, Failure> {
+    /// Open the repository with these caches (`kdf` is not used: no key slot is made).
+    pub fn open_tuned(
+        &self,
+        opts: &cairn_repo::OpenOptions,
+    ) -> Result<cairn_repo::Repository, Failure> {
         let path = self.repo_path()?;
-        let store = cairn_repo::store::Store::open(&path, cache_bytes)?;
+        let mut store = cairn_repo::store::Store::open(&path, opts.db_cache_bytes)?;
+        store.set_piece_cache(opts.piece_cache_pieces);
         let password = secrets::password(self, false)?;
         Ok(cairn_repo::Repository::unlock(store, password.as_bytes())?)
     }

@@ -97,10 +97,18 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
     Ok(0)
 }
 
+/// Pack pieces (about 1 MiB each) of raw repository bytes kept for neighbouring small files:
+/// one piece read serves many of them.
+const PIECE_CACHE_PIECES: usize = 16;
+
 /// With a small database cache: file data passes through it once, the decoded-chunk cache is
 /// what serves repeated reads.
 fn open_repo(g: &Global) -> Result<cairn_repo::Repository, Failure> {
-    g.open_with_cache(DB_CACHE)
+    g.open_tuned(&cairn_repo::OpenOptions {
+        db_cache_bytes: DB_CACHE,
+        piece_cache_pieces: PIECE_CACHE_PIECES,
+        ..cairn_repo::OpenOptions::default()
+    })
 }
 
 /// One malloc arena for the whole process: request and prefetch threads otherwise each keep

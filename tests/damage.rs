@@ -232,7 +232,7 @@ fn issue16_a_damaged_directory_is_passed_over_by_ls_and_restore() {
         .unwrap();
         // The first snapshot holds the whole source.
         let snap = repo.snapshots().unwrap().remove(0);
-        let view = repo.view().unwrap();
+        let view = repo.reader().unwrap();
         let tree = repo
             .lookup(
                 &view,

@@ -394,7 +394,7 @@ fn damaged_chunk_reads_eio_and_is_logged() {
     )
     .unwrap();
     let snap = repo.find_snapshot("latest").unwrap();
-    let view = repo.view().unwrap();
+    let view = repo.reader().unwrap();
     let path = s.src.join("d/big.bin");
     let entry = repo
         .lookup(&view, &snap.snapshot.root, path.as_os_str().as_bytes())

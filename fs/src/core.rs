@@ -8,7 +8,7 @@ use crate::layout::{Layout, SnapView};
 use crate::node::{self, entry_node, Attr, Node, ViewKind, What, ROOT_INO};
 use crate::read::OpenFile;
 use cairn_repo::format::{Entry, FileType, Time, Tree};
-use cairn_repo::store::{PieceCache, View};
+use cairn_repo::storage::Reader;
 use cairn_repo::{Id, Repository};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -52,9 +52,6 @@ pub struct FsOptions {
     pub chunk_cache_bytes: usize,
     /// Bytes (estimated) of decoded directory trees kept in memory.
     pub tree_cache_bytes: usize,
-    /// Pack pieces (about 1 MiB each) of raw repository bytes kept for neighbouring small
-    /// objects (0: none).
-    pub piece_cache_pieces: usize,
     /// How often the snapshot list is re-read.
     pub refresh: Duration,
     /// Chunks fetched ahead of a sequential reader.
@@ -76,7 +73,6 @@ impl Default for FsOptions {
         FsOptions {
             chunk_cache_bytes: 128 << 20,
             tree_cache_bytes: 64 << 20,
-            piece_cache_pieces: 16,
             refresh: Duration::from_secs(5),
             prefetch_chunks: 4,
             prefetch_files: 32,
@@ -113,9 +109,6 @@ pub(crate) struct Inner {
     nodes: Mutex<HashMap<u64, Slot>>,
     trees: Loader<Id, Tree>,
     pub(crate) chunks: Loader<Id, Vec<u8>>,
-    /// Pieces (about 1 MiB each) shared by every repository read: small objects written
-    /// together are read together, and each read takes a fresh view (read transaction).
-    pieces: Arc<PieceCache>,
     pub(crate) files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     /// Files read without an open handle (the kernel skips OPEN when the filesystem declines
     /// it), by inode: the most recently read ones.
@@ -127,8 +120,8 @@ pub(crate) struct Inner {
     /// Snapshots skipped at the last refresh (logged when this changes).
     damaged: Mutex<Vec<String>>,
     started: Time,
-    /// The read transaction `with_view` reuses, and when it was opened.
-    view: Mutex<Option<(Instant, Arc<View>)>>,
+    /// The reader `with_view` reuses, and when it was made.
+    view: Mutex<Option<(Instant, Arc<dyn Reader>)>>,
     /// Set by the FUSE adapter once mounted (see `Pusher`).
     pusher: std::sync::OnceLock<Pusher>,
 }
@@ -144,11 +137,15 @@ impl Inner {
         self.pusher.get()
     }
 
-    /// Run `f` on a read transaction (reading pieces through the shared cache). One is
-    /// reused for up to `VIEW_REUSE` (opening one takes two fcntl locks and three table
-    /// opens, per small file otherwise); if `f` fails on a reused one, it runs again on a
-    /// fresh one, so objects committed since (a new snapshot's) are always found.
-    pub(crate) fn with_view<T>(&self, f: impl Fn(&View) -> cairn_repo::Result<T>) -> FsResult<T> {
+    /// Run `f` on a reader of the repository's storage. One is reused for up to
+    /// `VIEW_REUSE` (a local repository's reader is a read transaction: two fcntl locks and
+    /// three table opens, per small file otherwise); if `f` fails on a reused one, it runs
+    /// again on a fresh one, so objects committed since (a new snapshot's) are always found.
+    /// Readers share the store's piece cache, so neighbouring small objects cost one read.
+    pub(crate) fn with_view<T>(
+        &self,
+        f: impl Fn(&dyn Reader) -> cairn_repo::Result<T>,
+    ) -> FsResult<T> {
         let reused = {
             let v = lock(&self.view);
             v.as_ref()
@@ -156,13 +153,13 @@ impl Inner {
                 .map(|(_, view)| view.clone())
         };
         if let Some(view) = reused {
-            if let Ok(t) = f(&view) {
+            if let Ok(t) = f(&*view) {
                 return Ok(t);
             }
         }
-        let view = Arc::new(self.repo.view_sharing(self.pieces.clone())?);
+        let view: Arc<dyn Reader> = Arc::from(self.repo.reader()?);
         *lock(&self.view) = Some((Instant::now(), view.clone()));
-        Ok(f(&view)?)
+        Ok(f(&*view)?)
     }
 }
 
@@ -179,7 +176,6 @@ impl FsCore {
             nodes: Mutex::new(HashMap::new()),
             trees: Loader::new(opts.tree_cache_bytes),
             chunks: Loader::new(opts.chunk_cache_bytes),
-            pieces: Arc::new(PieceCache::new(opts.piece_cache_pieces)),
             files: Mutex::new(HashMap::new()),
             by_ino: Mutex::new(crate::cache::Lru::new(BY_INO)),
             next_fh: AtomicU64::new(1),

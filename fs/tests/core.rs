@@ -91,10 +91,15 @@ fn build_source(src: &Path) {
 }
 
 fn fixture() -> Fixture {
+    fixture_with(&repo_opts())
+}
+
+fn fixture_with(opts: &OpenOptions) -> Fixture {
     let tmp = tempfile::tempdir().unwrap();
     let src = tmp.path().join("src");
     build_source(&src);
-    let repo = backed_up(tmp.path(), &src);
+    let repo = Repository::init(&tmp.path().join("repo"), b"pw", opts).unwrap();
+    snapshot(&repo, &src);
     Fixture {
         src,
         repo: Arc::new(repo),
@@ -424,7 +429,12 @@ fn new_snapshots_appear_after_refresh() {
 
 #[test]
 fn write_type_errors_and_damage_is_eio_with_the_object_named() {
-    let f = fixture();
+    // The objects are damaged on disk after the mount has read their neighbours: no cached
+    // copy of the raw pieces may hide that.
+    let f = fixture_with(&OpenOptions {
+        piece_cache_pieces: 0,
+        ..repo_opts()
+    });
     let logged = Arc::new(Mutex::new(Vec::<String>::new()));
     let sink = logged.clone();
     let opts = FsOptions {
@@ -432,16 +442,13 @@ fn write_type_errors_and_damage_is_eio_with_the_object_named() {
             sink.lock().unwrap().push(m.to_string())
         })),
         chunk_cache_bytes: 1 << 20,
-        // The objects are damaged on disk after the mount has read their neighbours: no
-        // cached copy of the raw pieces may hide that.
-        piece_cache_pieces: 0,
         ..FsOptions::default()
     };
     let c = FsCore::new(f.repo.clone(), opts).unwrap();
     let snap = only_snapshot(&c);
     let a = walk(&c, snap, &f.src.join("dir/big.bin"));
     // Find the file's first chunk through the engine and damage it.
-    let view = f.repo.view().unwrap();
+    let view = f.repo.reader().unwrap();
     let s = f.repo.find_snapshot("latest").unwrap();
     let path = f.src.join("dir/big.bin");
     let entry = f
@@ -474,7 +481,7 @@ fn write_type_errors_and_damage_is_eio_with_the_object_named() {
     let deep_entry = f
         .repo
         .lookup(
-            &f.repo.view().unwrap(),
+            &f.repo.reader().unwrap(),
             &s.snapshot.root,
             f.src.join("dir/deep").as_os_str().as_bytes(),
         )

@@ -12,7 +12,7 @@ use crate::fsmeta::{entry_from_stat, proc_path, read_xattrs, Names};
 use crate::id::Id;
 use crate::packer::Packer;
 use crate::repo::Repository;
-use crate::store::View;
+use crate::storage::Reader;
 use crate::util::{display_path as display, join_path as join};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
@@ -156,21 +156,21 @@ enum Msg {
 /// being reused (the file would grow by the index and tree churn).
 struct FreshView<'r> {
     repo: &'r Repository,
-    current: Mutex<(Arc<View>, Instant)>,
+    current: Mutex<(Arc<dyn Reader>, Instant)>,
 }
 
 impl<'r> FreshView<'r> {
     fn new(repo: &'r Repository) -> Result<Self> {
         Ok(FreshView {
             repo,
-            current: Mutex::new((Arc::new(repo.view()?), Instant::now())),
+            current: Mutex::new((Arc::from(repo.reader()?), Instant::now())),
         })
     }
 
-    fn get(&self) -> Result<Arc<View>> {
+    fn get(&self) -> Result<Arc<dyn Reader>> {
         let mut cur = self.current.lock().unwrap_or_else(|e| e.into_inner());
         if cur.1.elapsed() > VIEW_REFRESH {
-            *cur = (Arc::new(self.repo.view()?), Instant::now());
+            *cur = (Arc::from(self.repo.reader()?), Instant::now());
         }
         Ok(cur.0.clone())
     }
@@ -224,7 +224,7 @@ impl<'r> Ctx<'r> {
         {
             return Ok(id);
         }
-        let stored = self.view.get()?.contains(&id)?;
+        let stored = self.view.get()?.has(&id)?;
         // Claim the id; a worker that lost the race leaves the object to the winner.
         if !self
             .known

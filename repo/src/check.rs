@@ -55,7 +55,7 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
     // Snapshots first, then the view: a snapshot committed in between is in the view with all
     // it references, while the other order walks it against a view that lacks its objects.
     let snapshots = repo.store().snapshot_blobs()?;
-    let view = repo.view()?;
+    let view = repo.store().view()?;
     let mut report = CheckReport {
         objects: view.object_count()?,
         space: repo.store().space()?,
@@ -405,7 +405,7 @@ pub fn repair_from(
     }
     let mut copies = LocalCopies {
         replica,
-        view: replica.view()?,
+        view: replica.store().view()?,
         snaps: replica.store().snapshot_blobs()?.into_iter().collect(),
     };
     repair_with(repo, damaged, &mut copies)
@@ -427,7 +427,7 @@ fn repair_with(repo: &Repository, damaged: &[Id], copies: &mut dyn Copies) -> Re
         .map(|(id, _)| id)
         .collect();
     let cfg = repo.config();
-    let view = repo.view()?;
+    let view = repo.store().view()?;
     let damaged_packs: HashSet<u64> = damaged
         .iter()
         .filter_map(|id| view.locate(id).ok().flatten().map(|l| l.pack))

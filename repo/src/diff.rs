@@ -4,7 +4,7 @@ use crate::error::Result;
 use crate::format::{Entry, FileType, Tree};
 use crate::id::Id;
 use crate::repo::Repository;
-use crate::store::View;
+use crate::storage::Reader;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Change {
@@ -35,13 +35,13 @@ pub struct DiffLine {
 }
 
 pub fn diff(repo: &Repository, a: &Id, b: &Id) -> Result<Vec<DiffLine>> {
-    let view = repo.view()?;
+    let view = repo.reader()?;
     let mut out = Vec::new();
-    diff_trees(repo, &view, Some(a), Some(b), b"", &mut out)?;
+    diff_trees(repo, &*view, Some(a), Some(b), b"", &mut out)?;
     Ok(out)
 }
 
-fn load(repo: &Repository, view: &View, id: Option<&Id>) -> Result<Tree> {
+fn load(repo: &Repository, view: &dyn Reader, id: Option<&Id>) -> Result<Tree> {
     match id {
         Some(id) => repo.load_tree(view, id),
         None => Ok(Tree::default()),
@@ -50,7 +50,7 @@ fn load(repo: &Repository, view: &View, id: Option<&Id>) -> Result<Tree> {
 
 fn diff_trees(
     repo: &Repository,
-    view: &View,
+    view: &dyn Reader,
     a: Option<&Id>,
     b: Option<&Id>,
     path: &[u8],
@@ -103,7 +103,7 @@ fn child_path(path: &[u8], name: &[u8]) -> Vec<u8> {
 
 fn removed_or_added(
     repo: &Repository,
-    view: &View,
+    view: &dyn Reader,
     e: &Entry,
     change: Change,
     path: &[u8],
@@ -128,7 +128,7 @@ fn removed_or_added(
 
 fn compare(
     repo: &Repository,
-    view: &View,
+    view: &dyn Reader,
     a: &Entry,
     b: &Entry,
     path: &[u8],

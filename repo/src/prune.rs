@@ -147,7 +147,7 @@ pub fn plan(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
     let rows = repo.store().pack_rows()?;
     let marked = repo.store().marked_for_repack()?;
     let snaps = repo.snapshots().map_err(unreadable)?;
-    let view = repo.view()?;
+    let view = repo.store().view()?;
     let mut plan = PrunePlan::default();
     let mut marker = Marker {
         repo,
@@ -361,7 +361,7 @@ fn wait_or_give_up(
 
 /// Mark what snapshots committed after the plan reference.
 fn mark_new(repo: &Repository, new: &[Id], marked: &mut HashSet<Id>) -> Result<()> {
-    let view = repo.view()?;
+    let view = repo.store().view()?;
     let mut marker = Marker {
         repo,
         view: &view,
@@ -391,7 +391,7 @@ fn repack(
     notify: &dyn Fn(&str),
 ) -> Result<()> {
     let cfg = repo.config();
-    let view = repo.view()?;
+    let view = repo.store().view()?;
     let mut packer = Packer::relocating(repo.store(), cfg.piece_size, cfg.pack_max, REPACK_BATCH);
     for p in plan
         .packs

@@ -5,7 +5,7 @@ use crate::error::Result;
 use crate::format::Extent;
 use crate::id::Id;
 use crate::repo::Repository;
-use crate::store::View;
+use crate::storage::Reader;
 
 /// A file's extents with their start offsets.
 #[derive(Clone, Debug, Default)]
@@ -86,8 +86,8 @@ impl ExtentMap {
 }
 
 /// Load a chunk's plaintext.
-pub fn load_chunk(repo: &Repository, view: &View, id: &Id) -> Result<Vec<u8>> {
-    repo.load(view, id, Kind::Chunk)
+pub fn load_chunk(repo: &Repository, reader: &dyn Reader, id: &Id) -> Result<Vec<u8>> {
+    repo.load(reader, id, Kind::Chunk)
 }
 
 #[cfg(test)]

@@ -4,7 +4,8 @@ use crate::crypto::{KdfParams, KeySlot, Kind, MasterKeys};
 use crate::error::{Error, Result};
 use crate::format::{decode_list, Config, Content, Extent, Snapshot, Tree};
 use crate::id::Id;
-use crate::store::{Store, View, DEFAULT_DB_CACHE};
+use crate::storage::{Reader, Storage};
+use crate::store::{Store, DEFAULT_DB_CACHE};
 use rand::RngCore;
 use std::path::Path;
 use std::sync::Arc;
@@ -21,6 +22,8 @@ pub const DEFAULT_PACK_MAX: u64 = 128 << 20;
 #[derive(Clone, Debug)]
 pub struct OpenOptions {
     pub db_cache_bytes: usize,
+    /// Pieces (about 1 MiB each) of raw repository bytes the readers share (0: none).
+    pub piece_cache_pieces: usize,
     /// Argon2 parameters for new key slots (`None`: the defaults).
     pub kdf: Option<KdfParams>,
 }
@@ -29,6 +32,7 @@ impl Default for OpenOptions {
     fn default() -> Self {
         OpenOptions {
             db_cache_bytes: DEFAULT_DB_CACHE,
+            piece_cache_pieces: crate::store::PIECE_CACHE_SLOTS,
             kdf: None,
         }
     }
@@ -68,7 +72,8 @@ impl Repository {
         let keys = MasterKeys::random();
         let kdf = opts.kdf.clone().unwrap_or_else(KdfParams::new_default);
         let slot = KeySlot::wrap(&keys, password, &repo_id, kdf)?;
-        let store = Store::create(dir, &[("config", config.encode())])?;
+        let mut store = Store::create(dir, &[("config", config.encode())])?;
+        store.set_piece_cache(opts.piece_cache_pieces);
         let slot = store.add_key_slot(&encode_slot(&slot)?)?;
         Ok(Repository {
             store,
@@ -79,7 +84,9 @@ impl Repository {
     }
 
     pub fn open(dir: &Path, password: &[u8], opts: &OpenOptions) -> Result<Repository> {
-        Repository::unlock(Store::open(dir, opts.db_cache_bytes)?, password)
+        let mut store = Store::open(dir, opts.db_cache_bytes)?;
+        store.set_piece_cache(opts.piece_cache_pieces);
+        Repository::unlock(store, password)
     }
 
     /// Unlock an opened store with a password (open the store first to report a missing
@@ -123,13 +130,10 @@ impl Repository {
         self.slot
     }
 
-    pub fn view(&self) -> Result<View> {
-        self.store.view()
-    }
-
-    /// A view reading pieces through a cache that outlives it (see `PieceCache`).
-    pub fn view_sharing(&self, cache: std::sync::Arc<crate::store::PieceCache>) -> Result<View> {
-        self.store.view_sharing(cache)
+    /// A reader of the objects stored now (through the storage seam; readers share the
+    /// store's piece cache).
+    pub fn reader(&self) -> Result<Box<dyn Reader>> {
+        Storage::reader(&self.store)
     }
 
     // ----- snapshots -----
@@ -213,34 +217,31 @@ impl Repository {
     // ----- objects -----
 
     /// Read, decrypt and verify one object.
-    pub fn load(&self, view: &View, id: &Id, kind: Kind) -> Result<Vec<u8>> {
-        let loc = view
-            .locate(id)?
-            .ok_or_else(|| Error::Missing(id.to_hex()))?;
-        if loc.kind != kind {
+    pub fn load(&self, reader: &dyn Reader, id: &Id, kind: Kind) -> Result<Vec<u8>> {
+        let (stored, sealed) = reader.read(id)?;
+        if stored != kind {
             return Err(Error::corrupt(
                 id,
-                format!("is a {:?}, expected a {:?}", loc.kind, kind),
+                format!("is a {stored:?}, expected a {kind:?}"),
             ));
         }
-        let sealed = view.read_sealed(id, &loc, self.config.piece_size)?;
         self.keys.open_verified(kind, id, &sealed)
     }
 
-    pub fn load_tree(&self, view: &View, id: &Id) -> Result<Tree> {
-        let plain = self.load(view, id, Kind::Tree)?;
+    pub fn load_tree(&self, reader: &dyn Reader, id: &Id) -> Result<Tree> {
+        let plain = self.load(reader, id, Kind::Tree)?;
         Tree::decode(&plain).map_err(|e| Error::corrupt(id, e.to_string()))
     }
 
     /// The full extent list of a file entry's content.
-    pub fn extents(&self, view: &View, content: &Content) -> Result<Vec<Extent>> {
+    pub fn extents(&self, reader: &dyn Reader, content: &Content) -> Result<Vec<Extent>> {
         match content {
             Content::None => Ok(Vec::new()),
             Content::Inline(v) => Ok(v.clone()),
             Content::Lists(lists) => {
                 let mut out = Vec::new();
                 for l in lists {
-                    let plain = self.load(view, &l.id, Kind::List)?;
+                    let plain = self.load(reader, &l.id, Kind::List)?;
                     let part =
                         decode_list(&plain).map_err(|e| Error::corrupt(l.id, e.to_string()))?;
                     if part.len() != l.count as usize {
@@ -257,7 +258,7 @@ impl Repository {
     /// synthetic directory entry for the root).
     pub fn lookup(
         &self,
-        view: &View,
+        reader: &dyn Reader,
         root: &Id,
         path: &[u8],
     ) -> Result<Option<crate::format::Entry>> {
@@ -271,7 +272,7 @@ impl Repository {
             let Some(sub) = entry.subtree else {
                 return Ok(None);
             };
-            let tree = self.load_tree(view, &sub)?;
+            let tree = self.load_tree(reader, &sub)?;
             match tree.find(comp) {
                 Some(e) => entry = e.clone(),
                 None => return Ok(None),

@@ -7,7 +7,7 @@ use crate::format::{Entry, FileType, Tree};
 use crate::fsmeta::{apply_at_meta, apply_fd_meta, proc_path};
 use crate::reader::{load_chunk, ExtentMap};
 use crate::repo::Repository;
-use crate::store::View;
+use crate::storage::Reader;
 use crate::util::{display_path as display, join_path as join};
 use rayon::prelude::*;
 use rustix::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -69,7 +69,7 @@ struct DeferredLink {
 
 struct Ctx<'r> {
     repo: &'r Repository,
-    view: View,
+    view: Box<dyn Reader>,
     opts: &'r RestoreOptions,
     progress: &'r RestoreProgress,
     links: Mutex<HashMap<(u64, u64), Option<LinkSource>>>,
@@ -141,7 +141,7 @@ fn restore_in_pool(
     };
     let ctx = Ctx {
         repo,
-        view: repo.view()?,
+        view: repo.reader()?,
         opts: &opts_norm,
         progress,
         links: Mutex::new(HashMap::new()),
@@ -152,7 +152,7 @@ fn restore_in_pool(
         bytes: AtomicU64::new(0),
         skipped: AtomicU64::new(0),
     };
-    let tree = repo.load_tree(&ctx.view, root)?;
+    let tree = repo.load_tree(&*ctx.view, root)?;
     let target = Arc::new(target);
     ctx.restore_tree(&target, &tree, b"/", None)?;
     ctx.make_links();
@@ -389,7 +389,7 @@ impl<'r> Ctx<'r> {
         .map_err(|err| io_err("opening directory", err.into()))?;
         let fd = Arc::new(fd);
         if let Some(sub) = e.subtree {
-            let tree = self.repo.load_tree(&self.view, &sub)?;
+            let tree = self.repo.load_tree(&*self.view, &sub)?;
             self.restore_tree(&fd, &tree, path, Some(e.mtime))?;
         }
         apply_fd_meta(&*fd, e, &proc_path(parent.as_fd(), &e.name))
@@ -430,7 +430,7 @@ impl<'r> Ctx<'r> {
         .map_err(|x| RestoreErr::Io(x.into()))?;
         let map = ExtentMap::new(
             self.repo
-                .extents(&self.view, &e.content)
+                .extents(&*self.view, &e.content)
                 .map_err(RestoreErr::Repo)?,
         );
         let offsets: Vec<(u64, crate::format::Extent)> = {
@@ -448,7 +448,7 @@ impl<'r> Ctx<'r> {
             .par_iter()
             .try_for_each(|(off, x)| -> Result<(), RestoreErr> {
                 let Some(id) = x.id else { return Ok(()) };
-                let data = load_chunk(self.repo, &self.view, &id).map_err(RestoreErr::Repo)?;
+                let data = load_chunk(self.repo, &*self.view, &id).map_err(RestoreErr::Repo)?;
                 write_all_at(&fd, &data, *off).map_err(RestoreErr::Io)?;
                 self.bytes.fetch_add(data.len() as u64, Relaxed);
                 self.progress.bytes.fetch_add(data.len() as u64, Relaxed);

@@ -79,6 +79,10 @@ pub fn checksum(sealed: &[u8]) -> [u8; 16] {
 pub struct Store {
     pub(crate) db: Db,
     dir: PathBuf,
+    /// Shared by every reader the storage seam hands out (`storage::Storage::reader`).
+    pieces: std::sync::Arc<PieceCache>,
+    /// The config's piece size, read once (the config never changes).
+    piece_size: std::sync::OnceLock<u32>,
 }
 
 /// The database, opened for writing or, where the file cannot be written (read-only media, a
@@ -249,6 +253,8 @@ impl Store {
         let store = Store {
             db: Db::Rw(db),
             dir: dir.to_path_buf(),
+            pieces: std::sync::Arc::new(PieceCache::new(PIECE_CACHE_SLOTS)),
+            piece_size: std::sync::OnceLock::new(),
         };
         let txn = store.db.begin_write()?;
         {
@@ -314,6 +320,8 @@ impl Store {
         let store = Store {
             db,
             dir: dir.to_path_buf(),
+            pieces: std::sync::Arc::new(PieceCache::new(PIECE_CACHE_SLOTS)),
+            piece_size: std::sync::OnceLock::new(),
         };
         match store.meta("format").map_err(|e| damaged_at(dir, e))? {
             Some(v) if v == FORMAT_VERSION.to_le_bytes() => Ok(store),
@@ -497,16 +505,36 @@ impl Store {
         self.view_sharing(std::sync::Arc::new(PieceCache::new(PIECE_CACHE_SLOTS)))
     }
 
+    /// Hold up to `pieces` pieces (about 1 MiB each) for the readers of the storage seam,
+    /// which share them (0: none). Set before handing readers out.
+    pub fn set_piece_cache(&mut self, pieces: usize) {
+        self.pieces = std::sync::Arc::new(PieceCache::new(pieces));
+    }
+
+    /// A view reading pieces through the store's shared cache.
+    pub(crate) fn shared_view(&self) -> Result<View> {
+        self.view_sharing(self.pieces.clone())
+    }
+
     /// A view whose piece reads go through `cache`, which outlives it: for readers that take
     /// a fresh view per object (the mount) but still read neighbouring small objects, so one
     /// piece read serves many of them.
     pub fn view_sharing(&self, cache: std::sync::Arc<PieceCache>) -> Result<View> {
+        let piece_size = match self.piece_size.get() {
+            Some(p) => *p,
+            None => {
+                let p = self.config()?.piece_size;
+                let _ = self.piece_size.set(p);
+                p
+            }
+        };
         let txn = self.db.begin_read()?;
         Ok(View {
             index: txn.open_table(INDEX)?,
             pieces: txn.open_table(PIECES)?,
             packs: txn.open_table(PACKS)?,
             cache,
+            piece_size,
         })
     }
 
@@ -739,6 +767,8 @@ pub struct View {
     pieces: redb::ReadOnlyTable<(u64, u32), &'static [u8]>,
     packs: redb::ReadOnlyTable<u64, (u64, u64)>,
     cache: std::sync::Arc<PieceCache>,
+    /// The repository's piece size (for reads through the storage seam).
+    pub(crate) piece_size: u32,
 }
 
 /// Recently read pieces. Small objects share pieces, and readers (restore, mount) take them in
@@ -778,7 +808,7 @@ impl Drop for Claim<'_> {
     }
 }
 
-const PIECE_CACHE_SLOTS: usize = 32;
+pub(crate) const PIECE_CACHE_SLOTS: usize = 32;
 
 impl PieceCache {
     /// A cache of up to `capacity` pieces.

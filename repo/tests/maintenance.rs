@@ -335,7 +335,7 @@ fn damage_is_reported_exactly_and_healed_from_a_replica() {
     let (snap, chunk, tree) = {
         let repo = Repository::init(&f.repo_dir, PW, &opts()).unwrap();
         let snap = backup_of(&repo, &[&src]);
-        let view = repo.view().unwrap();
+        let view = repo.reader().unwrap();
         let root = repo.snapshots().unwrap()[0].snapshot.root;
         let entry = repo
             .lookup(&view, &root, src.join("two").as_os_str().as_encoded_bytes())
@@ -443,7 +443,8 @@ fn repair_refuses_an_unrelated_repository_and_never_invents_data() {
     let r = repair_from(&repo, &replica, &[root]).unwrap();
     assert!(r.repaired.is_empty() && r.failed.len() == 1, "{r:?}");
     assert!(
-        repo.load(&repo.view().unwrap(), &root, Kind::Tree).is_err(),
+        repo.load(&repo.reader().unwrap(), &root, Kind::Tree)
+            .is_err(),
         "still damaged, nothing invented"
     );
     drop((repo, replica));
@@ -464,7 +465,8 @@ fn read_data_subset_covers_everything_over_successive_runs() {
     }
     backup_of(&repo, &[&src]);
     let mut all = Vec::new();
-    repo.view()
+    repo.store()
+        .view()
         .unwrap()
         .for_each_object(|id, _| {
             all.push(id);
@@ -526,7 +528,7 @@ fn prune_leaves_a_damaged_live_object_in_place_and_frees_the_rest() {
     std::fs::remove_file(a.join("big")).unwrap();
     backup_of(&repo, &[&a]);
     repo.store().remove_snapshots(&[s1]).unwrap();
-    let view = repo.view().unwrap();
+    let view = repo.reader().unwrap();
     let root = repo.snapshots().unwrap()[0].snapshot.root;
     let entry = repo
         .lookup(&view, &root, a.join("small").as_os_str().as_encoded_bytes())
@@ -608,7 +610,7 @@ fn a_pack_appended_to_after_the_plan_is_kept() {
         (1, 0, 1),
         "{report:?}"
     );
-    let view = repo.view().unwrap();
+    let view = repo.store().view().unwrap();
     let loc = view.locate(&y).unwrap().unwrap();
     assert_eq!(
         view.read_sealed(&y, &loc, ps).unwrap(),
@@ -709,7 +711,7 @@ fn issue16_restore_passes_over_damage_and_leaves_no_half_written_file() {
     let repo = Repository::init(&f.repo_dir, PW, &opts()).unwrap();
     backup_of(&repo, &[&src]);
     let root = repo.snapshots().unwrap()[0].snapshot.root;
-    let view = repo.view().unwrap();
+    let view = repo.reader().unwrap();
     let at = |p: &Path| {
         repo.lookup(&view, &root, p.as_os_str().as_encoded_bytes())
             .unwrap()
@@ -724,6 +726,10 @@ fn issue16_restore_passes_over_damage_and_leaves_no_half_written_file() {
     let ps = repo.config().piece_size;
     damage_object_for_tests(repo.store(), &chunk, ps, 10).unwrap();
     damage_object_for_tests(repo.store(), &tree_b, ps, 10).unwrap();
+    // The restore runs as a new process would: the pieces this one read above are cached by
+    // its store and would hide the damage.
+    drop(repo);
+    let repo = Repository::open(&f.repo_dir, PW, &opts()).unwrap();
 
     let target = f.root.join("target");
     let restored = target.join(src.strip_prefix("/").unwrap());

@@ -154,7 +154,7 @@ fn chunk_boundaries_are_stable_and_keyed() {
 
 /// The chunk lengths of the file at absolute `path` in the snapshot with root tree `root`.
 fn stored_chunk_lengths(repo: &Repository, root: &cairn_repo::Id, path: &Path) -> Vec<u64> {
-    let view = repo.view().unwrap();
+    let view = repo.reader().unwrap();
     let mut tree = repo.load_tree(&view, root).unwrap();
     let names: Vec<_> = path.components().skip(1).collect();
     for (i, name) in names.iter().enumerate() {

@@ -182,7 +182,10 @@ fn replica_restores_with_the_same_password_and_matches() {
 
 /// Every object of the primary is in the replica with the same kind, checksum and sealed bytes.
 fn assert_verbatim(primary: &Repository, replica: &Repository) {
-    let (pv, rv) = (primary.view().unwrap(), replica.view().unwrap());
+    let (pv, rv) = (
+        primary.store().view().unwrap(),
+        replica.store().view().unwrap(),
+    );
     let ps = primary.config().piece_size;
     let mut n = 0;
     pv.for_each_object(|id, loc| {
@@ -377,7 +380,7 @@ fn interrupted_sync_shows_nothing_partial_and_resumes() {
             report.objects_sent > 0 && report.snapshots_sent == 0,
             "{report:?}"
         );
-        f.primary.view().unwrap().object_count().unwrap()
+        f.primary.store().view().unwrap().object_count().unwrap()
     };
     {
         let store = Store::open(&dir, 1 << 20).unwrap();
@@ -516,7 +519,7 @@ fn over_the_protocol_a_dropped_connection_keeps_what_arrived_and_resumes() {
     .is_err());
     drop(t); // the connection drops without a goodbye
     server.join().unwrap().unwrap();
-    let total = f.primary.view().unwrap().object_count().unwrap();
+    let total = f.primary.store().view().unwrap().object_count().unwrap();
     {
         let store = Store::open(&dir, 1 << 20).unwrap();
         assert!(store.snapshot_blobs().unwrap().is_empty());

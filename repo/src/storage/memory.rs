@@ -94,8 +94,8 @@ impl Storage for MemoryStore {
         Ok(())
     }
 
-    fn reader(&self) -> Result<Box<dyn Reader + '_>> {
-        Ok(Box::new(MemoryReader(self)))
+    fn reader(&self) -> Result<Box<dyn Reader>> {
+        Ok(Box::new(MemoryReader(self.inner.clone())))
     }
 
     fn writer(&self, opts: WriterOptions) -> Result<Box<dyn Writer + '_>> {
@@ -124,12 +124,17 @@ impl Storage for MemoryStore {
     }
 }
 
-struct MemoryReader<'s>(&'s MemoryStore);
+struct MemoryReader(Arc<Mutex<Inner>>);
 
-impl Reader for MemoryReader<'_> {
+impl MemoryReader {
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        lock(&self.0)
+    }
+}
+
+impl Reader for MemoryReader {
     fn info(&self, id: &Id) -> Result<Option<ObjectInfo>> {
         Ok(self
-            .0
             .lock()
             .objects
             .get(id)
@@ -137,7 +142,7 @@ impl Reader for MemoryReader<'_> {
     }
 
     fn contains(&self, ids: &[Id]) -> Result<Vec<bool>> {
-        let inner = self.0.lock();
+        let inner = self.lock();
         Ok(ids
             .iter()
             .map(|id| inner.objects.contains_key(id))
@@ -145,7 +150,7 @@ impl Reader for MemoryReader<'_> {
     }
 
     fn read(&self, id: &Id) -> Result<(Kind, Vec<u8>)> {
-        let inner = self.0.lock();
+        let inner = self.lock();
         let (kind, bytes) = inner
             .objects
             .get(id)
@@ -154,7 +159,7 @@ impl Reader for MemoryReader<'_> {
     }
 
     fn list(&self, from: &Id, limit: usize) -> Result<Vec<(Id, ObjectInfo)>> {
-        let inner = self.0.lock();
+        let inner = self.lock();
         Ok(inner
             .objects
             .range(*from..)
@@ -164,7 +169,7 @@ impl Reader for MemoryReader<'_> {
     }
 
     fn count(&self) -> Result<u64> {
-        Ok(self.0.lock().objects.len() as u64)
+        Ok(self.lock().objects.len() as u64)
     }
 }
 

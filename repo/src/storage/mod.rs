@@ -84,8 +84,9 @@ pub trait Storage: Send + Sync {
     fn snapshots(&self) -> Result<Vec<(Id, Vec<u8>)>>;
     /// Remove snapshots (absent ids are passed over); their objects stay until a sweep.
     fn remove_snapshots(&self, ids: &[Id]) -> Result<()>;
-    /// A reader of the objects stored now.
-    fn reader(&self) -> Result<Box<dyn Reader + '_>>;
+    /// A reader of the objects stored now; it may outlive the borrow (a mount keeps one for
+    /// a few seconds). Objects committed after it was made may be missing from it.
+    fn reader(&self) -> Result<Box<dyn Reader>>;
     /// A writer of new objects and snapshots (see the module's contract).
     fn writer(&self, opts: WriterOptions) -> Result<Box<dyn Writer + '_>>;
     /// Record a writer in flight (a backup, a sync); garbage collection waits for live ones.
@@ -100,6 +101,10 @@ pub trait Reader: Send + Sync {
     fn info(&self, id: &Id) -> Result<Option<ObjectInfo>>;
     /// For each id, whether it is stored (one answer per id, duplicates included).
     fn contains(&self, ids: &[Id]) -> Result<Vec<bool>>;
+    /// Whether one id is stored.
+    fn has(&self, id: &Id) -> Result<bool> {
+        Ok(self.contains(std::slice::from_ref(id))?[0])
+    }
     /// The sealed bytes and kind of `id`; `Error::Missing` when absent.
     fn read(&self, id: &Id) -> Result<(Kind, Vec<u8>)>;
     /// Up to `limit` objects whose id is at or after `from`, in id order.
@@ -118,4 +123,23 @@ pub trait Writer {
     fn checkpoint(&mut self) -> Result<()>;
     /// Make every object added so far visible, then `snapshots`, in one atomic step.
     fn commit(&mut self, snapshots: &[(Id, Vec<u8>)]) -> Result<()>;
+}
+
+/// A boxed reader reads as the reader inside (so `&reader` works where `&dyn Reader` is asked).
+impl<R: Reader + ?Sized> Reader for Box<R> {
+    fn info(&self, id: &Id) -> Result<Option<ObjectInfo>> {
+        (**self).info(id)
+    }
+    fn contains(&self, ids: &[Id]) -> Result<Vec<bool>> {
+        (**self).contains(ids)
+    }
+    fn read(&self, id: &Id) -> Result<(Kind, Vec<u8>)> {
+        (**self).read(id)
+    }
+    fn list(&self, from: &Id, limit: usize) -> Result<Vec<(Id, ObjectInfo)>> {
+        (**self).list(from, limit)
+    }
+    fn count(&self) -> Result<u64> {
+        (**self).count()
+    }
 }

@@ -37,11 +37,8 @@ impl Storage for Store {
         Store::remove_snapshots(self, ids)
     }
 
-    fn reader(&self) -> Result<Box<dyn Reader + '_>> {
-        Ok(Box::new(RedbReader {
-            view: self.view()?,
-            piece_size: Store::config(self)?.piece_size,
-        }))
+    fn reader(&self) -> Result<Box<dyn Reader>> {
+        Ok(Box::new(self.shared_view()?))
     }
 
     fn writer(&self, opts: WriterOptions) -> Result<Box<dyn Writer + '_>> {
@@ -67,14 +64,10 @@ impl Storage for Store {
     }
 }
 
-struct RedbReader {
-    view: View,
-    piece_size: u32,
-}
-
-impl Reader for RedbReader {
+/// A view is the redb store's reader: one read transaction, pieces through the store's cache.
+impl Reader for View {
     fn info(&self, id: &Id) -> Result<Option<ObjectInfo>> {
-        Ok(self.view.locate(id)?.map(|l| ObjectInfo {
+        Ok(self.locate(id)?.map(|l| ObjectInfo {
             kind: l.kind,
             len: l.len,
             check: l.check,
@@ -82,20 +75,18 @@ impl Reader for RedbReader {
     }
 
     fn contains(&self, ids: &[Id]) -> Result<Vec<bool>> {
-        ids.iter().map(|id| self.view.contains(id)).collect()
+        ids.iter().map(|id| View::contains(self, id)).collect()
     }
 
     fn read(&self, id: &Id) -> Result<(Kind, Vec<u8>)> {
         let loc = self
-            .view
             .locate(id)?
             .ok_or_else(|| Error::Missing(id.to_hex()))?;
-        Ok((loc.kind, self.view.read_sealed(id, &loc, self.piece_size)?))
+        Ok((loc.kind, self.read_sealed(id, &loc, self.piece_size)?))
     }
 
     fn list(&self, from: &Id, limit: usize) -> Result<Vec<(Id, ObjectInfo)>> {
         Ok(self
-            .view
             .objects_from(from, limit)?
             .into_iter()
             .map(|(id, l)| {
@@ -110,7 +101,7 @@ impl Reader for RedbReader {
     }
 
     fn count(&self) -> Result<u64> {
-        self.view.object_count()
+        self.object_count()
     }
 }
 

@@ -136,7 +136,7 @@ pub fn sync(
     report.target_snapshots.sort();
     // Snapshots first, then the view: the view is newer, so it holds all they reference.
     let blobs = repo.store().snapshot_blobs()?;
-    let view = repo.view()?;
+    let view = repo.store().view()?;
     let mut lacking: Vec<(Id, Vec<u8>)> = Vec::new();
     report.differing.clear();
     for (id, blob) in blobs {
