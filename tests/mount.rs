@@ -210,7 +210,15 @@ fn mount_layout_and_attributes() {
     let top = sh(&format!("ls {}", q(&m.dir)));
     assert_eq!(
         top.split_whitespace().collect::<Vec<_>>(),
-        vec!["calendar", "hosts", "latest", "snapshots", "tags"]
+        vec![
+            "calendar",
+            "gmt",
+            "history",
+            "hosts",
+            "latest",
+            "snapshots",
+            "tags"
+        ]
     );
     let snaps = sh(&format!("ls {}/snapshots", q(&m.dir)));
     let name = snaps.trim();
