@@ -29,7 +29,7 @@ pub struct Layout {
     /// A hash of the snapshot ids in order: equal for two builds from the same list, so what
     /// is derived from the list (the history view's caches) survives a refresh that changed
     /// nothing.
-    pub fingerprint: u64,
+    pub(crate) fingerprint: u64,
 }
 
 impl Layout {
@@ -131,7 +131,7 @@ pub fn local_name(t: Time) -> String {
 
 /// `@GMT-YYYY.MM.DD-HH.MM.SS` in UTC: the name Samba's `vfs_shadow_copy2` parses with its
 /// default `shadow:format` and `shadow:localtime = no`.
-pub fn gmt_name(sec: i64) -> String {
+fn gmt_name(sec: i64) -> String {
     let t = sec as libc::time_t;
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
     if unsafe { libc::gmtime_r(&t, &mut tm) }.is_null() {
