@@ -7,108 +7,8 @@ use common::*;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
-
-const WAIT: Duration = Duration::from_secs(20);
-
-/// A running `cairn mount`; dropping it stops the process and clears the mountpoint.
-struct Mount {
-    child: Child,
-    dir: PathBuf,
-    log: PathBuf,
-}
-
-impl Mount {
-    fn start(repo: &Path, dir: &Path, extra: &[&str]) -> Mount {
-        std::fs::create_dir_all(dir).unwrap();
-        let log = dir.with_extension("log");
-        let child = cairn(repo)
-            .args(["mount", "--refresh", "1"])
-            .args(extra)
-            .arg(dir)
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .expect("cairn mount starts");
-        let mut m = Mount {
-            child,
-            dir: dir.to_path_buf(),
-            log,
-        };
-        m.wait_ready();
-        m
-    }
-
-    fn wait_ready(&mut self) {
-        let start = Instant::now();
-        while start.elapsed() < WAIT {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                panic!("cairn mount exited early ({st}): {}", self.stderr());
-            }
-            if mounted(&self.dir) && self.dir.join("snapshots").is_dir() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("mount did not come up within {WAIT:?}: {}", self.stderr());
-    }
-
-    fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn signal(&self, sig: i32) {
-        unsafe { libc::kill(self.child.id() as i32, sig) };
-    }
-
-    /// Wait for the process to exit, with a bound.
-    fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
-        let start = Instant::now();
-        while start.elapsed() < limit {
-            if let Ok(Some(st)) = self.child.try_wait() {
-                return Some(st.code().unwrap_or(-1));
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-
-    /// The snapshot directory `latest` points at.
-    fn latest(&self) -> PathBuf {
-        let t = std::fs::read_link(self.dir.join("latest")).unwrap();
-        self.dir.join(t)
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            self.signal(libc::SIGTERM);
-            if self.wait_exit(Duration::from_secs(10)).is_none() {
-                let _ = self.child.kill();
-                let _ = self.child.wait();
-            }
-        }
-        if mounted(&self.dir) {
-            let _ = Command::new("fusermount3")
-                .arg("-u")
-                .arg("-z")
-                .arg(&self.dir)
-                .status();
-        }
-    }
-}
-
-fn mounted(dir: &Path) -> bool {
-    let Ok(canon) = dir.canonicalize().or_else(|_| std::path::absolute(dir)) else {
-        return false;
-    };
-    let info = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
-    let want = canon.as_os_str().as_bytes();
-    info.split(|b| *b == b'\n')
-        .any(|l| l.split(|b| *b == b' ').nth(4) == Some(want))
-}
 
 fn sh(script: &str) -> String {
     let out = Command::new("sh").arg("-c").arg(script).output().unwrap();
@@ -210,7 +110,15 @@ fn mount_layout_and_attributes() {
     let top = sh(&format!("ls {}", q(&m.dir)));
     assert_eq!(
         top.split_whitespace().collect::<Vec<_>>(),
-        vec!["calendar", "hosts", "latest", "snapshots", "tags"]
+        vec![
+            "calendar",
+            "gmt",
+            "history",
+            "hosts",
+            "latest",
+            "snapshots",
+            "tags"
+        ]
     );
     let snaps = sh(&format!("ls {}/snapshots", q(&m.dir)));
     let name = snaps.trim();
@@ -322,6 +230,233 @@ fn new_snapshot_appears_in_a_live_mount() {
         std::fs::read(inside(&m, &s.src).join("new.txt")).unwrap(),
         b"new",
         "latest follows"
+    );
+}
+
+/// `ls` of a directory in the mount, in byte order.
+fn ls(dir: &Path) -> Vec<String> {
+    sh(&format!("LC_ALL=C ls -A {}", q(dir)))
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// Sleep until just after the start of the next second (snapshot names are per second).
+fn next_second() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap();
+    std::thread::sleep(Duration::from_nanos(
+        1_000_000_000 - now.subsec_nanos() as u64 + 5_000_000,
+    ));
+}
+
+#[test]
+fn history_shows_three_contents_of_five_snapshots_in_order_and_keeps_a_deleted_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let repo = tmp.path().join("repo");
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("docs")).unwrap();
+    init(&repo);
+    let report = src.join("docs/report.odt");
+    let contents: [&[u8]; 5] = [b"one", b"one", b"two two", b"two two", b"three three three"];
+    for (i, c) in contents.iter().enumerate() {
+        if i == 0 || contents[i - 1] != *c {
+            std::fs::write(&report, c).unwrap();
+            sh(&format!(
+                "touch -d '2020-01-0{} 12:00:00.25' {}",
+                i + 1,
+                q(&report)
+            ));
+        }
+        match i {
+            0 => std::fs::write(src.join("docs/gone.txt"), b"bye").unwrap(),
+            // A chmod alone is no new version.
+            1 => std::fs::set_permissions(
+                &report,
+                std::os::unix::fs::PermissionsExt::from_mode(0o600),
+            )
+            .unwrap(),
+            2 => std::fs::remove_file(src.join("docs/gone.txt")).unwrap(),
+            _ => {}
+        }
+        if i > 0 {
+            next_second();
+        }
+        backup(&repo, &[&src]);
+    }
+    let m = Mount::start(&repo, &tmp.path().join("mnt"), &[]);
+    let snaps = ls(&m.dir.join("snapshots"));
+    assert_eq!(snaps.len(), 5, "{snaps:?}");
+    let docs = m
+        .dir
+        .join("history")
+        .join(src.join("docs").strip_prefix("/").unwrap());
+    assert_eq!(ls(&docs), ["gone.txt", "report.odt"]);
+    let hist = docs.join("report.odt");
+    let versions = ls(&hist);
+    let want: Vec<String> = [0, 2, 4]
+        .iter()
+        .map(|i| format!("{}.odt", snaps[*i]))
+        .collect();
+    assert_eq!(
+        versions, want,
+        "three versions, oldest first, extension kept"
+    );
+    for (v, i) in versions.iter().zip([0, 2, 4]) {
+        assert_eq!(std::fs::read(hist.join(v)).unwrap(), contents[i], "{v}");
+        let mtime = sh(&format!("stat -c %y {}", q(&hist.join(v))));
+        assert!(
+            mtime.starts_with(&format!("2020-01-0{} 12:00:00.250000000", i + 1)),
+            "the stored mtime of {v}: {mtime}"
+        );
+    }
+    assert_eq!(
+        sh(&format!("stat -c %a {}", q(&hist.join(&versions[0])))).trim(),
+        "644"
+    );
+    assert_eq!(
+        sh(&format!("stat -c %a {}", q(&hist.join(&versions[1])))).trim(),
+        "600"
+    );
+    let gone = docs.join("gone.txt");
+    assert_eq!(
+        ls(&gone),
+        [format!("{}.txt", snaps[0])],
+        "a deleted file keeps its history"
+    );
+    assert_eq!(
+        std::fs::read(gone.join(format!("{}.txt", snaps[0]))).unwrap(),
+        b"bye"
+    );
+    let err = std::fs::metadata(docs.join("never.txt")).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::ENOENT));
+    // A new content in a new snapshot shows as a new version in the live mount.
+    next_second();
+    std::fs::write(&report, b"four").unwrap();
+    backup(&repo, &[&src]);
+    let start = Instant::now();
+    while ls(&hist).len() < 4 && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let versions = ls(&hist);
+    assert_eq!(versions.len(), 4, "{versions:?}");
+    assert_eq!(std::fs::read(hist.join(&versions[3])).unwrap(), b"four");
+}
+
+/// VmRSS and VmHWM of a process, in KiB.
+fn rss_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Wall time of a shell command, and its output.
+fn timed(script: &str) -> (Duration, String) {
+    let t = Instant::now();
+    let out = sh(script);
+    (t.elapsed(), out)
+}
+
+/// Issue 13's measure: 1,000 hourly snapshots in which a file had ten contents (each for 100
+/// snapshots, beside 200 files that never change) → wall time of `ls history/<file>` and the
+/// mount's memory. Prints the figures (`cargo test --test mount history_figures --
+/// --nocapture`); fails on wrong results only, never on timings.
+#[test]
+fn history_figures_over_a_thousand_snapshots() {
+    use cairn_repo::backup::{backup, BackupOptions, Progress};
+    let tmp = tempfile::tempdir().unwrap();
+    let repo_dir = tmp.path().join("repo");
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("docs/other")).unwrap();
+    for i in 0..200 {
+        std::fs::write(src.join(format!("docs/other/f{i}")), format!("file {i}\n")).unwrap();
+    }
+    init(&repo_dir);
+    let report = src.join("docs/report.txt");
+    let content = |v: usize| format!("version {v}\n").repeat(v + 1).into_bytes();
+    {
+        let repo = cairn_repo::Repository::open(
+            &repo_dir,
+            PASSWORD.as_bytes(),
+            &cairn_repo::OpenOptions::default(),
+        )
+        .unwrap();
+        let opts = BackupOptions {
+            paths: vec![src.clone()],
+            ..BackupOptions::default()
+        };
+        let mut real = Vec::new();
+        for v in 0..10 {
+            std::fs::write(&report, content(v)).unwrap();
+            real.push(backup(&repo, &opts, &Progress::default()).unwrap());
+        }
+        // Each real snapshot stands for 100 hourly ones (same trees, as with a file that
+        // changes every few days), then the real ones go.
+        let start = real[0].snapshot.time.sec - 1000 * 3600;
+        let sealed: Vec<_> = (0..1000)
+            .map(|k| {
+                let mut s = real[k / 100].snapshot.clone();
+                s.time.sec = start + k as i64 * 3600;
+                repo.seal_snapshot(&s).unwrap()
+            })
+            .collect();
+        let cfg = repo.config().clone();
+        let mut packer =
+            cairn_repo::packer::Packer::new(repo.store(), cfg.piece_size, cfg.pack_max, 1 << 20);
+        packer.commit(true, &sealed).unwrap();
+        drop(packer);
+        let ids: Vec<_> = real.iter().map(|r| r.id).collect();
+        repo.store().remove_snapshots(&ids).unwrap();
+    }
+    let m = Mount::start(&repo_dir, &tmp.path().join("mnt"), &[]);
+    let pid = m.child.id();
+    let (t_snaps, snaps) = timed(&format!("ls {}/snapshots", q(&m.dir)));
+    assert_eq!(snaps.lines().count(), 1000);
+    let (base, _) = timed(&format!(
+        "ls {}",
+        q(&m.latest().join(src.join("docs").strip_prefix("/").unwrap()))
+    ));
+    let before = rss_kib(pid);
+    let hist = m
+        .dir
+        .join("history")
+        .join(report.strip_prefix("/").unwrap());
+    let (cold, out) = timed(&format!("ls {}", q(&hist)));
+    let versions: Vec<&str> = out.lines().collect();
+    assert_eq!(versions.len(), 10, "{versions:?}");
+    let (warm, _) = timed(&format!("ls {}", q(&hist)));
+    let (long, _) = timed(&format!("ls -l {}", q(&hist)));
+    let (merged, names) = timed(&format!("ls {}", q(hist.parent().unwrap())));
+    assert_eq!(names.lines().collect::<Vec<_>>(), ["other", "report.txt"]);
+    let (other, names) = timed(&format!("ls {}", q(&hist.parent().unwrap().join("other"))));
+    assert_eq!(names.lines().count(), 200);
+    for (v, name) in versions.iter().enumerate() {
+        assert_eq!(
+            std::fs::read(hist.join(name)).unwrap(),
+            content(v),
+            "{name}"
+        );
+    }
+    let after = rss_kib(pid);
+    eprintln!(
+        "history figures, 1,000 snapshots (10 distinct versions of {}):\n\
+         ls snapshots/: {t_snaps:?}; ls latest/<its dir> (for scale: sh, ls, 2 names): {base:?}\n\
+         ls history/<file> first: {cold:?}, again: {warm:?}, ls -l: {long:?}\n\
+         ls history/<its dir> (2 names, 10 distinct trees): {merged:?}; \
+         ls history/<dir of 200 files>: {other:?}\n\
+         mount RSS before history: {} KiB (peak {} KiB); after, all versions read: {} KiB (peak {} KiB)",
+        report.display(),
+        before.0,
+        before.1,
+        after.0,
+        after.1
     );
 }
 

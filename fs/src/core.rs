@@ -124,6 +124,8 @@ pub(crate) struct Inner {
     view: Mutex<Option<(Instant, Arc<dyn Reader>)>>,
     /// Set by the FUSE adapter once mounted (see `Pusher`).
     pusher: std::sync::OnceLock<Pusher>,
+    /// What the history view derived from the snapshot list (bounded).
+    pub(crate) history: crate::history::Caches,
 }
 
 /// The filesystem; cheap to clone and shared by all request threads.
@@ -185,6 +187,7 @@ impl FsCore {
             started: now(),
             pusher: std::sync::OnceLock::new(),
             view: Mutex::new(None),
+            history: crate::history::Caches::new(opts.tree_cache_bytes / 4),
             opts,
         };
         inner.report_damaged(damaged);
@@ -485,14 +488,18 @@ impl FsCore {
     // ----- internals -----
 
     /// If files of this directory are being read in order, decode the next files ahead.
+    /// (Not for the versions in `history/`: their neighbours in the stored tree are not theirs.)
     fn prefetch_siblings(&self, n: &Node, tree_id: &Id, index: u32) {
+        let dir = self.node(n.parent).ok();
+        if let Some(What::History { .. }) = dir.as_ref().map(|d| &d.what) {
+            return;
+        }
         let Some((from, to)) = self.walk_window(n.parent, index) else {
             return;
         };
         let What::Entry { snap_key, .. } = n.what else {
             return;
         };
-        let dir = self.node(n.parent).ok();
         self.fetch_files_ahead(dir.as_deref(), snap_key, tree_id, from, to);
     }
 
@@ -594,7 +601,7 @@ impl FsCore {
             .ok_or_else(FsError::noent)
     }
 
-    fn tree(&self, id: &Id) -> FsResult<Arc<Tree>> {
+    pub(crate) fn tree(&self, id: &Id) -> FsResult<Arc<Tree>> {
         let repo = &self.inner.repo;
         self.inner.trees.get_or_load(id, tree_weight, || {
             self.inner.with_view(|view| repo.load_tree(view, id))
@@ -618,7 +625,11 @@ impl FsCore {
     }
 
     fn attr_of(&self, n: &Node) -> FsResult<Attr> {
-        if let What::Entry { attr, .. } = &n.what {
+        if let What::Entry { attr, .. }
+        | What::History {
+            attr: Some(attr), ..
+        } = &n.what
+        {
             return Ok(*attr);
         }
         let layout = self.layout();
@@ -667,6 +678,9 @@ impl FsCore {
             };
             return Ok(Some(entry_node(dir, snap, tree_id, i, &tree.entries[i])));
         }
+        if let What::History { path, versions, .. } = &dir.what {
+            return self.history_child(dir, path, *versions, name);
+        }
         let mut found = None;
         let mut pick = |n: &Node, nm: &[u8], _: usize, _: &mut Vec<Node>| -> FsResult<bool> {
             if nm == name {
@@ -690,6 +704,9 @@ impl FsCore {
     where
         F: FnMut(&Node, &[u8], usize, &mut Vec<Node>) -> FsResult<bool>,
     {
+        if let What::History { path, versions, .. } = &dir.what {
+            return self.history_list(dir, path, *versions, start, f, acc);
+        }
         let Some((snap, tree_id)) = dir.subtree() else {
             return self.list_synthetic(dir, start, &mut f, acc);
         };
@@ -817,6 +834,16 @@ fn synthetic_children(dir: &Node, layout: &Layout) -> Vec<(String, Node)> {
                 mk("hosts", node::top_key("hosts"), What::Hosts),
                 mk("tags", node::top_key("tags"), What::Tags),
                 mk("calendar", node::top_key("calendar"), What::Calendar),
+                mk("gmt", node::top_key("gmt"), What::Gmt),
+                mk(
+                    "history",
+                    node::top_key("history"),
+                    What::History {
+                        path: Arc::from(&b""[..]),
+                        versions: false,
+                        attr: None,
+                    },
+                ),
             ];
             if layout.latest().is_some() {
                 v.push(mk("latest", node::top_key("latest"), What::Latest));
@@ -846,7 +873,7 @@ fn synthetic_children(dir: &Node, layout: &Layout) -> Vec<(String, Node)> {
             let members = match view {
                 ViewKind::Host(h) => layout.hosts.get(h),
                 ViewKind::Tag(t) => layout.tags.get(t),
-                ViewKind::Snapshots | ViewKind::Calendar => None,
+                ViewKind::Snapshots | ViewKind::Calendar | ViewKind::Gmt => None,
             };
             snap_dirs(
                 dir,
@@ -854,6 +881,11 @@ fn synthetic_children(dir: &Node, layout: &Layout) -> Vec<(String, Node)> {
                 members.map(|m| layout.group(m)).unwrap_or_default(),
             )
         }
+        What::Gmt => layout
+            .snaps
+            .iter()
+            .map(|s| (s.gmt.clone(), snap_dir(dir, &ViewKind::Gmt, s)))
+            .collect(),
         What::Calendar => periods(dir, layout, ""),
         What::Period(prefix) if prefix.len() < DAY.len() => periods(dir, layout, prefix),
         What::Period(day) => layout

@@ -9,6 +9,9 @@ use std::collections::{BTreeMap, HashMap};
 pub struct SnapView {
     /// `YYYY-MM-DD_HH-MM-SS` in local time, with `-2`, `-3`… for same-second snapshots.
     pub name: String,
+    /// `@GMT-YYYY.MM.DD-HH.MM.SS` in UTC (Samba's shadow_copy2 format), unique without a
+    /// suffix: a snapshot in the same second as an earlier one takes the next free second.
+    pub gmt: String,
     pub id: Id,
     pub root: Id,
     pub time: Time,
@@ -23,6 +26,10 @@ pub struct Layout {
     pub hosts: BTreeMap<String, Vec<usize>>,
     /// Safe tag name -> indexes into `snaps`.
     pub tags: BTreeMap<String, Vec<usize>>,
+    /// A hash of the snapshot ids in order: equal for two builds from the same list, so what
+    /// is derived from the list (the history view's caches) survives a refresh that changed
+    /// nothing.
+    pub(crate) fingerprint: u64,
 }
 
 impl Layout {
@@ -30,7 +37,15 @@ impl Layout {
     pub fn build(list: &[SnapshotEntry]) -> Layout {
         let mut l = Layout::default();
         let mut seen: HashMap<String, u32> = HashMap::new();
+        let mut last_gmt: Option<i64> = None;
+        let mut fingerprint = blake3::Hasher::new();
         for s in list {
+            fingerprint.update(&s.id.0);
+            let sec = match last_gmt {
+                Some(last) if s.snapshot.time.sec <= last => last + 1,
+                _ => s.snapshot.time.sec,
+            };
+            last_gmt = Some(sec);
             let base = local_name(s.snapshot.time);
             let n = seen.entry(base.clone()).or_insert(0);
             *n += 1;
@@ -49,11 +64,15 @@ impl Layout {
             }
             l.snaps.push(SnapView {
                 name,
+                gmt: gmt_name(sec),
                 id: s.id,
                 root: s.snapshot.root,
                 time: s.snapshot.time,
             });
         }
+        let mut b = [0u8; 8];
+        b.copy_from_slice(&fingerprint.finalize().as_bytes()[..8]);
+        l.fingerprint = u64::from_le_bytes(b);
         l
     }
 
@@ -101,6 +120,25 @@ pub fn local_name(t: Time) -> String {
     };
     format!(
         "{:04}-{:02}-{:02}_{:02}-{:02}-{:02}",
+        tm.tm_year as i64 + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec
+    )
+}
+
+/// `@GMT-YYYY.MM.DD-HH.MM.SS` in UTC: the name Samba's `vfs_shadow_copy2` parses with its
+/// default `shadow:format` and `shadow:localtime = no`.
+fn gmt_name(sec: i64) -> String {
+    let t = sec as libc::time_t;
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    if unsafe { libc::gmtime_r(&t, &mut tm) }.is_null() {
+        return format!("t{sec}");
+    }
+    format!(
+        "@GMT-{:04}.{:02}.{:02}-{:02}.{:02}.{:02}",
         tm.tm_year as i64 + 1900,
         tm.tm_mon + 1,
         tm.tm_mday,
@@ -174,6 +212,29 @@ mod tests {
             l.find(format!("{base}-2").as_bytes()).map(|s| s.id),
             Some(Id([2; 32]))
         );
+    }
+
+    #[test]
+    fn gmt_names_are_unique_and_in_order_without_suffixes() {
+        // 2026-11-29 14:05:03 UTC twice, then a snapshot in the next second, then a later one.
+        let t = 1_795_961_103;
+        let l = Layout::build(&[
+            snap(t, "a", &[], 1),
+            snap(t, "a", &[], 2),
+            snap(t + 1, "a", &[], 3),
+            snap(t + 60, "a", &[], 4),
+        ]);
+        let gmt: Vec<&str> = l.snaps.iter().map(|s| s.gmt.as_str()).collect();
+        assert_eq!(
+            gmt,
+            vec![
+                "@GMT-2026.11.29-14.05.03",
+                "@GMT-2026.11.29-14.05.04",
+                "@GMT-2026.11.29-14.05.05",
+                "@GMT-2026.11.29-14.06.03",
+            ]
+        );
+        assert_eq!(gmt_name(-1), "@GMT-1969.12.31-23.59.59");
     }
 
     #[test]

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod core;
 pub mod error;
 pub mod fuse;
+mod history;
 pub mod layout;
 pub mod node;
 mod pool;

@@ -7,6 +7,7 @@
 
 use cairn_repo::format::{Entry, FileType, Time};
 use cairn_repo::Id;
+use std::sync::Arc;
 
 pub const ROOT_INO: u64 = 1;
 
@@ -38,6 +39,8 @@ pub enum ViewKind {
     Tag(String),
     /// `calendar/<year>/<month>/<day>/<time>/`.
     Calendar,
+    /// `gmt/@GMT-YYYY.MM.DD-HH.MM.SS/`.
+    Gmt,
 }
 
 #[derive(Clone, Debug)]
@@ -51,9 +54,20 @@ pub enum What {
     Group(ViewKind),
     /// `calendar/`.
     Calendar,
+    /// `gmt/`.
+    Gmt,
     /// `calendar/YYYY`, `calendar/YYYY/MM` or `calendar/YYYY/MM/DD`, named by the prefix of
     /// the snapshot names it holds: `YYYY`, `YYYY-MM` or `YYYY-MM-DD`.
     Period(String),
+    /// `history/<path>` (`path` empty for `history/` itself, else `/a/b`): a path across all
+    /// snapshots, see `history.rs`. With `versions`, the path is a file (or another
+    /// non-directory) and this lists its distinct versions; else a directory, merged. `attr`
+    /// is derived from the newest stored entry (`None` for `history/`).
+    History {
+        path: Arc<[u8]>,
+        versions: bool,
+        attr: Option<Attr>,
+    },
     /// A snapshot directory: its contents are the snapshot's root tree.
     SnapRoot {
         snap: Id,
@@ -122,6 +136,7 @@ pub fn group_key(view: &ViewKind) -> u64 {
         ViewKind::Host(h) => hash64(&[b"host", h.as_bytes()]),
         ViewKind::Tag(t) => hash64(&[b"tag", t.as_bytes()]),
         ViewKind::Calendar => top_key("calendar"),
+        ViewKind::Gmt => top_key("gmt"),
     }
 }
 

@@ -198,6 +198,8 @@ fn top_level_layout() {
             "hosts",
             "tags",
             "calendar",
+            "gmt",
+            "history",
             "latest"
         ]
     );
@@ -232,6 +234,18 @@ fn top_level_layout() {
         c.lookup(at.ino, b"99-99-99").unwrap_err().errno,
         libc::ENOENT
     );
+    // gmt/@GMT-YYYY.MM.DD-HH.MM.SS/ is the same snapshot, named in UTC (issue 13).
+    let gmt = c.lookup(ROOT_INO, b"gmt").unwrap();
+    let gmt_names = names(&c, gmt.ino);
+    assert_eq!(gmt_names.len(), 3, "{gmt_names:?}");
+    let g = &gmt_names[2];
+    assert!(
+        g.starts_with("@GMT-") && g.len() == "@GMT-2026.11.29-14.05.03".len(),
+        "{g}"
+    );
+    let via_gmt = c.lookup(gmt.ino, g.as_bytes()).unwrap();
+    assert_eq!(names(&c, via_gmt.ino), names(&c, direct.ino));
+    assert_eq!(via_gmt.mtime, direct.mtime);
     let tags = c.lookup(ROOT_INO, b"tags").unwrap();
     let daily = c.lookup(tags.ino, b"daily").unwrap();
     let via_tag = c.lookup(daily.ino, name.as_bytes()).unwrap();
@@ -835,4 +849,252 @@ fn a_new_snapshot_reads_at_once_though_read_transactions_are_reused() {
     let snap = walk(&c, ROOT_INO, Path::new(&format!("/{target}")));
     let fresh = walk(&c, snap.ino, &f.src.join("fresh.bin"));
     assert_eq!(read_all(&c, fresh.ino, 65536), noise(300_000, 42));
+}
+
+/// Issue 13: `history/<path>`. `report.txt` has three contents over five snapshots (a chmod
+/// and a touch alone are no new version), `gone.txt` is deleted after the second, `only.txt`
+/// exists in the third only.
+struct HistoryFixture {
+    _tmp: tempfile::TempDir,
+    repo: Arc<Repository>,
+    docs: PathBuf,
+    /// Snapshot names, oldest first.
+    names: Vec<String>,
+}
+
+const REPORT: [&[u8]; 5] = [
+    b"one\n",
+    b"one\n",
+    b"two two\n",
+    b"two two\n",
+    b"three three three\n",
+];
+
+fn history_fixture() -> HistoryFixture {
+    let tmp = tempfile::tempdir().unwrap();
+    let docs = tmp.path().join("src/docs");
+    std::fs::create_dir_all(&docs).unwrap();
+    let repo = Repository::init(&tmp.path().join("repo"), b"pw", &repo_opts()).unwrap();
+    for (i, content) in REPORT.iter().enumerate() {
+        let report = docs.join("report.txt");
+        if i == 0 || REPORT[i - 1] != *content {
+            std::fs::write(&report, content).unwrap();
+        }
+        match i {
+            0 => std::fs::write(docs.join("gone.txt"), b"bye").unwrap(),
+            1 => std::fs::set_permissions(&report, std::fs::Permissions::from_mode(0o600)).unwrap(),
+            2 => {
+                std::fs::remove_file(docs.join("gone.txt")).unwrap();
+                std::fs::write(docs.join("only.txt"), b"once").unwrap();
+            }
+            3 => {
+                std::fs::remove_file(docs.join("only.txt")).unwrap();
+                set_times(&report, 1_000_000_000, 5);
+            }
+            _ => {}
+        }
+        snapshot(&repo, &tmp.path().join("src"));
+    }
+    let repo = Arc::new(repo);
+    let c = FsCore::new(repo.clone(), FsOptions::default()).unwrap();
+    let snaps = c.lookup(ROOT_INO, b"snapshots").unwrap();
+    let names = names(&c, snaps.ino)[2..].to_vec();
+    assert_eq!(names.len(), 5);
+    HistoryFixture {
+        _tmp: tmp,
+        repo,
+        docs,
+        names,
+    }
+}
+
+#[test]
+fn history_shows_each_distinct_version_once_with_its_bytes_and_keeps_deleted_files() {
+    let h = history_fixture();
+    let c = FsCore::new(h.repo.clone(), FsOptions::default()).unwrap();
+    let history = c.lookup(ROOT_INO, b"history").unwrap();
+    assert_eq!(history.kind, FileType::Dir);
+    let top = h.docs.components().nth(1).unwrap();
+    assert_eq!(
+        names(&c, history.ino)[2..],
+        [top.as_os_str().to_string_lossy().into_owned()]
+    );
+    let docs = walk(&c, history.ino, &h.docs);
+    assert_eq!(
+        names(&c, docs.ino)[2..],
+        ["gone.txt", "only.txt", "report.txt"],
+        "the union of the names in every snapshot"
+    );
+    let report = c.lookup(docs.ino, b"report.txt").unwrap();
+    assert_eq!(report.kind, FileType::Dir);
+    let versions = names(&c, report.ino)[2..].to_vec();
+    let want: Vec<String> = [0, 2, 4]
+        .iter()
+        .map(|i| format!("{}.txt", h.names[*i]))
+        .collect();
+    assert_eq!(
+        versions, want,
+        "three contents, each named by its first snapshot"
+    );
+    for (v, i) in versions.iter().zip([0, 2, 4]) {
+        let a = c.lookup(report.ino, v.as_bytes()).unwrap();
+        assert_eq!(a.kind, FileType::File);
+        assert_eq!(a.size, REPORT[i].len() as u64);
+        assert_eq!(read_all(&c, a.ino, 3), REPORT[i], "{v}");
+        assert!(c.immutable(a.ino), "a version never changes");
+    }
+    // Each version shows the metadata stored where it first appeared: mode 0644 then the
+    // chmod's 0600 (the chmod alone made no version).
+    let first = c.lookup(report.ino, want[0].as_bytes()).unwrap();
+    let second = c.lookup(report.ino, want[1].as_bytes()).unwrap();
+    assert_eq!((first.perm & 0o777, second.perm & 0o777), (0o644, 0o600));
+    assert_eq!(
+        report.perm, 0o500,
+        "the newest version's read bits, searchable"
+    );
+    let gone = c.lookup(docs.ino, b"gone.txt").unwrap();
+    let gone_versions = names(&c, gone.ino)[2..].to_vec();
+    assert_eq!(gone_versions, [format!("{}.txt", h.names[0])]);
+    let v = c.lookup(gone.ino, gone_versions[0].as_bytes()).unwrap();
+    assert_eq!(
+        read_all(&c, v.ino, 4096),
+        b"bye",
+        "a deleted file keeps its history"
+    );
+    // Paths in no snapshot, and names that are no version: ENOENT.
+    assert_eq!(c.lookup(docs.ino, b"nope").unwrap_err().errno, libc::ENOENT);
+    assert_eq!(
+        c.lookup(report.ino, b"2001-01-01_00-00-00.txt")
+            .unwrap_err()
+            .errno,
+        libc::ENOENT
+    );
+    assert_eq!(
+        c.lookup(history.ino, b"nowhere").unwrap_err().errno,
+        libc::ENOENT
+    );
+    // Same numbers in a new session.
+    let again = FsCore::new(h.repo.clone(), FsOptions::default()).unwrap();
+    let h2 = again.lookup(ROOT_INO, b"history").unwrap();
+    let r2 = walk(&again, h2.ino, &h.docs.join("report.txt"));
+    assert_eq!(r2.ino, report.ino);
+    assert_eq!(
+        again.lookup(r2.ino, want[2].as_bytes()).unwrap().ino,
+        c.lookup(report.ino, want[2].as_bytes()).unwrap().ino
+    );
+}
+
+#[test]
+fn history_through_a_damaged_tree_is_eio_named_and_the_other_versions_stay_readable() {
+    let h = history_fixture();
+    let snaps = h.repo.snapshots().unwrap();
+    // The docs directory's tree in the third snapshot (only it holds only.txt).
+    let view = h.repo.view().unwrap();
+    let tree = h
+        .repo
+        .lookup(
+            &view,
+            &snaps[2].snapshot.root,
+            h.docs.as_os_str().as_bytes(),
+        )
+        .unwrap()
+        .unwrap()
+        .subtree
+        .unwrap();
+    drop(view);
+    cairn_repo::store::damage_object_for_tests(
+        h.repo.store(),
+        &tree,
+        h.repo.config().piece_size,
+        40,
+    )
+    .unwrap();
+    let logged = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = logged.clone();
+    let c = FsCore::new(
+        h.repo.clone(),
+        FsOptions {
+            piece_cache_pieces: 0,
+            log: Some(Arc::new(move |m: &str| {
+                sink.lock().unwrap().push(m.to_string())
+            })),
+            ..FsOptions::default()
+        },
+    )
+    .unwrap();
+    let history = c.lookup(ROOT_INO, b"history").unwrap();
+    let docs = walk(&c, history.ino, &h.docs);
+    assert_eq!(names(&c, docs.ino)[2..], ["gone.txt", "report.txt"]);
+    let err = c.lookup(docs.ino, b"only.txt").unwrap_err();
+    assert_eq!(
+        err.errno,
+        libc::EIO,
+        "not ENOENT: the damaged tree may hold it"
+    );
+    assert!(err.detail.unwrap_or_default().contains(&tree.to_hex()));
+    assert!(
+        logged
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|m| m.contains(&tree.to_hex())),
+        "the log names the tree: {:?}",
+        logged.lock().unwrap()
+    );
+    // "two two" is now first seen in the fourth snapshot; every content is still there.
+    let report = c.lookup(docs.ino, b"report.txt").unwrap();
+    let versions = names(&c, report.ino)[2..].to_vec();
+    let want: Vec<String> = [0, 3, 4]
+        .iter()
+        .map(|i| format!("{}.txt", h.names[*i]))
+        .collect();
+    assert_eq!(versions, want);
+    for (v, i) in versions.iter().zip([0, 3, 4]) {
+        let a = c.lookup(report.ino, v.as_bytes()).unwrap();
+        assert_eq!(read_all(&c, a.ino, 4096), REPORT[i]);
+    }
+}
+
+/// 1,000 snapshots of one unchanged tree: the history of a file is one version, and finding it
+/// costs the tree cache what one snapshot's path costs, however many snapshots.
+#[test]
+fn history_over_a_thousand_identical_snapshots_costs_one_snapshots_trees() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("a/b")).unwrap();
+    std::fs::write(src.join("a/b/f.txt"), b"same").unwrap();
+    let repo = Arc::new(backed_up(tmp.path(), &src));
+    let s = repo.snapshots().unwrap().remove(0).snapshot;
+    let sealed: Vec<_> = (1..1000)
+        .map(|i| {
+            let mut snap = s.clone();
+            snap.time.sec += i;
+            repo.seal_snapshot(&snap).unwrap()
+        })
+        .collect();
+    let cfg = repo.config().clone();
+    let mut packer =
+        cairn_repo::packer::Packer::new(repo.store(), cfg.piece_size, cfg.pack_max, 1 << 20);
+    packer.commit(true, &sealed).unwrap();
+    drop(packer);
+    let one = FsCore::new(repo.clone(), FsOptions::default()).unwrap();
+    let snap = one.lookup(ROOT_INO, b"latest").unwrap();
+    let target = String::from_utf8(one.readlink(snap.ino).unwrap()).unwrap();
+    let snap = walk(&one, ROOT_INO, Path::new(&format!("/{target}")));
+    walk(&one, snap.ino, &src.join("a/b/f.txt"));
+
+    let c = FsCore::new(repo.clone(), FsOptions::default()).unwrap();
+    assert_eq!(c.layout().snaps.len(), 1000);
+    let t = std::time::Instant::now();
+    let history = c.lookup(ROOT_INO, b"history").unwrap();
+    let f = walk(&c, history.ino, &src.join("a/b/f.txt"));
+    let versions = names(&c, f.ino);
+    let took = t.elapsed();
+    assert_eq!(versions.len(), 3, "one version: {versions:?}");
+    assert_eq!(
+        c.tree_cache_used(),
+        one.tree_cache_used(),
+        "the trees of one snapshot's path"
+    );
+    eprintln!("history of a file over 1,000 identical snapshots: {took:?}");
 }

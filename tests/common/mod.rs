@@ -2,8 +2,10 @@
 //! repositories.
 #![allow(dead_code)]
 
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 pub const PASSWORD: &str = "correct horse battery staple";
 
@@ -125,4 +127,104 @@ pub fn some_chunk(repo: &Path) -> (cairn_repo::Id, u32) {
         })
         .unwrap();
     (found.unwrap(), cfg.piece_size)
+}
+
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// A running `cairn mount`; dropping it stops the process and clears the mountpoint.
+pub struct Mount {
+    pub child: Child,
+    pub dir: PathBuf,
+    log: PathBuf,
+}
+
+impl Mount {
+    pub fn start(repo: &Path, dir: &Path, extra: &[&str]) -> Mount {
+        std::fs::create_dir_all(dir).unwrap();
+        let log = dir.with_extension("log");
+        let child = cairn(repo)
+            .args(["mount", "--refresh", "1"])
+            .args(extra)
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("cairn mount starts");
+        let mut m = Mount {
+            child,
+            dir: dir.to_path_buf(),
+            log,
+        };
+        m.wait_ready();
+        m
+    }
+
+    fn wait_ready(&mut self) {
+        let start = Instant::now();
+        while start.elapsed() < WAIT {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                panic!("cairn mount exited early ({st}): {}", self.stderr());
+            }
+            if mounted(&self.dir) && self.dir.join("snapshots").is_dir() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("mount did not come up within {WAIT:?}: {}", self.stderr());
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn signal(&self, sig: i32) {
+        unsafe { libc::kill(self.child.id() as i32, sig) };
+    }
+
+    /// Wait for the process to exit, with a bound.
+    pub fn wait_exit(&mut self, limit: Duration) -> Option<i32> {
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// The snapshot directory `latest` points at.
+    pub fn latest(&self) -> PathBuf {
+        let t = std::fs::read_link(self.dir.join("latest")).unwrap();
+        self.dir.join(t)
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            self.signal(libc::SIGTERM);
+            if self.wait_exit(Duration::from_secs(10)).is_none() {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+            }
+        }
+        if mounted(&self.dir) {
+            let _ = Command::new("fusermount3")
+                .arg("-u")
+                .arg("-z")
+                .arg(&self.dir)
+                .status();
+        }
+    }
+}
+
+pub fn mounted(dir: &Path) -> bool {
+    let Ok(canon) = dir.canonicalize().or_else(|_| std::path::absolute(dir)) else {
+        return false;
+    };
+    let info = std::fs::read("/proc/self/mountinfo").unwrap_or_default();
+    let want = canon.as_os_str().as_bytes();
+    info.split(|b| *b == b'\n')
+        .any(|l| l.split(|b| *b == b' ').nth(4) == Some(want))
 }
