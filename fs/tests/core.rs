@@ -1098,3 +1098,36 @@ fn history_over_a_thousand_identical_snapshots_costs_one_snapshots_trees() {
     );
     eprintln!("history of a file over 1,000 identical snapshots: {took:?}");
 }
+
+/// A version stays readable through an open handle after its snapshot is forgotten; the
+/// history then no longer lists it.
+#[test]
+fn a_history_version_open_when_its_snapshot_is_forgotten_reads_until_closed() {
+    let h = history_fixture();
+    let c = core_of(&h.repo);
+    let history = c.lookup(ROOT_INO, b"history").unwrap();
+    let report = walk(&c, history.ino, &h.docs.join("report.txt"));
+    let first = format!("{}.txt", h.names[0]);
+    let v = c.lookup(report.ino, first.as_bytes()).unwrap();
+    let fh = c.open(v.ino).unwrap();
+    let snaps = h.repo.snapshots().unwrap();
+    h.repo
+        .store()
+        .remove_snapshots(&[snaps[0].id, snaps[1].id])
+        .unwrap();
+    c.refresh().unwrap();
+    assert_eq!(c.read(fh, 0, 4096).unwrap(), REPORT[0]);
+    c.release(fh);
+    // Names are those of the remaining snapshots (same-second suffixes may have moved).
+    let snaps = c.lookup(ROOT_INO, b"snapshots").unwrap();
+    let now = names(&c, snaps.ino)[2..].to_vec();
+    assert_eq!(now.len(), 3);
+    assert_eq!(
+        names(&c, report.ino)[2..],
+        [format!("{}.txt", now[0]), format!("{}.txt", now[2])]
+    );
+}
+
+fn core_of(repo: &Arc<Repository>) -> FsCore {
+    FsCore::new(repo.clone(), FsOptions::default()).unwrap()
+}
