@@ -874,7 +874,12 @@ fn history_fixture() -> HistoryFixture {
     let tmp = tempfile::tempdir().unwrap();
     let docs = tmp.path().join("src/docs");
     std::fs::create_dir_all(&docs).unwrap();
-    let repo = Repository::init(&tmp.path().join("repo"), b"pw", &repo_opts()).unwrap();
+    // No piece cache: one test damages trees this process has read, and the mount must see it.
+    let opts = OpenOptions {
+        piece_cache_pieces: 0,
+        ..repo_opts()
+    };
+    let repo = Repository::init(&tmp.path().join("repo"), b"pw", &opts).unwrap();
     for (i, content) in REPORT.iter().enumerate() {
         let report = docs.join("report.txt");
         if i == 0 || REPORT[i - 1] != *content {
@@ -989,7 +994,7 @@ fn history_through_a_damaged_tree_is_eio_named_and_the_other_versions_stay_reada
     let h = history_fixture();
     let snaps = h.repo.snapshots().unwrap();
     // The docs directory's tree in the third snapshot (only it holds only.txt).
-    let view = h.repo.view().unwrap();
+    let view = h.repo.reader().unwrap();
     let tree = h
         .repo
         .lookup(
@@ -1014,7 +1019,6 @@ fn history_through_a_damaged_tree_is_eio_named_and_the_other_versions_stay_reada
     let c = FsCore::new(
         h.repo.clone(),
         FsOptions {
-            piece_cache_pieces: 0,
             log: Some(Arc::new(move |m: &str| {
                 sink.lock().unwrap().push(m.to_string())
             })),
