@@ -132,11 +132,9 @@ pub fn local_name(t: Time) -> String {
 /// `@GMT-YYYY.MM.DD-HH.MM.SS` in UTC: the name Samba's `vfs_shadow_copy2` parses with its
 /// default `shadow:format` and `shadow:localtime = no`.
 fn gmt_name(sec: i64) -> String {
-    let t = sec as libc::time_t;
-    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
-    if unsafe { libc::gmtime_r(&t, &mut tm) }.is_null() {
+    let Some(tm) = cairn_repo::util::utc_tm(sec) else {
         return format!("t{sec}");
-    }
+    };
     format!(
         "@GMT-{:04}.{:02}.{:02}-{:02}.{:02}.{:02}",
         tm.tm_year as i64 + 1900,

@@ -101,6 +101,16 @@ pub fn local_tm(sec: i64) -> Option<libc::tm> {
     ok.then_some(tm)
 }
 
+/// The broken-down UTC time of `sec` seconds since the epoch.
+pub fn utc_tm(sec: i64) -> Option<libc::tm> {
+    let t = sec as libc::time_t;
+    // SAFETY: an all-zero `tm` is a valid value; gmtime_r only writes into the one we own.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the duration of the call.
+    let ok = unsafe { !libc::gmtime_r(&t, &mut tm).is_null() };
+    ok.then_some(tm)
+}
+
 /// A raw path for messages.
 pub fn display_path(path: &[u8]) -> String {
     String::from_utf8_lossy(path).into_owned()

@@ -6,7 +6,7 @@ use crate::error::{Error, Result};
 use crate::format::Config;
 use crate::id::Id;
 use crate::packer::Packer;
-use crate::store::{Store, View};
+use crate::store::{Location, Store, View};
 
 impl Storage for Store {
     fn location(&self) -> String {
@@ -67,11 +67,7 @@ impl Storage for Store {
 /// A view is the redb store's reader: one read transaction, pieces through the store's cache.
 impl Reader for View {
     fn info(&self, id: &Id) -> Result<Option<ObjectInfo>> {
-        Ok(self.locate(id)?.map(|l| ObjectInfo {
-            kind: l.kind,
-            len: l.len,
-            check: l.check,
-        }))
+        Ok(self.locate(id)?.as_ref().map(info_of))
     }
 
     fn contains(&self, ids: &[Id]) -> Result<Vec<bool>> {
@@ -89,19 +85,21 @@ impl Reader for View {
         Ok(self
             .objects_from(from, limit)?
             .into_iter()
-            .map(|(id, l)| {
-                let info = ObjectInfo {
-                    kind: l.kind,
-                    len: l.len,
-                    check: l.check,
-                };
-                (id, info)
-            })
+            .map(|(id, l)| (id, info_of(&l)))
             .collect())
     }
 
     fn count(&self) -> Result<u64> {
         self.object_count()
+    }
+}
+
+/// What the seam says of an object the index locates.
+fn info_of(l: &Location) -> ObjectInfo {
+    ObjectInfo {
+        kind: l.kind,
+        len: l.len,
+        check: l.check,
     }
 }
 
