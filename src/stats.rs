@@ -1,5 +1,5 @@
 use crate::{output, CmdResult, Global};
-use cairn_repo::store::Space;
+use cairn_repo::storage::Space;
 
 #[derive(clap::Args)]
 pub struct Args {}

@@ -99,7 +99,7 @@ pub fn problems(f: &Facts, a: &Args, now: i64) -> Vec<String> {
 
 fn gather(
     repo: &cairn_repo::Repository,
-) -> Result<(Facts, u64, cairn_repo::store::Space), crate::Failure> {
+) -> Result<(Facts, u64, cairn_repo::storage::Space), crate::Failure> {
     let snaps = repo.snapshots()?;
     let mut f = Facts::default();
     for s in &snaps {
@@ -176,7 +176,7 @@ fn print_human(
     f: &Facts,
     problems: &[String],
     now: i64,
-    space: &cairn_repo::store::Space,
+    space: &cairn_repo::storage::Space,
     dedup: f64,
 ) {
     for (h, (id, t)) in &f.hosts {

@@ -8,7 +8,8 @@ use crate::format::{Content, Tree};
 use crate::id::Id;
 use crate::packer::Packer;
 use crate::repo::Repository;
-use crate::store::{checksum, Location, Space, Store, View};
+use crate::storage::Space;
+use crate::store::{checksum, Location, Store, View};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
 

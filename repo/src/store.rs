@@ -4,6 +4,7 @@
 //! `piece_size` bytes, just under a power of two so redb wastes almost nothing; the last piece of
 //! a pack may be shorter). An object may span pieces. `INDEX` maps an object id to its place.
 
+use crate::storage::Space;
 use crate::crypto::Kind;
 use crate::error::{Error, Result};
 use crate::id::Id;
@@ -722,28 +723,6 @@ fn u64_from(b: &[u8]) -> u64 {
     let n = b.len().min(8);
     a[..n].copy_from_slice(&b[..n]);
     u64::from_le_bytes(a)
-}
-
-#[derive(Debug, Default, Clone, Copy)]
-pub struct Space {
-    pub objects: u64,
-    pub object_bytes: u64,
-    pub pack_bytes: u64,
-    /// Bytes the database file occupies on disk (allocated blocks).
-    pub file_bytes: u64,
-    /// The file's length; redb grows it ahead of use, the tail is sparse.
-    pub file_len: u64,
-    /// Bytes of pages redb has allocated (live data and its structures); the rest of
-    /// `file_bytes` is free inside the file, reused by later writes. `None` when the
-    /// repository is open read-only.
-    pub db_bytes: Option<u64>,
-}
-
-impl Space {
-    /// Free space inside the file that is backed by the disk (what `prune --compact` returns).
-    pub fn free_in_file(&self) -> Option<u64> {
-        self.db_bytes.map(|d| self.file_bytes.saturating_sub(d))
-    }
 }
 
 pub(crate) struct Batch<'a> {

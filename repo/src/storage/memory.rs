@@ -1,7 +1,7 @@
 //! A store in memory, for unit tests of everything above the seam (and the reference the
 //! conformance suite is read against). Nothing survives the process.
 
-use super::{ObjectInfo, Reader, Storage, Writer, WriterOptions};
+use super::{ObjectInfo, Reader, Space, Storage, Writer, WriterOptions};
 use crate::crypto::{Kind, MAX_KEY_SLOTS};
 use crate::error::{Error, Result};
 use crate::format::Config;
@@ -121,6 +121,21 @@ impl Storage for MemoryStore {
 
     fn sessions(&self) -> Result<Vec<(u64, Vec<u8>)>> {
         Ok(self.lock().sessions.clone().into_iter().collect())
+    }
+
+    fn space(&self) -> Result<Space> {
+        let inner = self.lock();
+        let object_bytes = inner.objects.values().map(|(_, b)| b.len() as u64).sum();
+        Ok(Space {
+            objects: inner.objects.len() as u64,
+            object_bytes,
+            pack_bytes: object_bytes,
+            ..Space::default()
+        })
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 

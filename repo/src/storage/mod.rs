@@ -53,6 +53,28 @@ pub fn checksum(sealed: &[u8]) -> [u8; 16] {
     crate::store::checksum(sealed)
 }
 
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Space {
+    pub objects: u64,
+    pub object_bytes: u64,
+    pub pack_bytes: u64,
+    /// Bytes the database file occupies on disk (allocated blocks).
+    pub file_bytes: u64,
+    /// The file's length; redb grows it ahead of use, the tail is sparse.
+    pub file_len: u64,
+    /// Bytes of pages redb has allocated (live data and its structures); the rest of
+    /// `file_bytes` is free inside the file, reused by later writes. `None` when the
+    /// repository is open read-only.
+    pub db_bytes: Option<u64>,
+}
+
+impl Space {
+    /// Free space inside the file that is backed by the disk (what `prune --compact` returns).
+    pub fn free_in_file(&self) -> Option<u64> {
+        self.db_bytes.map(|d| self.file_bytes.saturating_sub(d))
+    }
+}
+
 /// How a writer batches its work.
 #[derive(Clone, Copy, Debug)]
 pub struct WriterOptions {
@@ -93,6 +115,17 @@ pub trait Storage: Send + Sync {
     fn begin_session(&self, info: &[u8]) -> Result<u64>;
     fn end_session(&self, id: u64) -> Result<()>;
     fn sessions(&self) -> Result<Vec<(u64, Vec<u8>)>>;
+    /// Give back what writers that died left half-written (a backup starts with it); returns
+    /// the bytes given back. A store whose writes leave nothing behind does nothing.
+    fn recover(&self) -> Result<u64> {
+        Ok(0)
+    }
+    /// Sizes for the space report (objects, sealed bytes, what the store occupies).
+    fn space(&self) -> Result<Space>;
+    /// The store itself, for the commands that still need the local redb store's wider API
+    /// (check's storage walk, prune's repack, sync's sender) until they move onto the seam:
+    /// they ask for a `Store` and tell the user to run them where the repository is otherwise.
+    fn as_any(&self) -> &dyn std::any::Any;
 }
 
 /// Reads objects by id.

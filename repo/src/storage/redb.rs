@@ -1,6 +1,6 @@
 //! The local redb repository behind the seam (an adapter over `crate::store`).
 
-use super::{ObjectInfo, Reader, Storage, Writer, WriterOptions};
+use super::{ObjectInfo, Reader, Space, Storage, Writer, WriterOptions};
 use crate::crypto::Kind;
 use crate::error::{Error, Result};
 use crate::format::Config;
@@ -61,6 +61,18 @@ impl Storage for Store {
 
     fn sessions(&self) -> Result<Vec<(u64, Vec<u8>)>> {
         Store::sessions(self)
+    }
+
+    fn recover(&self) -> Result<u64> {
+        self.give_back_abandoned()
+    }
+
+    fn space(&self) -> Result<Space> {
+        Store::space(self)
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
     }
 }
 
