@@ -27,8 +27,6 @@ pub struct Args {
     /// with this repository's keys first
     #[arg(long, value_name = "PATH|URL|TARGET")]
     repair_from: Option<PathBuf>,
-    #[command(flatten)]
-    ssh: crate::sync::SshArgs,
 }
 
 /// Rounds of repair: healing a tree can uncover damage below it.
@@ -63,7 +61,7 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
     };
     let (repo, mut replica) = match &a.repair_from {
         None => (g.open()?, None),
-        Some(arg) => open_pair(g, arg, &a.ssh)?,
+        Some(arg) => open_pair(g, arg)?,
     };
     let mut report = check(&repo, &opts)?;
     if let Some(why) = &report.unrecorded {
@@ -115,7 +113,7 @@ enum Replica {
 impl Replica {
     fn label(&self) -> String {
         match self {
-            Replica::Local(r) => r.store().dir().display().to_string(),
+            Replica::Local(r) => r.storage().location(),
             Replica::Ssh(_, url) => url.clone(),
         }
     }
@@ -135,9 +133,8 @@ impl Replica {
 fn open_pair(
     g: &Global,
     arg: &std::path::Path,
-    ssh: &crate::sync::SshArgs,
 ) -> Result<(Repository, Option<Replica>), Failure> {
-    let path = g.repo_path()?;
+    let path = g.repo_path("check --repair-from")?;
     let replica = match cairn_repo::store::Store::open(&path, 1 << 20) {
         Ok(store) => replica_arg(&store, arg)?,
         Err(cairn_repo::Error::Damaged { reason, .. }) => return rebuild(g, &path, arg, &reason),
@@ -155,7 +152,7 @@ fn open_pair(
         ReplicaArg::Ssh(url) => {
             let repo = g.open()?;
             let parsed = cairn_repo::sync::SshUrl::parse(&url)?;
-            let mut target = cairn_repo::sync::SshTarget::connect(&parsed, &ssh.options())?;
+            let mut target = cairn_repo::sync::SshTarget::connect(&parsed, &g.ssh.options())?;
             target
                 .handshake_existing(&repo)
                 .map_err(|e| Failure::from(cairn_repo::Error::Invalid(format!("{url}: {e}"))))?;
@@ -232,7 +229,7 @@ fn repair(
 }
 
 fn storage_only(g: &Global, repair: Option<&std::path::Path>) -> CmdResult {
-    let path = g.repo_path()?;
+    let path = g.repo_path("check --storage-only")?;
     if let Some(arg) = repair {
         let store = cairn_repo::store::Store::open(&path, 1 << 20)?;
         let replica = match replica_arg(&store, arg)? {

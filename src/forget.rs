@@ -90,7 +90,7 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
     let groups = apply(&policy, group_by, &candidates, &local_offset)?;
     let remove = to_remove(&groups);
     if !a.dry_run {
-        repo.store().remove_snapshots(&remove)?;
+        repo.storage().remove_snapshots(&remove)?;
     }
     let doc = decisions_json(&groups, &times, a.dry_run);
     let prune_after = a.prune && !a.dry_run;

@@ -4,13 +4,10 @@ use crate::{output, secrets, CmdResult, Global};
 pub struct Args {}
 
 pub fn run(g: &Global, _a: &Args) -> CmdResult {
-    let path = g.repo_path()?;
+    let url = g.repo_url()?;
     let password = secrets::init_password(g)?;
-    let repo = cairn_repo::Repository::init(
-        &path,
-        password.as_bytes(),
-        &cairn_repo::OpenOptions::default(),
-    )?;
+    let repo = cairn_repo::Repository::init_at(&url, password.as_bytes(), &g.open_options())?;
+    let path = url.to_string();
     if g.json {
         output::json(&serde_json::json!({
             "repository": path,
@@ -22,7 +19,7 @@ pub fn run(g: &Global, _a: &Args) -> CmdResult {
             &format!(
                 "created Cairn repository {} at {}",
                 hex::encode(&repo.config().repo_id[..4]),
-                path.display()
+                path
             ),
         );
         output::info(

@@ -53,7 +53,7 @@ pub struct Cli {
 
 #[derive(clap::Args, Clone)]
 pub struct Global {
-    /// Repository directory
+    /// Repository: a directory, file://PATH or ssh://[user@]host[:port]/path
     #[arg(long, short = 'r', env = "CAIRN_REPO", global = true)]
     pub repo: Option<PathBuf>,
     /// Read the password from this file (first line)
@@ -68,6 +68,8 @@ pub struct Global {
     /// No progress and no informational output (errors and warnings still go to stderr)
     #[arg(long, short = 'q', global = true)]
     pub quiet: bool,
+    #[command(flatten)]
+    pub ssh: sync::SshArgs,
 }
 
 #[derive(Subcommand)]
@@ -151,6 +153,7 @@ impl From<Error> for Failure {
             Error::Locked { .. } => EXIT_LOCKED,
             Error::WrongPassword(_) => EXIT_WRONG_PASSWORD,
             Error::Interrupted => EXIT_INTERRUPTED,
+            Error::Usage(_) | Error::LocalOnly { .. } => EXIT_USAGE,
             _ => EXIT_FATAL,
         };
         let mut message = e.to_string();
@@ -179,66 +182,52 @@ impl Failure {
     }
 }
 
-/// A repository URL as a local directory (see `Global::repo_path`).
-fn repo_location(raw: PathBuf) -> Result<PathBuf, Failure> {
-    use std::os::unix::ffi::OsStrExt;
-    let bytes = raw.as_os_str().as_bytes();
-    if let Some(rest) = bytes.strip_prefix(b"file://") {
-        return Ok(PathBuf::from(std::ffi::OsStr::from_bytes(rest)));
-    }
-    let Some(end) = bytes.windows(3).position(|w| w == b"://") else {
-        return Ok(raw);
-    };
-    let scheme = &bytes[..end];
-    let is_scheme = scheme.first().is_some_and(u8::is_ascii_alphabetic)
-        && scheme
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || b"+.-".contains(b));
-    if !is_scheme {
-        return Ok(raw);
-    }
-    let url = raw.display();
-    Err(match scheme {
-        b"ssh" | b"s3" => Failure::usage(format!(
-            "{url}: a repository on a server or in S3 cannot be used directly yet; keep the \
-             repository on a local path and copy it there with `cairn target add NAME {url}` and \
-             `cairn sync` (ssh), or give a local path"
-        )),
-        _ => Failure::usage(format!(
-            "{url}: unknown repository URL scheme `{}://`; give a path or file://PATH",
-            String::from_utf8_lossy(scheme)
-        )),
-    })
-}
-
 /// What a command returns: the exit code on success (0, or 3 for "finished but incomplete").
 pub type CmdResult = Result<u8, Failure>;
 
 impl Global {
-    /// The repository's directory, from `--repo`/`$CAIRN_REPO`: a path or `file://PATH`. A
-    /// URL of another scheme is refused, never taken for a relative directory (which made
-    /// `--repo ssh://host/path` back up into a local folder named `ssh:`).
-    pub fn repo_path(&self) -> Result<PathBuf, Failure> {
-        let raw = self.repo.clone().ok_or_else(|| {
-            Failure::usage("no repository given: use --repo PATH or set CAIRN_REPO")
+    /// Where the repository is, from `--repo`/`$CAIRN_REPO`: a path, `file://PATH` or
+    /// `ssh://…`. A URL of another scheme is refused, never taken for a relative directory
+    /// (which made `--repo ssh://host/path` back up into a local folder named `ssh:`).
+    pub fn repo_url(&self) -> Result<cairn_repo::storage::Url, Failure> {
+        let raw = self.repo.as_ref().ok_or_else(|| {
+            Failure::usage("no repository given: use --repo PATH (or ssh://…) or set CAIRN_REPO")
         })?;
-        repo_location(raw)
+        Ok(cairn_repo::storage::Url::parse(raw.as_os_str())?)
+    }
+
+    /// The repository's directory, for what works on the repository's own files only (the
+    /// server side, `check --storage-only`, `target`); `what` names it for the error.
+    pub fn repo_path(&self, what: &str) -> Result<PathBuf, Failure> {
+        match self.repo_url()? {
+            cairn_repo::storage::Url::Local(p) => Ok(p),
+            url => Err(Error::LocalOnly {
+                what: what.to_string(),
+                location: url.to_string(),
+            }
+            .into()),
+        }
+    }
+
+    /// How to open a repository: the defaults, with this command line's ssh options.
+    pub fn open_options(&self) -> cairn_repo::OpenOptions {
+        cairn_repo::OpenOptions {
+            ssh: self.ssh.options(),
+            ..Default::default()
+        }
     }
 
     pub fn open(&self) -> Result<cairn_repo::Repository, Failure> {
-        self.open_tuned(&cairn_repo::OpenOptions::default())
+        self.open_tuned(&self.open_options())
     }
 
-    /// Open with a given redb cache size; a missing repository is reported before the password
-    /// is asked for.
-    /// Open the repository with these caches (`kdf` is not used: no key slot is made).
+    /// Open the repository with these caches (`kdf` is not used: no key slot is made); a
+    /// missing repository is reported before the password is asked for.
     pub fn open_tuned(
         &self,
         opts: &cairn_repo::OpenOptions,
     ) -> Result<cairn_repo::Repository, Failure> {
-        let path = self.repo_path()?;
-        let mut store = cairn_repo::store::Store::open(&path, opts.db_cache_bytes)?;
-        store.set_piece_cache(opts.piece_cache_pieces);
+        let store = cairn_repo::storage::open(&self.repo_url()?, opts)?;
         let password = secrets::password(self, false)?;
         Ok(cairn_repo::Repository::unlock(store, password.as_bytes())?)
     }

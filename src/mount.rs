@@ -107,7 +107,7 @@ fn open_repo(g: &Global) -> Result<cairn_repo::Repository, Failure> {
     g.open_tuned(&cairn_repo::OpenOptions {
         db_cache_bytes: DB_CACHE,
         piece_cache_pieces: PIECE_CACHE_PIECES,
-        ..cairn_repo::OpenOptions::default()
+        ..g.open_options()
     })
 }
 

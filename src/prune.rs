@@ -53,7 +53,7 @@ pub fn prune_with(
         return Ok(0);
     }
     let report = execute(&repo, planned, &opts, &|msg| output::info(g, msg))?;
-    let dir = repo.store().dir().to_path_buf();
+    let dir = repo.local("prune")?.dir().to_path_buf();
     drop(repo);
     let compacted = if a.compact {
         output::info(

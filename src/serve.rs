@@ -14,7 +14,7 @@ pub struct Args {
 }
 
 pub fn run(g: &Global, a: &Args) -> CmdResult {
-    let dir = g.repo_path()?;
+    let dir = g.repo_path("serve")?;
     let stdin = std::io::stdin();
     let stdout = std::io::stdout();
     let (mut r, mut w) = (stdin.lock(), stdout.lock());

@@ -73,7 +73,7 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
         .filter(|s| a.tag.as_ref().is_none_or(|t| s.snapshot.tags.contains(t)))
         .collect();
     if g.json {
-        let space = repo.store().space()?;
+        let space = repo.storage().space()?;
         output::json(&serde_json::json!({
             "snapshots": list.iter().map(snapshot_json).collect::<Vec<_>>(),
             "repository": crate::stats::space_json(&space),

@@ -27,7 +27,7 @@ pub fn overhead(s: &Space) -> f64 {
 
 pub fn run(g: &Global, _a: &Args) -> CmdResult {
     let repo = g.open()?;
-    let space = repo.store().space()?;
+    let space = repo.storage().space()?;
     let snaps = repo.snapshots()?;
     let logical: u64 = snaps.iter().map(|s| s.snapshot.stats.bytes).sum();
     if g.json {

@@ -108,8 +108,13 @@ fn gather(
             (s.id.to_hex(), s.snapshot.time.sec),
         );
     }
-    let store = repo.store();
-    for (name, url) in store.targets()? {
+    let store = repo.storage();
+    // Named targets live with the repository's own files (a server's are its business).
+    let targets = match repo.local("status") {
+        Ok(local) => local.targets()?,
+        Err(_) => Vec::new(),
+    };
+    for (name, url) in targets {
         let last: Option<serde_json::Value> = store
             .state(&format!("sync.{name}"))?
             .and_then(|b| serde_json::from_slice(&b).ok());

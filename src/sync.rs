@@ -4,8 +4,9 @@
 
 use crate::{output, CmdResult, Failure, Global, EXIT_FATAL, EXIT_INCOMPLETE, EXIT_LOCKED};
 use cairn_repo::sync::{
-    self, LocalTarget, SshOptions, SshTarget, SyncOptions, SyncProgress, SyncReport, TargetUrl,
+    self, LocalTarget, SshOptions, SshTarget, SyncOptions, SyncProgress, SyncReport,
 };
+use cairn_repo::storage::Url;
 use cairn_repo::{Error, Repository};
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -21,22 +22,21 @@ pub struct Args {
     /// Wait up to this many seconds for a repository that is locked
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     lock_wait: u64,
-    #[command(flatten)]
-    ssh: SshArgs,
 }
 
 /// How to reach ssh targets (shared by `sync` and `check --repair-from`).
-#[derive(clap::Args)]
+#[derive(clap::Args, Clone)]
 pub struct SshArgs {
     /// The ssh command and its options, split at whitespace (default: ssh)
-    #[arg(long, env = "CAIRN_SSH_COMMAND", value_name = "COMMAND")]
+    #[arg(long, env = "CAIRN_SSH_COMMAND", value_name = "COMMAND", global = true)]
     ssh_command: Option<String>,
     /// The cairn binary on ssh targets
     #[arg(
         long,
         env = "CAIRN_REMOTE_BINARY",
         default_value = "cairn",
-        value_name = "PATH"
+        value_name = "PATH",
+        global = true
     )]
     remote_cairn: String,
 }
@@ -110,7 +110,7 @@ fn open_primary(g: &Global, lock_wait: u64) -> Result<Repository, Failure> {
 }
 
 fn resolve(repo: &Repository, wanted: &[String]) -> Result<Vec<Resolved>, Failure> {
-    let named = repo.store().targets()?;
+    let named = repo.local("sync")?.targets()?;
     if wanted.is_empty() {
         if named.is_empty() {
             return Err(Failure::usage(
@@ -129,7 +129,7 @@ fn resolve(repo: &Repository, wanted: &[String]) -> Result<Vec<Resolved>, Failur
                 label: n.clone(),
                 url: u.clone(),
             }),
-            None if TargetUrl::looks_like_url(w) => {
+            None if Url::looks_like_url(w) => {
                 let url = crate::target::absolute_url(w)?;
                 Ok(Resolved {
                     label: url.clone(),
@@ -168,9 +168,9 @@ fn sync_one(
     progress: &SyncProgress,
     report: &mut SyncReport,
 ) -> Result<(), Error> {
-    match TargetUrl::parse(url)? {
-        TargetUrl::Local(dir) => sync_local(ctx, &dir, progress, report),
-        TargetUrl::Ssh(u) => {
+    match Url::parse_target(url)? {
+        Url::Local(dir) => sync_local(ctx, &dir, progress, report),
+        Url::Ssh(u) => {
             let mut t = SshTarget::connect(&u, &ctx.ssh)?;
             report.created = t.handshake(ctx.repo)?;
             sync::sync(ctx.repo, &mut t, &ctx.opts, progress, report)
@@ -225,7 +225,7 @@ fn record(repo: &Repository, o: &Outcome) {
         "error": o.error,
     });
     if let Err(e) = repo
-        .store()
+        .storage()
         .set_state(&format!("sync.{}", o.label), value.to_string().as_bytes())
     {
         output::warn(&format!(
@@ -284,7 +284,7 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
             limit_rate,
             ..SyncOptions::default()
         },
-        ssh: a.ssh.options(),
+        ssh: g.ssh.options(),
         lock_wait: a.lock_wait,
     };
     let mut outcomes = Vec::new();

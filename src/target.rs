@@ -3,7 +3,7 @@
 
 use crate::{output, CmdResult, Failure, Global};
 use cairn_repo::store::Store;
-use cairn_repo::sync::TargetUrl;
+use cairn_repo::storage::Url as TargetUrl;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -26,7 +26,7 @@ pub fn absolute_url(url: &str) -> Result<String, Failure> {
 }
 
 pub fn run(g: &Global, c: &Command) -> CmdResult {
-    let store = cairn_repo::store::Store::open(&g.repo_path()?, 1 << 20)?;
+    let store = cairn_repo::store::Store::open(&g.repo_path("target")?, 1 << 20)?;
     match c {
         Command::Add { name, url } => {
             let url = absolute_url(url)?;
@@ -48,7 +48,7 @@ fn list(g: &Global, store: &Store) -> Result<(), Failure> {
         let list: Vec<serde_json::Value> = targets
             .iter()
             .map(|(n, u)| {
-                let kind = match TargetUrl::parse(u) {
+                let kind = match TargetUrl::parse_target(u) {
                     Ok(TargetUrl::Ssh(_)) => "ssh",
                     Ok(TargetUrl::Local(_)) => "local",
                     Err(_) => "invalid",

@@ -571,7 +571,7 @@ fn damage_victim(repo: &Path, victim: &Path) {
     let sealed = {
         let r = Repository::open(repo, PASSWORD.as_bytes(), &OpenOptions::default()).unwrap();
         let snap = r.find_snapshot("latest").unwrap();
-        let view = r.store().view().unwrap();
+        let view = r.local("test").unwrap().view().unwrap();
         let entry = r
             .lookup(&view, &snap.snapshot.root, victim.as_os_str().as_bytes())
             .unwrap()

@@ -409,11 +409,11 @@ fn history_figures_over_a_thousand_snapshots() {
             .collect();
         let cfg = repo.config().clone();
         let mut packer =
-            cairn_repo::packer::Packer::new(repo.store(), cfg.piece_size, cfg.pack_max, 1 << 20);
+            cairn_repo::packer::Packer::new(repo.local("test").unwrap(), cfg.piece_size, cfg.pack_max, 1 << 20);
         packer.commit(true, &sealed).unwrap();
         drop(packer);
         let ids: Vec<_> = real.iter().map(|r| r.id).collect();
-        repo.store().remove_snapshots(&ids).unwrap();
+        repo.local("test").unwrap().remove_snapshots(&ids).unwrap();
     }
     let m = Mount::start(&repo_dir, &tmp.path().join("mnt"), &[]);
     let pid = m.child.id();
@@ -537,7 +537,7 @@ fn damaged_chunk_reads_eio_and_is_logged() {
         .unwrap();
     let id = repo.extents(&view, &entry.content).unwrap()[0].id.unwrap();
     drop(view);
-    cairn_repo::store::damage_object_for_tests(repo.store(), &id, repo.config().piece_size, 10)
+    cairn_repo::store::damage_object_for_tests(repo.local("test").unwrap(), &id, repo.config().piece_size, 10)
         .unwrap();
     drop(repo);
     let m = Mount::start(&s.repo, &s.tmp.path().join("mnt"), &[]);

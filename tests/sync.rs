@@ -3,8 +3,8 @@
 
 mod common;
 
+use common::ssh::*;
 use common::*;
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -175,119 +175,6 @@ fn sync_runs_beside_a_backup() {
 
 // ----- over ssh -----
 
-/// An sshd on 127.0.0.1 with throwaway host and user keys, killed on drop.
-struct Sshd {
-    child: Child,
-    port: u16,
-    dir: PathBuf,
-    ssh_command: String,
-}
-
-impl Drop for Sshd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn find_sshd() -> PathBuf {
-    for p in ["/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd"] {
-        if Path::new(p).is_file() {
-            return PathBuf::from(p);
-        }
-    }
-    panic!("sshd not found: the ssh sync tests need OpenSSH's server; install openssh-server (scripts/test does)");
-}
-
-fn keygen(path: &Path) {
-    let st = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(path)
-        .status()
-        .expect("ssh-keygen runs (install openssh-client)");
-    assert!(st.success(), "ssh-keygen failed");
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start_sshd(dir: &Path) -> Sshd {
-    let sshd = find_sshd();
-    keygen(&dir.join("host_key"));
-    keygen(&dir.join("user_key"));
-    std::fs::copy(dir.join("user_key.pub"), dir.join("authorized_keys")).unwrap();
-    // sshd insists on its privilege separation directory.
-    let _ = std::fs::create_dir_all("/run/sshd");
-    let port = free_port();
-    let config = format!(
-        "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\nStrictModes no\nUsePAM no\n\
-         AuthorizedKeysFile {d}/authorized_keys\nPubkeyAuthentication yes\nPasswordAuthentication no\n\
-         KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nLogLevel ERROR\n",
-        d = dir.display()
-    );
-    std::fs::write(dir.join("sshd_config"), config).unwrap();
-    let client = format!(
-        "Host *\n  IdentityFile {d}/user_key\n  IdentitiesOnly yes\n  UserKnownHostsFile /dev/null\n  StrictHostKeyChecking no\n  LogLevel ERROR\n  ConnectTimeout 10\n",
-        d = dir.display()
-    );
-    std::fs::write(dir.join("ssh_config"), client).unwrap();
-    let log = std::fs::File::create(dir.join("sshd.log")).unwrap();
-    let child = Command::new(&sshd)
-        .args(["-D", "-e", "-f"])
-        .arg(dir.join("sshd_config"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap_or_else(|e| panic!("starting {}: {e}", sshd.display()));
-    let mut s = Sshd {
-        child,
-        port,
-        dir: dir.to_path_buf(),
-        ssh_command: format!("ssh -F {}/ssh_config", dir.display()),
-    };
-    wait_listening(&mut s);
-    s
-}
-
-fn wait_listening(s: &mut Sshd) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while TcpStream::connect(("127.0.0.1", s.port)).is_err() {
-        if let Ok(Some(st)) = s.child.try_wait() {
-            let log = std::fs::read_to_string(s.dir.join("sshd.log")).unwrap_or_default();
-            panic!("sshd exited ({st}) before listening:\n{log}");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "sshd did not listen on port {} within 15 s",
-            s.port
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn user() -> String {
-    let out = Command::new("id").arg("-un").output().unwrap();
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-/// The ssh:// URL of `path` on the test sshd, as the current user.
-fn ssh_url(sshd: &Sshd, path: &Path) -> String {
-    format!("ssh://{}@127.0.0.1:{}{}", user(), sshd.port, path.display())
-}
-
-fn ssh_cairn(repo: &Path, sshd: &Sshd) -> Command {
-    let mut c = cairn(repo);
-    c.env("CAIRN_SSH_COMMAND", &sshd.ssh_command)
-        .env("CAIRN_REMOTE_BINARY", bin());
-    c
-}
-
 #[test]
 fn over_ssh_with_an_unreachable_second_target() {
     let tmp = tempfile::tempdir().unwrap();
@@ -429,7 +316,7 @@ fn serve_append_only_and_hostile_input() {
     assert!(err.to_string().contains("append-only"), "{err}");
     // Issue 16: nor can a client replace what is stored: the same ids with other bytes are
     // refused (and logged on the server), the same bytes again are a no-op.
-    let real = primary.store().snapshot_blobs().unwrap();
+    let real = primary.local("test").unwrap().snapshot_blobs().unwrap();
     let forged: Vec<_> = real.iter().map(|(id, _)| (*id, vec![0x42; 300])).collect();
     let err = client.call(Request::PutSnapshots(forged)).unwrap_err();
     assert!(err.to_string().contains("never replaced"), "{err}");

@@ -98,7 +98,7 @@ impl Layout {
 /// The repository's snapshots, oldest first, skipping any that do not decrypt or decode: one
 /// damaged snapshot must not hide the others. Returns the skipped ones as messages naming them.
 pub fn load_snapshots(repo: &Repository) -> cairn_repo::Result<(Vec<SnapshotEntry>, Vec<String>)> {
-    Ok(decode_snapshots(repo, repo.store().snapshot_blobs()?))
+    Ok(decode_snapshots(repo, repo.storage().snapshots()?))
 }
 
 pub fn decode_snapshots(

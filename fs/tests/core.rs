@@ -475,7 +475,7 @@ fn write_type_errors_and_damage_is_eio_with_the_object_named() {
         .unwrap();
     drop(view);
     cairn_repo::store::damage_object_for_tests(
-        f.repo.store(),
+        f.repo.local("test").unwrap(),
         &id,
         f.repo.config().piece_size,
         100,
@@ -503,7 +503,7 @@ fn write_type_errors_and_damage_is_eio_with_the_object_named() {
         .unwrap();
     let tree = deep_entry.subtree.unwrap();
     cairn_repo::store::damage_object_for_tests(
-        f.repo.store(),
+        f.repo.local("test").unwrap(),
         &tree,
         f.repo.config().piece_size,
         50,
@@ -576,7 +576,7 @@ fn large_directory_lists_in_pages_and_forget_frees_every_inode() {
 #[test]
 fn a_damaged_snapshot_is_skipped_and_named_not_fatal() {
     let f = fixture();
-    let mut blobs = f.repo.store().snapshot_blobs().unwrap();
+    let mut blobs = f.repo.local("test").unwrap().snapshot_blobs().unwrap();
     let (_, good) = blobs[0].clone();
     let mut bad = good.clone();
     let n = bad.len();
@@ -1008,7 +1008,7 @@ fn history_through_a_damaged_tree_is_eio_named_and_the_other_versions_stay_reada
         .unwrap();
     drop(view);
     cairn_repo::store::damage_object_for_tests(
-        h.repo.store(),
+        h.repo.local("test").unwrap(),
         &tree,
         h.repo.config().piece_size,
         40,
@@ -1078,7 +1078,7 @@ fn history_over_a_thousand_identical_snapshots_costs_one_snapshots_trees() {
         .collect();
     let cfg = repo.config().clone();
     let mut packer =
-        cairn_repo::packer::Packer::new(repo.store(), cfg.piece_size, cfg.pack_max, 1 << 20);
+        cairn_repo::packer::Packer::new(repo.local("test").unwrap(), cfg.piece_size, cfg.pack_max, 1 << 20);
     packer.commit(true, &sealed).unwrap();
     drop(packer);
     let one = FsCore::new(repo.clone(), FsOptions::default()).unwrap();
@@ -1116,7 +1116,7 @@ fn a_history_version_open_when_its_snapshot_is_forgotten_reads_until_closed() {
     let fh = c.open(v.ino).unwrap();
     let snaps = h.repo.snapshots().unwrap();
     h.repo
-        .store()
+        .local("test").unwrap()
         .remove_snapshots(&[snaps[0].id, snaps[1].id])
         .unwrap();
     c.refresh().unwrap();

@@ -10,7 +10,7 @@ use crate::format::{
 };
 use crate::fsmeta::{entry_from_stat, proc_path, read_xattrs, Names};
 use crate::id::Id;
-use crate::packer::Packer;
+use crate::storage::{Writer, WriterOptions};
 use crate::repo::Repository;
 use crate::storage::Reader;
 use crate::util::{display_path as display, join_path as join};
@@ -921,8 +921,8 @@ pub fn backup(
     };
     // What a writer that died left unindexed (a full disk, a kill) goes back first, so it
     // does not wait for a prune (best effort: a read-only or full repository stays as it is).
-    let _ = repo.store().give_back_abandoned();
-    let session = repo.store().begin_session(&crate::util::session_info())?;
+    let _ = repo.storage().recover();
+    let session = repo.storage().begin_session(&crate::util::session_info())?;
     let result = crate::util::pool(opts.threads)?.install(|| {
         run(
             repo, opts, progress, &trie, parent, paths, host, started, warnings,
@@ -930,7 +930,7 @@ pub fn backup(
     });
     // The session marker only protects unreferenced objects from a concurrent prune; a failure
     // to remove it is harmless (prune treats dead processes' sessions as ended).
-    let _ = repo.store().end_session(session);
+    let _ = repo.storage().end_session(session);
     result
 }
 
@@ -955,7 +955,7 @@ fn run(
     let excludes = Excludes::new(&opts.excludes, opts.exclude_caches, opts.one_file_system)?;
     let view = FreshView::new(repo)?;
     let (tx, rx) = sync_channel::<Msg>(16);
-    let (walked, packer) = std::thread::scope(|scope| {
+    let (walked, written) = std::thread::scope(|scope| {
         let writer = scope.spawn(move || write_loop(repo, rx));
         let walked = {
             let ctx = Ctx {
@@ -979,23 +979,23 @@ fn run(
                 warnings: ctx.warnings.into_inner().unwrap_or_else(|e| e.into_inner()),
             }
         };
-        let packer = writer
+        let written = writer
             .join()
             .unwrap_or_else(|_| Err(Error::Invalid("the repository writer panicked".into())));
-        (walked, packer)
+        (walked, written)
     });
-    let mut packer = packer?;
+    let (mut writer, bytes_written) = written?;
     let root = match walked.root {
         Ok(root) => root,
         Err(e) => {
             // Keep what was written so the next backup reuses it; no snapshot.
-            let _ = packer.commit(true, &[]);
+            let _ = writer.commit(&[]);
             return Err(e);
         }
     };
     warnings.extend(walked.warnings);
     let mut stats = walked.stats;
-    stats.bytes_added_stored = packer.bytes_written;
+    stats.bytes_added_stored = bytes_written;
     stats.warnings = warnings.len() as u64;
     stats.duration_ms = started.elapsed().as_millis() as u64;
     let (sec, nsec) = crate::util::now_precise();
@@ -1011,7 +1011,7 @@ fn run(
         program: format!("cairn {}", env!("CARGO_PKG_VERSION")),
     };
     let (id, sealed) = repo.seal_snapshot(&snapshot)?;
-    packer.commit(true, &[(id, sealed)])?;
+    writer.commit(&[(id, sealed)])?;
     Ok(BackupReport {
         id,
         snapshot,
@@ -1030,16 +1030,23 @@ fn walk_root(ctx: &Ctx<'_>, trie: &PathTrie, parent: Option<&(Id, Snapshot)>) ->
     ctx.root_level(&fd, b"/", trie, parent_root)
 }
 
-fn write_loop(repo: &Repository, rx: Receiver<Msg>) -> Result<Packer<'_>> {
-    let cfg = repo.config();
-    let mut packer = Packer::new(repo.store(), cfg.piece_size, cfg.pack_max, BATCH_BYTES)
-        .index_every(INDEX_EVERY);
+/// Store what the walk sends; returns the writer (to commit the snapshot with) and the sealed
+/// bytes it was given.
+fn write_loop(repo: &Repository, rx: Receiver<Msg>) -> Result<(Box<dyn Writer + '_>, u64)> {
+    let mut writer = repo.storage().writer(WriterOptions {
+        batch_bytes: BATCH_BYTES,
+        index_every: INDEX_EVERY,
+    })?;
+    let mut bytes = 0u64;
     for msg in rx {
         match msg {
-            Msg::Object(id, kind, sealed) => packer.add(id, kind, &sealed)?,
+            Msg::Object(id, kind, sealed) => {
+                bytes += sealed.len() as u64;
+                writer.add(id, kind, &sealed)?
+            }
         }
     }
-    Ok(packer)
+    Ok((writer, bytes))
 }
 
 /// Count the files and bytes a backup with `opts` will visit, into `progress.total_*`, for an

@@ -8,7 +8,7 @@ use crate::format::{Content, Tree};
 use crate::id::Id;
 use crate::packer::Packer;
 use crate::repo::Repository;
-use crate::storage::Space;
+use crate::storage::{ObjectInfo, Reader, Space, Storage};
 use crate::store::{checksum, Location, Store, View};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -55,27 +55,27 @@ pub struct CheckReport {
 pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
     // Snapshots first, then the view: a snapshot committed in between is in the view with all
     // it references, while the other order walks it against a view that lacks its objects.
-    let snapshots = repo.store().snapshot_blobs()?;
-    let view = repo.store().view()?;
+    let snapshots = repo.storage().snapshots()?;
+    let view = repo.reader()?;
     let mut report = CheckReport {
-        objects: view.object_count()?,
-        space: repo.store().space()?,
+        objects: view.count()?,
+        space: repo.storage().space()?,
         ..Default::default()
     };
     let mut bad: BTreeMap<Id, String> = BTreeMap::new();
     if opts.read_data || opts.subset_percent.is_some() {
         let objects = select_objects(repo, &view, opts, &mut report)?;
         report.objects_read = objects.len() as u64;
-        report.bytes_read = objects.iter().map(|(_, l)| l.len as u64).sum();
+        report.bytes_read = objects.iter().map(|(_, o)| o.len as u64).sum();
         let found: Vec<(Id, String)> = objects
             .par_iter()
-            .filter_map(|(id, loc)| verify_object(repo, &view, id, loc).err().map(|e| (*id, e)))
+            .filter_map(|(id, o)| verify_object(repo, &*view, id, o).err().map(|e| (*id, e)))
             .collect();
         bad.extend(found);
     }
     let mut walker = Walker {
         repo,
-        view: &view,
+        view: &*view,
         bad,
         clean: HashSet::new(),
         users: HashMap::new(),
@@ -124,7 +124,7 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
             report.damaged.push(d);
         }
     }
-    if let Err(e) = record_last(repo.store(), opts, report.damaged.len()) {
+    if let Err(e) = record_last(repo.storage(), opts, report.damaged.len()) {
         report.unrecorded = Some(e.to_string());
     }
     Ok(report)
@@ -134,7 +134,7 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
 /// (plus `"subset"`: the percentage, for `--read-data-subset`).
 pub const LAST_KEY: &str = "check.last";
 
-fn record_last(store: &crate::store::Store, opts: &CheckOptions, damaged: usize) -> Result<()> {
+fn record_last(store: &dyn Storage, opts: &CheckOptions, damaged: usize) -> Result<()> {
     let subset = match opts.subset_percent.filter(|_| !opts.read_data) {
         Some(p) => format!(",\"subset\":{p}"),
         None => String::new(),
@@ -147,45 +147,59 @@ fn record_last(store: &crate::store::Store, opts: &CheckOptions, damaged: usize)
     store.set_state(LAST_KEY, json.as_bytes())
 }
 
+/// Every object, or the next `--read-data-subset` share of them from the stored cursor.
 fn select_objects(
     repo: &Repository,
-    view: &View,
+    view: &dyn Reader,
     opts: &CheckOptions,
     report: &mut CheckReport,
-) -> Result<Vec<(Id, Location)>> {
+) -> Result<Vec<(Id, ObjectInfo)>> {
     let Some(pct) = opts.subset_percent.filter(|_| !opts.read_data) else {
-        let mut all = Vec::new();
-        view.for_each_object(|id, loc| {
-            all.push((id, loc));
-            Ok(())
-        })?;
-        return Ok(all);
+        return list_from(view, &Id::default(), usize::MAX);
     };
     if !(pct > 0.0 && pct <= 100.0) {
         return Err(Error::Invalid(
             "--read-data-subset takes a percentage between 0 and 100".into(),
         ));
     }
-    let total = view.object_count()?;
+    let total = view.count()?;
     let want = ((total as f64) * pct / 100.0).ceil() as usize;
     let cursor = repo
-        .store()
+        .storage()
         .state(CURSOR_KEY)?
         .and_then(|b| <[u8; 32]>::try_from(b.as_slice()).ok())
         .map(Id)
         .unwrap_or_default();
-    let mut objects = view.objects_from(&cursor, want)?;
+    let mut objects = list_from(view, &cursor, want)?;
     if objects.len() < want {
         report.subset_wrapped = true;
-        let more = view.objects_from(&Id::default(), want - objects.len())?;
+        let more = list_from(view, &Id::default(), want - objects.len())?;
         objects.extend(more.into_iter().filter(|(id, _)| *id < cursor));
     }
     let next = match objects.last() {
         Some((id, _)) => next_id(id),
         None => Id::default(),
     };
-    repo.store().set_state(CURSOR_KEY, &next.0)?;
+    repo.storage().set_state(CURSOR_KEY, &next.0)?;
     Ok(objects)
+}
+
+/// Up to `want` objects from `from` on, in id order, listed a page at a time.
+fn list_from(view: &dyn Reader, from: &Id, want: usize) -> Result<Vec<(Id, ObjectInfo)>> {
+    const PAGE: usize = 64 * 1024;
+    let mut out: Vec<(Id, ObjectInfo)> = Vec::new();
+    let mut at = *from;
+    while out.len() < want {
+        let page = view.list(&at, PAGE.min(want - out.len()))?;
+        let Some((last, _)) = page.last() else { break };
+        let (last, full) = (*last, page.len() == PAGE.min(want - out.len()));
+        out.extend(page);
+        if !full || last.0 == [0xff; 32] {
+            break;
+        }
+        at = next_id(&last);
+    }
+    Ok(out)
 }
 
 fn next_id(id: &Id) -> Id {
@@ -203,18 +217,16 @@ fn next_id(id: &Id) -> Id {
 
 fn verify_object(
     repo: &Repository,
-    view: &View,
+    view: &dyn Reader,
     id: &Id,
-    loc: &Location,
+    info: &ObjectInfo,
 ) -> std::result::Result<Vec<u8>, String> {
-    let sealed = view
-        .read_sealed(id, loc, repo.config().piece_size)
-        .map_err(|e| e.to_string())?;
-    if checksum(&sealed) != loc.check {
+    let (kind, sealed) = view.read(id).map_err(|e| e.to_string())?;
+    if checksum(&sealed) != info.check || kind != info.kind {
         return Err("stored bytes do not match their checksum (disk damage)".into());
     }
     repo.keys()
-        .open_verified(loc.kind, id, &sealed)
+        .open_verified(kind, id, &sealed)
         .map(|_| sealed)
         .map_err(|e| match e {
             Error::Corrupt { reason, .. } => reason,
@@ -224,7 +236,7 @@ fn verify_object(
 
 struct Walker<'a> {
     repo: &'a Repository,
-    view: &'a View,
+    view: &'a dyn Reader,
     bad: BTreeMap<Id, String>,
     /// Trees known to reference no damaged object.
     clean: HashSet<Id>,
@@ -248,7 +260,7 @@ impl Walker<'_> {
         if self.bad.contains_key(id) {
             return Ok(false);
         }
-        if !self.view.contains(id)? {
+        if !self.view.has(id)? {
             self.bad.insert(*id, "missing from the repository".into());
             return Ok(false);
         }
@@ -401,13 +413,13 @@ pub fn repair_from(
     if repo.config().repo_id != replica.config().repo_id {
         return Err(Error::Invalid(format!(
             "{} is not a replica of this repository (different repository id)",
-            replica.store().dir().display()
+            replica.storage().location()
         )));
     }
     let mut copies = LocalCopies {
         replica,
-        view: replica.store().view()?,
-        snaps: replica.store().snapshot_blobs()?.into_iter().collect(),
+        view: replica.reader()?,
+        snaps: replica.storage().snapshots()?.into_iter().collect(),
     };
     repair_with(repo, damaged, &mut copies)
 }
@@ -421,20 +433,20 @@ trait Copies {
 
 /// Store verified copies of the damaged objects and snapshots, relocating their index rows.
 fn repair_with(repo: &Repository, damaged: &[Id], copies: &mut dyn Copies) -> Result<RepairReport> {
-    let own_snaps: HashSet<Id> = repo
-        .store()
+    let store = repo.local("check --repair-from")?;
+    let own_snaps: HashSet<Id> = store
         .snapshot_blobs()?
         .into_iter()
         .map(|(id, _)| id)
         .collect();
     let cfg = repo.config();
-    let view = repo.store().view()?;
+    let view = store.view()?;
     let damaged_packs: HashSet<u64> = damaged
         .iter()
         .filter_map(|id| view.locate(id).ok().flatten().map(|l| l.pack))
         .collect();
     drop(view);
-    let mut packer = Packer::relocating(repo.store(), cfg.piece_size, cfg.pack_max, 32 << 20);
+    let mut packer = Packer::relocating(store, cfg.piece_size, cfg.pack_max, 32 << 20);
     let mut report = RepairReport::default();
     let mut snapshot_copies = Vec::new();
     for id in damaged {
@@ -453,20 +465,20 @@ fn repair_with(repo: &Repository, damaged: &[Id], copies: &mut dyn Copies) -> Re
         }
     }
     packer.commit(true, &snapshot_copies)?;
-    repo.store().mark_for_repack(&damaged_packs)?;
+    store.mark_for_repack(&damaged_packs)?;
     Ok(report)
 }
 
 /// A local replica, opened with its keys (the same as ours).
 struct LocalCopies<'a> {
     replica: &'a Repository,
-    view: View,
+    view: Box<dyn Reader>,
     snaps: HashMap<Id, Vec<u8>>,
 }
 
 impl Copies for LocalCopies<'_> {
     fn object(&mut self, id: &Id) -> Result<std::result::Result<(Kind, Vec<u8>), String>> {
-        Ok(intact_object(self.replica, &self.view, id))
+        Ok(intact_object(self.replica, &*self.view, id))
     }
 
     fn snapshot(&mut self, id: &Id) -> Result<std::result::Result<Vec<u8>, String>> {
@@ -492,16 +504,16 @@ impl Copies for TargetCopies<'_> {
 
 fn intact_object(
     replica: &Repository,
-    view: &View,
+    view: &dyn Reader,
     id: &Id,
 ) -> std::result::Result<(Kind, Vec<u8>), String> {
-    let loc = view
-        .locate(id)
+    let info = view
+        .info(id)
         .map_err(|e| e.to_string())?
         .ok_or("the replica does not have it either")?;
-    let sealed = verify_object(replica, view, id, &loc)
+    let sealed = verify_object(replica, view, id, &info)
         .map_err(|e| format!("the replica's copy is damaged too: {e}"))?;
-    Ok((loc.kind, sealed))
+    Ok((info.kind, sealed))
 }
 
 fn intact_snapshot(

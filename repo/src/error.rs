@@ -46,6 +46,9 @@ pub enum Error {
     Format(String),
     #[error("{0}")]
     Invalid(String),
+    /// The command was asked something it cannot do as given: a bad option value or URL.
+    #[error("{0}")]
+    Usage(String),
     /// A request the repository refuses by rule: a deletion on an append-only server, or an
     /// attempt to replace a stored snapshot, object or key slot with other bytes.
     #[error("refused: {0}")]
@@ -57,6 +60,12 @@ pub enum Error {
         "the repository at {path} is open read-only ({why}) and this needs to write to it; run it where the repository is writable"
     )]
     ReadOnly { path: PathBuf, why: &'static str },
+    /// A command that needs the repository's own files (not yet through the storage seam)
+    /// was given a repository elsewhere.
+    #[error(
+        "`{what}` cannot work on a repository on a server yet ({location}); run it where the repository is, with --repo PATH there"
+    )]
+    LocalOnly { what: String, location: String },
     #[error("interrupted")]
     Interrupted,
 }

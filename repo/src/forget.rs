@@ -338,7 +338,7 @@ pub fn forget(
     let snaps: Vec<Candidate> = repo.snapshots()?.iter().map(Candidate::from).collect();
     let groups = apply(policy, group_by, &snaps, &local_offset)?;
     if !dry_run {
-        repo.store().remove_snapshots(&to_remove(&groups))?;
+        repo.storage().remove_snapshots(&to_remove(&groups))?;
     }
     Ok(groups)
 }

@@ -144,10 +144,11 @@ pub fn plan(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
         ));
     }
     // Order matters (DESIGN.md): pack rows, then snapshots, then the object view.
-    let rows = repo.store().pack_rows()?;
-    let marked = repo.store().marked_for_repack()?;
+    let store = repo.local("prune")?;
+    let rows = store.pack_rows()?;
+    let marked = store.marked_for_repack()?;
     let snaps = repo.snapshots().map_err(unreadable)?;
-    let view = repo.store().view()?;
+    let view = repo.local("prune")?.view()?;
     let mut plan = PrunePlan::default();
     let mut marker = Marker {
         repo,
@@ -282,7 +283,7 @@ pub fn execute(
             packs: &candidates,
             piece_size: repo.config().piece_size,
         };
-        match repo.store().sweep(&input)? {
+        match repo.local("prune")?.sweep(&input)? {
             Sweep::Done(done) => {
                 report.objects_dropped = done.objects_dropped;
                 report.bytes_dropped = done.bytes_dropped;
@@ -341,7 +342,7 @@ fn wait_or_give_up(
 ) -> Result<()> {
     if started.elapsed() >= opts.wait {
         return Err(Error::Locked {
-            path: repo.store().dir().to_path_buf(),
+            path: repo.storage().location().into(),
             reason: format!(
                 "backups still running after waiting {} s: {}",
                 opts.wait.as_secs(),
@@ -361,13 +362,13 @@ fn wait_or_give_up(
 
 /// Mark what snapshots committed after the plan reference.
 fn mark_new(repo: &Repository, new: &[Id], marked: &mut HashSet<Id>) -> Result<()> {
-    let view = repo.store().view()?;
+    let view = repo.local("prune")?.view()?;
     let mut marker = Marker {
         repo,
         view: &view,
         marked: std::mem::take(marked),
     };
-    for (id, blob) in repo.store().snapshot_blobs()? {
+    for (id, blob) in repo.storage().snapshots()? {
         if !new.contains(&id) {
             continue;
         }
@@ -391,8 +392,8 @@ fn repack(
     notify: &dyn Fn(&str),
 ) -> Result<()> {
     let cfg = repo.config();
-    let view = repo.store().view()?;
-    let mut packer = Packer::relocating(repo.store(), cfg.piece_size, cfg.pack_max, REPACK_BATCH);
+    let view = repo.local("prune")?.view()?;
+    let mut packer = Packer::relocating(repo.local("prune")?, cfg.piece_size, cfg.pack_max, REPACK_BATCH);
     for p in plan
         .packs
         .values()

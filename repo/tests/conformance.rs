@@ -42,7 +42,10 @@ fn id(n: u64) -> Id {
 }
 
 fn small() -> WriterOptions {
-    WriterOptions { batch_bytes: 1 }
+    WriterOptions {
+        batch_bytes: 1,
+        ..Default::default()
+    }
 }
 
 #[test]

@@ -127,10 +127,10 @@ fn prune_frees_objects_and_space() {
     let s2 = backup_of(&repo, &[&b]);
     std::fs::remove_file(a.join("big")).unwrap();
     let s3 = backup_of(&repo, &[&a]);
-    let before = repo.store().space().unwrap();
+    let before = repo.local("test").unwrap().space().unwrap();
 
     // Forget s1 and s2: b's pack is wholly dead, a's first pack keeps only `small`.
-    repo.store().remove_snapshots(&[s1, s2]).unwrap();
+    repo.local("test").unwrap().remove_snapshots(&[s1, s2]).unwrap();
     let p = plan(&repo, &quick()).unwrap();
     let sum = p.summary();
     assert!(sum.objects_unused >= 6, "{sum:?}");
@@ -152,7 +152,7 @@ fn prune_frees_objects_and_space() {
     );
     assert!(sum.bytes_freed > 5 << 20, "{sum:?}");
     // A plan changes nothing.
-    assert_eq!(repo.store().space().unwrap().pack_bytes, before.pack_bytes);
+    assert_eq!(repo.local("test").unwrap().space().unwrap().pack_bytes, before.pack_bytes);
 
     let report = execute(&repo, p, &quick(), &|_| {}).unwrap();
     assert_eq!(report.objects_dropped, sum.objects_unused);
@@ -161,7 +161,7 @@ fn prune_frees_objects_and_space() {
         "the dead pack and the repacked one"
     );
     assert!(report.objects_repacked >= 1);
-    let after = repo.store().space().unwrap();
+    let after = repo.local("test").unwrap().space().unwrap();
     assert_eq!(after.objects, before.objects - sum.objects_unused);
     assert!(
         after.pack_bytes + (5 << 20) < before.pack_bytes,
@@ -182,11 +182,11 @@ fn prune_frees_objects_and_space() {
     );
 
     // Freed pages are reused: backing up new data of the freed size does not grow the file much.
-    let file_before = repo.store().space().unwrap().file_bytes;
+    let file_before = repo.local("test").unwrap().space().unwrap().file_bytes;
     let c = f.root.join("c");
     write(&c, "new", 4, 3 << 20);
     backup_of(&repo, &[&c]);
-    let file_after = repo.store().space().unwrap().file_bytes;
+    let file_after = repo.local("test").unwrap().space().unwrap().file_bytes;
     assert!(
         file_after < file_before + (1 << 20),
         "{file_before} -> {file_after}"
@@ -201,7 +201,7 @@ fn prune_keeps_objects_a_backup_reused_after_the_plan() {
     write(&src, "x", 5, 2 << 20);
     write(&src, "y", 6, 500 << 10);
     let s1 = backup_of(&repo, &[&src]);
-    repo.store().remove_snapshots(&[s1]).unwrap();
+    repo.local("test").unwrap().remove_snapshots(&[s1]).unwrap();
     let p = plan(&repo, &quick()).unwrap();
     assert_eq!(
         p.summary().objects_unused,
@@ -224,10 +224,10 @@ fn prune_waits_for_a_live_session_then_keeps_what_it_reused() {
     let src = f.root.join("src");
     write(&src, "x", 7, 1 << 20);
     let s1 = backup_of(&repo, &[&src]);
-    repo.store().remove_snapshots(&[s1]).unwrap();
+    repo.local("test").unwrap().remove_snapshots(&[s1]).unwrap();
     // A backup of this very process is running: its session is alive.
     let session = repo
-        .store()
+        .local("test").unwrap()
         .begin_session(&cairn_repo::util::session_info())
         .unwrap();
     let short = PruneOptions {
@@ -239,7 +239,7 @@ fn prune_waits_for_a_live_session_then_keeps_what_it_reused() {
         other => panic!("prune must not run beside a live session: {other:?}"),
     }
     assert_eq!(
-        repo.store().space().unwrap().objects,
+        repo.local("test").unwrap().space().unwrap().objects,
         plan(&repo, &quick()).unwrap().objects_total
     );
     let waited = std::sync::Mutex::new(0u32);
@@ -261,7 +261,7 @@ fn prune_waits_for_a_live_session_then_keeps_what_it_reused() {
         );
         // The "running backup" reuses the unused objects, commits, and ends its session.
         let s2 = backup_of(&repo, &[&src]);
-        repo.store().end_session(session).unwrap();
+        repo.local("test").unwrap().end_session(session).unwrap();
         (pruner.join().unwrap().unwrap(), s2)
     });
     assert!(*waited.lock().unwrap() > 0);
@@ -278,12 +278,12 @@ fn prune_removes_sessions_of_dead_processes() {
         host: cairn_repo::util::hostname(),
         start_ticks: 1,
     };
-    repo.store()
+    repo.local("test").unwrap()
         .begin_session(&postcard::to_stdvec(&dead).unwrap())
         .unwrap();
     let report = prune(&repo, &quick(), &|_| {}).unwrap();
     assert_eq!(report.dead_sessions_removed, 1);
-    assert!(repo.store().sessions().unwrap().is_empty());
+    assert!(repo.local("test").unwrap().sessions().unwrap().is_empty());
 }
 
 #[test]
@@ -295,7 +295,7 @@ fn prune_beside_real_backups_in_threads_loses_nothing() {
         write(&src, &format!("f{i}"), 100 + i, 400 << 10);
     }
     let old = backup_of(&repo, &[&src]);
-    repo.store().remove_snapshots(&[old]).unwrap();
+    repo.local("test").unwrap().remove_snapshots(&[old]).unwrap();
     let done = std::sync::atomic::AtomicBool::new(false);
     let snaps = std::thread::scope(|s| {
         let backups = s.spawn(|| {
@@ -355,8 +355,8 @@ fn damage_is_reported_exactly_and_healed_from_a_replica() {
     .unwrap();
     let repo = Repository::open(&f.repo_dir, PW, &opts()).unwrap();
     let ps = repo.config().piece_size;
-    damage_object_for_tests(repo.store(), &chunk, ps, 100).unwrap();
-    damage_object_for_tests(repo.store(), &tree, ps, 40).unwrap();
+    damage_object_for_tests(repo.local("test").unwrap(), &chunk, ps, 100).unwrap();
+    damage_object_for_tests(repo.local("test").unwrap(), &tree, ps, 40).unwrap();
 
     let r = check(
         &repo,
@@ -370,7 +370,7 @@ fn damage_is_reported_exactly_and_healed_from_a_replica() {
     assert_eq!(ids, BTreeSet::from([chunk, tree]));
     let d = r.damaged.iter().find(|d| d.id == tree).unwrap();
     assert_eq!(d.used_by, vec![(snap, "/".to_string())]);
-    let last = String::from_utf8(repo.store().state("check.last").unwrap().unwrap()).unwrap();
+    let last = String::from_utf8(repo.local("test").unwrap().state("check.last").unwrap().unwrap()).unwrap();
     assert!(
         last.contains("\"read_data\":true") && last.contains("\"damaged\":2"),
         "{last}"
@@ -400,7 +400,7 @@ fn damage_is_reported_exactly_and_healed_from_a_replica() {
     // The damaged copies are now unreferenced bytes that prune reclaims: their packs are
     // marked and rewritten whatever their live share (issue 16: the damage stayed in a
     // mostly live pack, and redb's page check failed, forever).
-    let marked = repo.store().marked_for_repack().unwrap();
+    let marked = repo.local("test").unwrap().marked_for_repack().unwrap();
     assert!(!marked.is_empty());
     let p = plan(&repo, &quick()).unwrap();
     for pack in &marked {
@@ -411,7 +411,7 @@ fn damage_is_reported_exactly_and_healed_from_a_replica() {
         );
     }
     prune(&repo, &quick(), &|_| {}).unwrap();
-    assert!(repo.store().marked_for_repack().unwrap().is_empty());
+    assert!(repo.local("test").unwrap().marked_for_repack().unwrap().is_empty());
     assert_clean(&repo);
 }
 
@@ -433,7 +433,7 @@ fn repair_refuses_an_unrelated_repository_and_never_invents_data() {
         Err(Error::Invalid(_))
     ));
     // A "replica" that is the damaged repository itself cannot supply an intact copy.
-    damage_object_for_tests(repo.store(), &root, repo.config().piece_size, 10).unwrap();
+    damage_object_for_tests(repo.local("test").unwrap(), &root, repo.config().piece_size, 10).unwrap();
     drop(repo);
     let copy = f.root.join("copy");
     std::fs::create_dir_all(&copy).unwrap();
@@ -465,7 +465,7 @@ fn read_data_subset_covers_everything_over_successive_runs() {
     }
     backup_of(&repo, &[&src]);
     let mut all = Vec::new();
-    repo.store()
+    repo.local("test").unwrap()
         .view()
         .unwrap()
         .for_each_object(|id, _| {
@@ -476,7 +476,7 @@ fn read_data_subset_covers_everything_over_successive_runs() {
     let ps = repo.config().piece_size;
     let damaged: BTreeSet<Id> = all.iter().step_by(3).copied().collect();
     for id in &damaged {
-        damage_object_for_tests(repo.store(), id, ps, 50).unwrap();
+        damage_object_for_tests(repo.local("test").unwrap(), id, ps, 50).unwrap();
     }
     let mut seen = BTreeSet::new();
     let mut read = 0;
@@ -499,7 +499,7 @@ fn read_data_subset_covers_everything_over_successive_runs() {
     }
     assert!(read >= all.len() as u64);
     assert_eq!(seen, damaged, "four runs of 30% saw every damaged object");
-    let last = String::from_utf8(repo.store().state("check.last").unwrap().unwrap()).unwrap();
+    let last = String::from_utf8(repo.local("test").unwrap().state("check.last").unwrap().unwrap()).unwrap();
     assert!(last.contains("\"subset\":30"), "{last}");
     let _ = Store::open(&f.repo_dir, 1 << 20).unwrap();
 }
@@ -527,7 +527,7 @@ fn prune_leaves_a_damaged_live_object_in_place_and_frees_the_rest() {
     let s1 = backup_of(&repo, &[&a]);
     std::fs::remove_file(a.join("big")).unwrap();
     backup_of(&repo, &[&a]);
-    repo.store().remove_snapshots(&[s1]).unwrap();
+    repo.local("test").unwrap().remove_snapshots(&[s1]).unwrap();
     let view = repo.reader().unwrap();
     let root = repo.snapshots().unwrap()[0].snapshot.root;
     let entry = repo
@@ -539,8 +539,8 @@ fn prune_leaves_a_damaged_live_object_in_place_and_frees_the_rest() {
         other => panic!("{other:?}"),
     };
     drop(view);
-    damage_object_for_tests(repo.store(), &small, repo.config().piece_size, 3).unwrap();
-    let before = repo.store().space().unwrap();
+    damage_object_for_tests(repo.local("test").unwrap(), &small, repo.config().piece_size, 3).unwrap();
+    let before = repo.local("test").unwrap().space().unwrap();
     let notes = std::sync::Mutex::new(Vec::new());
     let report = prune(&repo, &quick(), &|m| {
         notes.lock().unwrap().push(m.to_string())
@@ -556,7 +556,7 @@ fn prune_leaves_a_damaged_live_object_in_place_and_frees_the_rest() {
         .unwrap()
         .iter()
         .any(|m| m.contains(&small.to_hex())));
-    assert!(repo.store().space().unwrap().objects < before.objects);
+    assert!(repo.local("test").unwrap().space().unwrap().objects < before.objects);
     let r = check(
         &repo,
         &CheckOptions {
@@ -579,11 +579,11 @@ fn a_pack_appended_to_after_the_plan_is_kept() {
     let repo = Repository::init(&f.repo_dir, PW, &opts()).unwrap();
     let ps = repo.config().piece_size;
     let session = repo
-        .store()
+        .local("test").unwrap()
         .begin_session(&cairn_repo::util::session_info())
         .unwrap();
     let mut writer =
-        cairn_repo::packer::Packer::new(repo.store(), ps, repo.config().pack_max, ps as usize);
+        cairn_repo::packer::Packer::new(repo.local("test").unwrap(), ps, repo.config().pack_max, ps as usize);
     let (x, y) = (Id([1; 32]), Id([2; 32]));
     writer
         .add(x, Kind::Chunk, &noise(1, 2 * ps as usize))
@@ -599,7 +599,7 @@ fn a_pack_appended_to_after_the_plan_is_kept() {
     );
     writer.add(y, Kind::Chunk, &noise(2, ps as usize)).unwrap();
     writer.commit(false, &[]).unwrap();
-    repo.store().end_session(session).unwrap();
+    repo.local("test").unwrap().end_session(session).unwrap();
     let report = execute(&repo, p, &quick(), &|_| {}).unwrap();
     assert_eq!(
         (
@@ -610,7 +610,7 @@ fn a_pack_appended_to_after_the_plan_is_kept() {
         (1, 0, 1),
         "{report:?}"
     );
-    let view = repo.store().view().unwrap();
+    let view = repo.local("test").unwrap().view().unwrap();
     let loc = view.locate(&y).unwrap().unwrap();
     assert_eq!(
         view.read_sealed(&y, &loc, ps).unwrap(),
@@ -672,7 +672,7 @@ fn issue16_unreferenced_junk_is_not_damage() {
     let cfg = repo.config().clone();
     let junk = vec![0x5A; 500];
     let mut p =
-        cairn_repo::packer::Packer::new(repo.store(), cfg.piece_size, cfg.pack_max, 1 << 20);
+        cairn_repo::packer::Packer::new(repo.local("test").unwrap(), cfg.piece_size, cfg.pack_max, 1 << 20);
     p.add(Id([9; 32]), Kind::Chunk, &junk).unwrap();
     p.commit(true, &[]).unwrap();
     let r = check(
@@ -724,8 +724,8 @@ fn issue16_restore_passes_over_damage_and_leaves_no_half_written_file() {
     let tree_b = at(&src.join("b")).subtree.unwrap();
     drop(view);
     let ps = repo.config().piece_size;
-    damage_object_for_tests(repo.store(), &chunk, ps, 10).unwrap();
-    damage_object_for_tests(repo.store(), &tree_b, ps, 10).unwrap();
+    damage_object_for_tests(repo.local("test").unwrap(), &chunk, ps, 10).unwrap();
+    damage_object_for_tests(repo.local("test").unwrap(), &tree_b, ps, 10).unwrap();
     // The restore runs as a new process would: the pieces this one read above are cached by
     // its store and would hide the damage.
     drop(repo);

@@ -206,7 +206,7 @@ fn the_repository_file_stays_within_3_percent_of_what_it_stores() {
         ..BackupOptions::default()
     };
     backup(&repo, &opts, &Progress::default()).unwrap();
-    let s = repo.store().space().unwrap();
+    let s = repo.local("test").unwrap().space().unwrap();
     let ratio = s.file_bytes as f64 / s.object_bytes as f64;
     assert!(
         (1.0..1.03).contains(&ratio),

@@ -183,8 +183,8 @@ fn replica_restores_with_the_same_password_and_matches() {
 /// Every object of the primary is in the replica with the same kind, checksum and sealed bytes.
 fn assert_verbatim(primary: &Repository, replica: &Repository) {
     let (pv, rv) = (
-        primary.store().view().unwrap(),
-        replica.store().view().unwrap(),
+        primary.local("test").unwrap().view().unwrap(),
+        replica.local("test").unwrap().view().unwrap(),
     );
     let ps = primary.config().piece_size;
     let mut n = 0;
@@ -221,7 +221,7 @@ fn content_lists_and_their_chunks_travel() {
     let primary = Repository::init(&tmp.path().join("primary"), PASSWORD, &opts()).unwrap();
     let keys = primary.keys();
     let cfg = primary.config().clone();
-    let mut packer = Packer::new(primary.store(), cfg.piece_size, cfg.pack_max, 1 << 20);
+    let mut packer = Packer::new(primary.local("test").unwrap(), cfg.piece_size, cfg.pack_max, 1 << 20);
     let mut add = |kind: Kind, plain: &[u8]| {
         let id = keys.id_of(kind, plain);
         packer
@@ -380,7 +380,7 @@ fn interrupted_sync_shows_nothing_partial_and_resumes() {
             report.objects_sent > 0 && report.snapshots_sent == 0,
             "{report:?}"
         );
-        f.primary.store().view().unwrap().object_count().unwrap()
+        f.primary.local("test").unwrap().view().unwrap().object_count().unwrap()
     };
     {
         let store = Store::open(&dir, 1 << 20).unwrap();
@@ -519,7 +519,7 @@ fn over_the_protocol_a_dropped_connection_keeps_what_arrived_and_resumes() {
     .is_err());
     drop(t); // the connection drops without a goodbye
     server.join().unwrap().unwrap();
-    let total = f.primary.store().view().unwrap().object_count().unwrap();
+    let total = f.primary.local("test").unwrap().view().unwrap().object_count().unwrap();
     {
         let store = Store::open(&dir, 1 << 20).unwrap();
         assert!(store.snapshot_blobs().unwrap().is_empty());
@@ -719,7 +719,7 @@ fn issue16_append_only_never_replaces_a_snapshot() {
     let dir = f.root.join("remote");
     let log = Arc::new(Mutex::new(Vec::new()));
     let (mut client, server) = synced_append_only(&f, &dir, log.clone());
-    let real = f.primary.store().snapshot_blobs().unwrap();
+    let real = f.primary.local("test").unwrap().snapshot_blobs().unwrap();
     let garbage: Vec<(Id, Vec<u8>)> = real.iter().map(|(id, _)| (*id, vec![0xAB; 200])).collect();
     let err = client.call(Request::PutSnapshots(garbage)).unwrap_err();
     assert!(err.to_string().contains("never replaced"), "{err}");
@@ -753,7 +753,7 @@ fn issue16_sync_notices_a_snapshot_replaced_on_the_target() {
     let f = fixture();
     let dir = f.root.join("replica");
     sync_local(&f.primary, &dir, &SyncOptions::default()).unwrap();
-    let (id, _) = f.primary.store().snapshot_blobs().unwrap().remove(0);
+    let (id, _) = f.primary.local("test").unwrap().snapshot_blobs().unwrap().remove(0);
     {
         // What a hostile server (or disk damage) could do to its copy, below the protocol.
         let store = Store::open(&dir, 1 << 20).unwrap();

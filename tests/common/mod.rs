@@ -140,9 +140,14 @@ pub struct Mount {
 
 impl Mount {
     pub fn start(repo: &Path, dir: &Path, extra: &[&str]) -> Mount {
+        Mount::start_with(cairn(repo), dir, extra)
+    }
+
+    /// Mount with a prepared `cairn` command (its environment: a repository over ssh).
+    pub fn start_with(mut cmd: Command, dir: &Path, extra: &[&str]) -> Mount {
         std::fs::create_dir_all(dir).unwrap();
         let log = dir.with_extension("log");
-        let child = cairn(repo)
+        let child = cmd
             .args(["mount", "--refresh", "1"])
             .args(extra)
             .arg(dir)
@@ -228,3 +233,4 @@ pub fn mounted(dir: &Path) -> bool {
     info.split(|b| *b == b'\n')
         .any(|l| l.split(|b| *b == b' ').nth(4) == Some(want))
 }
+pub mod ssh;

@@ -15,6 +15,7 @@ struct Inner {
     snapshots: BTreeMap<Id, Vec<u8>>,
     objects: BTreeMap<Id, (Kind, Arc<Vec<u8>>)>,
     sessions: BTreeMap<u64, Vec<u8>>,
+    state: BTreeMap<String, Vec<u8>>,
 }
 
 pub struct MemoryStore {
@@ -121,6 +122,15 @@ impl Storage for MemoryStore {
 
     fn sessions(&self) -> Result<Vec<(u64, Vec<u8>)>> {
         Ok(self.lock().sessions.clone().into_iter().collect())
+    }
+
+    fn state(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Ok(self.lock().state.get(key).cloned())
+    }
+
+    fn set_state(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.lock().state.insert(key.to_string(), value.to_vec());
+        Ok(())
     }
 
     fn space(&self) -> Result<Space> {

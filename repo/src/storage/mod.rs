@@ -20,12 +20,46 @@
 //! until they have, the redb store keeps its own wider API beside it.
 
 use crate::crypto::Kind;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::format::Config;
 use crate::id::Id;
 
 pub mod memory;
 mod redb;
+mod url;
+
+pub use url::Url;
+
+/// Open the store at `url` (a missing repository is `Error::RepoNotFound`, before any
+/// password is asked for).
+pub fn open(url: &Url, opts: &crate::OpenOptions) -> Result<Box<dyn Storage>> {
+    match url {
+        Url::Local(dir) => {
+            let mut store = crate::store::Store::open(dir, opts.db_cache_bytes)?;
+            store.set_piece_cache(opts.piece_cache_pieces);
+            Ok(Box::new(store))
+        }
+        Url::Ssh(_) => Err(Error::LocalOnly {
+            what: "opening".into(),
+            location: url.to_string(),
+        }),
+    }
+}
+
+/// Create a store at `url` holding `config` (`Error::RepoExists` when one is there).
+pub fn create(url: &Url, config: &Config, opts: &crate::OpenOptions) -> Result<Box<dyn Storage>> {
+    match url {
+        Url::Local(dir) => {
+            let mut store = crate::store::Store::create(dir, &[("config", config.encode())])?;
+            store.set_piece_cache(opts.piece_cache_pieces);
+            Ok(Box::new(store))
+        }
+        Url::Ssh(_) => Err(Error::LocalOnly {
+            what: "init".into(),
+            location: url.to_string(),
+        }),
+    }
+}
 
 /// What a store knows of one object without its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -80,12 +114,17 @@ impl Space {
 pub struct WriterOptions {
     /// Bytes buffered before the writer stores them by itself (a store may round it up).
     pub batch_bytes: usize,
+    /// A hint for long writers: make the index of what is stored visible only once per this
+    /// many bytes (0: at every checkpoint). A store whose index costs little per commit
+    /// ignores it; redb rewrites most index leaves at every commit that carries rows.
+    pub index_every: u64,
 }
 
 impl Default for WriterOptions {
     fn default() -> Self {
         WriterOptions {
             batch_bytes: 32 << 20,
+            index_every: 0,
         }
     }
 }
@@ -115,6 +154,10 @@ pub trait Storage: Send + Sync {
     fn begin_session(&self, info: &[u8]) -> Result<u64>;
     fn end_session(&self, id: u64) -> Result<()>;
     fn sessions(&self) -> Result<Vec<(u64, Vec<u8>)>>;
+    /// A state record (what `check`, `sync` and `status` keep between runs: last results,
+    /// cursors); `None` when unset. Keys are short ASCII names.
+    fn state(&self, key: &str) -> Result<Option<Vec<u8>>>;
+    fn set_state(&self, key: &str, value: &[u8]) -> Result<()>;
     /// Give back what writers that died left half-written (a backup starts with it); returns
     /// the bytes given back. A store whose writes leave nothing behind does nothing.
     fn recover(&self) -> Result<u64> {
@@ -147,7 +190,7 @@ pub trait Reader: Send + Sync {
 }
 
 /// Adds objects, then makes them visible (see the module's contract).
-pub trait Writer {
+pub trait Writer: Send {
     /// Queue a sealed object. The writer may store it (and everything before it) right away
     /// when its buffer is full.
     fn add(&mut self, id: Id, kind: Kind, sealed: &[u8]) -> Result<()>;

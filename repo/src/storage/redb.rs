@@ -43,12 +43,10 @@ impl Storage for Store {
 
     fn writer(&self, opts: WriterOptions) -> Result<Box<dyn Writer + '_>> {
         let cfg = Store::config(self)?;
-        Ok(Box::new(RedbWriter(Packer::new(
-            self,
-            cfg.piece_size,
-            cfg.pack_max,
-            opts.batch_bytes,
-        ))))
+        Ok(Box::new(RedbWriter(
+            Packer::new(self, cfg.piece_size, cfg.pack_max, opts.batch_bytes)
+                .index_every(opts.index_every),
+        )))
     }
 
     fn begin_session(&self, info: &[u8]) -> Result<u64> {
@@ -61,6 +59,14 @@ impl Storage for Store {
 
     fn sessions(&self) -> Result<Vec<(u64, Vec<u8>)>> {
         Store::sessions(self)
+    }
+
+    fn state(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        Store::state(self, key)
+    }
+
+    fn set_state(&self, key: &str, value: &[u8]) -> Result<()> {
+        Store::set_state(self, key, value)
     }
 
     fn recover(&self) -> Result<u64> {

@@ -25,7 +25,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 pub use remote::{SshOptions, SshTarget, SshUrl, StreamTarget};
 pub use sink::Sink;
-pub use targets::TargetUrl;
 
 /// The receiving end of a sync, after the handshake: one request, one response.
 pub trait Target {
@@ -71,7 +70,7 @@ pub fn open_local_replica(primary: &Repository, dir: &Path) -> Result<(Store, bo
             false,
         ));
     }
-    let slots = primary.store().key_slot_blobs()?;
+    let slots = slot_blobs(primary)?;
     let store = sink::create_replica(dir, &repo_id, &primary.config().encode(), &slots)?;
     Ok((store, true))
 }
@@ -129,14 +128,14 @@ pub fn sync(
     progress: &SyncProgress,
     report: &mut SyncReport,
 ) -> Result<()> {
-    let slots = repo.store().key_slot_blobs()?;
+    let slots = slot_blobs(repo)?;
     expect_done(target.call(Request::AddKeySlots(slots))?)?;
     let theirs = list_snapshot_checks(target)?;
     report.target_snapshots = theirs.keys().copied().collect();
     report.target_snapshots.sort();
     // Snapshots first, then the view: the view is newer, so it holds all they reference.
-    let blobs = repo.store().snapshot_blobs()?;
-    let view = repo.store().view()?;
+    let blobs = repo.storage().snapshots()?;
+    let view = repo.local("sync")?.view()?;
     let mut lacking: Vec<(Id, Vec<u8>)> = Vec::new();
     report.differing.clear();
     for (id, blob) in blobs {
@@ -178,6 +177,11 @@ fn differing_error(report: &SyncReport) -> Result<()> {
             report.differing.len()
         ),
     ))
+}
+
+/// The repository's key slots, still wrapped, as a replica receives them.
+pub fn slot_blobs(repo: &Repository) -> Result<Vec<Vec<u8>>> {
+    Ok(repo.storage().key_slots()?.into_iter().map(|(_, b)| b).collect())
 }
 
 fn snapshot_root(repo: &Repository, id: &Id, blob: &[u8]) -> Result<Id> {

@@ -75,7 +75,7 @@ impl<R: Read, W: Write> StreamTarget<R, W> {
             ));
         }
         if !exists {
-            let key_slots = primary.store().key_slot_blobs()?;
+            let key_slots = super::slot_blobs(primary)?;
             let create = Request::Create {
                 config: primary.config().encode(),
                 key_slots,

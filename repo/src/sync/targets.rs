@@ -1,43 +1,8 @@
-//! Named sync targets (the `targets` table: name -> URL) and target URLs.
+//! Named sync targets (the `targets` table: name -> URL; URLs parse as `storage::Url`).
 
-use super::remote::SshUrl;
 use crate::error::{Error, Result};
 use crate::store::{Store, TARGETS};
 use redb::ReadableTable;
-use std::path::PathBuf;
-
-/// Where a target lives.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum TargetUrl {
-    Local(PathBuf),
-    Ssh(SshUrl),
-}
-
-impl TargetUrl {
-    /// `ssh://[user@]host[:port]/path`, `file:///path`, or an absolute path.
-    pub fn parse(url: &str) -> Result<TargetUrl> {
-        if url.starts_with("ssh://") {
-            return Ok(TargetUrl::Ssh(SshUrl::parse(url)?));
-        }
-        let path = url.strip_prefix("file://").unwrap_or(url);
-        if url.contains("://") && !url.starts_with("file://") {
-            return Err(Error::Invalid(format!(
-                "`{url}`: unsupported target scheme; use a path or ssh://"
-            )));
-        }
-        if !path.starts_with('/') {
-            return Err(Error::Invalid(format!(
-                "`{url}`: a local target must be an absolute path"
-            )));
-        }
-        Ok(TargetUrl::Local(PathBuf::from(path)))
-    }
-
-    /// Whether `s` reads as a URL or path rather than a target name.
-    pub fn looks_like_url(s: &str) -> bool {
-        s.contains('/') || s.contains("://")
-    }
-}
 
 /// Target names: letters, digits, `.`, `_`, `-`; not starting with `-` or `.`.
 pub fn valid_name(name: &str) -> bool {
@@ -69,7 +34,7 @@ impl Store {
                 "`{name}` is not a valid target name (letters, digits, `.`, `_`, `-`)"
             )));
         }
-        TargetUrl::parse(url)?;
+        crate::storage::Url::parse_target(url)?;
         let txn = self.db.begin_write()?;
         {
             let mut t = txn.open_table(TARGETS)?;
@@ -103,23 +68,24 @@ impl Store {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
+    use crate::storage::Url as TargetUrl;
 
     #[test]
     fn urls_and_names() {
         assert_eq!(
-            TargetUrl::parse("/mnt/b").unwrap(),
+            TargetUrl::parse_target("/mnt/b").unwrap(),
             TargetUrl::Local("/mnt/b".into())
         );
         assert_eq!(
-            TargetUrl::parse("file:///mnt/b").unwrap(),
+            TargetUrl::parse_target("file:///mnt/b").unwrap(),
             TargetUrl::Local("/mnt/b".into())
         );
         assert!(matches!(
-            TargetUrl::parse("ssh://h/p").unwrap(),
+            TargetUrl::parse_target("ssh://h/p").unwrap(),
             TargetUrl::Ssh(_)
         ));
-        assert!(TargetUrl::parse("rel/path").is_err());
-        assert!(TargetUrl::parse("s3://bucket/x").is_err());
+        assert!(TargetUrl::parse_target("rel/path").is_err());
+        assert!(TargetUrl::parse_target("s3://bucket/x").is_err());
         assert!(valid_name("nas-1.home_x"));
         assert!(!valid_name("-x") && !valid_name("a/b") && !valid_name(""));
     }
