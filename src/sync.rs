@@ -110,7 +110,13 @@ fn open_primary(g: &Global, lock_wait: u64) -> Result<Repository, Failure> {
 }
 
 fn resolve(repo: &Repository, wanted: &[String]) -> Result<Vec<Resolved>, Failure> {
-    let named = repo.local("sync")?.targets()?;
+    // Named targets are kept with the repository's own files; a repository on a server
+    // syncs to the URLs given.
+    let named = match repo.local("sync to named targets") {
+        Ok(store) => store.targets()?,
+        Err(e) if wanted.is_empty() => return Err(e.into()),
+        Err(_) => Vec::new(),
+    };
     if wanted.is_empty() {
         if named.is_empty() {
             return Err(Failure::usage(

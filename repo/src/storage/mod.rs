@@ -187,6 +187,17 @@ pub trait Reader: Send + Sync {
     fn list(&self, from: &Id, limit: usize) -> Result<Vec<(Id, ObjectInfo)>>;
     /// How many objects are stored.
     fn count(&self) -> Result<u64>;
+    /// What is stored under each of `ids` (`Error::Missing` for an absent one), in the order
+    /// this store reads them fastest (the redb store: by place in its packs, so a sender
+    /// reads sequentially). The default keeps the given order.
+    fn in_read_order(&self, ids: &[Id]) -> Result<Vec<(Id, ObjectInfo)>> {
+        ids.iter()
+            .map(|id| match self.info(id)? {
+                Some(info) => Ok((*id, info)),
+                None => Err(Error::Missing(id.to_hex())),
+            })
+            .collect()
+    }
 }
 
 /// Adds objects, then makes them visible (see the module's contract).
@@ -217,5 +228,8 @@ impl<R: Reader + ?Sized> Reader for Box<R> {
     }
     fn count(&self) -> Result<u64> {
         (**self).count()
+    }
+    fn in_read_order(&self, ids: &[Id]) -> Result<Vec<(Id, ObjectInfo)>> {
+        (**self).in_read_order(ids)
     }
 }

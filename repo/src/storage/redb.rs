@@ -110,6 +110,16 @@ impl Reader for View {
     fn count(&self) -> Result<u64> {
         self.object_count()
     }
+
+    fn in_read_order(&self, ids: &[Id]) -> Result<Vec<(Id, ObjectInfo)>> {
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let loc = self.locate(id)?.ok_or_else(|| Error::Missing(id.to_hex()))?;
+            out.push((*id, loc));
+        }
+        out.sort_by_key(|(_, l)| (l.pack, l.offset));
+        Ok(out.into_iter().map(|(id, l)| (id, info_of(&l))).collect())
+    }
 }
 
 /// What the seam says of an object the index locates.

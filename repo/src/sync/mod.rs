@@ -135,7 +135,7 @@ pub fn sync(
     report.target_snapshots.sort();
     // Snapshots first, then the view: the view is newer, so it holds all they reference.
     let blobs = repo.storage().snapshots()?;
-    let view = repo.local("sync")?.view()?;
+    let view = repo.reader()?;
     let mut lacking: Vec<(Id, Vec<u8>)> = Vec::new();
     report.differing.clear();
     for (id, blob) in blobs {
@@ -152,10 +152,10 @@ pub fn sync(
         .iter()
         .map(|(id, blob)| snapshot_root(repo, id, blob))
         .collect::<Result<Vec<Id>>>()?;
-    let plan = plan::plan(repo, &view, target, &roots, opts.have_batch)?;
+    let plan = plan::plan(repo, &*view, target, &roots, opts.have_batch)?;
     report.round_trips += plan.round_trips;
     report.ids_asked += plan.asked;
-    send::send_objects(repo, &view, target, &plan, opts, progress, report)?;
+    send::send_objects(&*view, target, &plan, opts, progress, report)?;
     let ids: Vec<Id> = lacking.iter().map(|(id, _)| *id).collect();
     expect_done(target.call(Request::PutSnapshots(lacking))?)?;
     report.round_trips += 1;

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::format::{decode_list, Content, Tree};
 use crate::id::Id;
 use crate::repo::Repository;
-use crate::store::View;
+use crate::storage::Reader;
 use std::collections::{HashMap, HashSet};
 
 /// What to send, in sending order: chunks, then content lists, then trees children first.
@@ -56,7 +56,7 @@ pub fn missing(
 
 struct Walk<'a> {
     repo: &'a Repository,
-    view: &'a View,
+    view: &'a dyn Reader,
     batch: usize,
     seen: HashSet<Id>,
     /// Missing trees and the subtrees they name.
@@ -67,7 +67,7 @@ struct Walk<'a> {
 /// Plan the transfer of everything the snapshots rooted at `roots` need.
 pub fn plan(
     repo: &Repository,
-    view: &View,
+    view: &dyn Reader,
     target: &mut dyn Target,
     roots: &[Id],
     batch: usize,

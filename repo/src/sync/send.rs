@@ -7,8 +7,7 @@ use super::remote::unexpected;
 use super::{count, SyncOptions, SyncProgress, SyncReport, Target};
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::repo::Repository;
-use crate::store::{checksum, Location, View};
+use crate::storage::{checksum, ObjectInfo, Reader};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -50,36 +49,25 @@ fn batch_bytes(opts: &SyncOptions) -> usize {
     }
 }
 
-/// Locations of the chunks, sorted by where they lie in the primary (sequential reads).
-fn by_location(view: &View, ids: &[Id]) -> Result<Vec<(Id, Location)>> {
-    let mut out = Vec::with_capacity(ids.len());
-    for id in ids {
-        out.push((*id, locate(view, id)?));
-    }
-    out.sort_by_key(|(_, l)| (l.pack, l.offset));
-    Ok(out)
-}
-
-fn locate(view: &View, id: &Id) -> Result<Location> {
-    view.locate(id)?.ok_or_else(|| Error::Missing(id.to_hex()))
-}
-
 /// `PutObjects` requests in flight at once: the receiver commits one batch while the next
 /// travels. Replies are small, so a window this size cannot fill a pipe and deadlock.
 pub const WINDOW: usize = 2;
 
-/// The order objects leave in: chunks by place in the primary, then lists, then trees.
-fn sending_order(view: &View, plan: &Plan) -> Result<Vec<(Id, Location)>> {
-    let mut order = by_location(view, &plan.chunks)?;
-    for id in plan.lists.iter().chain(&plan.trees) {
-        order.push((*id, locate(view, id)?));
+/// The order objects leave in: chunks as the primary reads them fastest, then lists, then
+/// trees (children before parents).
+fn sending_order(view: &dyn Reader, plan: &Plan) -> Result<Vec<(Id, ObjectInfo)>> {
+    let mut order = view.in_read_order(&plan.chunks)?;
+    let rest: Vec<Id> = plan.lists.iter().chain(&plan.trees).copied().collect();
+    for id in rest {
+        let info = view.info(&id)?.ok_or_else(|| Error::Missing(id.to_hex()))?;
+        order.push((id, info));
     }
     Ok(order)
 }
 
-fn read_verified(view: &View, id: Id, loc: &Location, piece: u32) -> Result<WireObject> {
-    let sealed = view.read_sealed(&id, loc, piece)?;
-    if checksum(&sealed) != loc.check {
+fn read_verified(view: &dyn Reader, id: Id, info: &ObjectInfo) -> Result<WireObject> {
+    let (kind, sealed) = view.read(&id)?;
+    if checksum(&sealed) != info.check || kind != info.kind {
         return Err(Error::corrupt(
             id,
             "stored bytes do not match their checksum; not sending a damaged object",
@@ -87,15 +75,14 @@ fn read_verified(view: &View, id: Id, loc: &Location, piece: u32) -> Result<Wire
     }
     Ok(WireObject {
         id,
-        kind: loc.kind as u8,
-        check: loc.check,
+        kind: info.kind as u8,
+        check: info.check,
         sealed,
     })
 }
 
 pub fn send_objects(
-    repo: &Repository,
-    view: &View,
+    view: &dyn Reader,
     target: &mut dyn Target,
     plan: &Plan,
     opts: &SyncOptions,
@@ -121,7 +108,7 @@ pub fn send_objects(
     let mut batch: Vec<WireObject> = Vec::new();
     let mut batch_len = 0usize;
     for (id, loc) in order {
-        let o = read_verified(view, id, &loc, repo.config().piece_size)?;
+        let o = read_verified(view, id, &loc)?;
         if batch_len + o.sealed.len() > limit && !batch.is_empty() {
             out.put(std::mem::take(&mut batch))?;
             batch_len = 0;
