@@ -10,9 +10,9 @@ use crate::format::{
 };
 use crate::fsmeta::{entry_from_stat, proc_path, read_xattrs, Names};
 use crate::id::Id;
-use crate::storage::{Writer, WriterOptions};
 use crate::repo::Repository;
 use crate::storage::Reader;
+use crate::storage::{Writer, WriterOptions};
 use crate::util::{display_path as display, join_path as join};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
