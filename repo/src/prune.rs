@@ -148,7 +148,7 @@ pub fn plan(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
 /// `plan` for the redb store with any marker (the key holder's walk, near or over the wire).
 pub fn plan_with(store: &Store, marker: &mut dyn Mark, opts: &PruneOptions) -> Result<PrunePlan> {
     if !(0.0..=1.0).contains(&opts.repack_below) {
-        return Err(Error::Invalid(
+        return Err(Error::Usage(
             "the repack threshold is a share between 0 and 1".into(),
         ));
     }

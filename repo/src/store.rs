@@ -455,7 +455,7 @@ impl Store {
             {
                 let mut t = txn.open_table(KEYS)?;
                 if t.get(id)?.is_none() {
-                    return Err(Error::Invalid(format!(
+                    return Err(Error::NotFound(format!(
                         "no key slot {id}; see `cairn key list`"
                     )));
                 }

@@ -74,7 +74,7 @@ impl Storage for MemoryStore {
     fn remove_key_slot(&self, id: u64) -> Result<()> {
         let mut inner = self.lock();
         if !inner.slots.contains_key(&id) {
-            return Err(Error::Invalid(format!("no key slot {id}")));
+            return Err(Error::NotFound(format!("no key slot {id}")));
         }
         if inner.slots.len() <= 1 {
             return Err(Error::Invalid(
