@@ -26,6 +26,8 @@ use crate::id::Id;
 
 pub mod memory;
 mod redb;
+pub mod remote;
+pub(crate) mod server;
 
 /// What a store knows of one object without its key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -140,6 +142,19 @@ pub trait Reader: Send + Sync {
     }
     /// The sealed bytes and kind of `id`; `Error::Missing` when absent.
     fn read(&self, id: &Id) -> Result<(Kind, Vec<u8>)>;
+    /// Read many objects, calling `f` once per id with what `read` would give (in the
+    /// order asked); a store may fetch them together (the remote store pipelines them). An
+    /// error `f` returns ends the reading.
+    fn read_many(
+        &self,
+        ids: &[Id],
+        f: &mut dyn FnMut(Id, Result<(Kind, Vec<u8>)>) -> Result<()>,
+    ) -> Result<()> {
+        for id in ids {
+            f(*id, self.read(id))?;
+        }
+        Ok(())
+    }
     /// Up to `limit` objects whose id is at or after `from`, in id order.
     fn list(&self, from: &Id, limit: usize) -> Result<Vec<(Id, ObjectInfo)>>;
     /// How many objects are stored.
@@ -168,6 +183,13 @@ impl<R: Reader + ?Sized> Reader for Box<R> {
     }
     fn read(&self, id: &Id) -> Result<(Kind, Vec<u8>)> {
         (**self).read(id)
+    }
+    fn read_many(
+        &self,
+        ids: &[Id],
+        f: &mut dyn FnMut(Id, Result<(Kind, Vec<u8>)>) -> Result<()>,
+    ) -> Result<()> {
+        (**self).read_many(ids, f)
     }
     fn list(&self, from: &Id, limit: usize) -> Result<Vec<(Id, ObjectInfo)>> {
         (**self).list(from, limit)

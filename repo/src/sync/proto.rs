@@ -8,17 +8,28 @@ use crate::id::Id;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 
-/// Protocol version spoken by this build. Version 2 appended `ListSnapshotChecks`; a server
-/// answers clients of `MIN_VERSION..=VERSION` in the client's version, and an older server
-/// refuses a newer client in the hello, saying which versions it speaks.
-pub const VERSION: u32 = 2;
+/// Protocol version spoken by this build. Version 2 appended `ListSnapshotChecks`; version 3
+/// the store protocol (`OpenStore` and what follows it, DESIGN.md §9). A server answers
+/// clients of `MIN_VERSION..=VERSION` in the client's version, and an older server refuses a
+/// newer client in the hello, saying which versions it speaks.
+pub const VERSION: u32 = 3;
 pub const MIN_VERSION: u32 = 1;
+/// The version a sync client says in its hello: sync's messages did not change in 3, so a
+/// new client still syncs to a version-2 server.
+pub const SYNC_VERSION: u32 = 2;
+/// The first version that serves store clients (`Request::OpenStore`).
+pub const STORE_VERSION: u32 = 3;
 /// The first bytes of a client hello, so a peer that is not cairn fails fast.
 pub const MAGIC: [u8; 8] = *b"CAIRNSYN";
 /// Largest frame body either side accepts (the 4-byte length prefix excluded).
 pub const MAX_FRAME: usize = 64 << 20;
-/// Most ids in one `Have` request.
+/// Most ids in one `Have` request (and in one `ReadMany` or `RemoveSnapshots`).
 pub const MAX_HAVE: usize = 16 * 1024;
+/// About how many bytes of objects or snapshot blobs one reply page carries (a page holds at
+/// least one entry, so it stays below `MAX_FRAME` for any object that fits a frame at all).
+pub const PAGE_BYTES: usize = 16 << 20;
+/// Most objects one `List` reply carries.
+pub const MAX_LIST: usize = 64 * 1024;
 /// Object kinds that travel in `PutObjects` (snapshots travel only in `PutSnapshots`).
 pub const OBJECT_KINDS: [u8; 3] = [1, 2, 3];
 
@@ -67,6 +78,78 @@ pub enum Request {
     /// Each snapshot's id and the checksum of its stored blob (appended later, like the two
     /// above), so a sender notices a copy that is not the one it sent.
     ListSnapshotChecks,
+    // Version 3, the store protocol: a store client's first message is `OpenStore`; every
+    // request after it is answered from the server's `Storage` (storage/server.rs).
+    /// Open the repository served (`create: None`), or create it from this encoded config.
+    OpenStore {
+        magic: [u8; 8],
+        version: u32,
+        create: Option<Vec<u8>>,
+    },
+    Config,
+    KeySlots,
+    AddKeySlot(Vec<u8>),
+    RemoveKeySlot(u64),
+    /// Snapshot blobs with ids after the given one (all from the first), one page.
+    Snapshots(Option<Id>),
+    RemoveSnapshots(Vec<Id>),
+    ObjectInfo(Id),
+    /// Read objects (≤ `MAX_HAVE`); answered by `ObjectsRead` pages until `more` is false.
+    ReadMany(Vec<Id>),
+    List {
+        from: Id,
+        limit: u32,
+    },
+    Count,
+    /// Open this connection's writer; `PutObjects`, `Checkpoint` and `Commit` then go to it.
+    BeginWriter {
+        batch_bytes: u64,
+    },
+    Checkpoint,
+    Commit(Vec<(Id, Vec<u8>)>),
+    /// Begin a session in the server's name; it ends at the latest with the connection.
+    BeginSession,
+    EndSession(u64),
+    Sessions,
+    Recover,
+    Space,
+}
+
+/// An error as it crosses the wire: its kind (see `WireError::of`) and its words.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireError {
+    pub kind: u32,
+    /// The object id or the I/O context, where the kind has one.
+    pub subject: String,
+    pub detail: String,
+    /// The OS error number of an I/O error (0: none).
+    pub os_code: i32,
+}
+
+/// What a store knows of one object, on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireInfo {
+    pub kind: u8,
+    pub len: u32,
+    pub check: [u8; 16],
+}
+
+/// One answer of a `ReadMany`, in the order of the ids asked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadAnswer {
+    Found(WireObject),
+    Missing,
+    Failed(WireError),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireSpace {
+    pub objects: u64,
+    pub object_bytes: u64,
+    pub pack_bytes: u64,
+    pub file_bytes: u64,
+    pub file_len: u64,
+    pub db_bytes: Option<u64>,
 }
 
 /// Server to client.
@@ -98,6 +181,145 @@ pub enum Response {
     SnapshotBlob(Option<Vec<u8>>),
     /// Answer to `ListSnapshotChecks`: (snapshot id, checksum of the stored blob).
     SnapshotChecks(Vec<(Id, [u8; 16])>),
+    // Version 3, the store protocol.
+    /// Answer to `OpenStore`, in the client's version.
+    StoreOpened {
+        version: u32,
+        append_only: bool,
+    },
+    /// A store request failed; the client rebuilds the error's kind.
+    Failed(WireError),
+    /// The encoded config.
+    Blob(Vec<u8>),
+    Number(u64),
+    /// Key slots or sessions by number.
+    Numbered(Vec<(u64, Vec<u8>)>),
+    SnapshotPage {
+        blobs: Vec<(Id, Vec<u8>)>,
+        more: bool,
+    },
+    ObjectInfo(Option<WireInfo>),
+    ObjectsRead {
+        answers: Vec<ReadAnswer>,
+        more: bool,
+    },
+    Listed(Vec<(Id, WireInfo)>),
+    Space(WireSpace),
+}
+
+mod kind {
+    pub const MISSING: u32 = 1;
+    pub const REFUSED: u32 = 2;
+    pub const REPO_NOT_FOUND: u32 = 3;
+    pub const REPO_EXISTS: u32 = 4;
+    pub const LOCKED: u32 = 5;
+    pub const READ_ONLY: u32 = 6;
+    pub const CORRUPT: u32 = 7;
+    pub const DAMAGED: u32 = 8;
+    pub const IO: u32 = 9;
+    pub const DB: u32 = 10;
+    pub const FORMAT: u32 = 11;
+    pub const INVALID: u32 = 12;
+    pub const PROTOCOL: u32 = 13;
+    pub const PERMISSION_DENIED: u32 = 14;
+    pub const INTERRUPTED: u32 = 15;
+    pub const WRONG_PASSWORD: u32 = 16;
+}
+
+impl WireError {
+    /// The wire form of an error the server met.
+    pub fn of(e: &Error) -> WireError {
+        let w = |kind, subject: &str, detail: &str| WireError {
+            kind,
+            subject: subject.to_string(),
+            detail: detail.to_string(),
+            os_code: 0,
+        };
+        match e {
+            Error::Missing(id) => w(kind::MISSING, id, ""),
+            Error::Refused(m) => w(kind::REFUSED, "", m),
+            Error::RepoNotFound { reason, .. } => w(kind::REPO_NOT_FOUND, "", reason),
+            Error::RepoExists(_) => w(kind::REPO_EXISTS, "", ""),
+            Error::Locked { reason, .. } => w(kind::LOCKED, "", reason),
+            Error::ReadOnly { why, .. } => w(kind::READ_ONLY, "", why),
+            Error::Corrupt { id, reason } => w(kind::CORRUPT, id, reason),
+            Error::Damaged { reason, .. } => w(kind::DAMAGED, "", reason),
+            Error::Io { context, source } => WireError {
+                os_code: source.raw_os_error().unwrap_or(0),
+                ..w(kind::IO, context, &source.to_string())
+            },
+            Error::Db(m) => w(kind::DB, "", m),
+            Error::Format(m) => w(kind::FORMAT, "", m),
+            Error::Invalid(m) => w(kind::INVALID, "", m),
+            Error::Protocol(m) => w(kind::PROTOCOL, "", m),
+            Error::PermissionDenied(_) => w(kind::PERMISSION_DENIED, "", ""),
+            Error::Interrupted => w(kind::INTERRUPTED, "", ""),
+            Error::WrongPassword(_) => w(kind::WRONG_PASSWORD, "", ""),
+        }
+    }
+
+    /// The error again, on the client: errors about the repository as a whole name
+    /// `location` (the client's name for it, a URL), not the server's path.
+    pub fn into_error(self, location: &str) -> Error {
+        let path = std::path::PathBuf::from(location);
+        let WireError {
+            kind,
+            subject,
+            detail,
+            os_code,
+        } = self;
+        match kind {
+            kind::MISSING => Error::Missing(subject),
+            kind::REFUSED => Error::Refused(detail),
+            kind::REPO_NOT_FOUND => Error::RepoNotFound { path, reason: detail },
+            kind::REPO_EXISTS => Error::RepoExists(path),
+            kind::LOCKED => Error::Locked { path, reason: detail },
+            // The reason is a static string on this side; the server's words are lost.
+            kind::READ_ONLY => Error::ReadOnly {
+                path,
+                why: "the server opened it read-only",
+            },
+            kind::CORRUPT => Error::Corrupt {
+                id: subject,
+                reason: detail,
+            },
+            kind::DAMAGED => Error::Damaged { path, reason: detail },
+            kind::IO => Error::io(
+                format!("on the server of {location}: {subject}"),
+                if os_code != 0 {
+                    std::io::Error::from_raw_os_error(os_code)
+                } else {
+                    std::io::Error::other(detail)
+                },
+            ),
+            kind::DB => Error::Db(detail),
+            kind::FORMAT => Error::Format(detail),
+            kind::INVALID => Error::Invalid(detail),
+            kind::PROTOCOL => Error::Protocol(format!("the server of {location} says: {detail}")),
+            kind::PERMISSION_DENIED => Error::PermissionDenied(path),
+            kind::INTERRUPTED => Error::Interrupted,
+            kind::WRONG_PASSWORD => Error::WrongPassword(path),
+            _ => Error::Invalid(format!("the server of {location} failed: {detail}")),
+        }
+    }
+}
+
+/// Checks a store server applies to one object a client writes: a known kind and bytes that
+/// match the checksum. Unlike `check_object` (replicas take only sealed chunks, trees and
+/// lists) the store below the seam takes whatever bytes its caller seals.
+pub fn check_store_object(o: &WireObject) -> Result<crate::crypto::Kind> {
+    let kind = crate::crypto::Kind::from_u8(o.kind)
+        .ok_or_else(|| protocol_error(format!("object {} has unknown kind {}", o.id, o.kind)))?;
+    if u32::try_from(o.sealed.len()).is_err() {
+        return Err(protocol_error(format!("object {} is too long", o.id)));
+    }
+    if crate::store::checksum(&o.sealed) != o.check {
+        return Err(Error::corrupt(
+            o.id,
+            "arrived with bytes that do not match its checksum",
+        ));
+    }
+    Ok(kind)
 }
 
 /// Encode a message into a frame body.

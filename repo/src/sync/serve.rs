@@ -8,9 +8,14 @@ use crate::store::{Store, DEFAULT_DB_CACHE};
 use std::io::{Read, Write};
 use std::path::Path;
 
-/// Serve one client session on `r`/`w` for the replica at `dir`. Returns when the client says
-/// goodbye or closes the stream; a protocol violation is reported to the client (when it can
-/// still be) and returned as an error.
+/// Serve one client session on `r`/`w` for the repository at `dir`. Returns when the client
+/// says goodbye or closes the stream; a protocol violation is reported to the client (when it
+/// can still be) and returned as an error.
+///
+/// The first message decides what the session is: a sync client's `Hello` (a replica
+/// receiver, protocol versions 1..=3, answered as before) or a store client's `OpenStore`
+/// (version 3: the repository served behind the storage seam, `storage::remote` is the
+/// client).
 ///
 /// Every refusal and error answered to the client is also passed to `log` (the server's
 /// record of what a client tried: `cairn serve` writes it to stderr and `--log-file`).
@@ -21,7 +26,24 @@ pub fn serve<R: Read, W: Write>(
     w: &mut W,
     log: &mut dyn FnMut(&str),
 ) -> Result<()> {
-    let result = session(dir, append_only, r, w, log);
+    let result = match proto::read_msg(r) {
+        Ok(Request::OpenStore {
+            magic,
+            version,
+            create,
+        }) => {
+            return crate::storage::server::serve_dir(
+                dir,
+                append_only,
+                (magic, version, create),
+                r,
+                w,
+                log,
+            )
+        }
+        Ok(first) => session(first, dir, append_only, r, w, log),
+        Err(e) => Err(e),
+    };
     if let Err(e) = &result {
         // Best effort: the peer may already be gone.
         let _ = proto::write_msg(w, &Response::Error(e.to_string()));
@@ -31,13 +53,14 @@ pub fn serve<R: Read, W: Write>(
 }
 
 fn session<R: Read, W: Write>(
+    first: Request,
     dir: &Path,
     append_only: bool,
     r: &mut R,
     w: &mut W,
     log: &mut dyn FnMut(&str),
 ) -> Result<()> {
-    let (repo_id, version) = match proto::read_msg(r)? {
+    let (repo_id, version) = match first {
         Request::Hello {
             magic,
             version,
