@@ -271,9 +271,15 @@ impl WireError {
         match kind {
             kind::MISSING => Error::Missing(subject),
             kind::REFUSED => Error::Refused(detail),
-            kind::REPO_NOT_FOUND => Error::RepoNotFound { path, reason: detail },
+            kind::REPO_NOT_FOUND => Error::RepoNotFound {
+                path,
+                reason: detail,
+            },
             kind::REPO_EXISTS => Error::RepoExists(path),
-            kind::LOCKED => Error::Locked { path, reason: detail },
+            kind::LOCKED => Error::Locked {
+                path,
+                reason: detail,
+            },
             // The reason is a static string on this side; the server's words are lost.
             kind::READ_ONLY => Error::ReadOnly {
                 path,
@@ -283,7 +289,10 @@ impl WireError {
                 id: subject,
                 reason: detail,
             },
-            kind::DAMAGED => Error::Damaged { path, reason: detail },
+            kind::DAMAGED => Error::Damaged {
+                path,
+                reason: detail,
+            },
             kind::IO => Error::io(
                 format!("on the server of {location}: {subject}"),
                 if os_code != 0 {
@@ -493,6 +502,129 @@ mod tests {
         assert!(check_object(&o).is_err(), "checksum mismatch");
     }
 
+    #[test]
+    fn store_messages_round_trip_and_errors_keep_their_kind() {
+        let o = WireObject {
+            id: Id([1; 32]),
+            kind: 1,
+            check: [2; 16],
+            sealed: vec![3; 10],
+        };
+        let info = WireInfo {
+            kind: 2,
+            len: 5,
+            check: [4; 16],
+        };
+        let requests = [
+            Request::OpenStore {
+                magic: MAGIC,
+                version: VERSION,
+                create: Some(vec![1, 2]),
+            },
+            Request::Snapshots(Some(Id([9; 32]))),
+            Request::ReadMany(vec![Id([1; 32])]),
+            Request::List {
+                from: Id([0; 32]),
+                limit: 7,
+            },
+            Request::BeginWriter { batch_bytes: 1 },
+            Request::Commit(vec![(Id([1; 32]), vec![1])]),
+            Request::Space,
+        ];
+        for r in requests {
+            assert_eq!(decode::<Request>(&encode(&r).unwrap()).unwrap(), r);
+        }
+        let responses = [
+            Response::ObjectsRead {
+                answers: vec![
+                    ReadAnswer::Found(o.clone()),
+                    ReadAnswer::Missing,
+                    ReadAnswer::Failed(WireError::of(&Error::Missing("x".into()))),
+                ],
+                more: true,
+            },
+            Response::Listed(vec![(Id([1; 32]), info)]),
+            Response::ObjectInfo(Some(info)),
+            Response::Space(WireSpace {
+                db_bytes: Some(3),
+                ..WireSpace::default()
+            }),
+        ];
+        for r in responses {
+            assert_eq!(decode::<Response>(&encode(&r).unwrap()).unwrap(), r);
+        }
+        // The old variants keep their tags (postcard numbers variants by position).
+        assert_eq!(
+            encode(&Request::Hello {
+                magic: MAGIC,
+                version: 2,
+                repo_id: [0; 16]
+            })
+            .unwrap()[0],
+            0
+        );
+        assert_eq!(encode(&Request::ListSnapshotChecks).unwrap()[0], 12);
+        assert_eq!(encode(&Response::SnapshotChecks(vec![])).unwrap()[0], 9);
+
+        let cases = [
+            Error::Missing("ab".into()),
+            Error::Refused("no".into()),
+            Error::RepoNotFound {
+                path: "/srv/x".into(),
+                reason: "empty".into(),
+            },
+            Error::RepoExists("/srv/x".into()),
+            Error::Locked {
+                path: "/srv/x".into(),
+                reason: "busy".into(),
+            },
+            Error::ReadOnly {
+                path: "/srv/x".into(),
+                why: "ro",
+            },
+            Error::corrupt("cd", "bad"),
+            Error::Damaged {
+                path: "/srv/x".into(),
+                reason: "torn".into(),
+            },
+            Error::io("writing", std::io::Error::from_raw_os_error(libc::ENOSPC)),
+            Error::Db("db".into()),
+            Error::Format("fmt".into()),
+            Error::Invalid("inv".into()),
+            Error::Protocol("proto".into()),
+            Error::PermissionDenied("/srv/x".into()),
+            Error::Interrupted,
+        ];
+        for e in cases {
+            let wire = WireError::of(&e);
+            let back = decode::<WireError>(&encode(&wire).unwrap())
+                .unwrap()
+                .into_error("ssh://h/x");
+            assert_eq!(
+                std::mem::discriminant(&back),
+                std::mem::discriminant(&e),
+                "{e} came back as {back}"
+            );
+            if e.is_disk_full() {
+                assert!(back.is_disk_full(), "{back}");
+            }
+            if let Error::RepoNotFound { path, .. } = &back {
+                assert_eq!(
+                    path.to_str(),
+                    Some("ssh://h/x"),
+                    "names the client's location"
+                );
+            }
+        }
+        let unknown = WireError {
+            kind: 9999,
+            subject: String::new(),
+            detail: "what".into(),
+            os_code: 0,
+        };
+        assert!(matches!(unknown.into_error("x"), Error::Invalid(_)));
+    }
+
     proptest! {
         #[test]
         fn hostile_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
@@ -511,7 +643,15 @@ mod tests {
             let got = read_frame(&mut f.as_slice()).unwrap().unwrap();
             prop_assert_eq!(&got, &body);
             if let Ok(Request::PutObjects(objs)) = decode::<Request>(&got) {
-                for o in &objs { let _ = check_object(o); }
+                for o in &objs { let _ = check_object(o); let _ = check_store_object(o); }
+            }
+            if let Ok(Response::Failed(e)) = decode::<Response>(&got) {
+                let _ = e.into_error("x").to_string();
+            }
+            if let Ok(Response::ObjectsRead { answers, .. }) = decode::<Response>(&got) {
+                for a in answers {
+                    if let ReadAnswer::Failed(e) = a { let _ = e.into_error("x").to_string(); }
+                }
             }
             let _ = decode::<Response>(&got);
         }

@@ -130,3 +130,173 @@ fn open_or_create<R: Read, W: Write>(
         )),
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::crypto::{KdfParams, KeySlot};
+    use crate::format::Config;
+
+    fn config() -> Config {
+        Config {
+            repo_id: [5; 16],
+            chunk_min: 64,
+            chunk_avg: 256,
+            chunk_max: 1024,
+            piece_size: 64 << 10,
+            pack_max: 256 << 10,
+            created: 0,
+        }
+    }
+
+    /// Serve a whole recorded client session; returns the replies.
+    fn session(dir: &Path, requests: &[Request]) -> (Result<()>, Vec<Response>) {
+        let mut input = Vec::new();
+        for r in requests {
+            proto::write_msg(&mut input, r).unwrap();
+        }
+        let mut out = Vec::new();
+        let result = serve(dir, false, &mut input.as_slice(), &mut out, &mut |_| {});
+        let mut replies = Vec::new();
+        let mut r = out.as_slice();
+        while let Some(body) = proto::read_frame(&mut r).unwrap() {
+            replies.push(proto::decode(&body).unwrap());
+        }
+        (result, replies)
+    }
+
+    #[test]
+    fn old_sync_clients_are_served_as_before() {
+        let dir = tempfile::tempdir().unwrap();
+        let slot = KeySlot {
+            created: 0,
+            host: "h".into(),
+            user: "u".into(),
+            kdf: KdfParams {
+                memory_kib: 8,
+                iterations: 1,
+                parallelism: 1,
+                salt: [1; 16],
+            },
+            nonce: [2; 24],
+            wrapped: vec![3; 48],
+        };
+        for version in [1, 2] {
+            let at = dir.path().join(format!("v{version}"));
+            let hello = Request::Hello {
+                magic: proto::MAGIC,
+                version,
+                repo_id: [5; 16],
+            };
+            let (result, replies) = session(
+                &at,
+                &[
+                    hello.clone(),
+                    Request::Create {
+                        config: config().encode(),
+                        key_slots: vec![postcard::to_stdvec(&slot).unwrap()],
+                    },
+                    Request::Info,
+                    Request::Bye,
+                ],
+            );
+            result.unwrap();
+            let hello_reply = |exists| Response::Hello {
+                version,
+                repo_id: [5; 16],
+                exists,
+                append_only: false,
+            };
+            assert_eq!(
+                replies,
+                vec![
+                    hello_reply(false),
+                    Response::Done,
+                    Response::Info {
+                        snapshots: 0,
+                        objects: 0,
+                        append_only: false
+                    },
+                    Response::Done
+                ]
+            );
+            // The frames are the version-2 encoding: a hello reply is tag 0, then the fields.
+            let mut out = Vec::new();
+            proto::write_msg(&mut out, &hello_reply(true)).unwrap();
+            assert_eq!(out[4], 0);
+            let (result, replies) = session(&at, &[hello, Request::Bye]);
+            result.unwrap();
+            assert_eq!(replies, vec![hello_reply(true), Response::Done]);
+        }
+        // A store request on a sync connection is refused, and the session goes on.
+        let (_, replies) = session(
+            &dir.path().join("v2"),
+            &[
+                Request::Hello {
+                    magic: proto::MAGIC,
+                    version: 2,
+                    repo_id: [5; 16],
+                },
+                Request::Count,
+                Request::Bye,
+            ],
+        );
+        assert!(matches!(&replies[1], Response::Error(m) if m.contains("store request")));
+        assert_eq!(replies[2], Response::Done);
+    }
+
+    #[test]
+    fn the_same_entry_serves_a_store_client() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = |create| Request::OpenStore {
+            magic: proto::MAGIC,
+            version: proto::VERSION,
+            create,
+        };
+        let (result, replies) = session(dir.path(), &[open(None)]);
+        assert!(result.is_err());
+        assert!(matches!(
+            &replies[..],
+            [Response::Failed(e)] if e.clone().into_error("x").to_string().contains("no Cairn repository")
+        ));
+        let (result, replies) = session(
+            dir.path(),
+            &[
+                open(Some(config().encode())),
+                Request::Config,
+                Request::Count,
+            ],
+        );
+        result.unwrap();
+        assert_eq!(
+            replies,
+            vec![
+                Response::StoreOpened {
+                    version: proto::VERSION,
+                    append_only: false
+                },
+                Response::Blob(config().encode()),
+                Response::Number(0)
+            ]
+        );
+        // The repository is an ordinary local one.
+        assert_eq!(
+            crate::store::Store::open(dir.path(), DEFAULT_DB_CACHE)
+                .unwrap()
+                .config()
+                .unwrap(),
+            config()
+        );
+        let (result, replies) = session(
+            dir.path(),
+            &[Request::OpenStore {
+                magic: proto::MAGIC,
+                version: 2,
+                create: None,
+            }],
+        );
+        assert!(result.is_err());
+        assert!(matches!(&replies[..], [Response::Failed(_)]));
+    }
+}
