@@ -130,6 +130,9 @@ pub trait Storage: Send + Sync {
     fn as_any(&self) -> &dyn std::any::Any;
 }
 
+/// What `Reader::read_many` calls with each id and what reading it gave.
+pub type ReadEach<'a> = dyn FnMut(Id, Result<(Kind, Vec<u8>)>) -> Result<()> + 'a;
+
 /// Reads objects by id.
 pub trait Reader: Send + Sync {
     /// What is stored under `id`, if anything.
@@ -145,11 +148,7 @@ pub trait Reader: Send + Sync {
     /// Read many objects, calling `f` once per id with what `read` would give (in the
     /// order asked); a store may fetch them together (the remote store pipelines them). An
     /// error `f` returns ends the reading.
-    fn read_many(
-        &self,
-        ids: &[Id],
-        f: &mut dyn FnMut(Id, Result<(Kind, Vec<u8>)>) -> Result<()>,
-    ) -> Result<()> {
+    fn read_many(&self, ids: &[Id], f: &mut ReadEach<'_>) -> Result<()> {
         for id in ids {
             f(*id, self.read(id))?;
         }
@@ -184,11 +183,7 @@ impl<R: Reader + ?Sized> Reader for Box<R> {
     fn read(&self, id: &Id) -> Result<(Kind, Vec<u8>)> {
         (**self).read(id)
     }
-    fn read_many(
-        &self,
-        ids: &[Id],
-        f: &mut dyn FnMut(Id, Result<(Kind, Vec<u8>)>) -> Result<()>,
-    ) -> Result<()> {
+    fn read_many(&self, ids: &[Id], f: &mut ReadEach<'_>) -> Result<()> {
         (**self).read_many(ids, f)
     }
     fn list(&self, from: &Id, limit: usize) -> Result<Vec<(Id, ObjectInfo)>> {

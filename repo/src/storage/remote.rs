@@ -8,7 +8,7 @@
 //! because the server keeps a writer and the sessions it began per connection and drops them
 //! when it ends. A connection that fails is dropped and the next call opens another.
 
-use super::{checksum, ObjectInfo, Reader, Space, Storage, Writer, WriterOptions};
+use super::{checksum, ObjectInfo, ReadEach, Reader, Space, Storage, Writer, WriterOptions};
 use crate::crypto::Kind;
 use crate::error::{Error, Result};
 use crate::format::Config;
@@ -537,11 +537,7 @@ impl Reader for RemoteReader {
         })
     }
 
-    fn read_many(
-        &self,
-        ids: &[Id],
-        f: &mut dyn FnMut(Id, Result<(Kind, Vec<u8>)>) -> Result<()>,
-    ) -> Result<()> {
+    fn read_many(&self, ids: &[Id], f: &mut ReadEach<'_>) -> Result<()> {
         let loc = &self.0.location;
         // Ids handed to `f` so far: a retry on a new connection (when a pooled one was dead)
         // goes on after them.

@@ -268,7 +268,10 @@ impl<'s> Connection<'s> {
                 Response::Done
             }
             Request::PutObjects(objs) => {
-                let (objects, bytes) = (objs.len() as u64, objs.iter().map(|o| o.sealed.len() as u64).sum());
+                let (objects, bytes) = (
+                    objs.len() as u64,
+                    objs.iter().map(|o| o.sealed.len() as u64).sum(),
+                );
                 self.write(|w| {
                     for o in objs {
                         let kind = proto::check_store_object(&o)?;
@@ -317,9 +320,7 @@ impl<'s> Connection<'s> {
                 })
             }
             Request::OpenStore { .. } | Request::Hello { .. } | Request::Create { .. } => {
-                return Err(proto::protocol_error(
-                    "a hello after the session started",
-                ))
+                return Err(proto::protocol_error("a hello after the session started"))
             }
             Request::ReadMany(_) | Request::Bye => {
                 return Err(proto::protocol_error("unexpected request"))
@@ -347,7 +348,9 @@ impl<'s> Connection<'s> {
             )));
         }
         let Some(w) = self.writer.as_mut() else {
-            return Err(proto::protocol_error("no writer is open on this connection"));
+            return Err(proto::protocol_error(
+                "no writer is open on this connection",
+            ));
         };
         let result = f(w.as_mut());
         if let Err(e) = &result {
@@ -366,15 +369,14 @@ impl<'s> Connection<'s> {
         w: &mut W,
         log: &mut dyn FnMut(&str),
     ) -> Result<()> {
-        let reader = match at_most("a read", ids.len(), proto::MAX_HAVE)
-            .and_then(|_| self.store.reader())
-        {
-            Ok(r) => r,
-            Err(e) => {
-                log(&e.to_string());
-                return proto::write_msg(w, &Response::Failed(WireError::of(&e)));
-            }
-        };
+        let reader =
+            match at_most("a read", ids.len(), proto::MAX_HAVE).and_then(|_| self.store.reader()) {
+                Ok(r) => r,
+                Err(e) => {
+                    log(&e.to_string());
+                    return proto::write_msg(w, &Response::Failed(WireError::of(&e)));
+                }
+            };
         let mut answers = Vec::new();
         let mut bytes = 0;
         for id in ids {
