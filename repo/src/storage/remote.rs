@@ -892,3 +892,92 @@ impl Write for SshIn {
         self.inp.flush()
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn fake_ssh(script: &str) -> SshOptions {
+        SshOptions {
+            command: vec!["sh".into(), "-c".into(), script.into(), "ssh".into()],
+            remote_binary: "cairn".into(),
+        }
+    }
+
+    #[test]
+    fn what_ssh_says_reaches_the_user() {
+        let url = SshUrl::parse("ssh://me@example.invalid:2222/srv/r").unwrap();
+        let c = ssh(
+            &url,
+            &fake_ssh("echo 'ssh: connect to host example.invalid port 2222: Connection refused' >&2; exit 255"),
+        );
+        assert_eq!(c.label(), "ssh://me@example.invalid:2222/srv/r");
+        let e = RemoteStore::open(c).err().unwrap().to_string();
+        assert!(
+            e.contains("Connection refused") && e.contains("exit 255"),
+            "{e}"
+        );
+        let e = RemoteStore::open(ssh(&url, &fake_ssh("exit 127")))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("is cairn installed"), "{e}");
+        // A far side that is not cairn at all (prints garbage, exits 0).
+        let e = RemoteStore::open(ssh(&url, &fake_ssh("cat >/dev/null & printf 'hello\\n'")))
+            .err()
+            .unwrap();
+        assert!(matches!(e, Error::Protocol(_) | Error::Io { .. }), "{e}");
+    }
+
+    /// Through a real `cairn serve` (ssh replaced by `sh -c`):
+    /// `CAIRN_TEST_BINARY=target/debug/cairn cargo test -p cairn-repo -- --ignored real_serve`
+    #[test]
+    #[ignore]
+    fn through_a_real_cairn_serve() {
+        let Ok(bin) = std::env::var("CAIRN_TEST_BINARY") else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let url = SshUrl::parse(&format!("ssh://h{}/r", dir.path().display())).unwrap();
+        let opts = SshOptions {
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                "for a; do last=$a; done; exec sh -c \"$last\"".into(),
+                "ssh".into(),
+            ],
+            remote_binary: bin,
+        };
+        let e = RemoteStore::open(ssh(&url, &opts)).err().unwrap();
+        assert!(matches!(e, Error::RepoNotFound { .. }), "{e}");
+        let config = Config {
+            repo_id: [3; 16],
+            chunk_min: 64,
+            chunk_avg: 256,
+            chunk_max: 1024,
+            piece_size: 1 << 16,
+            pack_max: 1 << 20,
+            created: 0,
+        };
+        let store = RemoteStore::create(ssh(&url, &opts), &config).unwrap();
+        let mut w = store.writer(WriterOptions::default()).unwrap();
+        w.add(Id([1; 32]), Kind::Chunk, b"hello").unwrap();
+        w.commit(&[(Id([2; 32]), b"snap".to_vec())]).unwrap();
+        drop(w);
+        let s = store.begin_session(b"").unwrap();
+        assert_eq!(store.sessions().unwrap().len(), 1);
+        store.end_session(s).unwrap();
+        drop(store);
+        let store = RemoteStore::open(ssh(&url, &opts)).unwrap();
+        assert_eq!(store.config().unwrap(), config);
+        let r = store.reader().unwrap();
+        assert_eq!(
+            r.read(&Id([1; 32])).unwrap(),
+            (Kind::Chunk, b"hello".to_vec())
+        );
+        assert!(matches!(r.read(&Id([9; 32])), Err(Error::Missing(_))));
+        assert_eq!(store.snapshots().unwrap().len(), 1);
+        assert!(store.sessions().unwrap().is_empty());
+    }
+}
