@@ -419,6 +419,14 @@ fn read_one(reader: &dyn super::Reader, id: &Id) -> Result<ReadAnswer> {
         return Ok(ReadAnswer::Missing);
     };
     match reader.read(id) {
+        // Stored locally it may be larger than a frame (a huge tree): say so, and keep the
+        // connection.
+        Ok((_, sealed)) if sealed.len() > proto::MAX_FRAME - (64 << 10) => {
+            Err(Error::Invalid(format!(
+                "object {id} of {} bytes is too large for the remote protocol",
+                sealed.len()
+            )))
+        }
         Ok((kind, sealed)) => Ok(ReadAnswer::Found(WireObject {
             id: *id,
             kind: kind as u8,
