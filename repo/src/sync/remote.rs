@@ -225,7 +225,16 @@ pub fn ssh_argv(url: &SshUrl, opts: &SshOptions) -> Vec<String> {
     if argv.is_empty() {
         argv.push("ssh".into());
     }
-    argv.extend(["-o".into(), "BatchMode=yes".into()]);
+    // No prompts; and a server that goes silent (a dead link, a hung host) ends the
+    // connection within a minute instead of hanging a backup or a mount's reads. Options the
+    // user's ssh command gives first win (ssh keeps the first value of each).
+    for o in [
+        "BatchMode=yes",
+        "ServerAliveInterval=15",
+        "ServerAliveCountMax=4",
+    ] {
+        argv.extend(["-o".into(), o.into()]);
+    }
     if let Some(p) = url.port {
         argv.extend(["-p".into(), p.to_string()]);
     }
@@ -463,11 +472,23 @@ mod tests {
         let u = SshUrl::parse("ssh://me@h:2200/it's here").unwrap();
         let argv = ssh_argv(&u, &SshOptions::default());
         assert_eq!(
-            &argv[..7],
-            ["ssh", "-o", "BatchMode=yes", "-p", "2200", "-l", "me"]
+            &argv[..11],
+            [
+                "ssh",
+                "-o",
+                "BatchMode=yes",
+                "-o",
+                "ServerAliveInterval=15",
+                "-o",
+                "ServerAliveCountMax=4",
+                "-p",
+                "2200",
+                "-l",
+                "me"
+            ]
         );
-        assert_eq!(argv[7], "h");
-        assert_eq!(argv[8], r"'cairn' serve --repo '/it'\''s here'");
+        assert_eq!(argv[11], "h");
+        assert_eq!(argv[12], r"'cairn' serve --repo '/it'\''s here'");
         let u = SshUrl::parse("ssh://h/~/backups/x").unwrap();
         assert_eq!(
             ssh_argv(&u, &SshOptions::default()).last().unwrap(),
