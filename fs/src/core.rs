@@ -7,6 +7,7 @@ use crate::error::{FsError, FsResult};
 use crate::layout::{Layout, SnapView};
 use crate::node::{self, entry_node, Attr, Node, ViewKind, What, ROOT_INO};
 use crate::read::OpenFile;
+use crate::source::Source;
 use cairn_repo::format::{Entry, FileType, Time, Tree};
 use cairn_repo::storage::Reader;
 use cairn_repo::{Id, Repository};
@@ -24,9 +25,6 @@ const IN_ORDER_GAP: u32 = 16;
 /// Subdirectory trees decoded ahead when a directory is listed.
 const SUBTREES_AHEAD: usize = 64;
 
-/// How long a read transaction is reused (see `Inner::with_view`).
-const VIEW_REUSE: Duration = Duration::from_millis(500);
-
 /// Files fetched ahead of the first read in a directory (before it is known to be walked).
 const FIRST_WINDOW: u32 = 4;
 
@@ -35,11 +33,7 @@ const BY_INO: usize = 256;
 
 pub type Logger = Arc<dyn Fn(&str) + Send + Sync>;
 
-/// Puts bytes of a file into the kernel's page cache for an inode at an offset (FUSE
-/// `notify_store`), so a reader finds them there without a round trip: the next small files
-/// of a directory read in order, the next chunks of a file read sequentially. Returns false
-/// if the kernel declined.
-pub type Pusher = Arc<dyn Fn(u64, u64, &[u8]) -> bool + Send + Sync>;
+pub use crate::source::Pusher;
 
 /// Files up to this size are pushed whole to the kernel ahead of an in-order reader; larger
 /// ones only have their first chunk decoded ahead (their reads go through kernel read-ahead).
@@ -108,22 +102,18 @@ pub(crate) struct Inner {
     refreshed: Mutex<Instant>,
     nodes: Mutex<HashMap<u64, Slot>>,
     trees: Loader<Id, Tree>,
-    pub(crate) chunks: Loader<Id, Vec<u8>>,
+    /// Where bytes come from (shared with `read`).
+    pub(crate) source: Arc<Source>,
     pub(crate) files: Mutex<HashMap<u64, Arc<OpenFile>>>,
     /// Files read without an open handle (the kernel skips OPEN when the filesystem declines
     /// it), by inode: the most recently read ones.
     by_ino: Mutex<crate::cache::Lru<u64, Arc<OpenFile>>>,
     pub(crate) next_fh: AtomicU64,
-    pub(crate) pool: Option<crate::pool::Pool>,
     /// Directory inode -> (index of the file read last, siblings fetched ahead up to).
     walks: Mutex<crate::cache::Lru<u64, (u32, u32)>>,
     /// Snapshots skipped at the last refresh (logged when this changes).
     damaged: Mutex<Vec<String>>,
     started: Time,
-    /// The reader `with_view` reuses, and when it was made.
-    view: Mutex<Option<(Instant, Arc<dyn Reader>)>>,
-    /// Set by the FUSE adapter once mounted (see `Pusher`).
-    pusher: std::sync::OnceLock<Pusher>,
     /// What the history view derived from the snapshot list (bounded).
     pub(crate) history: crate::history::Caches,
 }
@@ -135,33 +125,19 @@ pub struct FsCore {
 }
 
 impl Inner {
-    pub(crate) fn pusher(&self) -> Option<&Pusher> {
-        self.pusher.get()
-    }
-
-    /// Run `f` on a reader of the repository's storage. One is reused for up to
-    /// `VIEW_REUSE` (a local repository's reader is a read transaction: two fcntl locks and
-    /// three table opens, per small file otherwise); if `f` fails on a reused one, it runs
-    /// again on a fresh one, so objects committed since (a new snapshot's) are always found.
-    /// Readers share the store's piece cache, so neighbouring small objects cost one read.
     pub(crate) fn with_view<T>(
         &self,
         f: impl Fn(&dyn Reader) -> cairn_repo::Result<T>,
     ) -> FsResult<T> {
-        let reused = {
-            let v = lock(&self.view);
-            v.as_ref()
-                .filter(|(at, _)| at.elapsed() < VIEW_REUSE)
-                .map(|(_, view)| view.clone())
-        };
-        if let Some(view) = reused {
-            if let Ok(t) = f(&*view) {
-                return Ok(t);
-            }
-        }
-        let view: Arc<dyn Reader> = Arc::from(self.repo.reader()?);
-        *lock(&self.view) = Some((Instant::now(), view.clone()));
-        Ok(f(&*view)?)
+        self.source.with_view(f)
+    }
+
+    pub(crate) fn add_file(&self, f: OpenFile) -> u64 {
+        let fh = self
+            .next_fh
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        lock(&self.files).insert(fh, Arc::new(f));
+        fh
     }
 }
 
@@ -171,22 +147,25 @@ impl FsCore {
         let (list, damaged) = crate::layout::load_snapshots(&repo)?;
         let layout = Layout::build(&list);
         let pool = build_pool(opts.prefetch_threads);
+        let source = Source::new(
+            repo.clone(),
+            opts.chunk_cache_bytes,
+            opts.prefetch_chunks,
+            pool,
+        );
         let inner = Inner {
             repo,
+            source: Arc::new(source),
             layout: RwLock::new(Arc::new(layout)),
             refreshed: Mutex::new(Instant::now()),
             nodes: Mutex::new(HashMap::new()),
             trees: Loader::new(opts.tree_cache_bytes),
-            chunks: Loader::new(opts.chunk_cache_bytes),
             files: Mutex::new(HashMap::new()),
             by_ino: Mutex::new(crate::cache::Lru::new(BY_INO)),
             next_fh: AtomicU64::new(1),
-            pool,
             walks: Mutex::new(crate::cache::Lru::new(WALKS)),
             damaged: Mutex::new(Vec::new()),
             started: now(),
-            pusher: std::sync::OnceLock::new(),
-            view: Mutex::new(None),
             history: crate::history::Caches::new(opts.tree_cache_bytes / 4),
             opts,
         };
@@ -202,7 +181,7 @@ impl FsCore {
 
     /// Let directory walks hand the following small files to the kernel ahead of the reader.
     pub fn set_pusher(&self, push: Pusher) {
-        let _ = self.inner.pusher.set(push);
+        self.inner.source.set_pusher(push);
     }
 
     /// The current layout, re-read from the repository when it is older than the refresh
@@ -350,7 +329,7 @@ impl FsCore {
         sink: impl FnOnce(&[u8]) -> R,
     ) -> FsResult<R> {
         let f = self.file_by_ino(ino)?;
-        crate::read::read_with(&self.inner, &f, offset, size as u64, sink)
+        crate::read::read_with(&self.inner.source, &f, offset, size as u64, sink)
     }
 
     /// `read`, handing the bytes to `sink` (without a copy when they lie in one chunk).
@@ -365,7 +344,7 @@ impl FsCore {
             .get(&fh)
             .cloned()
             .ok_or_else(|| FsError::new(libc::EBADF))?;
-        crate::read::read_with(&self.inner, &f, offset, size as u64, sink)
+        crate::read::read_with(&self.inner.source, &f, offset, size as u64, sink)
     }
 
     /// `seek` by inode, without a handle (see `read_ino`).
@@ -413,7 +392,7 @@ impl FsCore {
             .get(&fh)
             .cloned()
             .ok_or_else(|| FsError::new(libc::EBADF))?;
-        crate::read::read(&self.inner, &f, offset, size as u64)
+        crate::read::read(&self.inner.source, &f, offset, size as u64)
     }
 
     /// `lseek` with SEEK_DATA (`data`) or SEEK_HOLE, so `cp` and `tar --sparse` find holes.
@@ -477,7 +456,7 @@ impl FsCore {
 
     /// Bytes of decoded chunks in the cache.
     pub fn chunk_cache_used(&self) -> usize {
-        self.inner.chunks.used()
+        self.inner.source.chunks.used()
     }
 
     /// Bytes (estimated) of decoded directory trees in the cache.
@@ -515,7 +494,7 @@ impl FsCore {
     /// them there without a round trip), larger ones their first chunk.
     fn fetch_files_ahead(&self, dir: Option<&Node>, snap: u64, tree_id: &Id, from: u32, to: u32) {
         let Ok(tree) = self.tree(tree_id) else { return };
-        let push = self.inner.pusher.get().cloned();
+        let push = self.inner.source.pusher().cloned();
         let mut first_chunks = Vec::new();
         for e in tree.entries.iter().take(to as usize).skip(from as usize) {
             let cairn_repo::Content::Inline(xs) = &e.content else {
@@ -527,18 +506,24 @@ impl FsCore {
             match (&push, dir) {
                 (Some(push), Some(dir)) if e.size <= PUSH_MAX => {
                     let ino = node::entry_ino(snap, node::child_key(dir.key, &e.name), e);
-                    crate::read::push_ahead(&self.inner, push.clone(), ino, e.size, xs.clone());
+                    crate::read::push_ahead(
+                        &self.inner.source,
+                        push.clone(),
+                        ino,
+                        e.size,
+                        xs.clone(),
+                    );
                 }
                 _ => first_chunks.extend(xs.first().and_then(|x| x.id)),
             }
         }
-        crate::read::prefetch_ids(&self.inner, first_chunks.into_iter());
+        crate::read::prefetch_ids(&self.inner.source, first_chunks.into_iter());
     }
 
     /// Decode the trees of a listed directory's subdirectories on the pool: whoever lists a
     /// directory (`ls -R`, `find`, `tar`, a file manager) usually enters them next.
     fn prefetch_subtrees(&self, dir: &Node) {
-        if self.inner.pool.is_none() {
+        if self.inner.source.pool.is_none() {
             return;
         }
         let Some((_, tree_id)) = dir.subtree() else {
@@ -553,7 +538,7 @@ impl FsCore {
                 continue;
             }
             let core = self.clone();
-            if let Some(pool) = &self.inner.pool {
+            if let Some(pool) = &self.inner.source.pool {
                 pool.spawn(move || {
                     let _ = core.tree(&id);
                 });

@@ -14,6 +14,7 @@ pub mod layout;
 pub mod node;
 mod pool;
 mod read;
+mod source;
 
 pub use crate::core::{DirItem, FsCore, FsOptions, Logger};
 pub use crate::error::{FsError, FsResult};

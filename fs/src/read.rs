@@ -1,11 +1,10 @@
 //! Reading file content: O(log n) seek through the extent map, chunks from the shared
 //! single-flight cache, and prefetch of the next chunks for sequential readers.
 
-use crate::cache::lock;
-use crate::core::Inner;
 use crate::error::{FsError, FsResult};
+use crate::source::{Pusher, Source};
 use cairn_repo::format::Extent;
-use cairn_repo::reader::{load_chunk, ExtentMap};
+use cairn_repo::reader::ExtentMap;
 use cairn_repo::Id;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -49,24 +48,9 @@ impl OpenFile {
     }
 }
 
-impl Inner {
-    pub(crate) fn add_file(&self, f: OpenFile) -> u64 {
-        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
-        lock(&self.files).insert(fh, Arc::new(f));
-        fh
-    }
-
-    /// A chunk's plaintext, from the cache or the repository.
-    pub(crate) fn chunk(&self, id: &Id) -> FsResult<Arc<Vec<u8>>> {
-        self.chunks.get_or_load(id, Vec::len, || {
-            self.with_view(|view| load_chunk(&self.repo, view, id))
-        })
-    }
-}
-
 /// Read up to `size` bytes at `offset` (short only at end of file).
 pub(crate) fn read(
-    inner: &Arc<Inner>,
+    inner: &Arc<Source>,
     f: &Arc<OpenFile>,
     offset: u64,
     size: u64,
@@ -77,7 +61,7 @@ pub(crate) fn read(
 /// Like `read`, handing the bytes to `sink`: a read inside one chunk (every read of a small
 /// file) is served from the cached chunk without copying it first.
 pub(crate) fn read_with<R>(
-    inner: &Arc<Inner>,
+    inner: &Arc<Source>,
     f: &Arc<OpenFile>,
     offset: u64,
     size: u64,
@@ -155,7 +139,7 @@ pub(crate) fn seek_data_or_hole(f: &OpenFile, offset: u64, data: bool) -> FsResu
     }
 }
 
-fn append(inner: &Inner, out: &mut Vec<u8>, x: Extent, within: u64, n: u64) -> FsResult<()> {
+fn append(inner: &Source, out: &mut Vec<u8>, x: Extent, within: u64, n: u64) -> FsResult<()> {
     let Some(id) = x.id else {
         out.resize(out.len() + n as usize, 0);
         return Ok(());
@@ -169,7 +153,7 @@ fn append(inner: &Inner, out: &mut Vec<u8>, x: Extent, within: u64, n: u64) -> F
 }
 
 /// A chunk that must hold `len` bytes.
-fn checked_chunk(inner: &Inner, id: &Id, len: u64) -> FsResult<Arc<Vec<u8>>> {
+fn checked_chunk(inner: &Source, id: &Id, len: u64) -> FsResult<Arc<Vec<u8>>> {
     let data = inner.chunk(id)?;
     if data.len() as u64 != len {
         return Err(FsError::eio(format!(
@@ -183,9 +167,9 @@ fn checked_chunk(inner: &Inner, id: &Id, len: u64) -> FsResult<Arc<Vec<u8>>> {
 /// Hand the chunks after extent `i` (up to the configured count) to the prefetch pool; with
 /// a pusher, each decoded chunk then goes to the kernel's page cache, so the sequential
 /// reader finds it there instead of asking for it 128 KiB at a time.
-fn prefetch(inner: &Arc<Inner>, f: &Arc<OpenFile>, i: usize) {
+fn prefetch(inner: &Arc<Source>, f: &Arc<OpenFile>, i: usize) {
     let Some(pool) = &inner.pool else { return };
-    let want = inner.opts.prefetch_chunks;
+    let want = inner.prefetch_chunks;
     let from = (i + 1).max(f.prefetched.load(Ordering::Relaxed));
     let to = (i + 1 + want).min(f.map.extents().len());
     if from >= to {
@@ -211,7 +195,7 @@ fn prefetch(inner: &Arc<Inner>, f: &Arc<OpenFile>, i: usize) {
 /// Hand extent `i` of `f` (its decoded bytes) to the kernel's page cache, once: the whole
 /// pages it covers (the last page of the file too); the pages it shares with its neighbours
 /// are left to normal reads, since a partly written page cannot be marked valid.
-fn push_chunk(inner: &Inner, f: &OpenFile, i: usize, data: &[u8]) {
+fn push_chunk(inner: &Source, f: &OpenFile, i: usize, data: &[u8]) {
     let (Some(push), Some(done)) = (inner.pusher(), f.pushed.get(i)) else {
         return;
     };
@@ -238,13 +222,7 @@ fn push_chunk(inner: &Inner, f: &OpenFile, i: usize, data: &[u8]) {
 
 /// On the prefetch pool: decode a small file whole and hand it to the kernel's page cache
 /// for inode `ino` (a failure is not reported: a reader that needs the file will be).
-pub(crate) fn push_ahead(
-    inner: &Arc<Inner>,
-    push: crate::core::Pusher,
-    ino: u64,
-    size: u64,
-    xs: Vec<Extent>,
-) {
+pub(crate) fn push_ahead(inner: &Arc<Source>, push: Pusher, ino: u64, size: u64, xs: Vec<Extent>) {
     let Some(pool) = &inner.pool else { return };
     let inner = inner.clone();
     pool.spawn(move || {
@@ -271,7 +249,7 @@ pub(crate) fn push_ahead(
 }
 
 /// Decode these chunks into the cache on the prefetch pool (those not cached or loading).
-pub(crate) fn prefetch_ids(inner: &Arc<Inner>, ids: impl Iterator<Item = Id>) {
+pub(crate) fn prefetch_ids(inner: &Arc<Source>, ids: impl Iterator<Item = Id>) {
     let Some(pool) = &inner.pool else { return };
     for id in ids {
         if inner.chunks.present(&id) {
