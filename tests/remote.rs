@@ -338,3 +338,63 @@ fn a_key_forced_to_an_append_only_repository_cannot_delete_history() {
     assert_eq!(snapshot_count(&s, &url), 2, "history is intact");
     assert!(!s.root.join("someone-else").exists());
 }
+
+#[test]
+fn a_server_killed_mid_backup_is_a_clear_error_and_loses_nothing() {
+    let s = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..40 {
+        std::fs::write(
+            src.join(format!("f{i}")),
+            cairn_repo::testkit::noise(300 + i, 2_000_000),
+        )
+        .unwrap();
+    }
+    let url = s.url("acme");
+    ok(s.cairn(&url).arg("init"), 0);
+    ok(s.cairn(&url).arg("backup").arg(src.join("f0")), 0);
+    let child = s
+        .cairn(&url)
+        .args(["backup", "--quiet"])
+        .arg(&src)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill every `cairn serve` of this repository once the backup is sending.
+    let db = s.root.join("acme/cairn.redb");
+    let start = Instant::now();
+    let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+    let first = size(&db);
+    while size(&db) <= first + (8 << 20) && start.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pattern = format!("serve --repo {}", s.root.join("acme").display());
+    let _ = Command::new("pkill").args(["-9", "-f", &pattern]).status();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    if out.status.success() {
+        // The backup finished before the kill reached the server: nothing to see.
+        return;
+    }
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains(&url) && stderr.contains("run it again"),
+        "says what happened: {stderr}"
+    );
+    assert_eq!(snapshot_count(&s, &url), 1, "no partial snapshot");
+    ok(s.cairn(&url).args(["check", "--read-data"]), 0);
+    ok(s.cairn(&url).arg("backup").arg(&src), 0);
+    assert_eq!(snapshot_count(&s, &url), 2);
+    let out = work.path().join("out");
+    ok(
+        s.cairn(&url)
+            .args(["restore", "latest", "--target"])
+            .arg(&out),
+        0,
+    );
+    assert_same_tree(&src, &out.join(src.strip_prefix("/").unwrap()));
+}

@@ -156,7 +156,16 @@ impl Conn {
 /// A transport error, naming the server.
 fn talking(loc: &str, e: Error) -> Error {
     match e {
-        Error::Io { source, .. } => Error::io(format!("talking to {loc}"), source),
+        Error::Io { source, .. } => {
+            use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
+            let what = match source.kind() {
+                BrokenPipe | ConnectionReset | UnexpectedEof => format!(
+                    "the connection to {loc} was lost (the server or the network went away; nothing half-written is visible there, run it again)"
+                ),
+                _ => format!("talking to {loc}"),
+            };
+            Error::io(what, source)
+        }
         Error::Protocol(m) => Error::Protocol(format!("{m} (from {loc})")),
         other => other,
     }
