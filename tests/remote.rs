@@ -181,6 +181,19 @@ fn bad_urls_missing_repositories_and_unreachable_servers_are_clear_errors() {
         let r = run(cairn(Path::new(url)).arg("init").current_dir(work.path()));
         assert_eq!(r.code, code, "{url}: {}", r.stderr);
     }
+    // A key the server does not know: ssh's own words reach the user.
+    let stranger = s.sshd.dir.join("stranger_key");
+    keygen(&stranger);
+    let config = std::fs::read_to_string(s.sshd.dir.join("ssh_config"))
+        .unwrap()
+        .replace("user_key", "stranger_key");
+    std::fs::write(s.sshd.dir.join("stranger_config"), config).unwrap();
+    let r = run(s.cairn(&s.url("acme")).arg("snapshots").env(
+        "CAIRN_SSH_COMMAND",
+        format!("ssh -F {}", s.sshd.dir.join("stranger_config").display()),
+    ));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("Permission denied"), "{}", r.stderr);
     let dead = format!("ssh://127.0.0.1:{}/srv/x", free_port());
     let r = run(s.cairn(&dead).arg("init").current_dir(work.path()));
     assert_eq!(r.code, 1, "{}", r.stderr);
