@@ -787,3 +787,91 @@ fn read_loop_figure() {
         direct.as_secs_f64()
     );
 }
+
+/// A server that opens properly, then answers every request with `bytes` (the same stream on
+/// every connection): whatever they are, the client gets errors or values, never a panic or
+/// a hang (the stream ends).
+struct Garbage(Vec<u8>);
+
+impl Connector for Garbage {
+    fn connect(&self) -> cairn_repo::Result<(Box<dyn Read + Send>, Box<dyn Write + Send>)> {
+        let mut stream = Vec::new();
+        for r in [
+            Response::StoreOpened {
+                version: proto::VERSION,
+                append_only: false,
+            },
+            Response::Blob(config().encode()),
+        ] {
+            proto::write_msg(&mut stream, &r).unwrap();
+        }
+        stream.extend_from_slice(&self.0);
+        Ok((
+            Box::new(std::io::Cursor::new(stream)),
+            Box::new(std::io::sink()),
+        ))
+    }
+
+    fn label(&self) -> String {
+        "garbage".into()
+    }
+}
+
+/// Everything a client asks, against one hostile byte stream.
+fn exercise(bytes: Vec<u8>) {
+    let Ok(store) = RemoteStore::open(Box::new(Garbage(bytes))) else {
+        return;
+    };
+    let _ = store.key_slots();
+    let _ = store.snapshots();
+    let _ = store.sessions();
+    let _ = store.state("check.last");
+    let _ = store.space();
+    if let Ok(r) = store.reader() {
+        let _ = r.contains(&[id(1), id(2)]);
+        let _ = r.read(&id(1));
+        let _ = r.info(&id(1));
+        let _ = r.read_many(&[id(1), id(2)], &mut |_, _| Ok(()));
+        let _ = r.list(&Id::default(), 100);
+        let _ = r.count();
+    }
+    if let Ok(mut w) = store.writer(small()) {
+        let _ = w.add(id(1), Kind::Chunk, b"abc");
+        let _ = w.commit(&[(id(9), b"s".to_vec())]);
+    }
+    let _ = store.collect_garbage(
+        &mut Fixed(vec![]),
+        &cairn_repo::storage::PruneOptions {
+            wait: std::time::Duration::ZERO,
+            ..Default::default()
+        },
+        &|_| {},
+    );
+}
+
+#[test]
+fn a_server_sending_random_bytes_gets_errors_not_crashes() {
+    for seed in 0..300u64 {
+        let len = (seed as usize * 37) % 4096;
+        let mut bytes = noise(seed, len);
+        // Half of them as frames with a plausible length, so decoding is reached.
+        if seed % 2 == 0 && len > 4 {
+            let body = (len as u32 - 4).to_le_bytes();
+            bytes[..4].copy_from_slice(&body);
+        }
+        exercise(bytes);
+    }
+    // Valid replies of the wrong kinds, in a row.
+    let mut stream = Vec::new();
+    for r in [
+        Response::MarkRequest(vec![id(1)]),
+        Response::Notice("x".into()),
+        Response::Number(3),
+        Response::Have(vec![true]),
+        Response::State(None),
+        Response::Done,
+    ] {
+        proto::write_msg(&mut stream, &r).unwrap();
+    }
+    exercise(stream);
+}
