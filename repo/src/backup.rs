@@ -157,14 +157,44 @@ enum Msg {
 struct FreshView<'r> {
     repo: &'r Repository,
     current: Mutex<(Arc<dyn Reader>, Instant)>,
+    /// A remote store's ids, listed once when the first chunk is looked up (a round trip
+    /// per chunk otherwise; a backup that finds nothing new never lists). An object stored
+    /// since by another writer is sent again: the store keeps its first copy.
+    stored: std::sync::OnceLock<Option<HashSet<Id>>>,
+    remote: bool,
 }
+
+/// Most ids a backup to a remote store lists up front (about 48 bytes of memory each); past
+/// that it asks per chunk.
+const LIST_IDS_MAX: u64 = 2_000_000;
 
 impl<'r> FreshView<'r> {
     fn new(repo: &'r Repository) -> Result<Self> {
         Ok(FreshView {
             repo,
             current: Mutex::new((Arc::from(repo.reader()?), Instant::now())),
+            stored: std::sync::OnceLock::new(),
+            remote: repo.storage().capabilities().remote,
         })
+    }
+
+    /// Whether the repository holds `id` (as of the last refresh, or of the listing).
+    fn has(&self, id: &Id) -> Result<bool> {
+        if !self.remote {
+            return self.get()?.has(id);
+        }
+        if self.stored.get().is_none() {
+            let reader = self.get()?;
+            let listed = match reader.count()? <= LIST_IDS_MAX {
+                true => Some(all_ids(&*reader)?),
+                false => None,
+            };
+            let _ = self.stored.set(listed);
+        }
+        match self.stored.get() {
+            Some(Some(ids)) => Ok(ids.contains(id)),
+            _ => self.get()?.has(id),
+        }
     }
 
     fn get(&self) -> Result<Arc<dyn Reader>> {
@@ -173,6 +203,25 @@ impl<'r> FreshView<'r> {
             *cur = (Arc::from(self.repo.reader()?), Instant::now());
         }
         Ok(cur.0.clone())
+    }
+}
+
+/// Every id a reader holds, listed a page at a time.
+fn all_ids(reader: &dyn Reader) -> Result<HashSet<Id>> {
+    const PAGE: usize = 64 * 1024;
+    let mut ids = HashSet::new();
+    let mut from = Id::default();
+    loop {
+        let page = reader.list(&from, PAGE)?;
+        let Some((last, _)) = page.last().copied() else {
+            return Ok(ids);
+        };
+        let full = page.len() == PAGE;
+        ids.extend(page.into_iter().map(|(id, _)| id));
+        match (full, last.next()) {
+            (true, Some(next)) => from = next,
+            _ => return Ok(ids),
+        }
     }
 }
 
@@ -224,7 +273,7 @@ impl<'r> Ctx<'r> {
         {
             return Ok(id);
         }
-        let stored = self.view.get()?.has(&id)?;
+        let stored = self.view.has(&id)?;
         // Claim the id; a worker that lost the race leaves the object to the winner.
         if !self
             .known

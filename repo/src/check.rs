@@ -202,17 +202,9 @@ fn list_from(view: &dyn Reader, from: &Id, want: usize) -> Result<Vec<(Id, Objec
     Ok(out)
 }
 
+/// The id after `id`, wrapping to the first.
 fn next_id(id: &Id) -> Id {
-    let mut b = id.0;
-    for i in (0..32).rev() {
-        if b[i] == 0xff {
-            b[i] = 0;
-        } else {
-            b[i] += 1;
-            return Id(b);
-        }
-    }
-    Id::default()
+    id.next().unwrap_or_default()
 }
 
 fn verify_object(

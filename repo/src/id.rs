@@ -7,6 +7,21 @@ use std::fmt;
 pub struct Id(pub [u8; 32]);
 
 impl Id {
+    /// The id right after this one in order (`None` after the last possible id): where a
+    /// listing that ended here goes on.
+    pub fn next(&self) -> Option<Id> {
+        let mut b = self.0;
+        for i in (0..32).rev() {
+            if b[i] == 0xff {
+                b[i] = 0;
+            } else {
+                b[i] += 1;
+                return Some(Id(b));
+            }
+        }
+        None
+    }
+
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }

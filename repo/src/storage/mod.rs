@@ -111,6 +111,16 @@ impl Space {
     }
 }
 
+/// What a store is like, for callers that adapt to it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Every request is a round trip to another machine: callers batch, or cache what they
+    /// can (a backup lists the stored ids once instead of asking per chunk).
+    pub remote: bool,
+    /// Deletions are refused (`cairn serve --append-only`).
+    pub append_only: bool,
+}
+
 /// How a writer batches its work.
 #[derive(Clone, Copy, Debug)]
 pub struct WriterOptions {
@@ -176,6 +186,10 @@ pub trait Storage: Send + Sync {
         opts: &PruneOptions,
         notify: &dyn Fn(&str),
     ) -> Result<PruneReport>;
+    /// What this store is like (see `Capabilities`).
+    fn capabilities(&self) -> Capabilities {
+        Capabilities::default()
+    }
     /// Sizes for the space report (objects, sealed bytes, what the store occupies).
     fn space(&self) -> Result<Space>;
     /// The store itself, for the commands that still need the local redb store's wider API

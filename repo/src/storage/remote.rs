@@ -9,8 +9,8 @@
 //! when it ends. A connection that fails is dropped and the next call opens another.
 
 use super::{
-    checksum, Mark, ObjectInfo, PruneOptions, PruneReport, ReadEach, Reader, Space, Storage,
-    Writer, WriterOptions,
+    checksum, Capabilities, Mark, ObjectInfo, PruneOptions, PruneReport, ReadEach, Reader, Space,
+    Storage, Writer, WriterOptions,
 };
 use crate::crypto::Kind;
 use crate::error::{Error, Result};
@@ -505,6 +505,13 @@ impl Storage for RemoteStore {
                 Response::Collected(report) => return Ok(report.report()),
                 other => return Err(conn.unexpected(&other)),
             }
+        }
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            remote: true,
+            append_only: self.append_only,
         }
     }
 
