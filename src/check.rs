@@ -130,10 +130,7 @@ impl Replica {
     }
 }
 
-fn open_pair(
-    g: &Global,
-    arg: &std::path::Path,
-) -> Result<(Repository, Option<Replica>), Failure> {
+fn open_pair(g: &Global, arg: &std::path::Path) -> Result<(Repository, Option<Replica>), Failure> {
     let path = g.repo_path("check --repair-from")?;
     let replica = match cairn_repo::store::Store::open(&path, 1 << 20) {
         Ok(store) => replica_arg(&store, arg)?,

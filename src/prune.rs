@@ -2,7 +2,7 @@
 //! "Garbage collection"). Also run by `cairn forget --prune`.
 
 use crate::{output, CmdResult, Failure, Global};
-use cairn_repo::prune::{execute, plan, PackAction, PlanSummary, PruneOptions, PruneReport};
+use cairn_repo::prune::{plan, KeyMarker, PackAction, PlanSummary, PruneOptions, PruneReport};
 use cairn_repo::Repository;
 use std::time::Duration;
 
@@ -46,27 +46,49 @@ pub fn prune_with(
         wait: Duration::from_secs(a.wait),
         ..Default::default()
     };
-    let planned = plan(&repo, &opts)?;
-    let summary = planned.summary();
-    if a.dry_run {
-        print_plan(g, &planned, &summary);
+    let local = repo.local("prune").is_ok();
+    if a.compact && !local {
+        return Err(Failure::usage(
+            "--compact works where the repository is: run `cairn prune --compact --repo PATH` on the server",
+        ));
+    }
+    if a.dry_run && local {
+        let planned = plan(&repo, &opts)?;
+        print_plan(g, Some(&planned), &planned.summary());
         return Ok(0);
     }
-    let report = execute(&repo, planned, &opts, &|msg| output::info(g, msg))?;
-    let dir = repo.local("prune")?.dir().to_path_buf();
-    drop(repo);
-    let compacted = if a.compact {
-        output::info(
-            g,
-            "compacting the repository file (needs exclusive access)…",
-        );
-        Some(cairn_repo::store_maint::compact(&dir)?)
-    } else {
-        None
+    // The store collects; this side (which holds the key) says what snapshots reference.
+    let opts = PruneOptions {
+        dry_run: a.dry_run,
+        ..opts
     };
-    let file_bytes = std::fs::metadata(dir.join(cairn_repo::store::DB_FILE))
-        .map(|m| m.len())
-        .unwrap_or(0);
+    let mut marker = KeyMarker::new(&repo)?;
+    let report = repo
+        .storage()
+        .collect_garbage(&mut marker, &opts, &|msg| output::info(g, msg))?;
+    drop(marker);
+    if a.dry_run {
+        print_plan(g, None, &report.plan);
+        return Ok(0);
+    }
+    let dir = repo
+        .local("prune --compact")
+        .ok()
+        .map(|s| s.dir().to_path_buf());
+    drop(repo);
+    let compacted = match (&dir, a.compact) {
+        (Some(dir), true) => {
+            output::info(
+                g,
+                "compacting the repository file (needs exclusive access)…",
+            );
+            Some(cairn_repo::store_maint::compact(dir)?)
+        }
+        _ => None,
+    };
+    let file_bytes = dir
+        .and_then(|d| std::fs::metadata(d.join(cairn_repo::store::DB_FILE)).ok())
+        .map(|m| m.len());
     print_report(g, &report, file_bytes, compacted, forget);
     Ok(0)
 }
@@ -79,11 +101,12 @@ fn plan_json(s: &PlanSummary) -> serde_json::Value {
     })
 }
 
-fn print_plan(g: &Global, plan: &cairn_repo::prune::PrunePlan, s: &PlanSummary) {
+/// The plan; per-pack detail when the repository's own files were planned here.
+fn print_plan(g: &Global, plan: Option<&cairn_repo::prune::PrunePlan>, s: &PlanSummary) {
     if g.json {
         let packs: Vec<serde_json::Value> = plan
-            .packs
-            .iter()
+            .into_iter()
+            .flat_map(|p| p.packs.iter())
             .filter(|(_, p)| p.action != PackAction::Keep)
             .map(|(n, p)| serde_json::json!({
                 "pack": n, "bytes": p.row.0, "live_bytes": p.live_bytes(), "live_objects": p.live.len(),
@@ -112,7 +135,7 @@ fn print_plan(g: &Global, plan: &cairn_repo::prune::PrunePlan, s: &PlanSummary) 
 fn print_report(
     g: &Global,
     r: &PruneReport,
-    file_bytes: u64,
+    file_bytes: Option<u64>,
     compacted: Option<bool>,
     forget: Option<serde_json::Value>,
 ) {
@@ -172,16 +195,17 @@ fn print_report(
             r.damaged_skipped
         ));
     }
-    match compacted {
-        Some(_) => output::info(
+    match (compacted, file_bytes) {
+        (_, None) => {}
+        (Some(_), Some(b)) => output::info(
             g,
-            &format!("repository file compacted to {}", output::bytes(file_bytes)),
+            &format!("repository file compacted to {}", output::bytes(b)),
         ),
-        None => output::info(
+        (None, Some(b)) => output::info(
             g,
             &format!(
                 "repository file: {} (freed pages are reused; --compact shrinks it)",
-                output::bytes(file_bytes)
+                output::bytes(b)
             ),
         ),
     }

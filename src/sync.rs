@@ -3,10 +3,10 @@
 //! Exit 0 when every target is in sync, 3 when some failed, 1 when none was.
 
 use crate::{output, CmdResult, Failure, Global, EXIT_FATAL, EXIT_INCOMPLETE, EXIT_LOCKED};
+use cairn_repo::storage::Url;
 use cairn_repo::sync::{
     self, LocalTarget, SshOptions, SshTarget, SyncOptions, SyncProgress, SyncReport,
 };
-use cairn_repo::storage::Url;
 use cairn_repo::{Error, Repository};
 use std::path::Path;
 use std::sync::atomic::Ordering;

@@ -2,8 +2,8 @@
 //! needed: the names and URLs are not secret.
 
 use crate::{output, CmdResult, Failure, Global};
-use cairn_repo::store::Store;
 use cairn_repo::storage::Url as TargetUrl;
+use cairn_repo::store::Store;
 
 #[derive(clap::Subcommand)]
 pub enum Command {

@@ -408,8 +408,12 @@ fn history_figures_over_a_thousand_snapshots() {
             })
             .collect();
         let cfg = repo.config().clone();
-        let mut packer =
-            cairn_repo::packer::Packer::new(repo.local("test").unwrap(), cfg.piece_size, cfg.pack_max, 1 << 20);
+        let mut packer = cairn_repo::packer::Packer::new(
+            repo.local("test").unwrap(),
+            cfg.piece_size,
+            cfg.pack_max,
+            1 << 20,
+        );
         packer.commit(true, &sealed).unwrap();
         drop(packer);
         let ids: Vec<_> = real.iter().map(|r| r.id).collect();
@@ -537,8 +541,13 @@ fn damaged_chunk_reads_eio_and_is_logged() {
         .unwrap();
     let id = repo.extents(&view, &entry.content).unwrap()[0].id.unwrap();
     drop(view);
-    cairn_repo::store::damage_object_for_tests(repo.local("test").unwrap(), &id, repo.config().piece_size, 10)
-        .unwrap();
+    cairn_repo::store::damage_object_for_tests(
+        repo.local("test").unwrap(),
+        &id,
+        repo.config().piece_size,
+        10,
+    )
+    .unwrap();
     drop(repo);
     let m = Mount::start(&s.repo, &s.tmp.path().join("mnt"), &[]);
     let err = std::fs::read(inside(&m, &s.src).join("d/big.bin")).unwrap_err();

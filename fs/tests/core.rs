@@ -1077,8 +1077,12 @@ fn history_over_a_thousand_identical_snapshots_costs_one_snapshots_trees() {
         })
         .collect();
     let cfg = repo.config().clone();
-    let mut packer =
-        cairn_repo::packer::Packer::new(repo.local("test").unwrap(), cfg.piece_size, cfg.pack_max, 1 << 20);
+    let mut packer = cairn_repo::packer::Packer::new(
+        repo.local("test").unwrap(),
+        cfg.piece_size,
+        cfg.pack_max,
+        1 << 20,
+    );
     packer.commit(true, &sealed).unwrap();
     drop(packer);
     let one = FsCore::new(repo.clone(), FsOptions::default()).unwrap();
@@ -1116,7 +1120,8 @@ fn a_history_version_open_when_its_snapshot_is_forgotten_reads_until_closed() {
     let fh = c.open(v.ino).unwrap();
     let snaps = h.repo.snapshots().unwrap();
     h.repo
-        .local("test").unwrap()
+        .local("test")
+        .unwrap()
         .remove_snapshots(&[snaps[0].id, snaps[1].id])
         .unwrap();
     c.refresh().unwrap();

@@ -10,9 +10,9 @@ use crate::format::{
 };
 use crate::fsmeta::{entry_from_stat, proc_path, read_xattrs, Names};
 use crate::id::Id;
-use crate::storage::{Writer, WriterOptions};
 use crate::repo::Repository;
 use crate::storage::Reader;
+use crate::storage::{Writer, WriterOptions};
 use crate::util::{display_path as display, join_path as join};
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use rayon::prelude::*;
@@ -106,7 +106,7 @@ impl Excludes {
         for p in patterns {
             let p = p.trim_end_matches('/');
             if p.is_empty() {
-                return Err(Error::Invalid(
+                return Err(Error::Usage(
                     "an empty exclude pattern (or `/`) would exclude everything; give a glob such as `*.tmp`".into(),
                 ));
             }
@@ -118,13 +118,13 @@ impl Excludes {
             let glob = globset::GlobBuilder::new(&pat)
                 .literal_separator(true)
                 .build()
-                .map_err(|e| Error::Invalid(format!("bad exclude pattern `{p}`: {e}")))?;
+                .map_err(|e| Error::Usage(format!("bad exclude pattern `{p}`: {e}")))?;
             b.add(glob);
             // A pattern for a directory also excludes everything inside it.
-            b.add(Glob::new(&format!("{pat}/**")).map_err(|e| Error::Invalid(e.to_string()))?);
+            b.add(Glob::new(&format!("{pat}/**")).map_err(|e| Error::Usage(e.to_string()))?);
         }
         Ok(Excludes {
-            set: b.build().map_err(|e| Error::Invalid(e.to_string()))?,
+            set: b.build().map_err(|e| Error::Usage(e.to_string()))?,
             caches,
             one_fs,
         })
@@ -247,7 +247,7 @@ impl<'r> Ctx<'r> {
             .fetch_add(plain.len() as u64, Relaxed);
         if self.tx.send(Msg::Object(id, kind, sealed)).is_err() {
             self.failed.store(true, Relaxed);
-            return Err(Error::Invalid("the repository writer stopped".into()));
+            return Err(Error::Internal("the repository writer stopped".into()));
         }
         Ok(id)
     }
@@ -263,7 +263,7 @@ impl<'r> Ctx<'r> {
 
     fn check_failed(&self) -> Result<()> {
         if self.failed.load(Relaxed) {
-            return Err(Error::Invalid("the repository writer stopped".into()));
+            return Err(Error::Internal("the repository writer stopped".into()));
         }
         if self.progress.cancel.load(Relaxed) {
             return Err(Error::Interrupted);
@@ -879,7 +879,7 @@ pub fn backup(
 ) -> Result<BackupReport> {
     let started = std::time::Instant::now();
     if opts.paths.is_empty() {
-        return Err(Error::Invalid(
+        return Err(Error::Usage(
             "nothing to back up: give at least one path".into(),
         ));
     }
@@ -894,7 +894,7 @@ pub fn backup(
         sources.push(abs);
     }
     if sources.is_empty() {
-        return Err(Error::Invalid(
+        return Err(Error::NotFound(
             "none of the given paths exists; nothing backed up".into(),
         ));
     }
@@ -914,7 +914,7 @@ pub fn backup(
                 .0
                 .into_iter()
                 .find(|s| s.id == id)
-                .ok_or_else(|| Error::Invalid(format!("no parent snapshot {id}")))?;
+                .ok_or_else(|| Error::NotFound(format!("no parent snapshot {id}")))?;
             Some((s.id, s.snapshot))
         }
         None => find_parent(repo, &host, &paths)?,
@@ -981,7 +981,7 @@ fn run(
         };
         let written = writer
             .join()
-            .unwrap_or_else(|_| Err(Error::Invalid("the repository writer panicked".into())));
+            .unwrap_or_else(|_| Err(Error::Internal("the repository writer panicked".into())));
         (walked, written)
     });
     let (mut writer, bytes_written) = written?;

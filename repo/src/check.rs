@@ -158,7 +158,7 @@ fn select_objects(
         return list_from(view, &Id::default(), usize::MAX);
     };
     if !(pct > 0.0 && pct <= 100.0) {
-        return Err(Error::Invalid(
+        return Err(Error::Usage(
             "--read-data-subset takes a percentage between 0 and 100".into(),
         ));
     }

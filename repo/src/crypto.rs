@@ -101,11 +101,11 @@ impl MasterKeys {
         let tag = self
             .cipher()
             .encrypt_inout_detached(
-                &XNonce::try_from(&nonce[..]).map_err(|_| Error::Invalid("nonce".into()))?,
+                &XNonce::try_from(&nonce[..]).map_err(|_| Error::Crypto("nonce".into()))?,
                 &aad(kind, id),
                 (&mut out[body..]).into(),
             )
-            .map_err(|_| Error::Invalid("object too large to encrypt".into()))?;
+            .map_err(|_| Error::Crypto("object too large to encrypt".into()))?;
         out.extend_from_slice(&tag);
         Ok(out)
     }
@@ -288,7 +288,7 @@ impl KdfParams {
         let mut key = Zeroizing::new([0u8; 32]);
         argon
             .hash_password_into(password, &self.salt, key.as_mut())
-            .map_err(|e| Error::Invalid(format!("key derivation failed: {e}")))?;
+            .map_err(|e| Error::Crypto(format!("key derivation failed: {e}")))?;
         Ok(key)
     }
 }
@@ -324,15 +324,15 @@ impl KeySlot {
         let mut nonce = [0u8; 24];
         rand::rng().fill_bytes(&mut nonce);
         let mut plain =
-            Zeroizing::new(postcard::to_stdvec(keys).map_err(|e| Error::Invalid(e.to_string()))?);
+            Zeroizing::new(postcard::to_stdvec(keys).map_err(|e| Error::Internal(e.to_string()))?);
         let cipher = XChaCha20Poly1305::new(&chacha20poly1305::Key::from(*kek));
         let tag = cipher
             .encrypt_inout_detached(
-                &XNonce::try_from(&nonce[..]).map_err(|_| Error::Invalid("nonce".into()))?,
+                &XNonce::try_from(&nonce[..]).map_err(|_| Error::Crypto("nonce".into()))?,
                 &slot_aad(repo_id),
                 plain.as_mut_slice().into(),
             )
-            .map_err(|_| Error::Invalid("key wrapping failed".into()))?;
+            .map_err(|_| Error::Crypto("key wrapping failed".into()))?;
         let mut wrapped = plain.to_vec();
         wrapped.extend_from_slice(&tag);
         Ok(KeySlot {

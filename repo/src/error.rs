@@ -49,6 +49,15 @@ pub enum Error {
     /// The command was asked something it cannot do as given: a bad option value or URL.
     #[error("{0}")]
     Usage(String),
+    /// What the command names does not exist: a snapshot, key slot, target or path.
+    #[error("{0}")]
+    NotFound(String),
+    /// Encryption or key derivation failed (not a wrong password: that is `WrongPassword`).
+    #[error("cryptography failed: {0}")]
+    Crypto(String),
+    /// A bug or a broken invariant inside cairn (a worker thread died, encoding failed).
+    #[error("internal error: {0}")]
+    Internal(String),
     /// A request the repository refuses by rule: a deletion on an append-only server, or an
     /// attempt to replace a stored snapshot, object or key slot with other bytes.
     #[error("refused: {0}")]

@@ -57,7 +57,7 @@ pub struct Span {
 
 impl Span {
     pub fn parse(s: &str) -> Result<Span> {
-        let bad = || Error::Invalid(format!("`{s}` is not a duration like 7d, 2w, 1y2m or 36h"));
+        let bad = || Error::Usage(format!("`{s}` is not a duration like 7d, 2w, 1y2m or 36h"));
         let mut span = Span::default();
         let mut num = String::new();
         for c in s.trim().chars() {
@@ -147,7 +147,7 @@ impl GroupBy {
                 "paths" => g.paths = true,
                 "none" | "" => {}
                 other => {
-                    return Err(Error::Invalid(format!(
+                    return Err(Error::Usage(format!(
                         "cannot group by `{other}`: use host,paths | host | paths | none"
                     )))
                 }
@@ -237,7 +237,7 @@ pub fn apply(
     offset: &dyn Fn(i64) -> i64,
 ) -> Result<Vec<Group>> {
     if policy.is_empty() {
-        return Err(Error::Invalid(
+        return Err(Error::Usage(
             "no retention rule given: refusing to forget every snapshot (give --keep-last, --keep-daily, … or --keep-within)".into(),
         ));
     }

@@ -16,7 +16,8 @@ use crate::format::Content;
 use crate::id::Id;
 use crate::packer::Packer;
 use crate::repo::Repository;
-use crate::store::{checksum, Location, View};
+use crate::storage::Reader;
+use crate::store::{checksum, Location, Store, View};
 use crate::store_maint::{PackCandidate, Sweep, SweepInput};
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
@@ -31,6 +32,8 @@ pub struct PruneOptions {
     pub wait: Duration,
     /// How often to look again while waiting.
     pub poll: Duration,
+    /// Only plan: `collect` returns the plan's summary and changes nothing.
+    pub dry_run: bool,
 }
 
 impl Default for PruneOptions {
@@ -39,6 +42,7 @@ impl Default for PruneOptions {
             repack_below: 0.8,
             wait: Duration::from_secs(3600),
             poll: Duration::from_secs(2),
+            dry_run: false,
         }
     }
 }
@@ -138,28 +142,30 @@ pub struct PruneReport {
 
 /// Mark everything the snapshots reference, then classify every indexed object and pack.
 pub fn plan(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
+    plan_with(repo.local("prune")?, &mut KeyMarker::new(repo)?, opts)
+}
+
+/// `plan` for the redb store with any marker (the key holder's walk, near or over the wire).
+pub fn plan_with(store: &Store, marker: &mut dyn Mark, opts: &PruneOptions) -> Result<PrunePlan> {
     if !(0.0..=1.0).contains(&opts.repack_below) {
-        return Err(Error::Invalid(
+        return Err(Error::Usage(
             "the repack threshold is a share between 0 and 1".into(),
         ));
     }
     // Order matters (DESIGN.md): pack rows, then snapshots, then the object view.
-    let store = repo.local("prune")?;
     let rows = store.pack_rows()?;
     let marked = store.marked_for_repack()?;
-    let snaps = repo.snapshots().map_err(unreadable)?;
-    let view = repo.local("prune")?.view()?;
-    let mut plan = PrunePlan::default();
-    let mut marker = Marker {
-        repo,
-        view: &view,
-        marked: HashSet::new(),
+    let snaps: Vec<Id> = store
+        .snapshot_blobs()?
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
+    let view = store.view()?;
+    let mut plan = PrunePlan {
+        marked: marker.mark(&snaps)?,
+        snapshots: snaps.into_iter().collect(),
+        ..Default::default()
     };
-    for s in &snaps {
-        marker.tree(&s.snapshot.root)?;
-        plan.snapshots.insert(s.id);
-    }
-    plan.marked = marker.marked;
     // pack -> (live objects, unused objects)
     type Objects = Vec<(Id, Location)>;
     let mut by_pack: BTreeMap<u64, (Objects, Objects)> = BTreeMap::new();
@@ -197,15 +203,63 @@ pub fn plan(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
     Ok(plan)
 }
 
+/// Says which objects snapshots reference: the part of garbage collection that needs the
+/// key (trees and content lists are encrypted), so it stays with the key holder while the
+/// store does the rest (DESIGN.md §9).
+pub trait Mark {
+    /// Every object the snapshots `ids` reference (trees, lists, chunks). A snapshot, tree
+    /// or list that cannot be read is an error: what it references is unknown, so nothing
+    /// may be deleted.
+    fn mark(&mut self, ids: &[Id]) -> Result<HashSet<Id>>;
+}
+
+/// The key holder's marker: opens snapshots and walks their trees through a reader.
+pub struct KeyMarker<'a> {
+    repo: &'a Repository,
+    view: Box<dyn Reader>,
+}
+
+impl<'a> KeyMarker<'a> {
+    pub fn new(repo: &'a Repository) -> Result<KeyMarker<'a>> {
+        Ok(KeyMarker {
+            repo,
+            view: repo.reader()?,
+        })
+    }
+}
+
+impl Mark for KeyMarker<'_> {
+    fn mark(&mut self, ids: &[Id]) -> Result<HashSet<Id>> {
+        // A reader made now sees every object the snapshots listed before it reference.
+        let blobs = self.repo.storage().snapshots()?;
+        self.view = self.repo.reader()?;
+        let mut walk = Walk {
+            repo: self.repo,
+            view: &*self.view,
+            marked: HashSet::new(),
+        };
+        for (id, blob) in blobs.iter().filter(|(id, _)| ids.contains(id)) {
+            let plain = self
+                .repo
+                .keys()
+                .open(Kind::Snapshot, id, blob)
+                .map_err(unreadable)?;
+            let snap = crate::format::Snapshot::decode(&plain).map_err(unreadable)?;
+            walk.tree(&snap.root)?;
+        }
+        Ok(walk.marked)
+    }
+}
+
 /// Walks trees and content lists from snapshot roots, marking every object reached. A tree or
 /// list that cannot be read stops the prune: what it references is unknown.
-struct Marker<'a> {
+struct Walk<'a> {
     repo: &'a Repository,
-    view: &'a View,
+    view: &'a dyn Reader,
     marked: HashSet<Id>,
 }
 
-impl Marker<'_> {
+impl Walk<'_> {
     fn tree(&mut self, root: &Id) -> Result<()> {
         let mut stack = vec![*root];
         while let Some(id) = stack.pop() {
@@ -267,23 +321,57 @@ pub fn execute(
     opts: &PruneOptions,
     notify: &dyn Fn(&str),
 ) -> Result<PruneReport> {
+    execute_with(
+        repo.local("prune")?,
+        &mut KeyMarker::new(repo)?,
+        plan,
+        opts,
+        notify,
+    )
+}
+
+/// Plan and execute on the redb store with any marker (what `Storage::collect_garbage` runs).
+pub fn collect(
+    store: &Store,
+    marker: &mut dyn Mark,
+    opts: &PruneOptions,
+    notify: &dyn Fn(&str),
+) -> Result<PruneReport> {
+    let plan = plan_with(store, marker, opts)?;
+    if opts.dry_run {
+        return Ok(PruneReport {
+            plan: plan.summary(),
+            ..Default::default()
+        });
+    }
+    execute_with(store, marker, plan, opts, notify)
+}
+
+fn execute_with(
+    store: &Store,
+    marker: &mut dyn Mark,
+    plan: PrunePlan,
+    opts: &PruneOptions,
+    notify: &dyn Fn(&str),
+) -> Result<PruneReport> {
     let mut report = PruneReport {
         plan: plan.summary(),
         ..Default::default()
     };
-    repack(repo, &plan, &mut report, notify)?;
+    repack(store, &plan, &mut report, notify)?;
     let candidates = sweep_candidates(&plan);
     let (mut known, mut marked, mut garbage) = (plan.snapshots, plan.marked, plan.garbage);
     let started = Instant::now();
     let mut last_waiters = Vec::new();
+    let piece_size = store.config()?.piece_size;
     loop {
         let input = SweepInput {
             known_snapshots: &known,
             garbage: &garbage,
             packs: &candidates,
-            piece_size: repo.config().piece_size,
+            piece_size,
         };
-        match repo.local("prune")?.sweep(&input)? {
+        match store.sweep(&input)? {
             Sweep::Done(done) => {
                 report.objects_dropped = done.objects_dropped;
                 report.bytes_dropped = done.bytes_dropped;
@@ -295,11 +383,11 @@ pub fn execute(
                 return Ok(report);
             }
             Sweep::Busy(who) => {
-                wait_or_give_up(repo, opts, started, &who, &last_waiters, notify)?;
+                wait_or_give_up(store, opts, started, &who, &last_waiters, notify)?;
                 last_waiters = who;
             }
             Sweep::NewSnapshots(new) => {
-                mark_new(repo, &new, &mut marked)?;
+                marked.extend(marker.mark(&new)?);
                 let before = garbage.len();
                 garbage.retain(|(id, _)| !marked.contains(id));
                 let rescued = before - garbage.len();
@@ -333,7 +421,7 @@ fn sweep_candidates(plan: &PrunePlan) -> Vec<PackCandidate> {
 /// Sleep one poll interval while backups run (saying why when the set of writers changes), or
 /// give up with `Locked` once `opts.wait` has passed.
 fn wait_or_give_up(
-    repo: &Repository,
+    store: &Store,
     opts: &PruneOptions,
     started: Instant,
     who: &[String],
@@ -342,7 +430,7 @@ fn wait_or_give_up(
 ) -> Result<()> {
     if started.elapsed() >= opts.wait {
         return Err(Error::Locked {
-            path: repo.storage().location().into(),
+            path: store.dir().to_path_buf(),
             reason: format!(
                 "backups still running after waiting {} s: {}",
                 opts.wait.as_secs(),
@@ -360,40 +448,17 @@ fn wait_or_give_up(
     Ok(())
 }
 
-/// Mark what snapshots committed after the plan reference.
-fn mark_new(repo: &Repository, new: &[Id], marked: &mut HashSet<Id>) -> Result<()> {
-    let view = repo.local("prune")?.view()?;
-    let mut marker = Marker {
-        repo,
-        view: &view,
-        marked: std::mem::take(marked),
-    };
-    for (id, blob) in repo.storage().snapshots()? {
-        if !new.contains(&id) {
-            continue;
-        }
-        let plain = repo
-            .keys()
-            .open(Kind::Snapshot, &id, &blob)
-            .map_err(unreadable)?;
-        let snap = crate::format::Snapshot::decode(&plain).map_err(unreadable)?;
-        marker.tree(&snap.root)?;
-    }
-    *marked = marker.marked;
-    Ok(())
-}
-
 /// Copy the live objects of packs to repack into new packs, moving their index rows there. A
 /// damaged live object is left where it is (so its pack stays) and reported.
 fn repack(
-    repo: &Repository,
+    store: &Store,
     plan: &PrunePlan,
     report: &mut PruneReport,
     notify: &dyn Fn(&str),
 ) -> Result<()> {
-    let cfg = repo.config();
-    let view = repo.local("prune")?.view()?;
-    let mut packer = Packer::relocating(repo.local("prune")?, cfg.piece_size, cfg.pack_max, REPACK_BATCH);
+    let cfg = store.config()?;
+    let view = store.view()?;
+    let mut packer = Packer::relocating(store, cfg.piece_size, cfg.pack_max, REPACK_BATCH);
     for p in plan
         .packs
         .values()

@@ -222,11 +222,11 @@ impl Repository {
             return all
                 .into_iter()
                 .next_back()
-                .ok_or_else(|| Error::Invalid("the repository has no snapshots yet".into()));
+                .ok_or_else(|| Error::NotFound("the repository has no snapshots yet".into()));
         }
         let spec_l = spec.to_ascii_lowercase();
         if spec_l.is_empty() || !spec_l.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Usage(format!(
                 "`{spec}` is not a snapshot id; give an id prefix from `cairn snapshots` or `latest`"
             )));
         }
@@ -235,11 +235,11 @@ impl Repository {
             .filter(|s| s.id.to_hex().starts_with(&spec_l))
             .collect();
         match hits.len() {
-            0 => Err(Error::Invalid(format!(
+            0 => Err(Error::NotFound(format!(
                 "no snapshot matches `{spec}`; see `cairn snapshots`"
             ))),
             1 => Ok(hits.remove(0)),
-            n => Err(Error::Invalid(format!(
+            n => Err(Error::Usage(format!(
                 "`{spec}` matches {n} snapshots; give more digits"
             ))),
         }
@@ -354,5 +354,5 @@ impl Repository {
 pub type SharedRepo = Arc<Repository>;
 
 fn encode_slot(slot: &KeySlot) -> Result<Vec<u8>> {
-    postcard::to_stdvec(slot).map_err(|e| Error::Invalid(format!("encoding key slot: {e}")))
+    postcard::to_stdvec(slot).map_err(|e| Error::Internal(format!("encoding key slot: {e}")))
 }

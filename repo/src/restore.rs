@@ -157,7 +157,7 @@ fn restore_in_pool(
     ctx.restore_tree(&target, &tree, b"/", None)?;
     ctx.make_links();
     if !opts_norm.includes.is_empty() && ctx.files.load(Relaxed) + ctx.dirs.load(Relaxed) == 0 {
-        return Err(Error::Invalid(
+        return Err(Error::NotFound(
             "no path in the snapshot matches --include".into(),
         ));
     }

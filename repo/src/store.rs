@@ -4,10 +4,10 @@
 //! `piece_size` bytes, just under a power of two so redb wastes almost nothing; the last piece of
 //! a pack may be shorter). An object may span pieces. `INDEX` maps an object id to its place.
 
-use crate::storage::Space;
 use crate::crypto::Kind;
 use crate::error::{Error, Result};
 use crate::id::Id;
+use crate::storage::Space;
 use redb::{ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use std::fs::OpenOptions;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
@@ -455,7 +455,7 @@ impl Store {
             {
                 let mut t = txn.open_table(KEYS)?;
                 if t.get(id)?.is_none() {
-                    return Err(Error::Invalid(format!(
+                    return Err(Error::NotFound(format!(
                         "no key slot {id}; see `cairn key list`"
                     )));
                 }

@@ -88,7 +88,7 @@ pub fn pool(threads: usize) -> crate::Result<rayon::ThreadPool> {
     rayon::ThreadPoolBuilder::new()
         .num_threads(n)
         .build()
-        .map_err(|e| crate::Error::Invalid(format!("cannot start {n} worker threads: {e}")))
+        .map_err(|e| crate::Error::Internal(format!("cannot start {n} worker threads: {e}")))
 }
 
 /// The broken-down local time (honours `TZ`) of `sec` seconds since the epoch.

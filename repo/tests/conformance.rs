@@ -258,3 +258,89 @@ fn key_slots_and_sessions_follow_the_rules() {
         assert_eq!(store.config().unwrap(), config(), "{at}");
     }
 }
+
+/// A marker that knows what each snapshot references without any key (the test's graph).
+struct Fixed(Vec<(Id, Vec<Id>)>);
+
+impl cairn_repo::storage::Mark for Fixed {
+    fn mark(&mut self, ids: &[Id]) -> cairn_repo::Result<std::collections::HashSet<Id>> {
+        Ok(self
+            .0
+            .iter()
+            .filter(|(s, _)| ids.contains(s))
+            .flat_map(|(_, refs)| refs.iter().copied())
+            .collect())
+    }
+}
+
+#[test]
+fn garbage_collection_keeps_what_snapshots_and_live_sessions_need() {
+    use cairn_repo::storage::PruneOptions;
+    use std::time::Duration;
+    let quick = |wait_ms| PruneOptions {
+        wait: Duration::from_millis(wait_ms),
+        poll: Duration::from_millis(10),
+        repack_below: 0.8,
+        dry_run: false,
+    };
+    for (store, _dir) in stores() {
+        let at = store.location();
+        let snap = Id([0xee; 32]);
+        let mut marks = Fixed(vec![(snap, vec![id(1)])]);
+        let mut w = store.writer(small()).unwrap();
+        for n in 1..=3 {
+            w.add(id(n), Kind::Chunk, &noise(n, 2 * PIECE as usize))
+                .unwrap();
+        }
+        w.commit(&[(snap, b"snapshot".to_vec())]).unwrap();
+        drop(w);
+        // A backup in flight: its objects are stored, its snapshot not yet.
+        let session = store
+            .begin_session(&cairn_repo::util::session_info())
+            .unwrap();
+        let mut w = store.writer(small()).unwrap();
+        w.add(id(4), Kind::Chunk, &noise(4, 100)).unwrap();
+        w.checkpoint().unwrap();
+        w.commit(&[]).unwrap();
+        drop(w);
+        let dry = store
+            .collect_garbage(
+                &mut marks,
+                &PruneOptions {
+                    dry_run: true,
+                    ..quick(0)
+                },
+                &|_| {},
+            )
+            .unwrap_or_else(|e| panic!("{at}: dry run: {e}"));
+        assert!(dry.plan.objects_unused >= 2, "{at}: {dry:?}");
+        assert_eq!(
+            store.reader().unwrap().count().unwrap(),
+            4,
+            "{at}: a dry run deletes nothing"
+        );
+        match store.collect_garbage(&mut marks, &quick(100), &|_| {}) {
+            Err(Error::Locked { .. }) => {}
+            other => panic!("{at}: a live session must hold the sweep back, got {other:?}"),
+        }
+        let r = store.reader().unwrap();
+        assert!(
+            r.has(&id(4)).unwrap(),
+            "{at}: the session's object survives"
+        );
+        store.end_session(session).unwrap();
+        store
+            .collect_garbage(&mut marks, &quick(1000), &|_| {})
+            .unwrap_or_else(|e| panic!("{at}: {e}"));
+        let r = store.reader().unwrap();
+        assert!(r.has(&id(1)).unwrap(), "{at}: referenced");
+        for n in [2, 3, 4] {
+            assert!(!r.has(&id(n)).unwrap(), "{at}: object {n} is garbage now");
+        }
+        assert_eq!(
+            r.read(&id(1)).unwrap().1,
+            noise(1, 2 * PIECE as usize),
+            "{at}"
+        );
+    }
+}

@@ -130,7 +130,10 @@ fn prune_frees_objects_and_space() {
     let before = repo.local("test").unwrap().space().unwrap();
 
     // Forget s1 and s2: b's pack is wholly dead, a's first pack keeps only `small`.
-    repo.local("test").unwrap().remove_snapshots(&[s1, s2]).unwrap();
+    repo.local("test")
+        .unwrap()
+        .remove_snapshots(&[s1, s2])
+        .unwrap();
     let p = plan(&repo, &quick()).unwrap();
     let sum = p.summary();
     assert!(sum.objects_unused >= 6, "{sum:?}");
@@ -152,7 +155,10 @@ fn prune_frees_objects_and_space() {
     );
     assert!(sum.bytes_freed > 5 << 20, "{sum:?}");
     // A plan changes nothing.
-    assert_eq!(repo.local("test").unwrap().space().unwrap().pack_bytes, before.pack_bytes);
+    assert_eq!(
+        repo.local("test").unwrap().space().unwrap().pack_bytes,
+        before.pack_bytes
+    );
 
     let report = execute(&repo, p, &quick(), &|_| {}).unwrap();
     assert_eq!(report.objects_dropped, sum.objects_unused);
@@ -227,7 +233,8 @@ fn prune_waits_for_a_live_session_then_keeps_what_it_reused() {
     repo.local("test").unwrap().remove_snapshots(&[s1]).unwrap();
     // A backup of this very process is running: its session is alive.
     let session = repo
-        .local("test").unwrap()
+        .local("test")
+        .unwrap()
         .begin_session(&cairn_repo::util::session_info())
         .unwrap();
     let short = PruneOptions {
@@ -278,7 +285,8 @@ fn prune_removes_sessions_of_dead_processes() {
         host: cairn_repo::util::hostname(),
         start_ticks: 1,
     };
-    repo.local("test").unwrap()
+    repo.local("test")
+        .unwrap()
         .begin_session(&postcard::to_stdvec(&dead).unwrap())
         .unwrap();
     let report = prune(&repo, &quick(), &|_| {}).unwrap();
@@ -295,7 +303,10 @@ fn prune_beside_real_backups_in_threads_loses_nothing() {
         write(&src, &format!("f{i}"), 100 + i, 400 << 10);
     }
     let old = backup_of(&repo, &[&src]);
-    repo.local("test").unwrap().remove_snapshots(&[old]).unwrap();
+    repo.local("test")
+        .unwrap()
+        .remove_snapshots(&[old])
+        .unwrap();
     let done = std::sync::atomic::AtomicBool::new(false);
     let snaps = std::thread::scope(|s| {
         let backups = s.spawn(|| {
@@ -370,7 +381,14 @@ fn damage_is_reported_exactly_and_healed_from_a_replica() {
     assert_eq!(ids, BTreeSet::from([chunk, tree]));
     let d = r.damaged.iter().find(|d| d.id == tree).unwrap();
     assert_eq!(d.used_by, vec![(snap, "/".to_string())]);
-    let last = String::from_utf8(repo.local("test").unwrap().state("check.last").unwrap().unwrap()).unwrap();
+    let last = String::from_utf8(
+        repo.local("test")
+            .unwrap()
+            .state("check.last")
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
     assert!(
         last.contains("\"read_data\":true") && last.contains("\"damaged\":2"),
         "{last}"
@@ -411,7 +429,12 @@ fn damage_is_reported_exactly_and_healed_from_a_replica() {
         );
     }
     prune(&repo, &quick(), &|_| {}).unwrap();
-    assert!(repo.local("test").unwrap().marked_for_repack().unwrap().is_empty());
+    assert!(repo
+        .local("test")
+        .unwrap()
+        .marked_for_repack()
+        .unwrap()
+        .is_empty());
     assert_clean(&repo);
 }
 
@@ -433,7 +456,13 @@ fn repair_refuses_an_unrelated_repository_and_never_invents_data() {
         Err(Error::Invalid(_))
     ));
     // A "replica" that is the damaged repository itself cannot supply an intact copy.
-    damage_object_for_tests(repo.local("test").unwrap(), &root, repo.config().piece_size, 10).unwrap();
+    damage_object_for_tests(
+        repo.local("test").unwrap(),
+        &root,
+        repo.config().piece_size,
+        10,
+    )
+    .unwrap();
     drop(repo);
     let copy = f.root.join("copy");
     std::fs::create_dir_all(&copy).unwrap();
@@ -465,7 +494,8 @@ fn read_data_subset_covers_everything_over_successive_runs() {
     }
     backup_of(&repo, &[&src]);
     let mut all = Vec::new();
-    repo.local("test").unwrap()
+    repo.local("test")
+        .unwrap()
         .view()
         .unwrap()
         .for_each_object(|id, _| {
@@ -499,7 +529,14 @@ fn read_data_subset_covers_everything_over_successive_runs() {
     }
     assert!(read >= all.len() as u64);
     assert_eq!(seen, damaged, "four runs of 30% saw every damaged object");
-    let last = String::from_utf8(repo.local("test").unwrap().state("check.last").unwrap().unwrap()).unwrap();
+    let last = String::from_utf8(
+        repo.local("test")
+            .unwrap()
+            .state("check.last")
+            .unwrap()
+            .unwrap(),
+    )
+    .unwrap();
     assert!(last.contains("\"subset\":30"), "{last}");
     let _ = Store::open(&f.repo_dir, 1 << 20).unwrap();
 }
@@ -539,7 +576,13 @@ fn prune_leaves_a_damaged_live_object_in_place_and_frees_the_rest() {
         other => panic!("{other:?}"),
     };
     drop(view);
-    damage_object_for_tests(repo.local("test").unwrap(), &small, repo.config().piece_size, 3).unwrap();
+    damage_object_for_tests(
+        repo.local("test").unwrap(),
+        &small,
+        repo.config().piece_size,
+        3,
+    )
+    .unwrap();
     let before = repo.local("test").unwrap().space().unwrap();
     let notes = std::sync::Mutex::new(Vec::new());
     let report = prune(&repo, &quick(), &|m| {
@@ -579,11 +622,16 @@ fn a_pack_appended_to_after_the_plan_is_kept() {
     let repo = Repository::init(&f.repo_dir, PW, &opts()).unwrap();
     let ps = repo.config().piece_size;
     let session = repo
-        .local("test").unwrap()
+        .local("test")
+        .unwrap()
         .begin_session(&cairn_repo::util::session_info())
         .unwrap();
-    let mut writer =
-        cairn_repo::packer::Packer::new(repo.local("test").unwrap(), ps, repo.config().pack_max, ps as usize);
+    let mut writer = cairn_repo::packer::Packer::new(
+        repo.local("test").unwrap(),
+        ps,
+        repo.config().pack_max,
+        ps as usize,
+    );
     let (x, y) = (Id([1; 32]), Id([2; 32]));
     writer
         .add(x, Kind::Chunk, &noise(1, 2 * ps as usize))
@@ -671,8 +719,12 @@ fn issue16_unreferenced_junk_is_not_damage() {
     backup_of(&repo, &[&src]);
     let cfg = repo.config().clone();
     let junk = vec![0x5A; 500];
-    let mut p =
-        cairn_repo::packer::Packer::new(repo.local("test").unwrap(), cfg.piece_size, cfg.pack_max, 1 << 20);
+    let mut p = cairn_repo::packer::Packer::new(
+        repo.local("test").unwrap(),
+        cfg.piece_size,
+        cfg.pack_max,
+        1 << 20,
+    );
     p.add(Id([9; 32]), Kind::Chunk, &junk).unwrap();
     p.commit(true, &[]).unwrap();
     let r = check(

@@ -221,7 +221,12 @@ fn content_lists_and_their_chunks_travel() {
     let primary = Repository::init(&tmp.path().join("primary"), PASSWORD, &opts()).unwrap();
     let keys = primary.keys();
     let cfg = primary.config().clone();
-    let mut packer = Packer::new(primary.local("test").unwrap(), cfg.piece_size, cfg.pack_max, 1 << 20);
+    let mut packer = Packer::new(
+        primary.local("test").unwrap(),
+        cfg.piece_size,
+        cfg.pack_max,
+        1 << 20,
+    );
     let mut add = |kind: Kind, plain: &[u8]| {
         let id = keys.id_of(kind, plain);
         packer
@@ -380,7 +385,13 @@ fn interrupted_sync_shows_nothing_partial_and_resumes() {
             report.objects_sent > 0 && report.snapshots_sent == 0,
             "{report:?}"
         );
-        f.primary.local("test").unwrap().view().unwrap().object_count().unwrap()
+        f.primary
+            .local("test")
+            .unwrap()
+            .view()
+            .unwrap()
+            .object_count()
+            .unwrap()
     };
     {
         let store = Store::open(&dir, 1 << 20).unwrap();
@@ -519,7 +530,14 @@ fn over_the_protocol_a_dropped_connection_keeps_what_arrived_and_resumes() {
     .is_err());
     drop(t); // the connection drops without a goodbye
     server.join().unwrap().unwrap();
-    let total = f.primary.local("test").unwrap().view().unwrap().object_count().unwrap();
+    let total = f
+        .primary
+        .local("test")
+        .unwrap()
+        .view()
+        .unwrap()
+        .object_count()
+        .unwrap();
     {
         let store = Store::open(&dir, 1 << 20).unwrap();
         assert!(store.snapshot_blobs().unwrap().is_empty());
@@ -753,7 +771,13 @@ fn issue16_sync_notices_a_snapshot_replaced_on_the_target() {
     let f = fixture();
     let dir = f.root.join("replica");
     sync_local(&f.primary, &dir, &SyncOptions::default()).unwrap();
-    let (id, _) = f.primary.local("test").unwrap().snapshot_blobs().unwrap().remove(0);
+    let (id, _) = f
+        .primary
+        .local("test")
+        .unwrap()
+        .snapshot_blobs()
+        .unwrap()
+        .remove(0);
     {
         // What a hostile server (or disk damage) could do to its copy, below the protocol.
         let store = Store::open(&dir, 1 << 20).unwrap();

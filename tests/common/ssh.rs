@@ -119,4 +119,3 @@ pub fn ssh_cairn(repo: &Path, sshd: &Sshd) -> Command {
         .env("CAIRN_REMOTE_BINARY", bin());
     c
 }
-

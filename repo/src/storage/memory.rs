@@ -1,7 +1,9 @@
 //! A store in memory, for unit tests of everything above the seam (and the reference the
 //! conformance suite is read against). Nothing survives the process.
 
-use super::{ObjectInfo, Reader, Space, Storage, Writer, WriterOptions};
+use super::{
+    Mark, ObjectInfo, PruneOptions, PruneReport, Reader, Space, Storage, Writer, WriterOptions,
+};
 use crate::crypto::{Kind, MAX_KEY_SLOTS};
 use crate::error::{Error, Result};
 use crate::format::Config;
@@ -72,7 +74,7 @@ impl Storage for MemoryStore {
     fn remove_key_slot(&self, id: u64) -> Result<()> {
         let mut inner = self.lock();
         if !inner.slots.contains_key(&id) {
-            return Err(Error::Invalid(format!("no key slot {id}")));
+            return Err(Error::NotFound(format!("no key slot {id}")));
         }
         if inner.slots.len() <= 1 {
             return Err(Error::Invalid(
@@ -131,6 +133,57 @@ impl Storage for MemoryStore {
     fn set_state(&self, key: &str, value: &[u8]) -> Result<()> {
         self.lock().state.insert(key.to_string(), value.to_vec());
         Ok(())
+    }
+
+    fn collect_garbage(
+        &self,
+        marker: &mut dyn Mark,
+        opts: &PruneOptions,
+        _notify: &dyn Fn(&str),
+    ) -> Result<PruneReport> {
+        let started = std::time::Instant::now();
+        // Mark, then delete under the lock only if no writer started meanwhile (a writer's
+        // objects are unreferenced until its snapshot commits).
+        let (live, mut inner) = loop {
+            if !opts.dry_run && !self.lock().sessions.is_empty() {
+                if started.elapsed() >= opts.wait {
+                    return Err(Error::Locked {
+                        path: "memory".into(),
+                        reason: "writers still running".into(),
+                    });
+                }
+                std::thread::sleep(opts.poll);
+                continue;
+            }
+            let snapshots: Vec<Id> = self.lock().snapshots.keys().copied().collect();
+            let live = marker.mark(&snapshots)?;
+            let inner = self.lock();
+            if (opts.dry_run || inner.sessions.is_empty())
+                && inner.snapshots.keys().eq(snapshots.iter())
+            {
+                break (live, inner);
+            }
+        };
+        let mut report = PruneReport::default();
+        report.plan.objects_total = inner.objects.len() as u64;
+        let dead: Vec<Id> = inner
+            .objects
+            .keys()
+            .filter(|id| !live.contains(id))
+            .copied()
+            .collect();
+        for id in &dead {
+            let bytes = inner.objects[id].1.len() as u64;
+            report.plan.objects_unused += 1;
+            report.plan.bytes_unused += bytes;
+            if !opts.dry_run {
+                inner.objects.remove(id);
+                report.objects_dropped += 1;
+                report.bytes_dropped += bytes;
+            }
+        }
+        report.waited = started.elapsed();
+        Ok(report)
     }
 
     fn space(&self) -> Result<Space> {

@@ -23,6 +23,7 @@ use crate::crypto::Kind;
 use crate::error::{Error, Result};
 use crate::format::Config;
 use crate::id::Id;
+pub use crate::prune::{Mark, PruneOptions, PruneReport};
 
 pub mod memory;
 mod redb;
@@ -163,6 +164,17 @@ pub trait Storage: Send + Sync {
     fn recover(&self) -> Result<u64> {
         Ok(0)
     }
+    /// Garbage collection behind the seam: delete what no snapshot references, asking
+    /// `marker` (the key holder) which objects snapshots reference, for the snapshots there
+    /// are when it starts and again for any committed while it runs. It never deletes what a
+    /// live session may still reference: it waits for sessions to end (up to `opts.wait`,
+    /// then `Error::Locked`). `opts.dry_run` returns the plan's summary and changes nothing.
+    fn collect_garbage(
+        &self,
+        marker: &mut dyn Mark,
+        opts: &PruneOptions,
+        notify: &dyn Fn(&str),
+    ) -> Result<PruneReport>;
     /// Sizes for the space report (objects, sealed bytes, what the store occupies).
     fn space(&self) -> Result<Space>;
     /// The store itself, for the commands that still need the local redb store's wider API

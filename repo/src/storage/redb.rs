@@ -1,6 +1,8 @@
 //! The local redb repository behind the seam (an adapter over `crate::store`).
 
-use super::{ObjectInfo, Reader, Space, Storage, Writer, WriterOptions};
+use super::{
+    Mark, ObjectInfo, PruneOptions, PruneReport, Reader, Space, Storage, Writer, WriterOptions,
+};
 use crate::crypto::Kind;
 use crate::error::{Error, Result};
 use crate::format::Config;
@@ -77,6 +79,15 @@ impl Storage for Store {
         Store::space(self)
     }
 
+    fn collect_garbage(
+        &self,
+        marker: &mut dyn Mark,
+        opts: &PruneOptions,
+        notify: &dyn Fn(&str),
+    ) -> Result<PruneReport> {
+        crate::prune::collect(self, marker, opts, notify)
+    }
+
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
@@ -114,7 +125,9 @@ impl Reader for View {
     fn in_read_order(&self, ids: &[Id]) -> Result<Vec<(Id, ObjectInfo)>> {
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
-            let loc = self.locate(id)?.ok_or_else(|| Error::Missing(id.to_hex()))?;
+            let loc = self
+                .locate(id)?
+                .ok_or_else(|| Error::Missing(id.to_hex()))?;
             out.push((*id, loc));
         }
         out.sort_by_key(|(_, l)| (l.pack, l.offset));

@@ -181,7 +181,12 @@ fn differing_error(report: &SyncReport) -> Result<()> {
 
 /// The repository's key slots, still wrapped, as a replica receives them.
 pub fn slot_blobs(repo: &Repository) -> Result<Vec<Vec<u8>>> {
-    Ok(repo.storage().key_slots()?.into_iter().map(|(_, b)| b).collect())
+    Ok(repo
+        .storage()
+        .key_slots()?
+        .into_iter()
+        .map(|(_, b)| b)
+        .collect())
 }
 
 fn snapshot_root(repo: &Repository, id: &Id, blob: &[u8]) -> Result<Id> {

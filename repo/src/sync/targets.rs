@@ -30,7 +30,7 @@ impl Store {
     /// Add a named target; refuses a name already in use and an invalid URL.
     pub fn add_target(&self, name: &str, url: &str) -> Result<()> {
         if !valid_name(name) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Usage(format!(
                 "`{name}` is not a valid target name (letters, digits, `.`, `_`, `-`)"
             )));
         }
@@ -54,7 +54,7 @@ impl Store {
         {
             let mut t = txn.open_table(TARGETS)?;
             if t.remove(name)?.is_none() {
-                return Err(Error::Invalid(format!(
+                return Err(Error::NotFound(format!(
                     "no target named `{name}`; see `cairn target list`"
                 )));
             }
