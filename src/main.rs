@@ -102,7 +102,7 @@ enum Command {
     /// Manage named sync targets
     #[command(subcommand)]
     Target(target::Command),
-    /// Serve a replica over stdin/stdout for `cairn sync` (run by ssh on the far side)
+    /// Serve the repository over stdin/stdout to `--repo ssh://…` clients and `cairn sync` (run by ssh on the far side)
     Serve(serve::Args),
     /// Remove snapshots by retention rules (--keep-daily 7 …); --prune frees their data
     Forget(forget::Args),

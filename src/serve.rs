@@ -1,5 +1,6 @@
-//! `cairn serve`: the far side of an ssh sync target. Speaks the sync protocol on stdin and
-//! stdout (nothing else may be printed there) and needs no password.
+//! `cairn serve`: the far side of an ssh sync target and of a repository used over ssh (the
+//! remote store). Speaks the protocol on stdin and stdout (nothing else may be printed there)
+//! and needs no password; the client's first message says which of the two it is.
 
 use crate::{CmdResult, Failure, Global};
 

@@ -3,19 +3,19 @@
 //! tell at a glance whether a client and a server fit together.
 
 use cairn_repo::store::FORMAT_VERSION;
-use cairn_repo::sync::proto::{MIN_VERSION, VERSION};
+use cairn_repo::sync::proto::{MIN_VERSION, STORE_VERSION, SYNC_VERSION, VERSION};
 use std::sync::LazyLock;
 
 static TEXT: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "{} (repository format {FORMAT_VERSION}, sync protocol {VERSION}; serves sync protocol \
-         {})",
+        "{} (repository format {FORMAT_VERSION}, protocol {VERSION}: sync {SYNC_VERSION}, store \
+         {STORE_VERSION}; serves protocol {})",
         env!("CARGO_PKG_VERSION"),
         served_range()
     )
 });
 
-/// The sync protocol versions `cairn serve` answers: `1-2`, or `2` when there is only one.
+/// The protocol versions `cairn serve` answers: `1-3`, or `3` when there is only one.
 fn served_range() -> String {
     if MIN_VERSION == VERSION {
         VERSION.to_string()
@@ -25,7 +25,7 @@ fn served_range() -> String {
 }
 
 /// The version line's text after `cairn `, e.g.
-/// `0.1.0 (repository format 1, sync protocol 2; serves sync protocol 1-2)`.
+/// `0.1.0 (repository format 1, protocol 3: sync 2, store 3; serves protocol 1-3)`.
 pub fn text() -> &'static str {
     &TEXT
 }

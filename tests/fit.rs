@@ -45,14 +45,14 @@ fn tool(name: &str) -> bool {
 }
 
 fn expected_version() -> String {
-    use cairn_repo::sync::proto::{MIN_VERSION, VERSION};
+    use cairn_repo::sync::proto::{MIN_VERSION, STORE_VERSION, SYNC_VERSION, VERSION};
     let served = if MIN_VERSION == VERSION {
         VERSION.to_string()
     } else {
         format!("{MIN_VERSION}-{VERSION}")
     };
     format!(
-        "cairn {} (repository format {}, sync protocol {VERSION}; serves sync protocol {served})",
+        "cairn {} (repository format {}, protocol {VERSION}: sync {SYNC_VERSION}, store {STORE_VERSION}; serves protocol {served})",
         env!("CARGO_PKG_VERSION"),
         cairn_repo::store::FORMAT_VERSION,
     )

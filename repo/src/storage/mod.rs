@@ -27,6 +27,8 @@ pub use crate::prune::{Mark, PruneOptions, PruneReport};
 
 pub mod memory;
 mod redb;
+pub mod remote;
+pub(crate) mod server;
 mod url;
 
 pub use url::Url;
@@ -40,10 +42,9 @@ pub fn open(url: &Url, opts: &crate::OpenOptions) -> Result<Box<dyn Storage>> {
             store.set_piece_cache(opts.piece_cache_pieces);
             Ok(Box::new(store))
         }
-        Url::Ssh(_) => Err(Error::LocalOnly {
-            what: "opening".into(),
-            location: url.to_string(),
-        }),
+        Url::Ssh(u) => Ok(Box::new(remote::RemoteStore::open(remote::ssh(
+            u, &opts.ssh,
+        ))?)),
     }
 }
 
@@ -55,10 +56,10 @@ pub fn create(url: &Url, config: &Config, opts: &crate::OpenOptions) -> Result<B
             store.set_piece_cache(opts.piece_cache_pieces);
             Ok(Box::new(store))
         }
-        Url::Ssh(_) => Err(Error::LocalOnly {
-            what: "init".into(),
-            location: url.to_string(),
-        }),
+        Url::Ssh(u) => Ok(Box::new(remote::RemoteStore::create(
+            remote::ssh(u, &opts.ssh),
+            config,
+        )?)),
     }
 }
 
@@ -183,6 +184,9 @@ pub trait Storage: Send + Sync {
     fn as_any(&self) -> &dyn std::any::Any;
 }
 
+/// What `Reader::read_many` calls with each id and what reading it gave.
+pub type ReadEach<'a> = dyn FnMut(Id, Result<(Kind, Vec<u8>)>) -> Result<()> + 'a;
+
 /// Reads objects by id.
 pub trait Reader: Send + Sync {
     /// What is stored under `id`, if anything.
@@ -195,6 +199,15 @@ pub trait Reader: Send + Sync {
     }
     /// The sealed bytes and kind of `id`; `Error::Missing` when absent.
     fn read(&self, id: &Id) -> Result<(Kind, Vec<u8>)>;
+    /// Read many objects, calling `f` once per id with what `read` would give (in the
+    /// order asked); a store may fetch them together (the remote store pipelines them). An
+    /// error `f` returns ends the reading.
+    fn read_many(&self, ids: &[Id], f: &mut ReadEach<'_>) -> Result<()> {
+        for id in ids {
+            f(*id, self.read(id))?;
+        }
+        Ok(())
+    }
     /// Up to `limit` objects whose id is at or after `from`, in id order.
     fn list(&self, from: &Id, limit: usize) -> Result<Vec<(Id, ObjectInfo)>>;
     /// How many objects are stored.
@@ -234,6 +247,9 @@ impl<R: Reader + ?Sized> Reader for Box<R> {
     }
     fn read(&self, id: &Id) -> Result<(Kind, Vec<u8>)> {
         (**self).read(id)
+    }
+    fn read_many(&self, ids: &[Id], f: &mut ReadEach<'_>) -> Result<()> {
+        (**self).read_many(ids, f)
     }
     fn list(&self, from: &Id, limit: usize) -> Result<Vec<(Id, ObjectInfo)>> {
         (**self).list(from, limit)

@@ -8,17 +8,28 @@ use crate::id::Id;
 use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 
-/// Protocol version spoken by this build. Version 2 appended `ListSnapshotChecks`; a server
-/// answers clients of `MIN_VERSION..=VERSION` in the client's version, and an older server
-/// refuses a newer client in the hello, saying which versions it speaks.
-pub const VERSION: u32 = 2;
+/// Protocol version spoken by this build. Version 2 appended `ListSnapshotChecks`; version 3
+/// the store protocol (`OpenStore` and what follows it, DESIGN.md §9). A server answers
+/// clients of `MIN_VERSION..=VERSION` in the client's version, and an older server refuses a
+/// newer client in the hello, saying which versions it speaks.
+pub const VERSION: u32 = 3;
 pub const MIN_VERSION: u32 = 1;
+/// The version a sync client says in its hello: sync's messages did not change in 3, so a
+/// new client still syncs to a version-2 server.
+pub const SYNC_VERSION: u32 = 2;
+/// The first version that serves store clients (`Request::OpenStore`).
+pub const STORE_VERSION: u32 = 3;
 /// The first bytes of a client hello, so a peer that is not cairn fails fast.
 pub const MAGIC: [u8; 8] = *b"CAIRNSYN";
 /// Largest frame body either side accepts (the 4-byte length prefix excluded).
 pub const MAX_FRAME: usize = 64 << 20;
-/// Most ids in one `Have` request.
+/// Most ids in one `Have` request (and in one `ReadMany` or `RemoveSnapshots`).
 pub const MAX_HAVE: usize = 16 * 1024;
+/// About how many bytes of objects or snapshot blobs one reply page carries (a page holds at
+/// least one entry, so it stays below `MAX_FRAME` for any object that fits a frame at all).
+pub const PAGE_BYTES: usize = 4 << 20;
+/// Most objects one `List` reply carries.
+pub const MAX_LIST: usize = 64 * 1024;
 /// Object kinds that travel in `PutObjects` (snapshots travel only in `PutSnapshots`).
 pub const OBJECT_KINDS: [u8; 3] = [1, 2, 3];
 
@@ -33,7 +44,43 @@ pub struct WireObject {
     pub id: Id,
     pub kind: u8,
     pub check: [u8; 16],
+    #[serde(with = "bytes")]
     pub sealed: Vec<u8>,
+}
+
+/// A `Vec<u8>` as serde bytes: postcard encodes bytes exactly as a sequence of `u8` (a varint
+/// length, then the bytes), so the wire is unchanged, but whole slices are copied instead of
+/// one element at a time (about 4x faster for a 1 MiB object).
+mod bytes {
+    use serde::{de, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_bytes(v)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("bytes")
+            }
+            fn visit_bytes<E: de::Error>(self, v: &[u8]) -> Result<Vec<u8>, E> {
+                Ok(v.to_vec())
+            }
+            fn visit_byte_buf<E: de::Error>(self, v: Vec<u8>) -> Result<Vec<u8>, E> {
+                Ok(v)
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<u8>, A::Error> {
+                let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+                while let Some(b) = seq.next_element()? {
+                    out.push(b);
+                }
+                Ok(out)
+            }
+        }
+        d.deserialize_byte_buf(V)
+    }
 }
 
 /// Client to server.
@@ -67,6 +114,205 @@ pub enum Request {
     /// Each snapshot's id and the checksum of its stored blob (appended later, like the two
     /// above), so a sender notices a copy that is not the one it sent.
     ListSnapshotChecks,
+    // Version 3, the store protocol: a store client's first message is `OpenStore`; every
+    // request after it is answered from the server's `Storage` (storage/server.rs).
+    /// Open the repository served (`create: None`), or create it from this encoded config.
+    OpenStore {
+        magic: [u8; 8],
+        version: u32,
+        create: Option<Vec<u8>>,
+    },
+    Config,
+    KeySlots,
+    AddKeySlot(Vec<u8>),
+    RemoveKeySlot(u64),
+    /// Snapshot blobs with ids after the given one (all from the first), one page.
+    Snapshots(Option<Id>),
+    RemoveSnapshots(Vec<Id>),
+    ObjectInfo(Id),
+    /// Read objects (≤ `MAX_HAVE`); answered by `ObjectsRead` pages until `more` is false.
+    ReadMany(Vec<Id>),
+    List {
+        from: Id,
+        limit: u32,
+    },
+    Count,
+    /// Open this connection's writer; `PutObjects`, `Checkpoint` and `Commit` then go to it.
+    BeginWriter {
+        batch_bytes: u64,
+        /// `WriterOptions::index_every`.
+        index_every: u64,
+    },
+    Checkpoint,
+    Commit(Vec<(Id, Vec<u8>)>),
+    /// Begin a session in the server's name; it ends at the latest with the connection.
+    BeginSession,
+    EndSession(u64),
+    Sessions,
+    Recover,
+    Space,
+    /// A state record (`Storage::state`), answered by `State`.
+    State(String),
+    SetState {
+        key: String,
+        value: Vec<u8>,
+    },
+    /// Collect garbage (`Storage::collect_garbage`). The server asks for marks with
+    /// `MarkRequest` (answered by `Marks` pages, then `MarksEnd`), says what it does with
+    /// `Notice`, and ends with `Collected`.
+    Collect(WireGcOptions),
+    Marks(Vec<Id>),
+    MarksEnd,
+}
+
+/// `PruneOptions` on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireGcOptions {
+    /// The repack threshold in thousandths (`repack_below` × 1000).
+    pub repack_below_permille: u32,
+    pub wait_ms: u64,
+    pub poll_ms: u64,
+    pub dry_run: bool,
+}
+
+/// `PruneReport` on the wire.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireGcReport {
+    /// `PlanSummary`, field by field.
+    pub plan: [u64; 8],
+    pub objects_dropped: u64,
+    pub bytes_dropped: u64,
+    pub objects_repacked: u64,
+    pub bytes_repacked: u64,
+    pub packs_deleted: u64,
+    pub pack_bytes_deleted: u64,
+    pub packs_kept: u64,
+    pub rescued: u64,
+    pub dead_sessions_removed: u64,
+    pub damaged_skipped: u64,
+    pub waited_ms: u64,
+}
+
+/// Most ids in one `Marks` message.
+pub const MAX_MARKS: usize = 1 << 20;
+/// Longest state key and value a server takes.
+pub const MAX_STATE_KEY: usize = 256;
+pub const MAX_STATE_VALUE: usize = 64 << 10;
+
+impl WireGcOptions {
+    pub fn of(o: &crate::prune::PruneOptions) -> WireGcOptions {
+        WireGcOptions {
+            repack_below_permille: (o.repack_below.clamp(0.0, 1.0) * 1000.0).round() as u32,
+            wait_ms: o.wait.as_millis().min(u64::MAX as u128) as u64,
+            poll_ms: o.poll.as_millis().min(u64::MAX as u128) as u64,
+            dry_run: o.dry_run,
+        }
+    }
+
+    /// The options again; a hostile client's values are brought into range (a wait of at
+    /// most a day, a poll of 10 ms to a minute).
+    pub fn options(&self) -> crate::prune::PruneOptions {
+        use std::time::Duration;
+        crate::prune::PruneOptions {
+            repack_below: self.repack_below_permille.min(1000) as f64 / 1000.0,
+            wait: Duration::from_millis(self.wait_ms.min(86_400_000)),
+            poll: Duration::from_millis(self.poll_ms.clamp(10, 60_000)),
+            dry_run: self.dry_run,
+        }
+    }
+}
+
+impl WireGcReport {
+    pub fn of(r: &crate::prune::PruneReport) -> WireGcReport {
+        let p = &r.plan;
+        WireGcReport {
+            plan: [
+                p.objects_total,
+                p.objects_unused,
+                p.bytes_unused,
+                p.packs_total,
+                p.packs_delete,
+                p.packs_repack,
+                p.bytes_repack,
+                p.bytes_freed,
+            ],
+            objects_dropped: r.objects_dropped,
+            bytes_dropped: r.bytes_dropped,
+            objects_repacked: r.objects_repacked,
+            bytes_repacked: r.bytes_repacked,
+            packs_deleted: r.packs_deleted,
+            pack_bytes_deleted: r.pack_bytes_deleted,
+            packs_kept: r.packs_kept,
+            rescued: r.rescued,
+            dead_sessions_removed: r.dead_sessions_removed,
+            damaged_skipped: r.damaged_skipped,
+            waited_ms: r.waited.as_millis().min(u64::MAX as u128) as u64,
+        }
+    }
+
+    pub fn report(&self) -> crate::prune::PruneReport {
+        let p = self.plan;
+        crate::prune::PruneReport {
+            plan: crate::prune::PlanSummary {
+                objects_total: p[0],
+                objects_unused: p[1],
+                bytes_unused: p[2],
+                packs_total: p[3],
+                packs_delete: p[4],
+                packs_repack: p[5],
+                bytes_repack: p[6],
+                bytes_freed: p[7],
+            },
+            objects_dropped: self.objects_dropped,
+            bytes_dropped: self.bytes_dropped,
+            objects_repacked: self.objects_repacked,
+            bytes_repacked: self.bytes_repacked,
+            packs_deleted: self.packs_deleted,
+            pack_bytes_deleted: self.pack_bytes_deleted,
+            packs_kept: self.packs_kept,
+            rescued: self.rescued,
+            dead_sessions_removed: self.dead_sessions_removed,
+            damaged_skipped: self.damaged_skipped,
+            waited: std::time::Duration::from_millis(self.waited_ms),
+        }
+    }
+}
+
+/// An error as it crosses the wire: its kind (see `WireError::of`) and its words.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireError {
+    pub kind: u32,
+    /// The object id or the I/O context, where the kind has one.
+    pub subject: String,
+    pub detail: String,
+    /// The OS error number of an I/O error (0: none).
+    pub os_code: i32,
+}
+
+/// What a store knows of one object, on the wire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireInfo {
+    pub kind: u8,
+    pub len: u32,
+    pub check: [u8; 16],
+}
+
+/// One answer of a `ReadMany`, in the order of the ids asked.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ReadAnswer {
+    Found(WireObject),
+    Missing,
+    Failed(WireError),
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WireSpace {
+    pub objects: u64,
+    pub object_bytes: u64,
+    pub pack_bytes: u64,
+    pub file_bytes: u64,
+    pub file_len: u64,
+    pub db_bytes: Option<u64>,
 }
 
 /// Server to client.
@@ -98,6 +344,179 @@ pub enum Response {
     SnapshotBlob(Option<Vec<u8>>),
     /// Answer to `ListSnapshotChecks`: (snapshot id, checksum of the stored blob).
     SnapshotChecks(Vec<(Id, [u8; 16])>),
+    // Version 3, the store protocol.
+    /// Answer to `OpenStore`, in the client's version.
+    StoreOpened {
+        version: u32,
+        append_only: bool,
+    },
+    /// A store request failed; the client rebuilds the error's kind.
+    Failed(WireError),
+    /// The encoded config.
+    Blob(Vec<u8>),
+    Number(u64),
+    /// Key slots or sessions by number.
+    Numbered(Vec<(u64, Vec<u8>)>),
+    SnapshotPage {
+        blobs: Vec<(Id, Vec<u8>)>,
+        more: bool,
+    },
+    ObjectInfo(Option<WireInfo>),
+    ObjectsRead {
+        answers: Vec<ReadAnswer>,
+        more: bool,
+    },
+    Listed(Vec<(Id, WireInfo)>),
+    Space(WireSpace),
+    /// Answer to `State`.
+    State(Option<Vec<u8>>),
+    /// During a `Collect`: which objects do these snapshots reference?
+    MarkRequest(Vec<Id>),
+    /// During a `Collect`: progress for the user.
+    Notice(String),
+    Collected(Box<WireGcReport>),
+}
+
+mod kind {
+    pub const MISSING: u32 = 1;
+    pub const REFUSED: u32 = 2;
+    pub const REPO_NOT_FOUND: u32 = 3;
+    pub const REPO_EXISTS: u32 = 4;
+    pub const LOCKED: u32 = 5;
+    pub const READ_ONLY: u32 = 6;
+    pub const CORRUPT: u32 = 7;
+    pub const DAMAGED: u32 = 8;
+    pub const IO: u32 = 9;
+    pub const DB: u32 = 10;
+    pub const FORMAT: u32 = 11;
+    pub const INVALID: u32 = 12;
+    pub const PROTOCOL: u32 = 13;
+    pub const PERMISSION_DENIED: u32 = 14;
+    pub const INTERRUPTED: u32 = 15;
+    pub const WRONG_PASSWORD: u32 = 16;
+    pub const USAGE: u32 = 17;
+    pub const NOT_FOUND: u32 = 18;
+    pub const CRYPTO: u32 = 19;
+    pub const INTERNAL: u32 = 20;
+    pub const LOCAL_ONLY: u32 = 21;
+}
+
+impl WireError {
+    /// The wire form of an error the server met.
+    pub fn of(e: &Error) -> WireError {
+        let w = |kind, subject: &str, detail: &str| WireError {
+            kind,
+            subject: subject.to_string(),
+            detail: detail.to_string(),
+            os_code: 0,
+        };
+        match e {
+            Error::Missing(id) => w(kind::MISSING, id, ""),
+            Error::Refused(m) => w(kind::REFUSED, "", m),
+            Error::RepoNotFound { reason, .. } => w(kind::REPO_NOT_FOUND, "", reason),
+            Error::RepoExists(_) => w(kind::REPO_EXISTS, "", ""),
+            Error::Locked { reason, .. } => w(kind::LOCKED, "", reason),
+            Error::ReadOnly { why, .. } => w(kind::READ_ONLY, "", why),
+            Error::Corrupt { id, reason } => w(kind::CORRUPT, id, reason),
+            Error::Damaged { reason, .. } => w(kind::DAMAGED, "", reason),
+            Error::Io { context, source } => WireError {
+                os_code: source.raw_os_error().unwrap_or(0),
+                ..w(kind::IO, context, &source.to_string())
+            },
+            Error::Db(m) => w(kind::DB, "", m),
+            Error::Format(m) => w(kind::FORMAT, "", m),
+            Error::Invalid(m) => w(kind::INVALID, "", m),
+            Error::Protocol(m) => w(kind::PROTOCOL, "", m),
+            Error::PermissionDenied(_) => w(kind::PERMISSION_DENIED, "", ""),
+            Error::Interrupted => w(kind::INTERRUPTED, "", ""),
+            Error::WrongPassword(_) => w(kind::WRONG_PASSWORD, "", ""),
+            Error::Usage(m) => w(kind::USAGE, "", m),
+            Error::NotFound(m) => w(kind::NOT_FOUND, "", m),
+            Error::Crypto(m) => w(kind::CRYPTO, "", m),
+            Error::Internal(m) => w(kind::INTERNAL, "", m),
+            Error::LocalOnly { what, .. } => w(kind::LOCAL_ONLY, what, ""),
+        }
+    }
+
+    /// The error again, on the client: errors about the repository as a whole name
+    /// `location` (the client's name for it, a URL), not the server's path.
+    pub fn into_error(self, location: &str) -> Error {
+        let path = std::path::PathBuf::from(location);
+        let WireError {
+            kind,
+            subject,
+            detail,
+            os_code,
+        } = self;
+        match kind {
+            kind::MISSING => Error::Missing(subject),
+            kind::REFUSED => Error::Refused(detail),
+            kind::REPO_NOT_FOUND => Error::RepoNotFound {
+                path,
+                reason: detail,
+            },
+            kind::REPO_EXISTS => Error::RepoExists(path),
+            kind::LOCKED => Error::Locked {
+                path,
+                reason: detail,
+            },
+            // The reason is a static string on this side; the server's words are lost.
+            kind::READ_ONLY => Error::ReadOnly {
+                path,
+                why: "the server opened it read-only",
+            },
+            kind::CORRUPT => Error::Corrupt {
+                id: subject,
+                reason: detail,
+            },
+            kind::DAMAGED => Error::Damaged {
+                path,
+                reason: detail,
+            },
+            kind::IO => Error::io(
+                format!("on the server of {location}: {subject}"),
+                if os_code != 0 {
+                    std::io::Error::from_raw_os_error(os_code)
+                } else {
+                    std::io::Error::other(detail)
+                },
+            ),
+            kind::DB => Error::Db(detail),
+            kind::FORMAT => Error::Format(detail),
+            kind::INVALID => Error::Invalid(detail),
+            kind::PROTOCOL => Error::Protocol(format!("the server of {location} says: {detail}")),
+            kind::PERMISSION_DENIED => Error::PermissionDenied(path),
+            kind::INTERRUPTED => Error::Interrupted,
+            kind::WRONG_PASSWORD => Error::WrongPassword(path),
+            kind::USAGE => Error::Usage(detail),
+            kind::NOT_FOUND => Error::NotFound(detail),
+            kind::CRYPTO => Error::Crypto(detail),
+            kind::INTERNAL => Error::Internal(format!("on the server of {location}: {detail}")),
+            kind::LOCAL_ONLY => Error::LocalOnly {
+                what: subject,
+                location: location.to_string(),
+            },
+            _ => Error::Invalid(format!("the server of {location} failed: {detail}")),
+        }
+    }
+}
+
+/// Checks a store server applies to one object a client writes: a known kind and bytes that
+/// match the checksum. Unlike `check_object` (replicas take only sealed chunks, trees and
+/// lists) the store below the seam takes whatever bytes its caller seals.
+pub fn check_store_object(o: &WireObject) -> Result<crate::crypto::Kind> {
+    let kind = crate::crypto::Kind::from_u8(o.kind)
+        .ok_or_else(|| protocol_error(format!("object {} has unknown kind {}", o.id, o.kind)))?;
+    if u32::try_from(o.sealed.len()).is_err() {
+        return Err(protocol_error(format!("object {} is too long", o.id)));
+    }
+    if crate::store::checksum(&o.sealed) != o.check {
+        return Err(Error::corrupt(
+            o.id,
+            "arrived with bytes that do not match its checksum",
+        ));
+    }
+    Ok(kind)
 }
 
 /// Encode a message into a frame body.
@@ -271,6 +690,158 @@ mod tests {
         assert!(check_object(&o).is_err(), "checksum mismatch");
     }
 
+    #[test]
+    fn store_messages_round_trip_and_errors_keep_their_kind() {
+        let o = WireObject {
+            id: Id([1; 32]),
+            kind: 1,
+            check: [2; 16],
+            sealed: vec![3; 10],
+        };
+        let info = WireInfo {
+            kind: 2,
+            len: 5,
+            check: [4; 16],
+        };
+        let requests = [
+            Request::OpenStore {
+                magic: MAGIC,
+                version: VERSION,
+                create: Some(vec![1, 2]),
+            },
+            Request::Snapshots(Some(Id([9; 32]))),
+            Request::ReadMany(vec![Id([1; 32])]),
+            Request::List {
+                from: Id([0; 32]),
+                limit: 7,
+            },
+            Request::BeginWriter {
+                batch_bytes: 1,
+                index_every: 0,
+            },
+            Request::Collect(WireGcOptions::of(&crate::prune::PruneOptions::default())),
+            Request::Marks(vec![Id([3; 32])]),
+            Request::SetState {
+                key: "k".into(),
+                value: vec![1],
+            },
+            Request::Commit(vec![(Id([1; 32]), vec![1])]),
+            Request::Space,
+        ];
+        for r in requests {
+            assert_eq!(decode::<Request>(&encode(&r).unwrap()).unwrap(), r);
+        }
+        let responses = [
+            Response::ObjectsRead {
+                answers: vec![
+                    ReadAnswer::Found(o.clone()),
+                    ReadAnswer::Missing,
+                    ReadAnswer::Failed(WireError::of(&Error::Missing("x".into()))),
+                ],
+                more: true,
+            },
+            Response::Listed(vec![(Id([1; 32]), info)]),
+            Response::ObjectInfo(Some(info)),
+            Response::Space(WireSpace {
+                db_bytes: Some(3),
+                ..WireSpace::default()
+            }),
+        ];
+        for r in responses {
+            assert_eq!(decode::<Response>(&encode(&r).unwrap()).unwrap(), r);
+        }
+        // An object's bytes encode as a plain `Vec<u8>` does (what older peers send and expect).
+        #[derive(Serialize)]
+        struct Plain {
+            id: Id,
+            kind: u8,
+            check: [u8; 16],
+            sealed: Vec<u8>,
+        }
+        let big = WireObject {
+            sealed: (0..300u32).map(|i| i as u8).collect(),
+            ..o.clone()
+        };
+        let plain = Plain {
+            id: big.id,
+            kind: big.kind,
+            check: big.check,
+            sealed: big.sealed.clone(),
+        };
+        assert_eq!(encode(&big).unwrap(), encode(&plain).unwrap());
+        assert_eq!(decode::<WireObject>(&encode(&plain).unwrap()).unwrap(), big);
+        // The old variants keep their tags (postcard numbers variants by position).
+        assert_eq!(
+            encode(&Request::Hello {
+                magic: MAGIC,
+                version: 2,
+                repo_id: [0; 16]
+            })
+            .unwrap()[0],
+            0
+        );
+        assert_eq!(encode(&Request::ListSnapshotChecks).unwrap()[0], 12);
+        assert_eq!(encode(&Response::SnapshotChecks(vec![])).unwrap()[0], 9);
+
+        let cases = [
+            Error::Missing("ab".into()),
+            Error::Refused("no".into()),
+            Error::RepoNotFound {
+                path: "/srv/x".into(),
+                reason: "empty".into(),
+            },
+            Error::RepoExists("/srv/x".into()),
+            Error::Locked {
+                path: "/srv/x".into(),
+                reason: "busy".into(),
+            },
+            Error::ReadOnly {
+                path: "/srv/x".into(),
+                why: "ro",
+            },
+            Error::corrupt("cd", "bad"),
+            Error::Damaged {
+                path: "/srv/x".into(),
+                reason: "torn".into(),
+            },
+            Error::io("writing", std::io::Error::from_raw_os_error(libc::ENOSPC)),
+            Error::Db("db".into()),
+            Error::Format("fmt".into()),
+            Error::Invalid("inv".into()),
+            Error::Protocol("proto".into()),
+            Error::PermissionDenied("/srv/x".into()),
+            Error::Interrupted,
+        ];
+        for e in cases {
+            let wire = WireError::of(&e);
+            let back = decode::<WireError>(&encode(&wire).unwrap())
+                .unwrap()
+                .into_error("ssh://h/x");
+            assert_eq!(
+                std::mem::discriminant(&back),
+                std::mem::discriminant(&e),
+                "{e} came back as {back}"
+            );
+            if e.is_disk_full() {
+                assert!(back.is_disk_full(), "{back}");
+            }
+            if let Error::RepoNotFound { path, .. } = &back {
+                assert_eq!(
+                    path.to_str(),
+                    Some("ssh://h/x"),
+                    "names the client's location"
+                );
+            }
+        }
+        let unknown = WireError {
+            kind: 9999,
+            subject: String::new(),
+            detail: "what".into(),
+            os_code: 0,
+        };
+        assert!(matches!(unknown.into_error("x"), Error::Invalid(_)));
+    }
+
     proptest! {
         #[test]
         fn hostile_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048)) {
@@ -289,7 +860,15 @@ mod tests {
             let got = read_frame(&mut f.as_slice()).unwrap().unwrap();
             prop_assert_eq!(&got, &body);
             if let Ok(Request::PutObjects(objs)) = decode::<Request>(&got) {
-                for o in &objs { let _ = check_object(o); }
+                for o in &objs { let _ = check_object(o); let _ = check_store_object(o); }
+            }
+            if let Ok(Response::Failed(e)) = decode::<Response>(&got) {
+                let _ = e.into_error("x").to_string();
+            }
+            if let Ok(Response::ObjectsRead { answers, .. }) = decode::<Response>(&got) {
+                for a in answers {
+                    if let ReadAnswer::Failed(e) = a { let _ = e.into_error("x").to_string(); }
+                }
             }
             let _ = decode::<Response>(&got);
         }

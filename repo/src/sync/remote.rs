@@ -50,7 +50,7 @@ impl<R: Read, W: Write> StreamTarget<R, W> {
         let repo_id = primary.config().repo_id;
         let hello = Request::Hello {
             magic: proto::MAGIC,
-            version: proto::VERSION,
+            version: proto::SYNC_VERSION,
             repo_id,
         };
         let exists = match self.exchange(&hello)? {
@@ -60,7 +60,7 @@ impl<R: Read, W: Write> StreamTarget<R, W> {
                 exists,
                 ..
             } => {
-                if version != proto::VERSION || theirs != repo_id {
+                if version != proto::SYNC_VERSION || theirs != repo_id {
                     return Err(proto::protocol_error(
                         "the server answered the hello with another version or repository id",
                     ));
@@ -112,6 +112,20 @@ pub fn unexpected(resp: &Response) -> Error {
         Response::Object(_) => "object",
         Response::SnapshotBlob(_) => "snapshot blob",
         Response::SnapshotChecks(_) => "snapshot checksums",
+        Response::StoreOpened { .. } => "store opened",
+        Response::Failed(_) => "failure",
+        Response::Blob(_) => "blob",
+        Response::Number(_) => "number",
+        Response::Numbered(_) => "numbered list",
+        Response::SnapshotPage { .. } => "snapshot page",
+        Response::ObjectInfo(_) => "object info",
+        Response::ObjectsRead { .. } => "objects read",
+        Response::Listed(_) => "object list",
+        Response::Space(_) => "space",
+        Response::State(_) => "state",
+        Response::MarkRequest(_) => "mark request",
+        Response::Notice(_) => "notice",
+        Response::Collected(_) => "collected",
     };
     proto::protocol_error(format!("unexpected {name} reply"))
 }
@@ -135,7 +149,7 @@ pub struct SshUrl {
 impl SshUrl {
     pub fn parse(url: &str) -> Result<SshUrl> {
         let bad = |why: &str| {
-            Error::Invalid(format!(
+            Error::Usage(format!(
                 "`{url}` is not a valid ssh target ({why}); use ssh://[user@]host[:port]/path"
             ))
         };
@@ -229,16 +243,22 @@ pub fn ssh_argv(url: &SshUrl, opts: &SshOptions) -> Vec<String> {
     argv
 }
 
-/// `cairn serve` on another machine through the system ssh.
-pub struct SshTarget {
+/// A running `ssh … cairn serve`: the process and what it says on stderr (collected by a
+/// thread, for the error when the connection fails).
+pub(crate) struct SshProcess {
     child: Child,
-    stream: Option<StreamTarget<ChildStdout, ChildStdin>>,
     stderr: Arc<Mutex<String>>,
+    /// `host[:port]`, for messages.
     label: String,
 }
 
-impl SshTarget {
-    pub fn connect(url: &SshUrl, opts: &SshOptions) -> Result<SshTarget> {
+impl SshProcess {
+    /// Start ssh running `cairn serve` on the far side; returns its stdout (the server's
+    /// replies) and stdin (our requests).
+    pub(crate) fn spawn(
+        url: &SshUrl,
+        opts: &SshOptions,
+    ) -> Result<(SshProcess, ChildStdout, ChildStdin)> {
         let argv = ssh_argv(url, opts);
         let mut child = Command::new(&argv[0])
             .args(&argv[1..])
@@ -265,6 +285,8 @@ impl SshTarget {
             });
         }
         let (Some(out), Some(inp)) = (child.stdout.take(), child.stdin.take()) else {
+            let _ = child.kill();
+            let _ = child.wait();
             return Err(Error::Invalid("ssh started without pipes".into()));
         };
         let label = format!(
@@ -272,25 +294,21 @@ impl SshTarget {
             url.host,
             url.port.map(|p| format!(":{p}")).unwrap_or_default()
         );
-        Ok(SshTarget {
-            child,
-            stream: Some(StreamTarget::new(out, inp)),
-            stderr,
-            label,
-        })
+        Ok((
+            SshProcess {
+                child,
+                stderr,
+                label,
+            },
+            out,
+            inp,
+        ))
     }
 
-    pub fn handshake(&mut self, primary: &Repository) -> Result<bool> {
-        self.with_stream(|s| s.handshake(primary))
-    }
-
-    pub fn handshake_existing(&mut self, primary: &Repository) -> Result<()> {
-        self.with_stream(|s| s.handshake_existing(primary))
-    }
-
-    /// Add what ssh said on stderr once it has exited, so "connection refused" and "permission
-    /// denied" reach the user instead of a bare protocol error.
-    fn explain(&mut self, e: Error) -> Error {
+    /// What ssh said on stderr once it has exited (waiting up to two seconds), so "connection
+    /// refused" and "permission denied" reach the user instead of a bare protocol error.
+    /// `None` when it said nothing and has not exited.
+    pub(crate) fn failure(&mut self) -> Option<String> {
         let status = self.wait_briefly(Duration::from_secs(2));
         std::thread::sleep(Duration::from_millis(50));
         let said = self
@@ -299,8 +317,8 @@ impl SshTarget {
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
         let code = status.and_then(|s| s.code());
-        if said.is_empty() && code.is_none() {
-            return e;
+        if said.is_empty() && matches!(code, None | Some(0)) {
+            return None;
         }
         let last: Vec<&str> = said.lines().rev().take(3).collect();
         let said: Vec<&str> = last.into_iter().rev().collect();
@@ -311,14 +329,22 @@ impl SshTarget {
             _ => "",
         };
         let how = code.map(|c| format!(" (exit {c})")).unwrap_or_default();
-        Error::Invalid(format!(
-            "ssh to {} failed{how}: {}{hint} [{e}]",
+        Some(format!(
+            "ssh to {} failed{how}: {}{hint}",
             self.label,
             said.join("; ")
         ))
     }
 
-    fn wait_briefly(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+    /// `e` with what ssh said added (see `failure`).
+    pub(crate) fn explain(&mut self, e: Error) -> Error {
+        match self.failure() {
+            Some(said) => Error::Invalid(format!("{said} [{e}]")),
+            None => e,
+        }
+    }
+
+    pub(crate) fn wait_briefly(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
             match self.child.try_wait() {
@@ -328,6 +354,38 @@ impl SshTarget {
             }
         }
         None
+    }
+
+    /// Wait a little for ssh to exit (its stdin should be closed by now), then kill it.
+    pub(crate) fn finish(&mut self) {
+        if self.wait_briefly(Duration::from_secs(5)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `cairn serve` on another machine through the system ssh.
+pub struct SshTarget {
+    process: SshProcess,
+    stream: Option<StreamTarget<ChildStdout, ChildStdin>>,
+}
+
+impl SshTarget {
+    pub fn connect(url: &SshUrl, opts: &SshOptions) -> Result<SshTarget> {
+        let (process, out, inp) = SshProcess::spawn(url, opts)?;
+        Ok(SshTarget {
+            process,
+            stream: Some(StreamTarget::new(out, inp)),
+        })
+    }
+
+    pub fn handshake(&mut self, primary: &Repository) -> Result<bool> {
+        self.with_stream(|s| s.handshake(primary))
+    }
+
+    pub fn handshake_existing(&mut self, primary: &Repository) -> Result<()> {
+        self.with_stream(|s| s.handshake_existing(primary))
     }
 }
 
@@ -340,7 +398,7 @@ impl SshTarget {
             Some(s) => f(s),
             None => Err(Error::Invalid("connection closed".into())),
         };
-        r.map_err(|e| self.explain(e))
+        r.map_err(|e| self.process.explain(e))
     }
 }
 
@@ -363,10 +421,7 @@ impl Drop for SshTarget {
         if let Some(mut s) = self.stream.take() {
             let _ = s.call(Request::Bye);
         }
-        if self.wait_briefly(Duration::from_secs(5)).is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.process.finish();
     }
 }
 

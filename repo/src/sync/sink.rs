@@ -156,6 +156,10 @@ impl<'s> Sink<'s> {
             Request::Hello { .. } | Request::Create { .. } => Err(proto::protocol_error(
                 "hello or create after the session started",
             )),
+            // The store protocol's requests (version 3) belong to a store connection.
+            _ => Err(proto::protocol_error(
+                "a store request on a sync connection",
+            )),
         }
     }
 

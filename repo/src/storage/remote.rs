@@ -1,0 +1,1028 @@
+//! The remote store: a repository behind `cairn serve`, over the sync protocol's framing
+//! (DESIGN.md §9, "The remote store"). The client does all chunking, compression and
+//! encryption; the server (`storage::server`) sees sealed bytes, ids, kinds and lengths only.
+//!
+//! Connections come from a `Connector` (ssh in use, a socket pair in tests). Store calls and
+//! readers share a small pool of connections, opened lazily (one per thread calling at once;
+//! at most `POOL` are kept idle); a writer and a session each have a connection of their own,
+//! because the server keeps a writer and the sessions it began per connection and drops them
+//! when it ends. A connection that fails is dropped and the next call opens another.
+
+use super::{
+    checksum, Mark, ObjectInfo, PruneOptions, PruneReport, ReadEach, Reader, Space, Storage,
+    Writer, WriterOptions,
+};
+use crate::crypto::Kind;
+use crate::error::{Error, Result};
+use crate::format::Config;
+use crate::id::Id;
+use crate::sync::proto::{self, ReadAnswer, Request, Response, WireInfo, WireObject};
+use crate::sync::remote::{unexpected, SshProcess};
+use crate::sync::{SshOptions, SshUrl};
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::process::{ChildStdin, ChildStdout};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+/// How a remote store reaches its server.
+pub trait Connector: Send + Sync {
+    /// A fresh connection to the server: (its replies, our requests).
+    fn connect(&self) -> Result<(Box<dyn Read + Send>, Box<dyn Write + Send>)>;
+    /// For messages: host[:port] or similar.
+    fn label(&self) -> String;
+}
+
+/// Idle connections kept for store calls and readers.
+const POOL: usize = 4;
+/// `PutObjects` batches a writer keeps in flight before it waits for a reply.
+const WINDOW: usize = 3;
+/// A writer sends its objects in batches of about this many bytes (or its `batch_bytes`
+/// when smaller).
+const SEND_BATCH: usize = 8 << 20;
+/// Room left in a frame for everything around the objects' bytes.
+const FRAME_SLACK: usize = 64 << 10;
+/// Ids per `ReadMany` request, and requests a `read_many` keeps in flight.
+const READ_IDS: usize = 256;
+const READ_WINDOW: usize = 2;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// What the client says when the first reply is a version-2 (or older) server's error: such
+/// a server cannot decode `OpenStore`.
+fn too_old(location: &str, said: &str) -> Error {
+    Error::Invalid(format!(
+        "the server's cairn at {location} is too old (speaks sync protocol ≤ 2) to serve a repository; upgrade cairn on the server [it said: {said}]"
+    ))
+}
+
+/// One connection, in step with the server: every request sent has its replies read before
+/// another caller uses it.
+struct Conn {
+    r: BufReader<Box<dyn Read + Send>>,
+    w: BufWriter<Box<dyn Write + Send>>,
+    /// A transport or protocol failure: the connection is out of step; drop it.
+    broken: bool,
+    /// The stream itself failed or ended (the server is gone), rather than a bad reply.
+    dead: bool,
+}
+
+impl Conn {
+    /// Connect and open the store (creating it from `create`); returns whether the server
+    /// serves it append-only.
+    fn open(shared: &Shared, create: Option<Vec<u8>>) -> Result<(Conn, bool)> {
+        let loc = &shared.location;
+        let (r, w) = shared.connector.connect()?;
+        let mut c = Conn {
+            r: BufReader::with_capacity(256 << 10, r),
+            w: BufWriter::with_capacity(256 << 10, w),
+            broken: false,
+            dead: false,
+        };
+        c.send(
+            loc,
+            &Request::OpenStore {
+                magic: proto::MAGIC,
+                version: proto::VERSION,
+                create,
+            },
+        )?;
+        let reply = proto::read_msg(&mut c.r).map_err(|e| talking(loc, e))?;
+        match reply {
+            Response::StoreOpened {
+                version,
+                append_only,
+            } if version == proto::VERSION => Ok((c, append_only)),
+            Response::StoreOpened { version, .. } => Err(proto::protocol_error(format!(
+                "{loc} answered in store protocol version {version}, not {}",
+                proto::VERSION
+            ))),
+            Response::Failed(e) => Err(e.into_error(loc)),
+            Response::Error(said) => Err(too_old(loc, &said)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn send(&mut self, loc: &str, req: &Request) -> Result<()> {
+        // Encoding fails before anything is written: the connection stays in step.
+        let body = proto::encode(req)?;
+        if let Err(e) = proto::write_frame(&mut self.w, &body) {
+            self.broken = true;
+            self.dead = true;
+            // The far side is gone; what it said last (its error, or for ssh what ssh
+            // printed) is the better error.
+            return Err(match proto::read_msg::<_, Response>(&mut self.r) {
+                Ok(Response::Failed(w)) => w.into_error(loc),
+                Err(better) => talking(loc, better),
+                Ok(_) => talking(loc, e),
+            });
+        }
+        Ok(())
+    }
+
+    /// The next reply; a `Failed` one becomes its error.
+    fn recv(&mut self, loc: &str) -> Result<Response> {
+        match proto::read_msg(&mut self.r) {
+            Ok(Response::Failed(e)) => {
+                let e = e.into_error(loc);
+                if matches!(e, Error::Protocol(_)) {
+                    self.broken = true;
+                }
+                Err(e)
+            }
+            Ok(resp) => Ok(resp),
+            Err(e) => {
+                self.broken = true;
+                self.dead = matches!(&e, Error::Io { .. })
+                    || matches!(&e, Error::Protocol(m) if m.contains("closed the connection"));
+                Err(talking(loc, e))
+            }
+        }
+    }
+
+    fn call(&mut self, loc: &str, req: &Request) -> Result<Response> {
+        self.send(loc, req)?;
+        self.recv(loc)
+    }
+
+    /// A reply that was not what the request asks for: the connection is out of step.
+    fn unexpected(&mut self, resp: &Response) -> Error {
+        self.broken = true;
+        unexpected(resp)
+    }
+}
+
+/// A transport error, naming the server.
+fn talking(loc: &str, e: Error) -> Error {
+    match e {
+        Error::Io { source, .. } => Error::io(format!("talking to {loc}"), source),
+        Error::Protocol(m) => Error::Protocol(format!("{m} (from {loc})")),
+        other => other,
+    }
+}
+
+/// What the store and its readers share: the way to the server and the idle connections.
+struct Shared {
+    connector: Box<dyn Connector>,
+    location: String,
+    idle: Mutex<Vec<Conn>>,
+}
+
+/// A connection lent from the pool; back to it when dropped, unless it broke.
+struct Lease<'a> {
+    shared: &'a Shared,
+    conn: Option<Conn>,
+    /// Whether the connection was idle in the pool (it may have died there).
+    reused: bool,
+}
+
+impl Lease<'_> {
+    fn conn(&mut self) -> &mut Conn {
+        #[allow(clippy::expect_used)]
+        self.conn
+            .as_mut()
+            .expect("a lease holds its connection until dropped")
+    }
+
+    fn call(&mut self, req: &Request) -> Result<Response> {
+        let loc = &self.shared.location;
+        self.conn().call(loc, req)
+    }
+}
+
+impl Drop for Lease<'_> {
+    fn drop(&mut self) {
+        if let Some(c) = self.conn.take() {
+            let mut idle = lock(&self.shared.idle);
+            if c.dead {
+                // The others most likely went with it (the server or the network is gone).
+                idle.clear();
+            } else if !c.broken && idle.len() < POOL {
+                idle.push(c);
+            }
+        }
+    }
+}
+
+impl Shared {
+    /// An idle connection, or a new one (never waiting: a caller that holds one while it
+    /// asks for another cannot deadlock).
+    fn lease(&self) -> Result<Lease<'_>> {
+        let idle = lock(&self.idle).pop();
+        let reused = idle.is_some();
+        let conn = match idle {
+            Some(c) => c,
+            None => Conn::open(self, None)?.0,
+        };
+        Ok(Lease {
+            shared: self,
+            conn: Some(conn),
+            reused,
+        })
+    }
+
+    /// Run `f`, which only reads, on a lent connection; when a connection that waited in the
+    /// pool turns out dead (the server went away meanwhile), once more on a new one.
+    fn reading<T>(&self, mut f: impl FnMut(&mut Lease<'_>) -> Result<T>) -> Result<T> {
+        let mut l = self.lease()?;
+        match f(&mut l) {
+            Err(_) if l.reused && l.conn().dead => {
+                drop(l);
+                let mut l = Lease {
+                    shared: self,
+                    conn: Some(Conn::open(self, None)?.0),
+                    reused: false,
+                };
+                f(&mut l)
+            }
+            r => r,
+        }
+    }
+
+    /// One request, one reply; `pick` takes what it expects from the reply. A request that
+    /// only reads (`idempotent`) is sent again on a new connection when a pooled one was dead.
+    fn ask<T>(
+        &self,
+        req: &Request,
+        idempotent: bool,
+        pick: impl Fn(Response) -> std::result::Result<T, Response>,
+    ) -> Result<T> {
+        let once = |l: &mut Lease<'_>| match pick(l.call(req)?) {
+            Ok(v) => Ok(v),
+            Err(other) => Err(l.conn().unexpected(&other)),
+        };
+        if idempotent {
+            self.reading(once)
+        } else {
+            once(&mut self.lease()?)
+        }
+    }
+
+    fn done(&self, req: &Request) -> Result<()> {
+        self.ask(req, false, |r| match r {
+            Response::Done => Ok(()),
+            other => Err(other),
+        })
+    }
+
+    fn number(&self, req: &Request, idempotent: bool) -> Result<u64> {
+        self.ask(req, idempotent, |r| match r {
+            Response::Number(n) => Ok(n),
+            other => Err(other),
+        })
+    }
+
+    fn numbered(&self, req: &Request) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.ask(req, true, |r| match r {
+            Response::Numbered(v) => Ok(v),
+            other => Err(other),
+        })
+    }
+}
+
+/// A repository behind `cairn serve` (see the module documentation).
+pub struct RemoteStore {
+    shared: Arc<Shared>,
+    config: Config,
+    append_only: bool,
+    /// Each session's own connection: the server ends the session when it closes.
+    sessions: Mutex<HashMap<u64, Conn>>,
+}
+
+impl RemoteStore {
+    /// Open the repository the server serves; Error::RepoNotFound when there is none there.
+    pub fn open(connector: Box<dyn Connector>) -> Result<RemoteStore> {
+        RemoteStore::start(connector, None)
+    }
+
+    /// Create it from `config` (Error::RepoExists when one is there already).
+    pub fn create(connector: Box<dyn Connector>, config: &Config) -> Result<RemoteStore> {
+        RemoteStore::start(connector, Some(config.encode()))
+    }
+
+    fn start(connector: Box<dyn Connector>, create: Option<Vec<u8>>) -> Result<RemoteStore> {
+        let shared = Arc::new(Shared {
+            location: connector.label(),
+            connector,
+            idle: Mutex::new(Vec::new()),
+        });
+        let (mut conn, append_only) = Conn::open(&shared, create)?;
+        let config = match conn.call(&shared.location, &Request::Config)? {
+            Response::Blob(b) => Config::decode(&b)?,
+            other => return Err(unexpected(&other)),
+        };
+        lock(&shared.idle).push(conn);
+        Ok(RemoteStore {
+            shared,
+            config,
+            append_only,
+            sessions: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Whether the server refuses deletions (`cairn serve --append-only`).
+    pub fn append_only(&self) -> bool {
+        self.append_only
+    }
+}
+
+/// A kind as the server sent it.
+fn wire_kind(k: u8) -> Result<Kind> {
+    Kind::from_u8(k).ok_or_else(|| proto::protocol_error(format!("unknown object kind {k}")))
+}
+
+fn object_info(i: &WireInfo) -> Result<ObjectInfo> {
+    Ok(ObjectInfo {
+        kind: wire_kind(i.kind)?,
+        len: i.len,
+        check: i.check,
+    })
+}
+
+impl Storage for RemoteStore {
+    fn location(&self) -> String {
+        self.shared.location.clone()
+    }
+
+    fn config(&self) -> Result<Config> {
+        Ok(self.config.clone())
+    }
+
+    fn key_slots(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.shared.numbered(&Request::KeySlots)
+    }
+
+    fn add_key_slot(&self, slot: &[u8]) -> Result<u64> {
+        self.shared
+            .number(&Request::AddKeySlot(slot.to_vec()), false)
+    }
+
+    fn remove_key_slot(&self, id: u64) -> Result<()> {
+        self.shared.done(&Request::RemoveKeySlot(id))
+    }
+
+    fn snapshots(&self) -> Result<Vec<(Id, Vec<u8>)>> {
+        self.shared.reading(|l| {
+            let mut out: Vec<(Id, Vec<u8>)> = Vec::new();
+            loop {
+                let after = out.last().map(|s| s.0);
+                let (blobs, more) = match l.call(&Request::Snapshots(after))? {
+                    Response::SnapshotPage { blobs, more } => (blobs, more),
+                    other => return Err(l.conn().unexpected(&other)),
+                };
+                let mut last = after;
+                for (id, _) in &blobs {
+                    if last.is_some_and(|l| *id <= l) {
+                        l.conn().broken = true;
+                        return Err(proto::protocol_error(
+                            "the server's snapshot list is out of order",
+                        ));
+                    }
+                    last = Some(*id);
+                }
+                if more && blobs.is_empty() {
+                    l.conn().broken = true;
+                    return Err(proto::protocol_error(
+                        "an empty snapshot page with more to come",
+                    ));
+                }
+                out.extend(blobs);
+                if !more {
+                    return Ok(out);
+                }
+            }
+        })
+    }
+
+    fn remove_snapshots(&self, ids: &[Id]) -> Result<()> {
+        for part in ids.chunks(proto::MAX_HAVE) {
+            self.shared.done(&Request::RemoveSnapshots(part.to_vec()))?;
+        }
+        Ok(())
+    }
+
+    fn reader(&self) -> Result<Box<dyn Reader>> {
+        Ok(Box::new(RemoteReader(self.shared.clone())))
+    }
+
+    fn writer(&self, opts: WriterOptions) -> Result<Box<dyn Writer + '_>> {
+        Ok(Box::new(RemoteWriter::new(self.shared.clone(), opts)?))
+    }
+
+    fn begin_session(&self, _info: &[u8]) -> Result<u64> {
+        // The server records the session in its own name (this side's process means nothing
+        // there) and ends it when this connection closes: when the session ends, or this
+        // process dies.
+        let loc = &self.shared.location;
+        let (mut conn, _) = Conn::open(&self.shared, None)?;
+        let id = match conn.call(loc, &Request::BeginSession)? {
+            Response::Number(id) => id,
+            other => return Err(unexpected(&other)),
+        };
+        lock(&self.sessions).insert(id, conn);
+        Ok(id)
+    }
+
+    fn end_session(&self, id: u64) -> Result<()> {
+        let conn = lock(&self.sessions).remove(&id);
+        let Some(mut conn) = conn else {
+            // Not begun here: the server refuses unless it is this connection's.
+            return self.shared.done(&Request::EndSession(id));
+        };
+        match conn.call(&self.shared.location, &Request::EndSession(id))? {
+            Response::Done => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    fn sessions(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+        self.shared.numbered(&Request::Sessions)
+    }
+
+    fn recover(&self) -> Result<u64> {
+        self.shared.number(&Request::Recover, false)
+    }
+
+    fn space(&self) -> Result<Space> {
+        self.shared.reading(|l| match l.call(&Request::Space)? {
+            Response::Space(s) => Ok(Space {
+                objects: s.objects,
+                object_bytes: s.object_bytes,
+                pack_bytes: s.pack_bytes,
+                file_bytes: s.file_bytes,
+                file_len: s.file_len,
+                db_bytes: s.db_bytes,
+            }),
+            other => Err(l.conn().unexpected(&other)),
+        })
+    }
+
+    fn state(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.shared
+            .ask(&Request::State(key.to_string()), true, |r| match r {
+                Response::State(v) => Ok(v),
+                other => Err(other),
+            })
+    }
+
+    fn set_state(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.shared.done(&Request::SetState {
+            key: key.to_string(),
+            value: value.to_vec(),
+        })
+    }
+
+    fn collect_garbage(
+        &self,
+        marker: &mut dyn Mark,
+        opts: &PruneOptions,
+        notify: &dyn Fn(&str),
+    ) -> Result<PruneReport> {
+        // A connection of its own: the server calls back for marks in the middle of it.
+        let loc = &self.shared.location;
+        let (mut conn, _) = Conn::open(&self.shared, None)?;
+        conn.send(loc, &Request::Collect(proto::WireGcOptions::of(opts)))?;
+        loop {
+            match conn.recv(loc)? {
+                Response::MarkRequest(snapshots) => {
+                    let marked: Vec<Id> = marker.mark(&snapshots)?.into_iter().collect();
+                    for page in marked.chunks(proto::MAX_MARKS) {
+                        conn.send(loc, &Request::Marks(page.to_vec()))?;
+                    }
+                    conn.send(loc, &Request::MarksEnd)?;
+                }
+                Response::Notice(msg) => notify(&msg),
+                Response::Collected(report) => return Ok(report.report()),
+                other => return Err(conn.unexpected(&other)),
+            }
+        }
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// A reader of a remote store. Each request is answered from the server's state when it
+/// arrives (objects committed since the reader was made may be seen; the contract allows it).
+struct RemoteReader(Arc<Shared>);
+
+/// Check an object the server sent for `id`: the id asked, a known kind, bytes that match the
+/// checksum the server keeps for it.
+fn verified(o: WireObject, id: &Id) -> Result<(Kind, Vec<u8>)> {
+    if o.id != *id {
+        return Err(proto::protocol_error(format!(
+            "asked for object {id}, the server sent {}",
+            o.id
+        )));
+    }
+    let kind = wire_kind(o.kind)?;
+    if checksum(&o.sealed) != o.check {
+        return Err(Error::corrupt(
+            id,
+            "the server sent bytes that do not match its checksum",
+        ));
+    }
+    Ok((kind, o.sealed))
+}
+
+impl Reader for RemoteReader {
+    fn info(&self, id: &Id) -> Result<Option<ObjectInfo>> {
+        self.0
+            .reading(|l| match l.call(&Request::ObjectInfo(*id))? {
+                Response::ObjectInfo(i) => i.as_ref().map(object_info).transpose(),
+                other => Err(l.conn().unexpected(&other)),
+            })
+    }
+
+    fn contains(&self, ids: &[Id]) -> Result<Vec<bool>> {
+        let loc = &self.0.location;
+        self.0.reading(|l| {
+            let c = l.conn();
+            let parts: Vec<&[Id]> = ids.chunks(proto::MAX_HAVE).collect();
+            let mut out = Vec::with_capacity(ids.len());
+            let mut sent = 0;
+            for (i, part) in parts.iter().enumerate() {
+                while sent < parts.len() && sent < i + READ_WINDOW {
+                    c.send(loc, &Request::Have(parts[sent].to_vec()))?;
+                    sent += 1;
+                }
+                match c.recv(loc) {
+                    Ok(Response::Have(v)) if v.len() == part.len() => out.extend(v),
+                    Ok(Response::Have(v)) => {
+                        c.broken = true;
+                        return Err(proto::protocol_error(format!(
+                            "asked about {} ids, the server answered {}",
+                            part.len(),
+                            v.len()
+                        )));
+                    }
+                    Ok(other) => return Err(c.unexpected(&other)),
+                    Err(e) => {
+                        c.broken = true; // the other requests' replies are still coming
+                        return Err(e);
+                    }
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn read(&self, id: &Id) -> Result<(Kind, Vec<u8>)> {
+        self.0.reading(|l| match l.call(&Request::GetObject(*id))? {
+            Response::Object(None) => Err(Error::Missing(id.to_hex())),
+            Response::Object(Some(o)) => verified(o, id).inspect_err(|e| {
+                if matches!(e, Error::Protocol(_)) {
+                    l.conn().broken = true;
+                }
+            }),
+            other => Err(l.conn().unexpected(&other)),
+        })
+    }
+
+    fn read_many(&self, ids: &[Id], f: &mut ReadEach<'_>) -> Result<()> {
+        let loc = &self.0.location;
+        // Ids handed to `f` so far: a retry on a new connection (when a pooled one was dead)
+        // goes on after them.
+        let mut delivered = 0;
+        self.0.reading(|l| {
+            let c = l.conn();
+            let parts: Vec<&[Id]> = ids[delivered..].chunks(READ_IDS).collect();
+            let mut sent = 0;
+            let result = (|| {
+                for (i, part) in parts.iter().enumerate() {
+                    while sent < parts.len() && sent < i + READ_WINDOW {
+                        c.send(loc, &Request::ReadMany(parts[sent].to_vec()))?;
+                        sent += 1;
+                    }
+                    let mut at = 0;
+                    loop {
+                        let (answers, more) = match c.recv(loc)? {
+                            Response::ObjectsRead { answers, more } => (answers, more),
+                            other => return Err(unexpected(&other)),
+                        };
+                        if at + answers.len() > part.len()
+                            || (!more && at + answers.len() < part.len())
+                        {
+                            return Err(proto::protocol_error(format!(
+                                "asked for {} objects, the server answered {}",
+                                part.len(),
+                                at + answers.len()
+                            )));
+                        }
+                        for a in answers {
+                            let id = part[at];
+                            at += 1;
+                            let got = match a {
+                                ReadAnswer::Found(o) => match verified(o, &id) {
+                                    Err(e @ Error::Protocol(_)) => return Err(e),
+                                    got => got,
+                                },
+                                ReadAnswer::Missing => Err(Error::Missing(id.to_hex())),
+                                ReadAnswer::Failed(e) => Err(e.into_error(loc)),
+                            };
+                            delivered += 1;
+                            f(id, got)?;
+                        }
+                        if !more {
+                            break;
+                        }
+                    }
+                }
+                Ok(())
+            })();
+            if result.is_err() {
+                // Replies may still be on their way: the connection is out of step.
+                c.broken = true;
+            }
+            result
+        })
+    }
+
+    fn list(&self, from: &Id, limit: usize) -> Result<Vec<(Id, ObjectInfo)>> {
+        self.0.reading(|l| {
+            let mut out: Vec<(Id, ObjectInfo)> = Vec::new();
+            let mut from = *from;
+            // After the first page, each page starts at the last id already listed.
+            let mut skip: Option<Id> = None;
+            while out.len() < limit {
+                let want =
+                    (limit - out.len()).min(proto::MAX_LIST - 1) + usize::from(skip.is_some());
+                let page = match l.call(&Request::List {
+                    from,
+                    limit: want as u32,
+                })? {
+                    Response::Listed(v) => v,
+                    other => return Err(l.conn().unexpected(&other)),
+                };
+                let n = page.len();
+                let mut last: Option<Id> = None;
+                for (id, _) in &page {
+                    if *id < from || last.is_some_and(|l| *id <= l) {
+                        l.conn().broken = true;
+                        return Err(proto::protocol_error(
+                            "the server's object list is out of order",
+                        ));
+                    }
+                    last = Some(*id);
+                }
+                if n > want {
+                    l.conn().broken = true;
+                    return Err(proto::protocol_error(format!(
+                        "asked for {want} objects, the server listed {n}"
+                    )));
+                }
+                for (id, info) in page {
+                    if Some(id) != skip {
+                        out.push((id, object_info(&info)?));
+                    }
+                }
+                match out.last() {
+                    Some((id, _)) if n == want => {
+                        from = *id;
+                        skip = Some(*id);
+                    }
+                    _ => break,
+                }
+            }
+            out.truncate(limit);
+            Ok(out)
+        })
+    }
+
+    fn count(&self) -> Result<u64> {
+        self.0.number(&Request::Count, true)
+    }
+}
+
+/// What a request a writer sent is answered with.
+enum Expect {
+    Done,
+    Stored(u64),
+}
+
+/// A writer over its own connection; the server holds the `Writer` it feeds.
+struct RemoteWriter {
+    shared: Arc<Shared>,
+    conn: Option<Conn>,
+    batch: Vec<WireObject>,
+    batch_bytes: usize,
+    send_at: usize,
+    in_flight: VecDeque<Expect>,
+    /// Why this writer was given up (its connection is closed: the server dropped what was
+    /// not checkpointed).
+    failed: Option<String>,
+}
+
+impl RemoteWriter {
+    fn new(shared: Arc<Shared>, opts: WriterOptions) -> Result<RemoteWriter> {
+        let (mut conn, _) = Conn::open(&shared, None)?;
+        conn.send(
+            &shared.location,
+            &Request::BeginWriter {
+                batch_bytes: opts.batch_bytes as u64,
+                index_every: opts.index_every,
+            },
+        )?;
+        Ok(RemoteWriter {
+            shared,
+            conn: Some(conn),
+            batch: Vec::new(),
+            batch_bytes: 0,
+            send_at: opts.batch_bytes.clamp(1, SEND_BATCH),
+            in_flight: VecDeque::from([Expect::Done]),
+            failed: None,
+        })
+    }
+
+    /// The connection, unless the writer was given up.
+    fn conn(&mut self) -> Result<&mut Conn> {
+        match (&self.failed, self.conn.as_mut()) {
+            (None, Some(c)) => Ok(c),
+            (why, _) => Err(Error::Invalid(format!(
+                "an earlier write to {} failed ({}); what was not checkpointed is not stored",
+                self.shared.location,
+                why.as_deref().unwrap_or("closed")
+            ))),
+        }
+    }
+
+    /// Give the writer up after `e`: the connection closes, the server drops its writer.
+    fn give_up(&mut self, e: Error) -> Error {
+        self.failed = Some(e.to_string());
+        self.conn = None;
+        self.batch.clear();
+        self.in_flight.clear();
+        e
+    }
+
+    fn send(&mut self, req: Request, expect: Expect) -> Result<()> {
+        let loc = self.shared.location.clone();
+        let sent = self.conn()?.send(&loc, &req);
+        sent.map_err(|e| self.give_up(e))?;
+        self.in_flight.push_back(expect);
+        while self.in_flight.len() > WINDOW {
+            self.recv_one().map_err(|e| self.give_up(e))?;
+        }
+        Ok(())
+    }
+
+    /// Read the reply of the oldest request in flight.
+    fn recv_one(&mut self) -> Result<()> {
+        let loc = self.shared.location.clone();
+        let Some(expect) = self.in_flight.pop_front() else {
+            return Ok(());
+        };
+        let c = self.conn()?;
+        match (expect, c.recv(&loc)?) {
+            (Expect::Done, Response::Done) => Ok(()),
+            (Expect::Stored(n), Response::Stored { objects, .. }) if objects == n => Ok(()),
+            (_, other) => Err(c.unexpected(&other)),
+        }
+    }
+
+    fn flush_batch(&mut self) -> Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let batch = std::mem::take(&mut self.batch);
+        self.batch_bytes = 0;
+        let n = batch.len() as u64;
+        self.send(Request::PutObjects(batch), Expect::Stored(n))
+    }
+
+    /// Send `last` after what is buffered, then wait for every reply. A refusal (a snapshot
+    /// stored with other bytes) leaves the writer usable; any other failure gives it up.
+    fn finish(&mut self, last: Request) -> Result<()> {
+        self.conn()?;
+        self.flush_batch()?;
+        self.send(last, Expect::Done)?;
+        let mut first: Option<Error> = None;
+        while !self.in_flight.is_empty() {
+            if let Err(e) = self.recv_one() {
+                let broken = self.conn.as_ref().is_none_or(|c| c.broken);
+                first.get_or_insert(e);
+                if broken {
+                    break;
+                }
+            }
+        }
+        match first {
+            None => Ok(()),
+            Some(e @ Error::Refused(_)) if self.conn.as_ref().is_some_and(|c| !c.broken) => Err(e),
+            Some(e) => Err(self.give_up(e)),
+        }
+    }
+}
+
+impl Writer for RemoteWriter {
+    fn add(&mut self, id: Id, kind: Kind, sealed: &[u8]) -> Result<()> {
+        self.conn()?;
+        if sealed.len() > proto::MAX_FRAME - FRAME_SLACK {
+            return Err(Error::Invalid(format!(
+                "object {id} of {} bytes is too large for the remote protocol (at most {})",
+                sealed.len(),
+                proto::MAX_FRAME - FRAME_SLACK
+            )));
+        }
+        if self.batch_bytes + sealed.len() > proto::MAX_FRAME - FRAME_SLACK {
+            self.flush_batch()?;
+        }
+        self.batch.push(WireObject {
+            id,
+            kind: kind as u8,
+            check: checksum(sealed),
+            sealed: sealed.to_vec(),
+        });
+        self.batch_bytes += sealed.len() + 64;
+        if self.batch_bytes >= self.send_at {
+            self.flush_batch()?;
+        }
+        Ok(())
+    }
+
+    fn checkpoint(&mut self) -> Result<()> {
+        self.finish(Request::Checkpoint)
+    }
+
+    fn commit(&mut self, snapshots: &[(Id, Vec<u8>)]) -> Result<()> {
+        self.finish(Request::Commit(snapshots.to_vec()))
+    }
+}
+
+/// ssh running `cairn serve --repo PATH` on the far side (reuse sync::remote::ssh_argv /
+/// SshOptions / SshUrl).
+pub fn ssh(url: &SshUrl, opts: &SshOptions) -> Box<dyn Connector> {
+    Box::new(SshConnector {
+        url: url.clone(),
+        opts: opts.clone(),
+    })
+}
+
+struct SshConnector {
+    url: SshUrl,
+    opts: SshOptions,
+}
+
+impl Connector for SshConnector {
+    fn connect(&self) -> Result<(Box<dyn Read + Send>, Box<dyn Write + Send>)> {
+        let (process, out, inp) = SshProcess::spawn(&self.url, &self.opts)?;
+        let process = Arc::new(Mutex::new(Reaper(process)));
+        Ok((
+            Box::new(SshOut {
+                out,
+                process: process.clone(),
+            }),
+            Box::new(SshIn { inp, process }),
+        ))
+    }
+
+    fn label(&self) -> String {
+        let u = &self.url;
+        let host = if u.host.contains(':') {
+            format!("[{}]", u.host)
+        } else {
+            u.host.clone()
+        };
+        format!(
+            "ssh://{}{host}{}{}",
+            u.user.as_ref().map(|u| format!("{u}@")).unwrap_or_default(),
+            u.port.map(|p| format!(":{p}")).unwrap_or_default(),
+            u.path
+        )
+    }
+}
+
+/// The ssh process, waited for (and killed if it lingers) when both halves are dropped.
+struct Reaper(SshProcess);
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        self.0.finish();
+    }
+}
+
+/// ssh's stdout: the end of the stream becomes what ssh said when it failed.
+struct SshOut {
+    out: ChildStdout,
+    process: Arc<Mutex<Reaper>>,
+}
+
+impl Read for SshOut {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        match self.out.read(buf)? {
+            0 if !buf.is_empty() => match lock(&self.process).0.failure() {
+                Some(said) => Err(std::io::Error::other(said)),
+                None => Ok(0),
+            },
+            n => Ok(n),
+        }
+    }
+}
+
+/// ssh's stdin (declared before the process, so it closes first).
+struct SshIn {
+    inp: ChildStdin,
+    #[allow(dead_code)]
+    process: Arc<Mutex<Reaper>>,
+}
+
+impl Write for SshIn {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.inp.write(buf)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inp.flush()
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn fake_ssh(script: &str) -> SshOptions {
+        SshOptions {
+            command: vec!["sh".into(), "-c".into(), script.into(), "ssh".into()],
+            remote_binary: "cairn".into(),
+        }
+    }
+
+    #[test]
+    fn what_ssh_says_reaches_the_user() {
+        let url = SshUrl::parse("ssh://me@example.invalid:2222/srv/r").unwrap();
+        let c = ssh(
+            &url,
+            &fake_ssh("echo 'ssh: connect to host example.invalid port 2222: Connection refused' >&2; exit 255"),
+        );
+        assert_eq!(c.label(), "ssh://me@example.invalid:2222/srv/r");
+        let e = RemoteStore::open(c).err().unwrap().to_string();
+        assert!(
+            e.contains("Connection refused") && e.contains("exit 255"),
+            "{e}"
+        );
+        let e = RemoteStore::open(ssh(&url, &fake_ssh("exit 127")))
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("is cairn installed"), "{e}");
+        // A far side that is not cairn at all (prints garbage, exits 0).
+        let e = RemoteStore::open(ssh(&url, &fake_ssh("cat >/dev/null & printf 'hello\\n'")))
+            .err()
+            .unwrap();
+        assert!(matches!(e, Error::Protocol(_) | Error::Io { .. }), "{e}");
+    }
+
+    /// Through a real `cairn serve` (ssh replaced by `sh -c`):
+    /// `CAIRN_TEST_BINARY=target/debug/cairn cargo test -p cairn-repo -- --ignored real_serve`
+    #[test]
+    #[ignore]
+    fn through_a_real_cairn_serve() {
+        let Ok(bin) = std::env::var("CAIRN_TEST_BINARY") else {
+            return;
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let url = SshUrl::parse(&format!("ssh://h{}/r", dir.path().display())).unwrap();
+        let opts = SshOptions {
+            command: vec![
+                "sh".into(),
+                "-c".into(),
+                "for a; do last=$a; done; exec sh -c \"$last\"".into(),
+                "ssh".into(),
+            ],
+            remote_binary: bin,
+        };
+        let e = RemoteStore::open(ssh(&url, &opts)).err().unwrap();
+        assert!(matches!(e, Error::RepoNotFound { .. }), "{e}");
+        let config = Config {
+            repo_id: [3; 16],
+            chunk_min: 64,
+            chunk_avg: 256,
+            chunk_max: 1024,
+            piece_size: 1 << 16,
+            pack_max: 1 << 20,
+            created: 0,
+        };
+        let store = RemoteStore::create(ssh(&url, &opts), &config).unwrap();
+        let mut w = store.writer(WriterOptions::default()).unwrap();
+        w.add(Id([1; 32]), Kind::Chunk, b"hello").unwrap();
+        w.commit(&[(Id([2; 32]), b"snap".to_vec())]).unwrap();
+        drop(w);
+        let s = store.begin_session(b"").unwrap();
+        assert_eq!(store.sessions().unwrap().len(), 1);
+        store.end_session(s).unwrap();
+        drop(store);
+        let store = RemoteStore::open(ssh(&url, &opts)).unwrap();
+        assert_eq!(store.config().unwrap(), config);
+        let r = store.reader().unwrap();
+        assert_eq!(
+            r.read(&Id([1; 32])).unwrap(),
+            (Kind::Chunk, b"hello".to_vec())
+        );
+        assert!(matches!(r.read(&Id([9; 32])), Err(Error::Missing(_))));
+        assert_eq!(store.snapshots().unwrap().len(), 1);
+        assert!(store.sessions().unwrap().is_empty());
+    }
+}

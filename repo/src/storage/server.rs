@@ -1,0 +1,532 @@
+//! The server side of the store protocol (DESIGN.md §9, "The remote store"): `cairn serve`
+//! answers a store client's requests from a `&dyn Storage`, without any key. The client is
+//! `storage::remote`.
+//!
+//! One connection is one session of requests, answered in order. Per connection the server
+//! keeps at most one writer (when the connection ends, what it received whole is stored
+//! without a snapshot, so the client's next backup reuses it) and the sessions it began, which it ends with the connection.
+
+use super::{ObjectInfo, Storage, Writer, WriterOptions};
+use crate::crypto::{KeySlot, MAX_KEY_SLOTS};
+use crate::error::{Error, Result};
+use crate::format::Config;
+use crate::id::Id;
+use crate::store::{Store, DEFAULT_DB_CACHE};
+use crate::sync::proto::{self, ReadAnswer, Request, Response, WireError, WireInfo, WireObject};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::path::Path;
+
+/// Largest writer batch a client may ask for (what the writer buffers before storing).
+const MAX_BATCH_BYTES: u64 = 256 << 20;
+
+/// The first message of a store client: magic, version, config to create from.
+pub(crate) type OpenStore = ([u8; 8], u32, Option<Vec<u8>>);
+
+/// Serve a store client whose `OpenStore` has been read: open the repository at `dir` (or
+/// create it from the config sent, as `Repository::init` does locally), then answer requests
+/// until the client closes the connection.
+pub(crate) fn serve_dir<R: Read, W: Write>(
+    dir: &Path,
+    append_only: bool,
+    (magic, version, create): OpenStore,
+    r: &mut R,
+    w: &mut W,
+    log: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let opened = check_hello(&magic, version).and_then(|_| match &create {
+        None => Store::open(dir, DEFAULT_DB_CACHE),
+        Some(config) => {
+            Config::decode(config)?;
+            Store::create(dir, &[("config", config.clone())])
+        }
+    });
+    let store = match opened {
+        Ok(s) => s,
+        Err(e) => {
+            log(&e.to_string());
+            let _ = proto::write_msg(w, &Response::Failed(WireError::of(&e)));
+            return Err(e);
+        }
+    };
+    if create.is_some() {
+        log("created the repository for a store client");
+    }
+    proto::write_msg(
+        w,
+        &Response::StoreOpened {
+            version,
+            append_only,
+        },
+    )?;
+    serve_storage(&store, append_only, r, w, log)
+}
+
+fn check_hello(magic: &[u8; 8], version: u32) -> Result<()> {
+    if magic != &proto::MAGIC {
+        return Err(proto::protocol_error("the peer is not a cairn client"));
+    }
+    if !(proto::STORE_VERSION..=proto::VERSION).contains(&version) {
+        return Err(proto::protocol_error(format!(
+            "store protocol version {version} is not supported here (this cairn serves stores in {} to {}); use the same cairn version on both sides",
+            proto::STORE_VERSION,
+            proto::VERSION
+        )));
+    }
+    Ok(())
+}
+
+/// Answer store requests from `store` until the client closes the connection (after its
+/// `OpenStore` was answered). A request that fails is answered with `Response::Failed` and
+/// logged; a message that does not decode ends the connection.
+pub(crate) fn serve_storage<R: Read, W: Write>(
+    store: &dyn Storage,
+    append_only: bool,
+    r: &mut R,
+    w: &mut W,
+    log: &mut dyn FnMut(&str),
+) -> Result<()> {
+    let mut r = BufReader::new(r);
+    let mut w = BufWriter::new(w);
+    let mut conn = Connection {
+        store,
+        append_only,
+        writer: None,
+        writer_failed: None,
+        sessions: Vec::new(),
+    };
+    loop {
+        let req: Request = match proto::read_frame(&mut r) {
+            Ok(Some(body)) => match proto::decode(&body) {
+                Ok(req) => req,
+                Err(e) => return Err(fail(&mut w, e, log)),
+            },
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(fail(&mut w, e, log)),
+        };
+        if req == Request::Bye {
+            return proto::write_msg(&mut w, &Response::Done);
+        }
+        if let Request::ReadMany(ids) = req {
+            conn.read_many(&ids, &mut w, log)?;
+            continue;
+        }
+        if let Request::Collect(opts) = req {
+            let result = conn
+                .refuse_if_append_only("garbage cannot be collected through it")
+                .and_then(|_| collect(store, &opts, &mut r, &mut w));
+            let resp = match result {
+                Ok(report) => Response::Collected(Box::new(proto::WireGcReport::of(&report))),
+                Err(e) if matches!(e, Error::Protocol(_)) => return Err(fail(&mut w, e, log)),
+                Err(e) => {
+                    log(&e.to_string());
+                    Response::Failed(WireError::of(&e))
+                }
+            };
+            proto::write_msg(&mut w, &resp)?;
+            continue;
+        }
+        let resp = match conn.handle(req) {
+            Ok(resp) => resp,
+            Err(e) => {
+                log(&e.to_string());
+                Response::Failed(WireError::of(&e))
+            }
+        };
+        proto::write_msg(&mut w, &resp)?;
+    }
+}
+
+/// Collect garbage for a client that holds the key: the store asks the client for marks
+/// through `WireMarker` and tells it what it does (`Notice`).
+fn collect<R: Read, W: Write>(
+    store: &dyn Storage,
+    opts: &proto::WireGcOptions,
+    r: &mut R,
+    w: &mut W,
+) -> Result<crate::prune::PruneReport> {
+    // A true mark set names stored objects (and perhaps a few missing ones); far more is a
+    // client trying to exhaust the server's memory.
+    let cap = store.reader()?.count()? as usize + proto::MAX_MARKS;
+    let io = std::cell::RefCell::new((r, w));
+    let mut marker = WireMarker { io: &io, cap };
+    let notify = |msg: &str| {
+        let mut io = io.borrow_mut();
+        let _ = proto::write_msg(&mut io.1, &Response::Notice(msg.to_string()));
+    };
+    store.collect_garbage(&mut marker, &opts.options(), &notify)
+}
+
+/// The client's marks, asked for over the connection.
+struct WireMarker<'a, R, W> {
+    io: &'a std::cell::RefCell<(&'a mut R, &'a mut W)>,
+    cap: usize,
+}
+
+impl<R: Read, W: Write> crate::prune::Mark for WireMarker<'_, R, W> {
+    fn mark(&mut self, ids: &[Id]) -> Result<std::collections::HashSet<Id>> {
+        let mut io = self.io.borrow_mut();
+        let (r, w) = &mut *io;
+        proto::write_msg(w, &Response::MarkRequest(ids.to_vec()))?;
+        let mut marked = std::collections::HashSet::new();
+        loop {
+            match proto::read_msg(r)? {
+                Request::Marks(page) => {
+                    at_most("a marks page", page.len(), proto::MAX_MARKS)
+                        .map_err(|e| proto::protocol_error(e.to_string()))?;
+                    marked.extend(page);
+                    if marked.len() > self.cap {
+                        return Err(proto::protocol_error(
+                            "the client marked far more objects than the repository holds",
+                        ));
+                    }
+                }
+                Request::MarksEnd => return Ok(marked),
+                _ => return Err(proto::protocol_error("expected marks")),
+            }
+        }
+    }
+}
+
+/// Report a protocol error to the client (best effort) and the log; returns it.
+fn fail<W: Write>(w: &mut W, e: Error, log: &mut dyn FnMut(&str)) -> Error {
+    log(&e.to_string());
+    let _ = proto::write_msg(w, &Response::Failed(WireError::of(&e)));
+    e
+}
+
+struct Connection<'s> {
+    store: &'s dyn Storage,
+    append_only: bool,
+    writer: Option<Box<dyn Writer + 's>>,
+    /// Why the writer was given up: after a failed write the objects stored are no longer a
+    /// prefix of those sent, so nothing more is taken.
+    writer_failed: Option<String>,
+    /// Sessions begun on this connection, ended with it.
+    sessions: Vec<u64>,
+}
+
+impl Drop for Connection<'_> {
+    fn drop(&mut self) {
+        // The writer first. Its objects arrived whole and in order, so what it holds is a
+        // prefix of whole objects: store it (no snapshot), so a client killed or cut off
+        // mid-backup sends only the rest next time. A writer that failed holds nothing.
+        if let Some(mut w) = self.writer.take() {
+            if self.writer_failed.is_none() {
+                let _ = w.commit(&[]);
+            }
+        }
+        for id in self.sessions.drain(..) {
+            let _ = self.store.end_session(id);
+        }
+    }
+}
+
+fn wire_info(i: &ObjectInfo) -> WireInfo {
+    WireInfo {
+        kind: i.kind as u8,
+        len: i.len,
+        check: i.check,
+    }
+}
+
+fn at_most(what: &str, n: usize, max: usize) -> Result<()> {
+    if n > max {
+        return Err(proto::protocol_error(format!(
+            "{what} of {n} exceeds the limit of {max}"
+        )));
+    }
+    Ok(())
+}
+
+/// A key slot sent by a client: it must decode, and its Argon2 parameters must be within the
+/// limits (as a replica receiver checks them, `sync::sink`).
+fn peer_slot(bytes: &[u8]) -> Result<()> {
+    let slot = postcard::from_bytes::<KeySlot>(bytes)
+        .map_err(|_| proto::protocol_error("undecodable key slot"))?;
+    slot.kdf.check_limits()
+}
+
+impl<'s> Connection<'s> {
+    fn refuse_if_append_only(&self, what: &str) -> Result<()> {
+        if self.append_only {
+            return Err(Error::Refused(format!(
+                "{} is served append-only: {what}",
+                self.store.location()
+            )));
+        }
+        Ok(())
+    }
+
+    fn handle(&mut self, req: Request) -> Result<Response> {
+        let store = self.store;
+        Ok(match req {
+            Request::Config => Response::Blob(store.config()?.encode()),
+            Request::KeySlots => Response::Numbered(store.key_slots()?),
+            Request::AddKeySlot(slot) => {
+                if store.key_slots()?.len() >= MAX_KEY_SLOTS {
+                    return Err(Error::Refused(format!(
+                        "a repository holds at most {MAX_KEY_SLOTS} key slots; remove unused ones with `cairn key remove`"
+                    )));
+                }
+                peer_slot(&slot)?;
+                Response::Number(store.add_key_slot(&slot)?)
+            }
+            Request::RemoveKeySlot(id) => {
+                self.refuse_if_append_only("key slots cannot be removed through it")?;
+                store.remove_key_slot(id)?;
+                Response::Done
+            }
+            Request::Snapshots(after) => {
+                let mut blobs = Vec::new();
+                let mut bytes = 0;
+                let mut more = false;
+                for (id, blob) in store.snapshots()? {
+                    if after.is_some_and(|a| id <= a) {
+                        continue;
+                    }
+                    if !blobs.is_empty() && bytes + blob.len() > proto::PAGE_BYTES {
+                        more = true;
+                        break;
+                    }
+                    bytes += blob.len() + 64;
+                    blobs.push((id, blob));
+                }
+                Response::SnapshotPage { blobs, more }
+            }
+            Request::RemoveSnapshots(ids) => {
+                at_most("a removal", ids.len(), proto::MAX_HAVE)?;
+                self.refuse_if_append_only("snapshots cannot be deleted through it")?;
+                store.remove_snapshots(&ids)?;
+                Response::Done
+            }
+            Request::ObjectInfo(id) => {
+                Response::ObjectInfo(store.reader()?.info(&id)?.as_ref().map(wire_info))
+            }
+            Request::Have(ids) => {
+                at_most("a have request", ids.len(), proto::MAX_HAVE)?;
+                let answers = store.reader()?.contains(&ids)?;
+                if answers.len() != ids.len() {
+                    return Err(Error::Invalid("the store answered contains wrongly".into()));
+                }
+                Response::Have(answers)
+            }
+            Request::GetObject(id) => {
+                let reader = store.reader()?;
+                Response::Object(match read_one(&*reader, &id)? {
+                    ReadAnswer::Found(o) => Some(o),
+                    _ => None,
+                })
+            }
+            Request::List { from, limit } => {
+                let limit = (limit as usize).min(proto::MAX_LIST);
+                let listed = store.reader()?.list(&from, limit)?;
+                Response::Listed(
+                    listed
+                        .into_iter()
+                        .take(limit)
+                        .map(|(id, i)| (id, wire_info(&i)))
+                        .collect(),
+                )
+            }
+            Request::Count => Response::Number(store.reader()?.count()?),
+            Request::BeginWriter {
+                batch_bytes,
+                index_every,
+            } => {
+                if self.writer.is_some() || self.writer_failed.is_some() {
+                    return Err(proto::protocol_error(
+                        "a connection has one writer; open another connection",
+                    ));
+                }
+                let batch_bytes = batch_bytes.clamp(1, MAX_BATCH_BYTES) as usize;
+                self.writer = Some(store.writer(WriterOptions {
+                    batch_bytes,
+                    index_every,
+                })?);
+                Response::Done
+            }
+            Request::PutObjects(objs) => {
+                let (objects, bytes) = (
+                    objs.len() as u64,
+                    objs.iter().map(|o| o.sealed.len() as u64).sum(),
+                );
+                self.write(|w| {
+                    for o in objs {
+                        let kind = proto::check_store_object(&o)?;
+                        w.add(o.id, kind, &o.sealed)?;
+                    }
+                    Ok(())
+                })?;
+                Response::Stored { objects, bytes }
+            }
+            Request::Checkpoint => {
+                self.write(|w| w.checkpoint())?;
+                Response::Done
+            }
+            Request::Commit(snapshots) => {
+                self.write(|w| w.commit(&snapshots))?;
+                Response::Done
+            }
+            Request::BeginSession => {
+                // In the server's name: a client's process id means nothing here, and the
+                // session's liveness is this server process's.
+                let id = store.begin_session(&crate::util::session_info())?;
+                self.sessions.push(id);
+                Response::Number(id)
+            }
+            Request::EndSession(id) => {
+                let Some(at) = self.sessions.iter().position(|s| *s == id) else {
+                    return Err(Error::Refused(format!(
+                        "session {id} was not begun on this connection"
+                    )));
+                };
+                self.sessions.remove(at);
+                store.end_session(id)?;
+                Response::Done
+            }
+            Request::Sessions => Response::Numbered(store.sessions()?),
+            Request::Recover => Response::Number(store.recover()?),
+            Request::State(key) => {
+                at_most("a state key", key.len(), proto::MAX_STATE_KEY)?;
+                Response::State(store.state(&key)?)
+            }
+            Request::SetState { key, value } => {
+                at_most("a state key", key.len(), proto::MAX_STATE_KEY)?;
+                at_most("a state value", value.len(), proto::MAX_STATE_VALUE)?;
+                // The records are the server's account of checks and syncs: a backup-only
+                // key does not rewrite them.
+                self.refuse_if_append_only("its records cannot be changed through it")?;
+                store.set_state(&key, &value)?;
+                Response::Done
+            }
+            Request::Space => {
+                let s = store.space()?;
+                Response::Space(proto::WireSpace {
+                    objects: s.objects,
+                    object_bytes: s.object_bytes,
+                    pack_bytes: s.pack_bytes,
+                    file_bytes: s.file_bytes,
+                    file_len: s.file_len,
+                    db_bytes: s.db_bytes,
+                })
+            }
+            Request::OpenStore { .. } | Request::Hello { .. } | Request::Create { .. } => {
+                return Err(proto::protocol_error("a hello after the session started"))
+            }
+            Request::ReadMany(_)
+            | Request::Bye
+            | Request::Collect(_)
+            | Request::Marks(_)
+            | Request::MarksEnd => return Err(proto::protocol_error("unexpected request")),
+            Request::Info
+            | Request::ListSnapshots
+            | Request::PutSnapshots(_)
+            | Request::AddKeySlots(_)
+            | Request::DeleteSnapshots(_)
+            | Request::GetSnapshot(_)
+            | Request::ListSnapshotChecks => {
+                return Err(proto::protocol_error(
+                    "a sync request on a store connection",
+                ))
+            }
+        })
+    }
+
+    /// Run `f` on the writer. A failure other than a refusal gives the writer up: nothing
+    /// more is stored through this connection, so what is stored stays a prefix.
+    fn write(&mut self, f: impl FnOnce(&mut dyn Writer) -> Result<()>) -> Result<()> {
+        if let Some(why) = &self.writer_failed {
+            return Err(Error::Invalid(format!(
+                "an earlier write on this connection failed ({why}); nothing more is taken"
+            )));
+        }
+        let Some(w) = self.writer.as_mut() else {
+            return Err(proto::protocol_error(
+                "no writer is open on this connection",
+            ));
+        };
+        let result = f(w.as_mut());
+        if let Err(e) = &result {
+            if !matches!(e, Error::Refused(_)) {
+                self.writer = None;
+                self.writer_failed = Some(e.to_string());
+            }
+        }
+        result
+    }
+
+    /// Answer a `ReadMany` in pages of about `PAGE_BYTES`, one answer per id, in order.
+    fn read_many<W: Write>(
+        &mut self,
+        ids: &[Id],
+        w: &mut W,
+        log: &mut dyn FnMut(&str),
+    ) -> Result<()> {
+        let reader =
+            match at_most("a read", ids.len(), proto::MAX_HAVE).and_then(|_| self.store.reader()) {
+                Ok(r) => r,
+                Err(e) => {
+                    log(&e.to_string());
+                    return proto::write_msg(w, &Response::Failed(WireError::of(&e)));
+                }
+            };
+        let mut answers = Vec::new();
+        let mut bytes = 0;
+        for id in ids {
+            let answer = read_one(&*reader, id).unwrap_or_else(|e| {
+                log(&e.to_string());
+                ReadAnswer::Failed(WireError::of(&e))
+            });
+            let len = match &answer {
+                ReadAnswer::Found(o) => o.sealed.len(),
+                _ => 0,
+            } + 128;
+            if !answers.is_empty() && bytes + len > proto::PAGE_BYTES {
+                let page = std::mem::take(&mut answers);
+                proto::write_msg(
+                    w,
+                    &Response::ObjectsRead {
+                        answers: page,
+                        more: true,
+                    },
+                )?;
+                bytes = 0;
+            }
+            bytes += len;
+            answers.push(answer);
+        }
+        proto::write_msg(
+            w,
+            &Response::ObjectsRead {
+                answers,
+                more: false,
+            },
+        )
+    }
+}
+
+/// One object as stored, with the checksum the store keeps for it (so the client can tell
+/// bytes damaged where they are kept from good ones).
+fn read_one(reader: &dyn super::Reader, id: &Id) -> Result<ReadAnswer> {
+    let Some(info) = reader.info(id)? else {
+        return Ok(ReadAnswer::Missing);
+    };
+    match reader.read(id) {
+        // Stored locally it may be larger than a frame (a huge tree): say so, and keep the
+        // connection.
+        Ok((_, sealed)) if sealed.len() > proto::MAX_FRAME - (64 << 10) => {
+            Err(Error::Invalid(format!(
+                "object {id} of {} bytes is too large for the remote protocol",
+                sealed.len()
+            )))
+        }
+        Ok((kind, sealed)) => Ok(ReadAnswer::Found(WireObject {
+            id: *id,
+            kind: kind as u8,
+            check: info.check,
+            sealed,
+        })),
+        Err(Error::Missing(_)) => Ok(ReadAnswer::Missing),
+        Err(e) => Err(e),
+    }
+}

@@ -1,0 +1,340 @@
+//! Every command against a repository on a server (`--repo ssh://…`), through a real sshd on
+//! 127.0.0.1 that runs `cairn serve` on the far side (issue 10).
+
+mod common;
+
+use common::ssh::*;
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn make_source(dir: &Path) {
+    std::fs::create_dir_all(dir.join("docs/old")).unwrap();
+    std::fs::write(dir.join("docs/letter.txt"), "dear customer\n".repeat(500)).unwrap();
+    std::fs::write(
+        dir.join("docs/old/random"),
+        cairn_repo::testkit::noise(7, 3_000_000),
+    )
+    .unwrap();
+    std::fs::write(dir.join("empty"), b"").unwrap();
+    std::os::unix::fs::symlink("docs/letter.txt", dir.join("link")).unwrap();
+}
+
+/// A server with an sshd, and where its repository goes.
+struct Server {
+    _tmp: tempfile::TempDir,
+    sshd: Sshd,
+    root: PathBuf,
+}
+
+impl Server {
+    fn start() -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let ssh = tmp.path().join("ssh");
+        std::fs::create_dir_all(&ssh).unwrap();
+        let sshd = start_sshd(&ssh);
+        let root = tmp.path().join("srv");
+        std::fs::create_dir_all(&root).unwrap();
+        Server {
+            _tmp: tmp,
+            sshd,
+            root,
+        }
+    }
+
+    fn url(&self, name: &str) -> String {
+        ssh_url(&self.sshd, &self.root.join(name))
+    }
+
+    /// `cairn` with `--repo URL` through this server's ssh.
+    fn cairn(&self, url: &str) -> Command {
+        ssh_cairn(Path::new(url), &self.sshd)
+    }
+}
+
+fn json(c: &mut Command) -> serde_json::Value {
+    let out = ok(c, 0);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("--json: {e}\n{out}"))
+}
+
+fn snapshot_count(s: &Server, url: &str) -> usize {
+    json(s.cairn(url).args(["snapshots", "--json"]))["snapshots"]
+        .as_array()
+        .unwrap()
+        .len()
+}
+
+#[test]
+fn every_command_works_on_a_repository_over_ssh() {
+    let s = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_source(&src);
+    let url = s.url("acme");
+    ok(s.cairn(&url).arg("init"), 0);
+    let on_server = s.root.join("acme");
+    assert!(
+        on_server.join("cairn.redb").is_file(),
+        "init made the repository on the server"
+    );
+    let first = json(s.cairn(&url).args(["backup", "--json"]).arg(&src));
+    std::fs::write(src.join("docs/letter.txt"), "dear customer, again\n").unwrap();
+    std::fs::write(src.join("new"), b"a new file\n").unwrap();
+    let second = json(s.cairn(&url).args(["backup", "--json"]).arg(&src));
+    assert!(
+        second["bytes_added_stored"].as_u64().unwrap() < 100_000,
+        "the second backup sends only the change: {second}"
+    );
+    assert_eq!(snapshot_count(&s, &url), 2);
+
+    let ls = ok(
+        s.cairn(&url).args(["ls", "latest"]).arg(src.join("docs")),
+        0,
+    );
+    assert!(ls.contains("letter.txt") && ls.contains("old"), "{ls}");
+    let cat = ok(
+        s.cairn(&url)
+            .args(["cat", first["short_id"].as_str().unwrap()])
+            .arg(src.join("docs/letter.txt")),
+        0,
+    );
+    assert_eq!(cat, "dear customer\n".repeat(500));
+    let diff = ok(
+        s.cairn(&url)
+            .args(["diff", first["short_id"].as_str().unwrap(), "latest"]),
+        0,
+    );
+    assert!(
+        diff.contains("letter.txt") && diff.contains("new"),
+        "{diff}"
+    );
+
+    let out = work.path().join("out");
+    ok(
+        s.cairn(&url)
+            .args(["restore", "latest", "--target"])
+            .arg(&out),
+        0,
+    );
+    assert_same_tree(&src, &out.join(src.strip_prefix("/").unwrap()));
+
+    ok(s.cairn(&url).args(["check", "--read-data"]), 0);
+    ok(s.cairn(&url).arg("stats"), 0);
+    ok(s.cairn(&url).arg("status"), 0);
+    ok(
+        s.cairn(&url)
+            .args(["key", "add"])
+            .env("CAIRN_NEW_PASSWORD", "second password"),
+        0,
+    );
+    ok(
+        s.cairn(&url)
+            .arg("snapshots")
+            .env("CAIRN_PASSWORD", "second password"),
+        0,
+    );
+
+    {
+        let mnt = work.path().join("mnt");
+        let mut cmd = s.cairn(&url);
+        cmd.stdin(Stdio::null());
+        let m = Mount::start_with(cmd, &mnt, &[]);
+        let inside = m.latest().join(src.strip_prefix("/").unwrap());
+        assert_eq!(
+            std::fs::read(inside.join("docs/old/random")).unwrap(),
+            std::fs::read(src.join("docs/old/random")).unwrap(),
+            "a file read through a mount of the server's repository"
+        );
+    }
+
+    ok(s.cairn(&url).args(["forget", "--keep-last", "1"]), 0);
+    assert_eq!(snapshot_count(&s, &url), 1);
+    let before = std::fs::metadata(on_server.join("cairn.redb"))
+        .unwrap()
+        .len();
+    let dry = json(s.cairn(&url).args(["prune", "--dry-run", "--json"]));
+    assert!(dry["plan"]["objects_unused"].as_u64().unwrap() > 0, "{dry}");
+    let pruned = json(s.cairn(&url).args(["prune", "--json"]));
+    assert!(pruned["objects_removed"].as_u64().unwrap() > 0, "{pruned}");
+    assert!(
+        std::fs::metadata(on_server.join("cairn.redb"))
+            .unwrap()
+            .len()
+            <= before
+    );
+    // The server's own view of it, with the same binary on its path.
+    ok(cairn(&on_server).args(["check", "--read-data"]), 0);
+    ok(s.cairn(&url).args(["check", "--read-data"]), 0);
+}
+
+#[test]
+fn bad_urls_missing_repositories_and_unreachable_servers_are_clear_errors() {
+    let s = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    // A URL is never taken for a relative directory.
+    for (url, code) in [
+        ("gopher://h/x", 2),
+        ("s3://bucket/prefix", 2),
+        ("ssh://h", 2),
+    ] {
+        let r = run(cairn(Path::new(url)).arg("init").current_dir(work.path()));
+        assert_eq!(r.code, code, "{url}: {}", r.stderr);
+    }
+    let dead = format!("ssh://127.0.0.1:{}/srv/x", free_port());
+    let r = run(s.cairn(&dead).arg("init").current_dir(work.path()));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("ssh"), "names ssh: {}", r.stderr);
+    assert_eq!(
+        std::fs::read_dir(work.path()).unwrap().count(),
+        0,
+        "nothing was created locally"
+    );
+
+    let missing = s.url("nobody");
+    let r = run(s.cairn(&missing).arg("snapshots"));
+    assert_eq!(r.code, 10, "no repository there: {}", r.stderr);
+    assert!(r.stderr.contains("no Cairn repository"), "{}", r.stderr);
+    std::fs::create_dir_all(s.root.join("plain/dir")).unwrap();
+    let r = run(s.cairn(&s.url("plain")).arg("snapshots"));
+    assert_eq!(r.code, 10, "not a repository: {}", r.stderr);
+
+    let url = s.url("acme");
+    ok(s.cairn(&url).arg("init"), 0);
+    let r = run(s.cairn(&url).arg("init"));
+    assert_ne!(r.code, 0, "init twice");
+    assert!(r.stderr.contains("already exists"), "{}", r.stderr);
+    let r = run(s
+        .cairn(&url)
+        .arg("snapshots")
+        .env("CAIRN_PASSWORD", "wrong"));
+    assert_eq!(r.code, 12, "wrong password over ssh: {}", r.stderr);
+    let r = run(s.cairn(&url).args(["check", "--storage-only"]));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(
+        r.stderr.contains("run it where the repository is"),
+        "{}",
+        r.stderr
+    );
+}
+
+#[test]
+fn a_client_killed_mid_backup_leaves_no_partial_snapshot() {
+    let s = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    std::fs::create_dir_all(&src).unwrap();
+    for i in 0..40 {
+        std::fs::write(
+            src.join(format!("f{i}")),
+            cairn_repo::testkit::noise(100 + i, 2_000_000),
+        )
+        .unwrap();
+    }
+    let url = s.url("acme");
+    ok(s.cairn(&url).arg("init"), 0);
+    let mut child = s
+        .cairn(&url)
+        .args(["backup", "--quiet"])
+        .arg(&src)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let db = s.root.join("acme/cairn.redb");
+    let start = Instant::now();
+    let grown = |p: &Path| {
+        std::fs::metadata(p)
+            .map(|m| std::os::unix::fs::MetadataExt::blocks(&m) * 512 > 20 << 20)
+            .unwrap_or(false)
+    };
+    while !grown(&db) && start.elapsed() < Duration::from_secs(60) {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    // The server notices the closed connection and drops what was not committed.
+    std::thread::sleep(Duration::from_millis(500));
+    let before = snapshot_count(&s, &url);
+    assert!(before <= 1, "at most the whole snapshot, if it finished");
+    ok(s.cairn(&url).args(["check", "--read-data"]), 0);
+    let again = json(s.cairn(&url).args(["backup", "--json"]).arg(&src));
+    assert!(
+        again["bytes_added_stored"].as_u64().unwrap() < 78_000_000 || before == 1,
+        "the next backup reuses what reached the server: {again}"
+    );
+    assert_eq!(snapshot_count(&s, &url), before + 1);
+    ok(s.cairn(&url).args(["check", "--read-data"]), 0);
+    let out = work.path().join("out");
+    ok(
+        s.cairn(&url)
+            .args(["restore", "latest", "--target"])
+            .arg(&out),
+        0,
+    );
+    assert_same_tree(&src, &out.join(src.strip_prefix("/").unwrap()));
+}
+
+#[test]
+fn a_key_forced_to_an_append_only_repository_cannot_delete_history() {
+    let s = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    make_source(&src);
+    let url = s.url("acme");
+    ok(s.cairn(&url).arg("init"), 0);
+    ok(s.cairn(&url).arg("backup").arg(&src), 0);
+    // A second key whose every session is `cairn serve --append-only` on acme, whatever the
+    // client asks for.
+    let forced = s.sshd.dir.join("forced_key");
+    keygen(&forced);
+    let public = std::fs::read_to_string(forced.with_extension("pub")).unwrap();
+    let line = format!(
+        "command=\"{} serve --repo {} --append-only\",restrict {}",
+        bin().display(),
+        s.root.join("acme").display(),
+        public.trim()
+    );
+    let keys = s.sshd.dir.join("authorized_keys");
+    let mut all = std::fs::read_to_string(&keys).unwrap();
+    all = format!("{line}\n{all}");
+    std::fs::write(&keys, all).unwrap();
+    let config = std::fs::read_to_string(s.sshd.dir.join("ssh_config"))
+        .unwrap()
+        .replace("user_key", "forced_key");
+    std::fs::write(s.sshd.dir.join("forced_config"), config).unwrap();
+    let elsewhere = s.url("someone-else");
+    let client = |c: &mut Command| {
+        c.env(
+            "CAIRN_SSH_COMMAND",
+            format!("ssh -F {}", s.sshd.dir.join("forced_config").display()),
+        );
+    };
+    let mut c = cairn(Path::new(&elsewhere));
+    client(&mut c);
+    assert_eq!(
+        json(c.args(["snapshots", "--json"]))["snapshots"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    let mut c = cairn(Path::new(&elsewhere));
+    client(&mut c);
+    ok(c.arg("backup").arg(&src), 0);
+    let mut c = cairn(Path::new(&elsewhere));
+    client(&mut c);
+    let r = run(c.args(["forget", "--keep-last", "1"]));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("refused"), "{}", r.stderr);
+    let mut c = cairn(Path::new(&elsewhere));
+    client(&mut c);
+    let r = run(c.arg("prune"));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("refused"), "{}", r.stderr);
+    assert_eq!(snapshot_count(&s, &url), 2, "history is intact");
+    assert!(!s.root.join("someone-else").exists());
+}
