@@ -21,6 +21,19 @@ fn make_source(dir: &Path) {
     std::os::unix::fs::symlink("docs/letter.txt", dir.join("link")).unwrap();
 }
 
+/// 80 MB of incompressible data in 40 files (long enough to kill a backup in the middle).
+fn forty_files(dir: &Path, seed: u64) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..40 {
+        std::fs::write(
+            dir.join(format!("f{i}")),
+            cairn_repo::testkit::noise(seed + i, 2_000_000),
+        )
+        .unwrap();
+    }
+    dir.to_path_buf()
+}
+
 /// A server with an sshd, and where its repository goes.
 struct Server {
     _tmp: tempfile::TempDir,
@@ -235,15 +248,7 @@ fn bad_urls_missing_repositories_and_unreachable_servers_are_clear_errors() {
 fn a_client_killed_mid_backup_leaves_no_partial_snapshot() {
     let s = Server::start();
     let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    for i in 0..40 {
-        std::fs::write(
-            src.join(format!("f{i}")),
-            cairn_repo::testkit::noise(100 + i, 2_000_000),
-        )
-        .unwrap();
-    }
+    let src = forty_files(&work.path().join("src"), 100);
     let url = s.url("acme");
     ok(s.cairn(&url).arg("init"), 0);
     let mut child = s
@@ -356,15 +361,7 @@ fn a_key_forced_to_an_append_only_repository_cannot_delete_history() {
 fn a_server_killed_mid_backup_is_a_clear_error_and_loses_nothing() {
     let s = Server::start();
     let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    for i in 0..40 {
-        std::fs::write(
-            src.join(format!("f{i}")),
-            cairn_repo::testkit::noise(300 + i, 2_000_000),
-        )
-        .unwrap();
-    }
+    let src = forty_files(&work.path().join("src"), 300);
     let url = s.url("acme");
     ok(s.cairn(&url).arg("init"), 0);
     ok(s.cairn(&url).arg("backup").arg(src.join("f0")), 0);

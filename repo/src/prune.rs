@@ -79,7 +79,7 @@ pub struct PrunePlan {
     pub packs: BTreeMap<u64, PackPlan>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PlanSummary {
     pub objects_total: u64,
     pub objects_unused: u64,
@@ -120,7 +120,8 @@ impl PrunePlan {
     }
 }
 
-#[derive(Clone, Debug, Default)]
+/// Also the `Collected` reply of the store protocol (field order is the wire order).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct PruneReport {
     pub plan: PlanSummary,
     pub objects_dropped: u64,

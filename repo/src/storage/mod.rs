@@ -89,7 +89,7 @@ pub fn checksum(sealed: &[u8]) -> [u8; 16] {
     crate::store::checksum(sealed)
 }
 
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Space {
     pub objects: u64,
     pub object_bytes: u64,

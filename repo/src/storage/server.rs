@@ -115,7 +115,7 @@ pub(crate) fn serve_storage<R: Read, W: Write>(
                 .refuse_if_append_only("garbage cannot be collected through it")
                 .and_then(|_| collect(store, &opts, &mut r, &mut w));
             let resp = match result {
-                Ok(report) => Response::Collected(Box::new(proto::WireGcReport::of(&report))),
+                Ok(report) => Response::Collected(Box::new(report)),
                 Err(e) if matches!(e, Error::Protocol(_)) => return Err(fail(&mut w, e, log)),
                 Err(e) => {
                     log(&e.to_string());
@@ -399,17 +399,7 @@ impl<'s> Connection<'s> {
                 store.set_state(&key, &value)?;
                 Response::Done
             }
-            Request::Space => {
-                let s = store.space()?;
-                Response::Space(proto::WireSpace {
-                    objects: s.objects,
-                    object_bytes: s.object_bytes,
-                    pack_bytes: s.pack_bytes,
-                    file_bytes: s.file_bytes,
-                    file_len: s.file_len,
-                    db_bytes: s.db_bytes,
-                })
-            }
+            Request::Space => Response::Space(store.space()?),
             Request::OpenStore { .. } | Request::Hello { .. } | Request::Create { .. } => {
                 return Err(proto::protocol_error("a hello after the session started"))
             }

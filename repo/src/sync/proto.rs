@@ -175,24 +175,6 @@ pub struct WireGcOptions {
     pub dry_run: bool,
 }
 
-/// `PruneReport` on the wire.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WireGcReport {
-    /// `PlanSummary`, field by field.
-    pub plan: [u64; 8],
-    pub objects_dropped: u64,
-    pub bytes_dropped: u64,
-    pub objects_repacked: u64,
-    pub bytes_repacked: u64,
-    pub packs_deleted: u64,
-    pub pack_bytes_deleted: u64,
-    pub packs_kept: u64,
-    pub rescued: u64,
-    pub dead_sessions_removed: u64,
-    pub damaged_skipped: u64,
-    pub waited_ms: u64,
-}
-
 /// Most ids in one `Marks` message.
 pub const MAX_MARKS: usize = 1 << 20;
 /// Longest state key and value a server takes.
@@ -222,62 +204,6 @@ impl WireGcOptions {
     }
 }
 
-impl WireGcReport {
-    pub fn of(r: &crate::prune::PruneReport) -> WireGcReport {
-        let p = &r.plan;
-        WireGcReport {
-            plan: [
-                p.objects_total,
-                p.objects_unused,
-                p.bytes_unused,
-                p.packs_total,
-                p.packs_delete,
-                p.packs_repack,
-                p.bytes_repack,
-                p.bytes_freed,
-            ],
-            objects_dropped: r.objects_dropped,
-            bytes_dropped: r.bytes_dropped,
-            objects_repacked: r.objects_repacked,
-            bytes_repacked: r.bytes_repacked,
-            packs_deleted: r.packs_deleted,
-            pack_bytes_deleted: r.pack_bytes_deleted,
-            packs_kept: r.packs_kept,
-            rescued: r.rescued,
-            dead_sessions_removed: r.dead_sessions_removed,
-            damaged_skipped: r.damaged_skipped,
-            waited_ms: r.waited.as_millis().min(u64::MAX as u128) as u64,
-        }
-    }
-
-    pub fn report(&self) -> crate::prune::PruneReport {
-        let p = self.plan;
-        crate::prune::PruneReport {
-            plan: crate::prune::PlanSummary {
-                objects_total: p[0],
-                objects_unused: p[1],
-                bytes_unused: p[2],
-                packs_total: p[3],
-                packs_delete: p[4],
-                packs_repack: p[5],
-                bytes_repack: p[6],
-                bytes_freed: p[7],
-            },
-            objects_dropped: self.objects_dropped,
-            bytes_dropped: self.bytes_dropped,
-            objects_repacked: self.objects_repacked,
-            bytes_repacked: self.bytes_repacked,
-            packs_deleted: self.packs_deleted,
-            pack_bytes_deleted: self.pack_bytes_deleted,
-            packs_kept: self.packs_kept,
-            rescued: self.rescued,
-            dead_sessions_removed: self.dead_sessions_removed,
-            damaged_skipped: self.damaged_skipped,
-            waited: std::time::Duration::from_millis(self.waited_ms),
-        }
-    }
-}
-
 /// An error as it crosses the wire: its kind (see `WireError::of`) and its words.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WireError {
@@ -303,16 +229,6 @@ pub enum ReadAnswer {
     Found(WireObject),
     Missing,
     Failed(WireError),
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct WireSpace {
-    pub objects: u64,
-    pub object_bytes: u64,
-    pub pack_bytes: u64,
-    pub file_bytes: u64,
-    pub file_len: u64,
-    pub db_bytes: Option<u64>,
 }
 
 /// Server to client.
@@ -367,14 +283,14 @@ pub enum Response {
         more: bool,
     },
     Listed(Vec<(Id, WireInfo)>),
-    Space(WireSpace),
+    Space(crate::storage::Space),
     /// Answer to `State`.
     State(Option<Vec<u8>>),
     /// During a `Collect`: which objects do these snapshots reference?
     MarkRequest(Vec<Id>),
     /// During a `Collect`: progress for the user.
     Notice(String),
-    Collected(Box<WireGcReport>),
+    Collected(Box<crate::prune::PruneReport>),
 }
 
 mod kind {
@@ -742,9 +658,9 @@ mod tests {
             },
             Response::Listed(vec![(Id([1; 32]), info)]),
             Response::ObjectInfo(Some(info)),
-            Response::Space(WireSpace {
+            Response::Space(crate::storage::Space {
                 db_bytes: Some(3),
-                ..WireSpace::default()
+                ..Default::default()
             }),
         ];
         for r in responses {
