@@ -53,9 +53,20 @@ pub fn raw(bytes: &[u8]) -> std::io::Result<()> {
     out.write_all(bytes)
 }
 
+/// Print a `--json` report; a command that reached S3 adds what it cost (`s3_requests`).
 pub fn json(value: &serde_json::Value) {
+    let mut value = value.clone();
+    if let (Some(r), Some(map)) = (
+        cairn_repo::storage::s3::requests_made(),
+        value.as_object_mut(),
+    ) {
+        map.insert(
+            "s3_requests".into(),
+            serde_json::to_value(r).unwrap_or_default(),
+        );
+    }
     let mut out = std::io::stdout().lock();
-    let _ = serde_json::to_writer_pretty(&mut out, value);
+    let _ = serde_json::to_writer_pretty(&mut out, &value);
     let _ = writeln!(out);
 }
 

@@ -181,6 +181,9 @@ fn sync_one(
             report.created = t.handshake(ctx.repo)?;
             sync::sync(ctx.repo, &mut t, &ctx.opts, progress, report)
         }
+        Url::S3(u) => Err(Error::Usage(format!(
+            "{u}: sync to S3 needs the store-level sink"
+        ))),
     }
 }
 

@@ -51,6 +51,7 @@ fn list(g: &Global, store: &Store) -> Result<(), Failure> {
                 let kind = match TargetUrl::parse_target(u) {
                     Ok(TargetUrl::Ssh(_)) => "ssh",
                     Ok(TargetUrl::Local(_)) => "local",
+                    Ok(TargetUrl::S3(_)) => "s3",
                     Err(_) => "invalid",
                 };
                 serde_json::json!({ "name": n, "url": u, "kind": kind })

@@ -1330,8 +1330,9 @@ fn files_that_read_shorter_or_longer_than_their_size_are_stored_as_read() {
 }
 
 /// Issue 10: a repository URL is never taken for a relative directory: `ssh://…` goes to the
-/// server (here an unknown host: a clear error), S3 (not yet) and unknown schemes are refused;
-/// none creates anything here; `file://PATH` is a path.
+/// server (here an unknown host: a clear error), S3 without credentials is a usage error
+/// naming what to set, unknown schemes are refused; none creates anything here; `file://PATH`
+/// is a path.
 #[test]
 fn repository_urls_are_not_taken_for_local_directories() {
     let t = tempfile::tempdir().unwrap();
@@ -1343,9 +1344,16 @@ fn repository_urls_are_not_taken_for_local_directories() {
         let r = run(Command::new(bin())
             .current_dir(t.path())
             .args(["init", "--repo", url])
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_PROFILE")
+            .env("HOME", "/nonexistent")
             .env("CAIRN_PASSWORD", PASSWORD));
         assert_eq!(r.code, code, "{url}: {}", r.stderr);
         assert!(r.stderr.contains(url), "{}", r.stderr);
+        if url.starts_with("s3:") {
+            assert!(r.stderr.contains("AWS_ACCESS_KEY_ID"), "{}", r.stderr);
+        }
         assert_eq!(
             std::fs::read_dir(t.path()).unwrap().count(),
             0,

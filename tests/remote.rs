@@ -188,7 +188,7 @@ fn bad_urls_missing_repositories_and_unreachable_servers_are_clear_errors() {
     // A URL is never taken for a relative directory.
     for (url, code) in [
         ("gopher://h/x", 2),
-        ("s3://bucket/prefix", 2),
+        ("s3://Not_A_Bucket/prefix", 2),
         ("ssh://h", 2),
     ] {
         let r = run(cairn(Path::new(url)).arg("init").current_dir(work.path()));

@@ -1,12 +1,17 @@
 //! The storage seam's conformance suite (`cairn_repo::storage`): every store passes the same
-//! contract. Today: the local redb repository, the in-memory store, and the remote store
-//! talking to `cairn serve`'s entry (over a redb repository) on a socket pair.
+//! contract: the local redb repository, the in-memory store, the remote store talking to
+//! `cairn serve`'s entry (over a redb repository) on a socket pair, and the S3 store on a real
+//! three-node Garage cluster (one per test binary, a fresh prefix per case).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+#[path = "support/garage.rs"]
+mod garage;
 
 use cairn_repo::crypto::Kind;
 use cairn_repo::format::Config;
 use cairn_repo::storage::memory::MemoryStore;
 use cairn_repo::storage::remote::{Connector, RemoteStore};
+use cairn_repo::storage::s3::{Endpoint, S3Store, S3Url};
 use cairn_repo::storage::{checksum, Storage, WriterOptions};
 use cairn_repo::store::Store;
 use cairn_repo::sync::proto::{self, ReadAnswer, Request, Response, WireObject};
@@ -39,7 +44,39 @@ fn stores() -> Vec<(Box<dyn Storage>, Option<tempfile::TempDir>)> {
         (Box::new(redb) as Box<dyn Storage>, Some(dir)),
         (Box::new(MemoryStore::new(config())), None),
         remote(),
+        s3(),
     ]
+}
+
+/// An S3 store under a prefix of its own on the shared Garage cluster.
+fn s3() -> (Box<dyn Storage>, Option<tempfile::TempDir>) {
+    let g = garage::Garage::shared();
+    let prefix = format!("conformance/{}", hex::encode(rand_bytes()));
+    let url = S3Url::parse(&format!("s3://{}/{prefix}", g.bucket())).unwrap();
+    let store = S3Store::create_with(&url, &endpoint(g), &config()).unwrap();
+    (Box::new(store), None)
+}
+
+fn endpoint(g: &garage::Garage) -> Endpoint {
+    let var = |k: &str| g.env().iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    Endpoint {
+        bucket: g.bucket().to_string(),
+        url: var("AWS_ENDPOINT_URL"),
+        region: var("AWS_REGION"),
+        access_key: var("AWS_ACCESS_KEY_ID"),
+        secret_key: var("AWS_SECRET_ACCESS_KEY"),
+        session_token: None,
+    }
+}
+
+fn rand_bytes() -> [u8; 8] {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    (t ^ (N.fetch_add(1, Ordering::Relaxed) << 48) ^ std::process::id() as u64).to_be_bytes()
 }
 
 /// `cairn serve`'s entry on a thread per connection, over a socket pair.
@@ -340,8 +377,12 @@ fn key_slots_and_sessions_follow_the_rules() {
             "{at}: never the last slot"
         );
         assert!(store.remove_key_slot(12345).is_err(), "{at}: unknown slot");
+        // The same bytes again may be one slot (S3 numbers a slot by its bytes): fill with
+        // distinct ones.
+        let mut n = 10;
         while store.key_slots().unwrap().len() < cairn_repo::crypto::MAX_KEY_SLOTS {
-            store.add_key_slot(&slot(3)).unwrap();
+            store.add_key_slot(&slot(n)).unwrap();
+            n += 1;
         }
         let e = store.add_key_slot(&slot(4)).unwrap_err();
         assert!(matches!(e, Error::Refused(_)), "{at}: {e}");

@@ -28,6 +28,7 @@ pub use crate::prune::{Mark, PruneOptions, PruneReport};
 pub mod memory;
 mod redb;
 pub mod remote;
+pub mod s3;
 pub(crate) mod server;
 mod url;
 
@@ -45,6 +46,7 @@ pub fn open(url: &Url, opts: &crate::OpenOptions) -> Result<Box<dyn Storage>> {
         Url::Ssh(u) => Ok(Box::new(remote::RemoteStore::open(remote::ssh(
             u, &opts.ssh,
         ))?)),
+        Url::S3(u) => Ok(Box::new(s3::S3Store::open(u)?)),
     }
 }
 
@@ -60,6 +62,7 @@ pub fn create(url: &Url, config: &Config, opts: &crate::OpenOptions) -> Result<B
             remote::ssh(u, &opts.ssh),
             config,
         )?)),
+        Url::S3(u) => Ok(Box::new(s3::S3Store::create(u, config)?)),
     }
 }
 

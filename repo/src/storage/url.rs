@@ -1,6 +1,7 @@
 //! Where a repository is: the one parser of repository and target locations (design.md §5).
-//! A path, `file://PATH`, or `ssh://[user@]host[:port]/path`; any other scheme is refused, and
-//! something that looks like a URL is never taken for a relative directory.
+//! A path, `file://PATH`, `ssh://[user@]host[:port]/path` or `s3://bucket/prefix`; any other
+//! scheme is refused, and something that looks like a URL is never taken for a relative
+//! directory.
 
 use crate::error::{Error, Result};
 use crate::sync::SshUrl;
@@ -12,6 +13,7 @@ use std::path::PathBuf;
 pub enum Url {
     Local(PathBuf),
     Ssh(SshUrl),
+    S3(super::s3::S3Url),
 }
 
 impl Url {
@@ -27,9 +29,7 @@ impl Url {
         let text = raw.to_string_lossy();
         match scheme {
             b"ssh" => Ok(Url::Ssh(SshUrl::parse(&text)?)),
-            b"s3" => Err(Error::Usage(format!(
-                "{text}: S3 repositories are not supported yet; keep the repository on a path or a server (ssh://)"
-            ))),
+            b"s3" => Ok(Url::S3(super::s3::S3Url::parse(&text)?)),
             _ => Err(Error::Usage(format!(
                 "{text}: unknown repository URL scheme `{}://`; give a path, file://PATH or ssh://[user@]host[:port]/path",
                 String::from_utf8_lossy(scheme)
@@ -87,6 +87,7 @@ impl std::fmt::Display for Url {
                 }
                 write!(f, "{}", u.path)
             }
+            Url::S3(u) => write!(f, "{u}"),
         }
     }
 }
@@ -107,7 +108,15 @@ mod tests {
         assert_eq!(parse("./x://y").unwrap(), Url::Local("./x://y".into()));
         let u = parse("ssh://me@h:2222/srv/r").unwrap();
         assert_eq!(u.to_string(), "ssh://me@h:2222/srv/r");
-        for bad in ["s3://b/p", "http://h/p", "ssh://h", "sftp://h/p"] {
+        let s3 = parse("s3://my-bucket/a/b/").unwrap();
+        assert_eq!(s3.to_string(), "s3://my-bucket/a/b");
+        for bad in [
+            "s3://B/p",
+            "s3://b/../x",
+            "http://h/p",
+            "ssh://h",
+            "sftp://h/p",
+        ] {
             assert!(parse(bad).is_err(), "{bad}");
         }
         assert!(matches!(parse("gopher://x/y"), Err(Error::Usage(_))));

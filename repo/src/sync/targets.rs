@@ -85,7 +85,11 @@ mod tests {
             TargetUrl::Ssh(_)
         ));
         assert!(TargetUrl::parse_target("rel/path").is_err());
-        assert!(TargetUrl::parse_target("s3://bucket/x").is_err());
+        assert!(matches!(
+            TargetUrl::parse_target("s3://bucket/x").unwrap(),
+            TargetUrl::S3(_)
+        ));
+        assert!(TargetUrl::parse_target("s3://Bad_Bucket/x").is_err());
         assert!(valid_name("nas-1.home_x"));
         assert!(!valid_name("-x") && !valid_name("a/b") && !valid_name(""));
     }

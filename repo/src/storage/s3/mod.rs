@@ -1,0 +1,551 @@
+//! The S3 store (`s3://bucket/prefix`): the repository as immutable objects in a bucket of
+//! any S3-compatible server (Garage, Ceph RGW, MinIO, AWS). Layout and protocol: DESIGN.md
+//! §11. In short, below the prefix:
+//! - `config`, `keys/<n>`: written once (a key slot is removed, never rewritten);
+//! - `packs/<random>`: sealed objects end to end, tens of MiB, never rewritten;
+//! - `index/<random>`: where each object of some packs is, written only after those packs
+//!   (an object is visible once an index object names it);
+//! - `snapshots/<id>`: written last, after the index objects of everything they reference;
+//! - `sessions/<n>`, `gc/<n>`: writers and collections in flight, kept alive by a heartbeat;
+//! - `state/<key>`: the check and sync records (the only objects that are rewritten).
+//!
+//! Nothing relies on conditional writes (Garage ignores `If-None-Match`) or on clocks agreeing.
+
+mod cache;
+mod client;
+mod gc;
+mod index;
+mod writer;
+
+use super::{
+    Capabilities, Mark, PruneOptions, PruneReport, ReadEach, Reader, Space, Storage, Writer,
+    WriterOptions,
+};
+use crate::crypto::{Kind, MAX_KEY_SLOTS};
+use crate::error::{Error, Result};
+use crate::format::Config;
+use crate::id::Id;
+use cache::Cache;
+pub use client::Endpoint;
+use client::{Client, Listed};
+use index::Index;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+
+/// An S3 repository location: the bucket and the prefix inside it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Url {
+    pub bucket: String,
+    pub prefix: String,
+}
+
+impl S3Url {
+    /// `s3://bucket[/prefix]`.
+    pub fn parse(text: &str) -> Result<S3Url> {
+        let rest = text.strip_prefix("s3://").unwrap_or(text);
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let valid = (3..=63).contains(&bucket.len())
+            && bucket
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-.".contains(&b));
+        if !valid {
+            return Err(Error::Usage(format!(
+                "{text}: not an S3 repository URL; give s3://BUCKET/PREFIX (a bucket name is 3-63 lowercase letters, digits, dots or dashes)"
+            )));
+        }
+        let prefix = prefix.trim_matches('/');
+        if prefix.split('/').any(|p| p == "." || p == "..") {
+            return Err(Error::Usage(format!(
+                "{text}: `.` and `..` are not S3 prefixes"
+            )));
+        }
+        Ok(S3Url {
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+        })
+    }
+}
+
+impl std::fmt::Display for S3Url {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.prefix.is_empty() {
+            true => write!(f, "s3://{}", self.bucket),
+            false => write!(f, "s3://{}/{}", self.bucket, self.prefix),
+        }
+    }
+}
+
+/// S3 requests made (a multipart upload counts its parts and 2 more; a listing its pages).
+#[derive(Clone, Copy, Debug, Default, serde::Serialize)]
+pub struct Requests {
+    pub total: u64,
+    pub get: u64,
+    pub put: u64,
+    pub list: u64,
+    pub delete: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+/// What every S3 store of this process has cost so far (`None` before the first request):
+/// the `--json` report of a command names it.
+pub fn requests_made() -> Option<Requests> {
+    let r = client::PROCESS.snapshot();
+    (r.total > 0).then_some(r)
+}
+
+/// What the store and its readers share: the client, the cache and the index loaded so far.
+struct Shared {
+    client: Client,
+    cache: Cache,
+    index: Mutex<Arc<Index>>,
+}
+
+impl Shared {
+    /// The index as stored now: one listing, then only the index objects not loaded yet
+    /// (from the cache when it holds them). Index objects a collection removed start a
+    /// fresh load.
+    fn current(&self) -> Result<Arc<Index>> {
+        let listed = self.client.list("index/")?;
+        let loaded = self.index.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let gone = loaded
+            .files
+            .iter()
+            .any(|f| !listed.iter().any(|l| &l.name == f));
+        let mut next = if gone {
+            Index::default()
+        } else {
+            (*loaded).clone()
+        };
+        let mut added = false;
+        for l in &listed {
+            if next.files.contains(&l.name) {
+                continue;
+            }
+            let bytes = self.cached_get(l)?;
+            next.add_file(&l.name, &bytes)?;
+            added = true;
+        }
+        if !added && !gone {
+            return Ok(loaded);
+        }
+        let next = Arc::new(next);
+        *self.index.lock().unwrap_or_else(|e| e.into_inner()) = next.clone();
+        Ok(next)
+    }
+
+    /// An immutable object's bytes: the cached copy of this version, else a GET (kept).
+    fn cached_get(&self, l: &Listed) -> Result<Vec<u8>> {
+        if let Some(b) = self.cache.get(&l.name, &l.etag) {
+            return Ok(b);
+        }
+        let b = self
+            .client
+            .get(&l.name)?
+            .ok_or_else(|| Error::Missing(format!("{} in {}", l.name, self.client.url)))?;
+        self.cache.put(&l.name, &l.etag, &b);
+        Ok(b)
+    }
+}
+
+pub struct S3Store {
+    shared: Arc<Shared>,
+    config: Config,
+    beats: gc::Heartbeat,
+}
+
+fn connect(url: &S3Url, endpoint: &Endpoint) -> Result<Arc<Shared>> {
+    let client = Client::new(endpoint, &url.prefix, url.to_string())?;
+    Ok(Arc::new(Shared {
+        cache: Cache::for_repository(&url.to_string(), endpoint.url.as_deref()),
+        client,
+        index: Mutex::default(),
+    }))
+}
+
+fn no_repository(url: &S3Url, reason: &str) -> Error {
+    Error::RepoNotFound {
+        path: url.to_string().into(),
+        reason: reason.into(),
+    }
+}
+
+impl S3Store {
+    /// Open the repository at `url` (`Error::RepoNotFound` when the bucket or the
+    /// repository's config is not there).
+    pub fn open(url: &S3Url) -> Result<S3Store> {
+        S3Store::open_with(url, &Endpoint::from_env(&url.bucket))
+    }
+
+    /// `open` with the endpoint and credentials given (tests; several servers at once).
+    pub fn open_with(url: &S3Url, endpoint: &Endpoint) -> Result<S3Store> {
+        let shared = connect(url, endpoint)?;
+        let config = match shared.client.get("config")? {
+            Some(b) => Config::decode(&b)?,
+            None => return Err(no_repository(url, "no repository config in the bucket under this prefix; create one with `cairn init`")),
+        };
+        Ok(S3Store::with(shared, config))
+    }
+
+    /// Create a repository at `url` holding `config` (`Error::RepoExists` when one is there).
+    pub fn create(url: &S3Url, config: &Config) -> Result<S3Store> {
+        S3Store::create_with(url, &Endpoint::from_env(&url.bucket), config)
+    }
+
+    /// `create` with the endpoint and credentials given.
+    pub fn create_with(url: &S3Url, endpoint: &Endpoint, config: &Config) -> Result<S3Store> {
+        let shared = connect(url, endpoint)?;
+        if shared.client.get("config")?.is_some() {
+            return Err(Error::RepoExists(url.to_string().into()));
+        }
+        shared.client.put("config", config.encode())?;
+        Ok(S3Store::with(shared, config.clone()))
+    }
+
+    fn with(shared: Arc<Shared>, config: Config) -> S3Store {
+        S3Store {
+            beats: gc::Heartbeat::start(&shared),
+            shared,
+            config,
+        }
+    }
+
+    fn client(&self) -> &Client {
+        &self.shared.client
+    }
+
+    /// Requests this store made so far.
+    pub fn requests(&self) -> Requests {
+        self.client().counters.snapshot()
+    }
+
+    fn slot_name(id: u64) -> String {
+        format!("keys/{id:016x}")
+    }
+}
+
+/// The number of a key slot: from its bytes, so adding the same slot twice is one slot.
+fn slot_number(slot: &[u8]) -> u64 {
+    let h = blake3::hash(slot);
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&h.as_bytes()[..8]);
+    (u64::from_le_bytes(b) >> 1).max(1)
+}
+
+fn hex_number(name: &str, dir: &str) -> Option<u64> {
+    u64::from_str_radix(name.strip_prefix(dir)?, 16).ok()
+}
+
+fn snapshot_name(id: &Id) -> String {
+    format!("snapshots/{}", id.to_hex())
+}
+
+impl Storage for S3Store {
+    fn location(&self) -> String {
+        self.client().url.clone()
+    }
+
+    fn config(&self) -> Result<Config> {
+        Ok(self.config.clone())
+    }
+
+    fn key_slots(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for l in self.client().list("keys/")? {
+            let Some(n) = hex_number(&l.name, "keys/") else {
+                continue;
+            };
+            out.push((n, self.shared.cached_get(&l)?));
+        }
+        out.sort_by_key(|(n, _)| *n);
+        Ok(out)
+    }
+
+    fn add_key_slot(&self, slot: &[u8]) -> Result<u64> {
+        let have = self.key_slots()?;
+        if let Some((n, _)) = have.iter().find(|(_, b)| b == slot) {
+            return Ok(*n);
+        }
+        if have.len() >= MAX_KEY_SLOTS {
+            return Err(Error::Refused(format!(
+                "the repository holds {MAX_KEY_SLOTS} key slots already, the most it takes"
+            )));
+        }
+        let n = slot_number(slot);
+        self.client().put(&S3Store::slot_name(n), slot.to_vec())?;
+        Ok(n)
+    }
+
+    fn remove_key_slot(&self, id: u64) -> Result<()> {
+        let have = self.key_slots()?;
+        if !have.iter().any(|(n, _)| *n == id) {
+            return Err(Error::NotFound(format!(
+                "no key slot {id}; see `cairn key list`"
+            )));
+        }
+        if have.len() <= 1 {
+            return Err(Error::Refused(
+                "refusing to remove the last key slot".into(),
+            ));
+        }
+        self.client().delete(&S3Store::slot_name(id))
+    }
+
+    fn snapshots(&self) -> Result<Vec<(Id, Vec<u8>)>> {
+        let mut out = Vec::new();
+        for l in self.client().list("snapshots/")? {
+            let Some(id) = l.name.strip_prefix("snapshots/").and_then(Id::from_hex) else {
+                continue;
+            };
+            out.push((id, self.shared.cached_get(&l)?));
+        }
+        out.sort_by_key(|(id, _)| *id);
+        Ok(out)
+    }
+
+    fn remove_snapshots(&self, ids: &[Id]) -> Result<()> {
+        for id in ids {
+            self.client().delete(&snapshot_name(id))?;
+        }
+        Ok(())
+    }
+
+    fn reader(&self) -> Result<Box<dyn Reader>> {
+        Ok(Box::new(S3Reader {
+            index: Mutex::new(self.shared.current()?),
+            shared: self.shared.clone(),
+        }))
+    }
+
+    fn writer(&self, opts: WriterOptions) -> Result<Box<dyn Writer + '_>> {
+        Ok(Box::new(writer::S3Writer::new(
+            &self.shared,
+            opts.batch_bytes,
+        )))
+    }
+
+    fn begin_session(&self, info: &[u8]) -> Result<u64> {
+        gc::begin_session(&self.shared, &self.beats, info)
+    }
+
+    fn end_session(&self, id: u64) -> Result<()> {
+        self.beats.stop(&gc::session_name(id));
+        self.client().delete(&gc::session_name(id))
+    }
+
+    fn sessions(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+        gc::sessions(&self.shared)
+    }
+
+    fn state(&self, key: &str) -> Result<Option<Vec<u8>>> {
+        self.client().get(&state_name(key)?)
+    }
+
+    fn set_state(&self, key: &str, value: &[u8]) -> Result<()> {
+        self.client().put(&state_name(key)?, value.to_vec())
+    }
+
+    fn collect_garbage(
+        &self,
+        marker: &mut dyn Mark,
+        opts: &PruneOptions,
+        notify: &dyn Fn(&str),
+    ) -> Result<PruneReport> {
+        gc::collect(&self.shared, &self.beats, marker, opts, notify)
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            remote: true,
+            append_only: false,
+        }
+    }
+
+    fn space(&self) -> Result<Space> {
+        let index = self.shared.current()?;
+        let listed = self.client().list("")?;
+        let pack_bytes = listed
+            .iter()
+            .filter(|l| l.name.starts_with("packs/"))
+            .map(|l| l.size)
+            .sum();
+        let all: u64 = listed.iter().map(|l| l.size).sum();
+        Ok(Space {
+            objects: index.map.len() as u64,
+            object_bytes: index.map.values().map(|l| l.len as u64).sum(),
+            pack_bytes,
+            file_bytes: all,
+            file_len: all,
+            db_bytes: None,
+        })
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// A state record's object: its key in hex (keys name sync targets, URLs included).
+fn state_name(key: &str) -> Result<String> {
+    match !key.is_empty() && key.len() <= 256 {
+        true => Ok(format!("state/{}", hex::encode(key))),
+        false => Err(Error::Usage(format!("`{key}` is not a state record name"))),
+    }
+}
+
+/// Reads objects through the index it was made with; a pack that has gone (a collection
+/// repacked it) sends it back to the stored index once.
+struct S3Reader {
+    shared: Arc<Shared>,
+    index: Mutex<Arc<Index>>,
+}
+
+/// How many sealed bytes one `read_many` round fetches at most (memory stays bounded).
+const READ_ROUND_BYTES: u64 = 32 << 20;
+
+impl S3Reader {
+    fn index(&self) -> Arc<Index> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn refresh(&self) -> Result<Arc<Index>> {
+        let fresh = self.shared.current()?;
+        *self.index.lock().unwrap_or_else(|e| e.into_inner()) = fresh.clone();
+        Ok(fresh)
+    }
+
+    /// Fetch `ids` (all in `index`), grouped by pack: one ranged request per pack.
+    fn fetch(&self, index: &Index, ids: &[Id]) -> Result<BTreeMap<Id, Result<(Kind, Vec<u8>)>>> {
+        let mut by_pack: BTreeMap<u32, Vec<(Id, index::Loc)>> = BTreeMap::new();
+        let mut out = BTreeMap::new();
+        for id in ids {
+            match index.map.get(id) {
+                // An empty object has no bytes to fetch (and S3 has no empty range).
+                Some(loc) if loc.len == 0 => {
+                    out.insert(*id, checked(id, loc, Vec::new()));
+                }
+                Some(loc) => by_pack.entry(loc.pack).or_default().push((*id, *loc)),
+                None => {}
+            }
+        }
+        let asks: Vec<(String, Vec<std::ops::Range<u64>>)> = by_pack
+            .iter()
+            .map(|(pack, objs)| {
+                (
+                    format!("packs/{}", index.packs[*pack as usize]),
+                    objs.iter().map(|(_, l)| l.range()).collect(),
+                )
+            })
+            .collect();
+        let answers = self.shared.client.get_ranges_many(&asks);
+        for ((_, objs), answer) in by_pack.into_iter().zip(answers) {
+            match answer {
+                Ok(parts) => {
+                    for ((id, loc), bytes) in objs.into_iter().zip(parts) {
+                        out.insert(id, checked(&id, &loc, bytes));
+                    }
+                }
+                Err(Error::Missing(what)) => {
+                    for (id, _) in objs {
+                        out.insert(id, Err(Error::Missing(format!("{} ({what})", id.to_hex()))));
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// `fetch`, asking the stored index again for objects whose pack has gone.
+    fn fetch_fresh(&self, ids: &[Id]) -> Result<BTreeMap<Id, Result<(Kind, Vec<u8>)>>> {
+        let mut got = self.fetch(&self.index(), ids)?;
+        let retry: Vec<Id> = ids
+            .iter()
+            .filter(|id| matches!(got.get(id), None | Some(Err(Error::Missing(_)))))
+            .copied()
+            .collect();
+        if !retry.is_empty() {
+            let fresh = self.refresh()?;
+            got.extend(self.fetch(&fresh, &retry)?);
+        }
+        Ok(got)
+    }
+}
+
+/// The bytes an index entry promised: their length and check must match.
+fn checked(id: &Id, loc: &index::Loc, bytes: Vec<u8>) -> Result<(Kind, Vec<u8>)> {
+    if bytes.len() != loc.len as usize || super::checksum(&bytes) != loc.check {
+        return Err(Error::corrupt(
+            id,
+            "the stored bytes do not match the index (damaged in storage)",
+        ));
+    }
+    Ok((loc.kind, bytes))
+}
+
+impl Reader for S3Reader {
+    fn info(&self, id: &Id) -> Result<Option<super::ObjectInfo>> {
+        Ok(self.index().map.get(id).map(|l| l.info()))
+    }
+
+    fn contains(&self, ids: &[Id]) -> Result<Vec<bool>> {
+        let index = self.index();
+        Ok(ids.iter().map(|id| index.map.contains_key(id)).collect())
+    }
+
+    fn read(&self, id: &Id) -> Result<(Kind, Vec<u8>)> {
+        self.fetch_fresh(std::slice::from_ref(id))?
+            .remove(id)
+            .unwrap_or_else(|| Err(Error::Missing(id.to_hex())))
+    }
+
+    fn read_many(&self, ids: &[Id], f: &mut ReadEach<'_>) -> Result<()> {
+        let index = self.index();
+        let mut start = 0;
+        while start < ids.len() {
+            let (mut end, mut bytes) = (start, 0u64);
+            while end < ids.len() && (end == start || bytes < READ_ROUND_BYTES) {
+                bytes += index.map.get(&ids[end]).map_or(0, |l| l.len as u64);
+                end += 1;
+            }
+            let mut got = self.fetch_fresh(&ids[start..end])?;
+            for id in &ids[start..end] {
+                // An id asked twice was answered once: read the repeat by itself.
+                let r = match got.remove(id) {
+                    Some(r) => r,
+                    None => self.read(id),
+                };
+                f(*id, r)?;
+            }
+            start = end;
+        }
+        Ok(())
+    }
+
+    fn list(&self, from: &Id, limit: usize) -> Result<Vec<(Id, super::ObjectInfo)>> {
+        Ok(self
+            .index()
+            .map
+            .range(*from..)
+            .take(limit)
+            .map(|(id, l)| (*id, l.info()))
+            .collect())
+    }
+
+    fn count(&self) -> Result<u64> {
+        Ok(self.index().map.len() as u64)
+    }
+
+    fn in_read_order(&self, ids: &[Id]) -> Result<Vec<(Id, super::ObjectInfo)>> {
+        let index = self.index();
+        let mut out = ids
+            .iter()
+            .map(|id| match index.map.get(id) {
+                Some(l) => Ok(((l.pack, l.offset), (*id, l.info()))),
+                None => Err(Error::Missing(id.to_hex())),
+            })
+            .collect::<Result<Vec<_>>>()?;
+        out.sort_by_key(|(place, _)| *place);
+        Ok(out.into_iter().map(|(_, o)| o).collect())
+    }
+}
