@@ -329,3 +329,221 @@ impl Drop for Sink<'_> {
         let _ = self.store.end_session(self.session);
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    //! The receiver on a store that is not redb: a sync into a `MemoryStore` through
+    //! `LocalTarget` (so through `Sink` on a `&dyn Storage`), whole and interrupted.
+
+    use crate::backup::{backup, BackupOptions, Progress};
+    use crate::error::{Error, Result};
+    use crate::repo::Repository;
+    use crate::restore::{restore, Overwrite, RestoreOptions, RestoreProgress};
+    use crate::storage::memory::MemoryStore;
+    use crate::storage::Storage;
+    use crate::sync::proto::{Request, Response};
+    use crate::sync::{self, LocalTarget, SyncOptions, SyncProgress, SyncReport, Target};
+    use std::path::{Path, PathBuf};
+
+    const PASSWORD: &[u8] = b"sink test password";
+
+    /// A primary (redb, in `tmp`) holding one backup of a tree of small files, nested
+    /// directories and two multi-chunk files; returns it and the source directory.
+    fn primary(tmp: &Path) -> (Repository, PathBuf) {
+        let src = tmp.join("src");
+        for d in 0..6 {
+            let sub = src.join(format!("d{d}/nested"));
+            std::fs::create_dir_all(&sub).unwrap();
+            for f in 0..4 {
+                std::fs::write(sub.join(format!("f{f}")), format!("{d}/{f}\n").repeat(40)).unwrap();
+            }
+        }
+        for (i, len) in [3_000_000, 1_700_000].into_iter().enumerate() {
+            std::fs::write(
+                src.join(format!("big{i}")),
+                crate::testkit::noise(i as u64 + 1, len),
+            )
+            .unwrap();
+        }
+        let repo = Repository::init(
+            &tmp.join("primary"),
+            PASSWORD,
+            &crate::testkit::insecure_fast_kdf(),
+        )
+        .unwrap();
+        let o = BackupOptions {
+            paths: vec![src.clone()],
+            ..BackupOptions::default()
+        };
+        backup(&repo, &o, &Progress::default()).unwrap();
+        (repo, src)
+    }
+
+    fn run(
+        primary: &Repository,
+        target: &mut dyn Target,
+        opts: &SyncOptions,
+    ) -> Result<SyncReport> {
+        let mut report = SyncReport::default();
+        sync::sync(primary, target, opts, &SyncProgress::default(), &mut report)?;
+        Ok(report)
+    }
+
+    /// Every object `from` holds, with its kind and sealed bytes.
+    fn objects(from: &dyn Storage) -> Vec<(crate::id::Id, crate::crypto::Kind, Vec<u8>)> {
+        let reader = from.reader().unwrap();
+        let list = reader.list(&crate::id::Id([0; 32]), usize::MAX).unwrap();
+        list.into_iter()
+            .map(|(id, _)| {
+                let (kind, sealed) = reader.read(&id).unwrap();
+                (id, kind, sealed)
+            })
+            .collect()
+    }
+
+    fn files(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(d) = stack.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                let rel = p.strip_prefix(dir).unwrap().to_path_buf();
+                if p.is_dir() {
+                    stack.push(p);
+                    out.push((rel, Vec::new()));
+                } else {
+                    out.push((rel, std::fs::read(&p).unwrap()));
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_sync_into_a_memory_store_reads_back_byte_identical() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (primary, src) = primary(tmp.path());
+        let replica: Box<dyn Storage> = Box::new(MemoryStore::new(primary.config().clone()));
+        let report = {
+            let mut target = LocalTarget::new(&*replica).unwrap();
+            run(&primary, &mut target, &SyncOptions::default()).unwrap()
+        };
+        assert_eq!(report.snapshots_sent, 1, "{report:?}");
+        // The sink added the key slots (the store was blank), ended its session, and holds
+        // every object and the snapshot exactly as the primary stores them.
+        assert_eq!(
+            replica.key_slots().unwrap(),
+            primary.storage().key_slots().unwrap()
+        );
+        assert!(replica.sessions().unwrap().is_empty());
+        assert_eq!(
+            replica.snapshots().unwrap(),
+            primary.storage().snapshots().unwrap()
+        );
+        let (ours, theirs) = (objects(primary.storage()), objects(&*replica));
+        assert!(ours.len() > 30, "{} objects", ours.len());
+        assert_eq!(report.objects_sent, ours.len() as u64);
+        assert_eq!(ours, theirs);
+
+        // The replica opens with the same password and restores the snapshot to the same bytes.
+        let replica = Repository::unlock(replica, PASSWORD).unwrap();
+        let latest = replica.find_snapshot("latest").unwrap();
+        assert_eq!(latest.id, primary.find_snapshot("latest").unwrap().id);
+        let restored = |repo: &Repository, out: PathBuf| {
+            let o = RestoreOptions {
+                target: out.clone(),
+                includes: Vec::new(),
+                overwrite: Overwrite::Always,
+                threads: 0,
+            };
+            restore(repo, &latest.snapshot.root, &o, &RestoreProgress::default()).unwrap();
+            files(&out)
+        };
+        let from_replica = restored(&replica, tmp.path().join("out-replica"));
+        assert_eq!(
+            from_replica,
+            restored(&primary, tmp.path().join("out-primary"))
+        );
+        let big = std::fs::read(src.join("big0")).unwrap();
+        assert!(from_replica.iter().any(|(_, bytes)| *bytes == big));
+        assert!(from_replica.len() > 30);
+
+        // A second sync finds everything there and sends nothing.
+        let mut target = LocalTarget::new(replica.storage()).unwrap();
+        let again = run(&primary, &mut target, &SyncOptions::default()).unwrap();
+        assert_eq!((again.snapshots_sent, again.objects_sent), (0, 0));
+    }
+
+    /// Lets `budget` `PutObjects` requests through, then fails like a dropped link.
+    struct DropAfter<T> {
+        inner: T,
+        budget: usize,
+        passed: u64,
+    }
+
+    impl<T: Target> Target for DropAfter<T> {
+        fn call(&mut self, req: Request) -> Result<Response> {
+            if let Request::PutObjects(objs) = &req {
+                if self.budget == 0 {
+                    return Err(Error::Invalid("injected failure: link dropped".into()));
+                }
+                self.budget -= 1;
+                self.passed += objs.len() as u64;
+            }
+            self.inner.call(req)
+        }
+    }
+
+    #[test]
+    fn an_interrupted_sync_into_a_memory_store_keeps_what_arrived_and_resumes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (primary, _) = primary(tmp.path());
+        let total = primary.reader().unwrap().count().unwrap();
+        let replica = MemoryStore::new(primary.config().clone());
+        let small = SyncOptions {
+            batch_bytes: 64 << 10,
+            ..SyncOptions::default()
+        };
+        let passed = {
+            let mut target = DropAfter {
+                inner: LocalTarget::new(&replica).unwrap(),
+                budget: 6,
+                passed: 0,
+            };
+            let err = run(&primary, &mut target, &small).unwrap_err();
+            assert!(err.to_string().contains("injected"), "{err}");
+            // Nothing is visible yet: the batches are far below the sink's 32 MiB.
+            assert_eq!(replica.reader().unwrap().count().unwrap(), 0);
+            target.passed
+            // The target is dropped here, mid-sync, with no goodbye.
+        };
+        let kept = replica.reader().unwrap().count().unwrap();
+        assert!(
+            replica.snapshots().unwrap().is_empty(),
+            "no snapshot before its data"
+        );
+        assert!(
+            replica.sessions().unwrap().is_empty(),
+            "the session ended with the sink"
+        );
+        assert_eq!(kept, passed, "everything that arrived was kept");
+        assert!(kept > 0 && kept < total, "{kept} of {total}");
+
+        let mut target = LocalTarget::new(&replica).unwrap();
+        let resumed = run(&primary, &mut target, &small).unwrap();
+        drop(target);
+        assert_eq!(resumed.snapshots_sent, 1);
+        assert_eq!(
+            resumed.objects_sent,
+            total - kept,
+            "only the rest is sent: {resumed:?}"
+        );
+        assert_eq!(objects(&replica), objects(primary.storage()));
+        assert_eq!(
+            replica.snapshots().unwrap(),
+            primary.storage().snapshots().unwrap()
+        );
+    }
+}
