@@ -8,7 +8,6 @@ use cairn_repo::sync::{
     self, LocalTarget, SshOptions, SshTarget, SyncOptions, SyncProgress, SyncReport,
 };
 use cairn_repo::{Error, Repository};
-use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -165,6 +164,8 @@ struct Ctx<'a> {
     repo: &'a Repository,
     opts: SyncOptions,
     ssh: SshOptions,
+    /// How to open a replica that is not behind ssh (the options `--repo` is opened with).
+    open: cairn_repo::OpenOptions,
     lock_wait: u64,
 }
 
@@ -175,28 +176,22 @@ fn sync_one(
     report: &mut SyncReport,
 ) -> Result<(), Error> {
     match Url::parse_target(url)? {
-        Url::Local(dir) => sync_local(ctx, &dir, progress, report),
+        // A `cairn serve` at the far end of ssh: the sync protocol (DESIGN.md §7).
         Url::Ssh(u) => {
             let mut t = SshTarget::connect(&u, &ctx.ssh)?;
             report.created = t.handshake(ctx.repo)?;
             sync::sync(ctx.repo, &mut t, &ctx.opts, progress, report)
         }
-        Url::S3(u) => Err(Error::Usage(format!(
-            "{u}: sync to S3 needs the store-level sink"
-        ))),
+        // Any other store: written from here, through the storage seam.
+        url => {
+            let (store, created) = retry_locked(ctx.lock_wait, || {
+                sync::open_replica_at(ctx.repo, &url, &ctx.open)
+            })?;
+            report.created = created;
+            let mut t = LocalTarget::new(&*store)?;
+            sync::sync(ctx.repo, &mut t, &ctx.opts, progress, report)
+        }
     }
-}
-
-fn sync_local(
-    ctx: &Ctx<'_>,
-    dir: &Path,
-    progress: &SyncProgress,
-    report: &mut SyncReport,
-) -> Result<(), Error> {
-    let (store, created) = retry_locked(ctx.lock_wait, || sync::open_local_replica(ctx.repo, dir))?;
-    report.created = created;
-    let mut t = LocalTarget::new(&store)?;
-    sync::sync(ctx.repo, &mut t, &ctx.opts, progress, report)
 }
 
 fn run_target(g: &Global, ctx: &Ctx<'_>, t: &Resolved) -> Outcome {
@@ -294,6 +289,7 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
             ..SyncOptions::default()
         },
         ssh: g.ssh.options(),
+        open: g.open_options(),
         lock_wait: a.lock_wait,
     };
     let mut outcomes = Vec::new();

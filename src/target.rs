@@ -48,10 +48,11 @@ fn list(g: &Global, store: &Store) -> Result<(), Failure> {
         let list: Vec<serde_json::Value> = targets
             .iter()
             .map(|(n, u)| {
+                // A path is "local"; a URL is named by its scheme ("ssh", and whatever
+                // `storage::Url` learns next).
                 let kind = match TargetUrl::parse_target(u) {
-                    Ok(TargetUrl::Ssh(_)) => "ssh",
                     Ok(TargetUrl::Local(_)) => "local",
-                    Ok(TargetUrl::S3(_)) => "s3",
+                    Ok(_) => u.split_once("://").map_or("invalid", |(scheme, _)| scheme),
                     Err(_) => "invalid",
                 };
                 serde_json::json!({ "name": n, "url": u, "kind": kind })

@@ -368,7 +368,7 @@ pub fn rebuild_from(dir: &std::path::Path, replica: &Repository) -> Result<Rebui
     std::fs::rename(&file, &kept)
         .map_err(|e| Error::io(format!("moving {} aside", file.display()), e))?;
     let (store, _) = crate::sync::open_local_replica(replica, dir)?;
-    let mut target = crate::sync::LocalTarget::new(&store)?;
+    let mut target = crate::sync::LocalTarget::new(&*store)?;
     let mut report = crate::sync::SyncReport::default();
     crate::sync::sync(
         replica,

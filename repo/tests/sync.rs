@@ -78,7 +78,7 @@ fn run_backup(repo: &Repository, src: &Path) -> Id {
 
 fn sync_local(primary: &Repository, dir: &Path, o: &SyncOptions) -> Result<SyncReport> {
     let (store, created) = sync::open_local_replica(primary, dir)?;
-    let mut target = LocalTarget::new(&store)?;
+    let mut target = LocalTarget::new(&*store)?;
     let mut report = SyncReport {
         created,
         ..SyncReport::default()
@@ -368,7 +368,7 @@ fn interrupted_sync_shows_nothing_partial_and_resumes() {
     let total = {
         let (store, _) = sync::open_local_replica(&f.primary, &dir).unwrap();
         let mut t = FailAfter {
-            inner: LocalTarget::new(&store).unwrap(),
+            inner: LocalTarget::new(&*store).unwrap(),
             budget: 8,
         };
         let mut report = SyncReport::default();
@@ -703,7 +703,7 @@ fn hostile_peers_get_clean_errors() {
     // Objects whose bytes do not match their checksum are refused by the sink.
     let dir = f.root.join("r2");
     let (store, _) = sync::open_local_replica(&f.primary, &dir).unwrap();
-    let mut sink = Sink::new(&store, false).unwrap();
+    let mut sink = Sink::new(&*store, false).unwrap();
     let o = proto::WireObject {
         id: Id([1; 32]),
         kind: 1,
@@ -787,7 +787,7 @@ fn issue16_sync_notices_a_snapshot_replaced_on_the_target() {
         p.commit(true, &[(id, vec![0xCD; 300])]).unwrap();
     }
     let (store, _) = sync::open_local_replica(&f.primary, &dir).unwrap();
-    let mut target = LocalTarget::new(&store).unwrap();
+    let mut target = LocalTarget::new(&*store).unwrap();
     let mut report = SyncReport::default();
     let err = sync::sync(
         &f.primary,

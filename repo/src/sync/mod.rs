@@ -16,8 +16,8 @@ use crate::crypto::Kind;
 use crate::error::{Error, Result};
 use crate::format::Snapshot;
 use crate::id::Id;
-use crate::repo::Repository;
-use crate::store::Store;
+use crate::repo::{OpenOptions, Repository};
+use crate::storage::{Storage, Url};
 use proto::{Request, Response};
 use remote::{expect_done, unexpected};
 use std::path::Path;
@@ -41,13 +41,15 @@ pub trait Target {
     }
 }
 
-/// A replica on a local path, written directly through its store.
+/// A replica written directly through its store, in this process: a path, or any store
+/// `storage::open` reaches (everything but the ssh target, which speaks the sync protocol to
+/// a `cairn serve`).
 pub struct LocalTarget<'s> {
     sink: Sink<'s>,
 }
 
 impl<'s> LocalTarget<'s> {
-    pub fn new(store: &'s Store) -> Result<LocalTarget<'s>> {
+    pub fn new(store: &'s dyn Storage) -> Result<LocalTarget<'s>> {
         Ok(LocalTarget {
             sink: Sink::new(store, false)?,
         })
@@ -60,19 +62,39 @@ impl Target for LocalTarget<'_> {
     }
 }
 
-/// Open the replica at `dir`, creating it from `primary` if there is none yet. Returns the
-/// store and whether it was created. A repository with another id is refused.
-pub fn open_local_replica(primary: &Repository, dir: &Path) -> Result<(Store, bool)> {
+/// Open the replica at `url`, creating it from `primary` if there is none yet (`storage::open`
+/// says `Error::RepoNotFound`): the primary's config and key slots, still wrapped. Returns the
+/// store and whether it was created. A repository with another id is refused and not written.
+pub fn open_replica_at(
+    primary: &Repository,
+    url: &Url,
+    opts: &OpenOptions,
+) -> Result<(Box<dyn Storage>, bool)> {
     let repo_id = primary.config().repo_id;
-    if sink::repository_exists(dir) {
-        return Ok((
-            sink::open_replica(dir, &repo_id, crate::store::DEFAULT_DB_CACHE)?,
-            false,
-        ));
+    if let Some(store) = sink::open_replica(url, &repo_id, opts)? {
+        return Ok((store, false));
     }
     let slots = slot_blobs(primary)?;
-    let store = sink::create_replica(dir, &repo_id, &primary.config().encode(), &slots)?;
-    Ok((store, true))
+    match sink::create_replica(url, &repo_id, &primary.config().encode(), &slots, opts) {
+        Ok(store) => Ok((store, true)),
+        // Another sync created it since the open: use that one (if it is ours).
+        Err(Error::RepoExists(_)) => match sink::open_replica(url, &repo_id, opts)? {
+            Some(store) => Ok((store, false)),
+            None => Err(Error::Invalid(format!(
+                "{url}: a repository appeared and went away while the replica was being created"
+            ))),
+        },
+        Err(e) => Err(e),
+    }
+}
+
+/// `open_replica_at` for a path, with the default options (a rebuild from a replica, tests).
+pub fn open_local_replica(primary: &Repository, dir: &Path) -> Result<(Box<dyn Storage>, bool)> {
+    open_replica_at(
+        primary,
+        &Url::Local(dir.to_path_buf()),
+        &OpenOptions::default(),
+    )
 }
 
 #[derive(Clone, Debug)]
@@ -140,7 +162,7 @@ pub fn sync(
     report.differing.clear();
     for (id, blob) in blobs {
         match theirs.get(&id) {
-            Some(check) if *check == crate::store::checksum(&blob) => {}
+            Some(check) if *check == crate::storage::checksum(&blob) => {}
             Some(_) => report.differing.push(id),
             None => lacking.push((id, blob)),
         }

@@ -426,7 +426,7 @@ pub fn check_store_object(o: &WireObject) -> Result<crate::crypto::Kind> {
     if u32::try_from(o.sealed.len()).is_err() {
         return Err(protocol_error(format!("object {} is too long", o.id)));
     }
-    if crate::store::checksum(&o.sealed) != o.check {
+    if crate::storage::checksum(&o.sealed) != o.check {
         return Err(Error::corrupt(
             o.id,
             "arrived with bytes that do not match its checksum",
@@ -541,7 +541,7 @@ pub fn check_object(o: &WireObject) -> Result<crate::crypto::Kind> {
             o.sealed.len()
         )));
     }
-    if crate::store::checksum(&o.sealed) != o.check {
+    if crate::storage::checksum(&o.sealed) != o.check {
         return Err(Error::corrupt(
             o.id,
             "arrived with bytes that do not match its checksum",
@@ -594,7 +594,7 @@ mod tests {
         let o = WireObject {
             id: Id([1; 32]),
             kind: 4,
-            check: crate::store::checksum(&sealed),
+            check: crate::storage::checksum(&sealed),
             sealed,
         };
         assert!(check_object(&o).is_err());

@@ -4,7 +4,8 @@
 use super::proto::{self, Request, Response};
 use super::sink::{self, Sink};
 use crate::error::Result;
-use crate::store::{Store, DEFAULT_DB_CACHE};
+use crate::repo::OpenOptions;
+use crate::storage::{Storage, Url};
 use std::io::{Read, Write};
 use std::path::Path;
 
@@ -81,7 +82,7 @@ fn session<R: Read, W: Write>(
         _ => return Err(proto::protocol_error("expected a hello")),
     };
     let store = open_or_create(dir, &repo_id, version, append_only, r, w)?;
-    let mut sink = Sink::new(&store, append_only)?;
+    let mut sink = Sink::new(&*store, append_only)?;
     loop {
         let req: Request = match proto::read_frame(r)? {
             Some(body) => proto::decode(&body)?,
@@ -99,6 +100,8 @@ fn session<R: Read, W: Write>(
     }
 }
 
+/// The replica this session writes: the repository at `dir` (the redb store, behind the
+/// seam like any other), created from the client's `Create` when there is none yet.
 fn open_or_create<R: Read, W: Write>(
     dir: &Path,
     repo_id: &[u8; 16],
@@ -106,22 +109,23 @@ fn open_or_create<R: Read, W: Write>(
     append_only: bool,
     r: &mut R,
     w: &mut W,
-) -> Result<Store> {
+) -> Result<Box<dyn Storage>> {
     let hello = |exists| Response::Hello {
         version,
         repo_id: *repo_id,
         exists,
         append_only,
     };
-    if sink::repository_exists(dir) {
-        let store = sink::open_replica(dir, repo_id, DEFAULT_DB_CACHE)?;
+    let url = Url::Local(dir.to_path_buf());
+    let opts = OpenOptions::default();
+    if let Some(store) = sink::open_replica(&url, repo_id, &opts)? {
         proto::write_msg(w, &hello(true))?;
         return Ok(store);
     }
     proto::write_msg(w, &hello(false))?;
     match proto::read_msg(r)? {
         Request::Create { config, key_slots } => {
-            let store = sink::create_replica(dir, repo_id, &config, &key_slots)?;
+            let store = sink::create_replica(&url, repo_id, &config, &key_slots, &opts)?;
             proto::write_msg(w, &Response::Done)?;
             Ok(store)
         }
@@ -137,6 +141,7 @@ mod tests {
     use super::*;
     use crate::crypto::{KdfParams, KeySlot};
     use crate::format::Config;
+    use crate::store::DEFAULT_DB_CACHE;
 
     fn config() -> Config {
         Config {
