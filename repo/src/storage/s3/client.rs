@@ -225,7 +225,7 @@ impl Client {
                 count!(self, bytes_down, b.len() as u64);
                 Ok(Some(b.to_vec()))
             }
-            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e @ object_store::Error::NotFound { .. }) if !no_bucket(&e) => Ok(None),
             Err(e) => Err(self.error("reading", name, e)),
         }
     }
@@ -241,7 +241,8 @@ impl Client {
     pub fn delete(&self, name: &str) -> Result<()> {
         count!(self, delete, 1);
         match self.rt.block_on(self.store.delete(&self.path(name))) {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Ok(()) => Ok(()),
+            Err(e @ object_store::Error::NotFound { .. }) if !no_bucket(&e) => Ok(()),
             Err(e) => Err(self.error("deleting", name, e)),
         }
     }
@@ -300,7 +301,7 @@ impl Client {
                         b.to_vec()
                     })
                     .collect()),
-                Err(object_store::Error::NotFound { .. }) => {
+                Err(e @ object_store::Error::NotFound { .. }) if !no_bucket(&e) => {
                     Err(Error::Missing(format!("{name} in {}", self.url)))
                 }
                 Err(e) => Err(self.error("reading", name, e)),
@@ -366,9 +367,20 @@ async fn put_parts(store: &AmazonS3, path: &Path, bytes: Vec<u8>) -> object_stor
     }
 }
 
+/// Whether the server said the bucket itself does not exist.
+fn no_bucket(e: &object_store::Error) -> bool {
+    format!("{e:?}").contains("NoSuchBucket")
+}
+
 /// An S3 failure as the engine's error: what was done to which object, and what to do.
 fn s3_error(url: &str, what: &str, name: &str, e: object_store::Error) -> Error {
     use object_store::Error as E;
+    if no_bucket(&e) {
+        return Error::RepoNotFound {
+            path: url.into(),
+            reason: "the bucket does not exist; create it (or check the name and AWS_ENDPOINT_URL)".into(),
+        };
+    }
     match e {
         E::Unauthenticated { .. } | E::PermissionDenied { .. } => Error::Refused(format!(
             "{url}: the S3 server refused the credentials while {what} {name} ({e}); check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (or AWS_PROFILE) and the key's rights on the bucket"
@@ -376,12 +388,6 @@ fn s3_error(url: &str, what: &str, name: &str, e: object_store::Error) -> Error 
         E::NotFound { .. } => Error::Missing(format!("{name} in {url}")),
         other => {
             let text = other.to_string();
-            if text.contains("NoSuchBucket") {
-                return Error::RepoNotFound {
-                    path: url.into(),
-                    reason: "the bucket does not exist; create it (or check the name and AWS_ENDPOINT_URL)".into(),
-                };
-            }
             Error::io(
                 format!("{url}: S3 request failed while {what} {name}; check AWS_ENDPOINT_URL and that the server is up, then run it again"),
                 std::io::Error::other(text),
