@@ -214,11 +214,6 @@ impl S3Store {
         &self.shared.client
     }
 
-    /// Requests this store made so far.
-    pub fn requests(&self) -> Requests {
-        self.client().counters.snapshot()
-    }
-
     fn slot_name(id: u64) -> String {
         format!("keys/{id:016x}")
     }
