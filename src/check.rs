@@ -226,6 +226,17 @@ fn repair(
 }
 
 fn storage_only(g: &Global, repair: Option<&std::path::Path>) -> CmdResult {
+    let url = g.repo_url()?;
+    if !matches!(url, cairn_repo::storage::Url::Local(_)) {
+        if repair.is_some() {
+            return Err(Failure::usage(
+                "--storage-only --repair-from works where the repository is, on its files; for a repository elsewhere run `cairn check --repair-from` without --storage-only (needs the password)",
+            ));
+        }
+        let store = cairn_repo::storage::open(&url, &g.open_options())?;
+        let r = cairn_repo::check::check_storage_through(&*store)?;
+        return report_storage(g, &r);
+    }
     let path = g.repo_path("check --storage-only")?;
     if let Some(arg) = repair {
         let store = cairn_repo::store::Store::open(&path, 1 << 20)?;
@@ -248,6 +259,11 @@ fn storage_only(g: &Global, repair: Option<&std::path::Path>) -> CmdResult {
         }
     }
     let r: StorageReport = check_storage(&path)?;
+    report_storage(g, &r)
+}
+
+/// Print a key-less check's findings; exit 1 when anything is damaged.
+fn report_storage(g: &Global, r: &StorageReport) -> CmdResult {
     let problems: Vec<String> = r
         .problems
         .iter()

@@ -93,6 +93,12 @@ fn every_command_works_on_a_repository_in_s3() {
     ok(c(&["restore", "latest", "--target"]).arg(&out), 0);
     assert_same_tree(&src, &out.join(src.strip_prefix("/").unwrap()));
     ok(&mut c(&["check", "--read-data"]), 0);
+    // Key-less: every stored object against its checksum, no password at all.
+    let mut keyless = c(&["check", "--storage-only", "--json"]);
+    keyless.env_remove("CAIRN_PASSWORD");
+    let v = json(&mut keyless);
+    assert!(v["objects"].as_u64().unwrap() > 3, "{v}");
+    assert_eq!(v["ok"].as_bool(), Some(true), "{v}");
     ok(&mut c(&["stats"]), 0);
     ok(&mut c(&["status"]), 0);
     ok(
@@ -214,6 +220,11 @@ fn sync_to_s3_and_back_survives_a_node_down() {
         again["targets"][0]["snapshots_sent"].as_u64(),
         Some(0),
         "a no-change sync sends nothing: {again}"
+    );
+    let requests = again["s3_requests"]["total"].as_u64().unwrap();
+    assert!(
+        requests < 20,
+        "a no-change sync costs a handful of requests: {again}"
     );
     // Restore straight from S3 with the node still down.
     let out = work.path().join("out");

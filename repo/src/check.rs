@@ -584,6 +584,50 @@ fn fetch_snapshot(
     }
 }
 
+/// Key-less check of any store through the seam (an S3 bucket, a server): every object is
+/// read and its stored bytes are compared with the check the store recorded. A store that
+/// keeps the bytes on its own disk (redb) has the deeper `check_storage` below.
+pub fn check_storage_through(store: &dyn Storage) -> Result<crate::store_maint::StorageReport> {
+    use crate::store_maint::{StorageProblem, StorageReport};
+    const PAGE: usize = 4096;
+    let reader = store.reader()?;
+    let mut report = StorageReport::default();
+    let mut from = Id::default();
+    loop {
+        let page = reader.list(&from, PAGE)?;
+        let ids: Vec<Id> = page.iter().map(|(id, _)| *id).collect();
+        let infos: HashMap<Id, ObjectInfo> = page.iter().copied().collect();
+        reader.read_many(&ids, &mut |id, got| {
+            report.objects += 1;
+            let problem = match got {
+                Ok((kind, bytes)) => {
+                    report.bytes += bytes.len() as u64;
+                    let info = infos[&id];
+                    if kind != info.kind
+                        || bytes.len() != info.len as usize
+                        || checksum(&bytes) != info.check
+                    {
+                        Some("the stored bytes do not match their checksum".to_string())
+                    } else {
+                        None
+                    }
+                }
+                Err(e) if e.is_damage() => Some(e.to_string()),
+                Err(e) => return Err(e),
+            };
+            if let Some(problem) = problem {
+                report.problems.push(StorageProblem::Object { id, problem });
+            }
+            Ok(())
+        })?;
+        match (page.len() < PAGE, ids.last().and_then(Id::next)) {
+            (false, Some(next)) => from = next,
+            _ => break,
+        }
+    }
+    Ok(report)
+}
+
 /// Key-less check for replicas: stored checksums, pieces, and redb's own page checksums.
 pub fn check_storage(dir: &std::path::Path) -> Result<crate::store_maint::StorageReport> {
     let mut store = Store::open(dir, crate::store::DEFAULT_DB_CACHE)?;

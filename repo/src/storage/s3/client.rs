@@ -378,7 +378,8 @@ fn s3_error(url: &str, what: &str, name: &str, e: object_store::Error) -> Error 
     if no_bucket(&e) {
         return Error::RepoNotFound {
             path: url.into(),
-            reason: "the bucket does not exist; create it (or check the name and AWS_ENDPOINT_URL)".into(),
+            reason: "the bucket does not exist; create it (or check the name and AWS_ENDPOINT_URL)"
+                .into(),
         };
     }
     match e {

@@ -249,4 +249,29 @@ mod tests {
         assert!(ix.add_file("x", &body).is_err());
         assert!(ix.map.is_empty());
     }
+
+    proptest::proptest! {
+        /// Whatever a bucket holds under `index/`, loading it is an error or a well-formed
+        /// index, never a panic: random bytes, and valid objects with bytes changed.
+        #[test]
+        fn any_bytes_load_or_fail_cleanly(
+            junk in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..400),
+            at in 0usize..200,
+            with in proptest::prelude::any::<u8>(),
+        ) {
+            let mut ix = Index::default();
+            let _ = ix.add_file("junk", &junk);
+            let mut body = MAGIC.to_vec();
+            body.extend(&junk);
+            let _ = ix.add_file("magic", &body);
+            let mut good = encode(&["p".into(), "q".into()], &[(0, placed(1, 0)), (1, placed(2, 5))]);
+            let i = at % good.len();
+            good[i] = with;
+            if ix.add_file("changed", &good).is_ok() {
+                for loc in ix.map.values() {
+                    proptest::prop_assert!((loc.pack as usize) < ix.packs.len());
+                }
+            }
+        }
+    }
 }
