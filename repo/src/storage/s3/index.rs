@@ -113,6 +113,8 @@ fn decode(name: &str, bytes: &[u8]) -> Result<File> {
 #[derive(Clone, Default)]
 pub struct Index {
     pub packs: Vec<String>,
+    /// The end of the last object of each pack: the pack's length (a pack holds nothing else).
+    pub pack_ends: Vec<u64>,
     pack_numbers: HashMap<String, u32>,
     pub map: BTreeMap<Id, Loc>,
     /// Names of the index objects merged in.
@@ -133,6 +135,7 @@ impl Index {
                 kind: Kind::from_u8(e.kind).unwrap_or(Kind::Chunk),
                 check: e.check,
             };
+            self.note_end(&loc);
             self.map.entry(Id(e.id)).or_insert(loc);
         }
         self.files.insert(name.to_string());
@@ -145,14 +148,24 @@ impl Index {
         }
         let n = self.packs.len() as u32;
         self.packs.push(pack.to_string());
+        self.pack_ends.push(0);
         self.pack_numbers.insert(pack.to_string(), n);
         n
     }
 
     /// Record `id` at `loc` within the pack named `pack` (unless `id` is known already).
     pub fn insert(&mut self, id: Id, pack: &str, loc: Loc) {
-        let n = self.pack_number(pack);
-        self.map.entry(id).or_insert(Loc { pack: n, ..loc });
+        let loc = Loc {
+            pack: self.pack_number(pack),
+            ..loc
+        };
+        self.note_end(&loc);
+        self.map.entry(id).or_insert(loc);
+    }
+
+    fn note_end(&mut self, loc: &Loc) {
+        let end = &mut self.pack_ends[loc.pack as usize];
+        *end = (*end).max(loc.offset + loc.len as u64);
     }
 
     pub fn pack_name(&self, loc: &Loc) -> &str {
