@@ -11,18 +11,6 @@ use garage::Garage;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-fn make_source(dir: &Path) {
-    std::fs::create_dir_all(dir.join("docs/old")).unwrap();
-    std::fs::write(dir.join("docs/letter.txt"), "dear customer\n".repeat(500)).unwrap();
-    std::fs::write(
-        dir.join("docs/old/random"),
-        cairn_repo::testkit::noise(7, 3_000_000),
-    )
-    .unwrap();
-    std::fs::write(dir.join("empty"), b"").unwrap();
-    std::os::unix::fs::symlink("docs/letter.txt", dir.join("link")).unwrap();
-}
-
 /// A fresh prefix in the cluster's bucket.
 fn fresh_url(g: &Garage, name: &str) -> String {
     let n = std::time::SystemTime::now()
@@ -35,11 +23,22 @@ fn fresh_url(g: &Garage, name: &str) -> String {
 /// `cairn --repo URL` with the cluster's endpoint and credentials in the environment (the
 /// AWS way), and a cache of its own.
 fn s3cairn(g: &Garage, url: &str, cache: &Path) -> Command {
-    let mut c = cairn(Path::new(url));
+    with_s3(cairn(Path::new(url)), g, cache)
+}
+
+/// `c` with the cluster's endpoint and credentials, and `cache` for the S3 cache.
+fn with_s3(mut c: Command, g: &Garage, cache: &Path) -> Command {
     for (k, v) in g.env() {
         c.env(k, v);
     }
     c.env("CAIRN_CACHE_DIR", cache).env("HOME", cache);
+    c
+}
+
+/// `cairn sync --json TO` of the local repository `from`, reaching S3 as `s3cairn` does.
+fn sync_to(g: &Garage, from: &Path, to: &str, cache: &Path) -> Command {
+    let mut c = with_s3(cairn(from), g, cache);
+    c.args(["sync", "--json", to]);
     c
 }
 
@@ -61,7 +60,7 @@ fn every_command_works_on_a_repository_in_s3() {
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
     let src = work.path().join("src");
-    make_source(&src);
+    small_tree(&src);
     let url = fresh_url(g, "acme");
     let c = |extra: &[&str]| {
         let mut c = s3cairn(g, &url, &cache);
@@ -182,7 +181,7 @@ fn sync_to_s3_and_back_survives_a_node_down() {
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
     let src = work.path().join("src");
-    make_source(&src);
+    small_tree(&src);
     for i in 0..20 {
         std::fs::write(
             src.join(format!("big{i}")),
@@ -194,15 +193,7 @@ fn sync_to_s3_and_back_survives_a_node_down() {
     init(&local);
     backup(&local, &[&src]);
     let url = fresh_url(&g, "offsite");
-    let sync = |from: &Path, to: &str| {
-        let mut c = cairn(from);
-        for (k, v) in g.env() {
-            c.env(k, v);
-        }
-        c.env("CAIRN_CACHE_DIR", &cache)
-            .args(["sync", "--json", to]);
-        c
-    };
+    let sync = |from: &Path, to: &str| sync_to(&g, from, to, &cache);
     // Kill a node while the first sync uploads; it finishes, or the next run completes it.
     let mut child = sync(&local, &url)
         .stdout(Stdio::null())
@@ -251,28 +242,12 @@ fn a_sync_killed_mid_upload_leaves_no_partial_snapshot() {
     let g = Garage::shared();
     let work = tempfile::tempdir().unwrap();
     let cache = work.path().join("cache");
-    let src: PathBuf = work.path().join("src");
-    std::fs::create_dir_all(&src).unwrap();
-    for i in 0..40 {
-        std::fs::write(
-            src.join(format!("f{i}")),
-            cairn_repo::testkit::noise(500 + i, 2_000_000),
-        )
-        .unwrap();
-    }
+    let src: PathBuf = forty_files(&work.path().join("src"), 500);
     let local = work.path().join("local");
     init(&local);
     backup(&local, &[&src]);
     let url = fresh_url(g, "killed");
-    let sync = || {
-        let mut c = cairn(&local);
-        for (k, v) in g.env() {
-            c.env(k, v);
-        }
-        c.env("CAIRN_CACHE_DIR", &cache)
-            .args(["sync", "--json", &url]);
-        c
-    };
+    let sync = || sync_to(g, &local, &url, &cache);
     let mut child = sync()
         .stdout(Stdio::null())
         .stderr(Stdio::null())

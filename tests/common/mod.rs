@@ -234,3 +234,29 @@ pub fn mounted(dir: &Path) -> bool {
         .any(|l| l.split(|b| *b == b' ').nth(4) == Some(want))
 }
 pub mod ssh;
+
+/// A small tree: a text file, 3 MB of noise, an empty file and a symlink.
+pub fn small_tree(dir: &Path) {
+    std::fs::create_dir_all(dir.join("docs/old")).unwrap();
+    std::fs::write(dir.join("docs/letter.txt"), "dear customer\n".repeat(500)).unwrap();
+    std::fs::write(
+        dir.join("docs/old/random"),
+        cairn_repo::testkit::noise(7, 3_000_000),
+    )
+    .unwrap();
+    std::fs::write(dir.join("empty"), b"").unwrap();
+    std::os::unix::fs::symlink("docs/letter.txt", dir.join("link")).unwrap();
+}
+
+/// 80 MB of incompressible data in 40 files (long enough to kill a backup in the middle).
+pub fn forty_files(dir: &Path, seed: u64) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    for i in 0..40 {
+        std::fs::write(
+            dir.join(format!("f{i}")),
+            cairn_repo::testkit::noise(seed + i, 2_000_000),
+        )
+        .unwrap();
+    }
+    dir.to_path_buf()
+}
