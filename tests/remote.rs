@@ -41,18 +41,6 @@ impl Server {
     }
 }
 
-fn json(c: &mut Command) -> serde_json::Value {
-    let out = ok(c, 0);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("--json: {e}\n{out}"))
-}
-
-fn snapshot_count(s: &Server, url: &str) -> usize {
-    json(s.cairn(url).args(["snapshots", "--json"]))["snapshots"]
-        .as_array()
-        .unwrap()
-        .len()
-}
-
 #[test]
 fn every_command_works_on_a_repository_over_ssh() {
     let s = Server::start();
@@ -74,7 +62,7 @@ fn every_command_works_on_a_repository_over_ssh() {
         second["bytes_added_stored"].as_u64().unwrap() < 100_000,
         "the second backup sends only the change: {second}"
     );
-    assert_eq!(snapshot_count(&s, &url), 2);
+    assert_eq!(snapshot_count(&mut s.cairn(&url)), 2);
 
     let ls = ok(
         s.cairn(&url).args(["ls", "latest"]).arg(src.join("docs")),
@@ -137,7 +125,7 @@ fn every_command_works_on_a_repository_over_ssh() {
     }
 
     ok(s.cairn(&url).args(["forget", "--keep-last", "1"]), 0);
-    assert_eq!(snapshot_count(&s, &url), 1);
+    assert_eq!(snapshot_count(&mut s.cairn(&url)), 1);
     let before = std::fs::metadata(on_server.join("cairn.redb"))
         .unwrap()
         .len();
@@ -254,7 +242,7 @@ fn a_client_killed_mid_backup_leaves_no_partial_snapshot() {
     let _ = child.wait();
     // The server notices the closed connection and drops what was not committed.
     std::thread::sleep(Duration::from_millis(500));
-    let before = snapshot_count(&s, &url);
+    let before = snapshot_count(&mut s.cairn(&url));
     assert!(before <= 1, "at most the whole snapshot, if it finished");
     ok(s.cairn(&url).args(["check", "--read-data"]), 0);
     let again = json(s.cairn(&url).args(["backup", "--json"]).arg(&src));
@@ -262,7 +250,7 @@ fn a_client_killed_mid_backup_leaves_no_partial_snapshot() {
         again["bytes_added_stored"].as_u64().unwrap() < 78_000_000 || before == 1,
         "the next backup reuses what reached the server: {again}"
     );
-    assert_eq!(snapshot_count(&s, &url), before + 1);
+    assert_eq!(snapshot_count(&mut s.cairn(&url)), before + 1);
     ok(s.cairn(&url).args(["check", "--read-data"]), 0);
     let out = work.path().join("out");
     ok(
@@ -331,7 +319,7 @@ fn a_key_forced_to_an_append_only_repository_cannot_delete_history() {
     let r = run(c.arg("prune"));
     assert_eq!(r.code, 1, "{}", r.stderr);
     assert!(r.stderr.contains("refused"), "{}", r.stderr);
-    assert_eq!(snapshot_count(&s, &url), 2, "history is intact");
+    assert_eq!(snapshot_count(&mut s.cairn(&url)), 2, "history is intact");
     assert!(!s.root.join("someone-else").exists());
 }
 
@@ -373,10 +361,10 @@ fn a_server_killed_mid_backup_is_a_clear_error_and_loses_nothing() {
         stderr.contains(&url) && stderr.contains("run it again"),
         "says what happened: {stderr}"
     );
-    assert_eq!(snapshot_count(&s, &url), 1, "no partial snapshot");
+    assert_eq!(snapshot_count(&mut s.cairn(&url)), 1, "no partial snapshot");
     ok(s.cairn(&url).args(["check", "--read-data"]), 0);
     ok(s.cairn(&url).arg("backup").arg(&src), 0);
-    assert_eq!(snapshot_count(&s, &url), 2);
+    assert_eq!(snapshot_count(&mut s.cairn(&url)), 2);
     let out = work.path().join("out");
     ok(
         s.cairn(&url)

@@ -42,18 +42,6 @@ fn sync_to(g: &Garage, from: &Path, to: &str, cache: &Path) -> Command {
     c
 }
 
-fn json(c: &mut Command) -> serde_json::Value {
-    let out = ok(c, 0);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("--json: {e}\n{out}"))
-}
-
-fn snapshot_count(c: &mut Command) -> usize {
-    json(c.args(["snapshots", "--json"]))["snapshots"]
-        .as_array()
-        .unwrap()
-        .len()
-}
-
 #[test]
 fn every_command_works_on_a_repository_in_s3() {
     let g = Garage::shared();

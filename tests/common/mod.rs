@@ -260,3 +260,17 @@ pub fn forty_files(dir: &Path, seed: u64) -> PathBuf {
     }
     dir.to_path_buf()
 }
+
+/// Run, require exit 0, and parse stdout as the command's `--json` report.
+pub fn json(c: &mut Command) -> serde_json::Value {
+    let out = ok(c, 0);
+    serde_json::from_str(&out).unwrap_or_else(|e| panic!("--json: {e}\n{out}"))
+}
+
+/// How many snapshots `c` (a `cairn` command for some repository) lists.
+pub fn snapshot_count(c: &mut Command) -> usize {
+    json(c.args(["snapshots", "--json"]))["snapshots"]
+        .as_array()
+        .unwrap()
+        .len()
+}
