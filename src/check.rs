@@ -235,7 +235,7 @@ fn storage_only(g: &Global, repair: Option<&std::path::Path>) -> CmdResult {
         }
         let store = cairn_repo::storage::open(&url, &g.open_options())?;
         let r = cairn_repo::check::check_storage_through(&*store)?;
-        return report_storage(g, &r);
+        return report_storage(g, Some(&*store), r);
     }
     let path = g.repo_path("check --storage-only")?;
     if let Some(arg) = repair {
@@ -259,11 +259,27 @@ fn storage_only(g: &Global, repair: Option<&std::path::Path>) -> CmdResult {
         }
     }
     let r: StorageReport = check_storage(&path)?;
-    report_storage(g, &r)
+    match cairn_repo::storage::open(&url, &g.open_options()) {
+        Ok(store) => report_storage(g, Some(&*store), r),
+        Err(e) => {
+            output::warn(&format!("the snapshots' references were not walked: {e}"));
+            report_storage(g, None, r)
+        }
+    }
 }
 
-/// Print a key-less check's findings; exit 1 when anything is damaged.
-fn report_storage(g: &Global, r: &StorageReport) -> CmdResult {
+/// Walk every snapshot by its public references (a missing object is found, not only a
+/// flipped byte), record the result for `cairn status`, print the findings; exit 1 when
+/// anything is damaged or missing.
+fn report_storage(
+    g: &Global,
+    store: Option<&dyn cairn_repo::storage::Storage>,
+    r: StorageReport,
+) -> CmdResult {
+    let reach = match store {
+        Some(s) => cairn_repo::reach::check_reachable(s)?,
+        None => Default::default(),
+    };
     let problems: Vec<String> = r
         .problems
         .iter()
@@ -286,11 +302,23 @@ fn report_storage(g: &Global, r: &StorageReport) -> CmdResult {
             }
             m
         }))
+        .chain(reach.problems.iter().map(|(id, snap, why)| {
+            format!("object {id} (needed by snapshot {}): {why}", snap.short())
+        }))
         .collect();
+    let need_key: Vec<String> = reach.need_key.iter().map(|id| id.to_hex()).collect();
+    if let Some(Err(e)) = store.map(|s| cairn_repo::check::record_storage_check(s, problems.len()))
+    {
+        output::warn(&format!(
+            "the check's result could not be recorded for `cairn status`: {e}"
+        ));
+    }
     if g.json {
         output::json(&serde_json::json!({
             "storage_only": true, "packs": r.packs, "objects": r.objects, "bytes": r.bytes,
-            "db_intact": r.db_intact, "problems": problems, "ok": problems.is_empty(),
+            "db_intact": r.db_intact, "snapshots": reach.snapshots,
+            "reachable_objects": reach.objects, "snapshots_need_key": need_key,
+            "problems": problems, "ok": problems.is_empty(),
         }));
     } else {
         output::info(
@@ -302,6 +330,20 @@ fn report_storage(g: &Global, r: &StorageReport) -> CmdResult {
                 output::bytes(r.bytes)
             ),
         );
+        output::info(
+            g,
+            &format!(
+                "{} snapshots walked by their public references: {} objects reached",
+                reach.snapshots - need_key.len() as u64,
+                reach.objects
+            ),
+        );
+        if !need_key.is_empty() {
+            output::warn(&format!(
+                "{} snapshot(s) from before format 2 name their objects only inside their encryption and were not walked; `cairn check` with the password verifies them",
+                need_key.len()
+            ));
+        }
         for p in &problems {
             output::line(&format!("damaged: {p}"));
         }

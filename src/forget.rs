@@ -106,7 +106,7 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
             repack_below: 80.0,
             compact: a.prune_args.compact,
         };
-        return crate::prune::prune_with(g, repo, &pa, Some(doc));
+        return crate::prune::prune_with(g, crate::primary::Primary::Keyed(repo), &pa, Some(doc));
     }
     Ok(0)
 }

@@ -13,6 +13,7 @@ mod ls;
 mod man;
 mod mount;
 mod output;
+mod primary;
 mod prune;
 mod restore;
 mod secrets;

@@ -1,9 +1,9 @@
 //! `cairn prune`: delete data no snapshot references (plan, then execute; see repo/DESIGN.md
 //! "Garbage collection"). Also run by `cairn forget --prune`.
 
+use crate::primary::Primary;
 use crate::{output, CmdResult, Failure, Global};
-use cairn_repo::prune::{plan, KeyMarker, PackAction, PlanSummary, PruneOptions, PruneReport};
-use cairn_repo::Repository;
+use cairn_repo::prune::{plan, GraphMarker, PackAction, PlanSummary, PruneOptions, PruneReport};
 use std::time::Duration;
 
 #[derive(clap::Args, Clone)]
@@ -24,7 +24,8 @@ pub struct Args {
 }
 
 pub fn run(g: &Global, a: &Args) -> CmdResult {
-    let repo = g.open()?;
+    // Without a password it works key-free, by the public references (a server's cron job).
+    let repo = Primary::open(g, 0)?;
     prune_with(g, repo, a, None)
 }
 
@@ -32,7 +33,7 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
 /// is the JSON of a `forget` that ran first: with `--json` it goes into the same document.
 pub fn prune_with(
     g: &Global,
-    repo: Repository,
+    repo: Primary,
     a: &Args,
     forget: Option<serde_json::Value>,
 ) -> CmdResult {
@@ -46,33 +47,33 @@ pub fn prune_with(
         wait: Duration::from_secs(a.wait),
         ..Default::default()
     };
-    let local = repo.local("prune").is_ok();
+    let local = cairn_repo::storage::local(repo.storage(), "prune").is_ok();
     if a.compact && !local {
         return Err(Failure::usage(
             "--compact works where the repository is: run `cairn prune --compact --repo PATH` on the server",
         ));
     }
     if a.dry_run && local {
-        let planned = plan(&repo, &opts)?;
+        let (_, planned) = repo.with_fallback(g, |p| plan(p.source(), &opts))?;
         print_plan(g, Some(&planned), &planned.summary());
         return Ok(0);
     }
-    // The store collects; this side (which holds the key) says what snapshots reference.
+    // The store collects; this side says what snapshots reference (by their public
+    // references, or with the key when one was given).
     let opts = PruneOptions {
         dry_run: a.dry_run,
         ..opts
     };
-    let mut marker = KeyMarker::new(&repo)?;
-    let report = repo
-        .storage()
-        .collect_garbage(&mut marker, &opts, &|msg| output::info(g, msg))?;
-    drop(marker);
+    let (repo, report) = repo.with_fallback(g, |p| {
+        let mut marker = GraphMarker::new(p.source())?;
+        p.storage()
+            .collect_garbage(&mut marker, &opts, &|msg| output::info(g, msg))
+    })?;
     if a.dry_run {
         print_plan(g, None, &report.plan);
         return Ok(0);
     }
-    let dir = repo
-        .local("prune --compact")
+    let dir = cairn_repo::storage::local(repo.storage(), "prune --compact")
         .ok()
         .map(|s| s.dir().to_path_buf());
     drop(repo);

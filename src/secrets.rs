@@ -158,6 +158,17 @@ fn password_with_source(
     Ok((prompt("Repository password: ", confirm)?, "prompt"))
 }
 
+/// Whether a password was given without a prompt (variable, file or command): the commands
+/// that can work without the key use it only then.
+pub fn given(g: &Global) -> bool {
+    taken().password.is_some() || g.password_file.is_some() || g.password_command.is_some()
+}
+
+/// Whether a prompt could ask for the password.
+pub fn can_prompt() -> bool {
+    std::io::stdin().is_terminal() || std::fs::File::open("/dev/tty").is_ok()
+}
+
 pub fn password(g: &Global, confirm: bool) -> Result<Zeroizing<String>, Failure> {
     password_with_source(g, confirm).map(|(p, _)| p)
 }
@@ -229,7 +240,7 @@ fn read_all_bounded(r: &mut impl Read, what: &str) -> Result<Zeroizing<Vec<u8>>,
 }
 
 fn prompt(label: &str, confirm: bool) -> Result<Zeroizing<String>, Failure> {
-    if !std::io::stdin().is_terminal() && std::fs::File::open("/dev/tty").is_err() {
+    if !can_prompt() {
         return Err(Failure::fatal(
             "no password given: set CAIRN_PASSWORD_FILE, CAIRN_PASSWORD_COMMAND or CAIRN_PASSWORD, or run on a terminal",
         ));

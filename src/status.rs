@@ -1,12 +1,24 @@
 //! `cairn status`: is the repository healthy? Latest snapshot per host, sync state per target,
 //! last check, size and dedup. Exit 0 when healthy, 3 when something is overdue or failed.
+//! Given repositories or directories of them, one row each, key-free (`fleet`).
 
+mod fleet;
+
+use crate::primary::Primary;
 use crate::{output, CmdResult, Global, EXIT_INCOMPLETE};
 use cairn_repo::util::now_unix;
 use std::collections::{BTreeMap, HashSet};
 
 #[derive(clap::Args)]
 pub struct Args {
+    /// Several repositories at once (a provider's fleet): URLs, repository directories, or
+    /// directories holding repositories; one row each, read without any key
+    #[arg(value_name = "REPO|DIR")]
+    repos: Vec<String>,
+    /// Also write the figures as Prometheus gauges (`cairn_…{repo="NAME"}`) to this file,
+    /// atomically, for node_exporter's textfile collector
+    #[arg(long, value_name = "FILE")]
+    prometheus: Option<std::path::PathBuf>,
     /// Overdue when a host's latest snapshot is older than this many hours
     #[arg(long, value_name = "HOURS")]
     max_age: Option<f64>,
@@ -21,8 +33,12 @@ pub struct Args {
 /// What `status` knows, gathered from the repository.
 #[derive(Debug, Default)]
 pub struct Facts {
-    /// host -> (latest snapshot id, its unix time)
+    /// host -> (latest snapshot id, its unix time); empty without the key (hosts are
+    /// encrypted), when `newest` stands for them all.
     pub hosts: BTreeMap<String, (String, i64)>,
+    pub snapshots: u64,
+    /// The newest snapshot and its time, from the public references when there is no key.
+    pub newest: Option<(String, i64)>,
     pub targets: Vec<TargetFacts>,
     pub check: Option<serde_json::Value>,
 }
@@ -41,8 +57,16 @@ pub fn problems(f: &Facts, a: &Args, now: i64) -> Vec<String> {
     let mut out = Vec::new();
     let hours = |t: i64| (now - t) as f64 / 3600.0;
     if let Some(max) = a.max_age {
-        if f.hosts.is_empty() {
+        if f.snapshots == 0 {
             out.push("no snapshots at all".into());
+        }
+        if let (true, Some((_, t))) = (f.hosts.is_empty(), &f.newest) {
+            if hours(*t) > max {
+                out.push(format!(
+                    "the newest snapshot is {:.1} h old (limit {max} h)",
+                    hours(*t)
+                ));
+            }
         }
         for (host, (_, t)) in &f.hosts {
             if hours(*t) > max {
@@ -97,20 +121,44 @@ pub fn problems(f: &Facts, a: &Args, now: i64) -> Vec<String> {
     out
 }
 
-fn gather(
-    repo: &cairn_repo::Repository,
-) -> Result<(Facts, u64, cairn_repo::storage::Space), crate::Failure> {
-    let snaps = repo.snapshots()?;
-    let mut f = Facts::default();
-    for s in &snaps {
-        f.hosts.insert(
-            s.snapshot.host.clone(),
-            (s.id.to_hex(), s.snapshot.time.sec),
-        );
+/// Snapshot ids with their times: decrypted with the key (and hosts and logical sizes), or
+/// from the public references without it (snapshots from before format 2 have no time there).
+fn snapshot_facts(primary: &Primary, f: &mut Facts) -> Result<(Vec<String>, u64), crate::Failure> {
+    let mut times: Vec<(String, i64)> = Vec::new();
+    let mut logical = 0;
+    match primary {
+        Primary::Keyed(repo) => {
+            for s in repo.snapshots()? {
+                f.hosts.insert(
+                    s.snapshot.host.clone(),
+                    (s.id.to_hex(), s.snapshot.time.sec),
+                );
+                logical += s.snapshot.stats.bytes;
+                times.push((s.id.to_hex(), s.snapshot.time.sec));
+            }
+        }
+        Primary::KeyFree(store) => {
+            for (id, blob) in store.snapshots()? {
+                let time = cairn_repo::graph::public_refs(&id, &blob)?.map_or(i64::MIN, |r| r.time);
+                times.push((id.to_hex(), time));
+            }
+        }
     }
-    let store = repo.storage();
+    f.snapshots = times.len() as u64;
+    f.newest = times
+        .iter()
+        .filter(|(_, t)| *t != i64::MIN)
+        .max_by_key(|(_, t)| *t)
+        .cloned();
+    Ok((times.into_iter().map(|(id, _)| id).collect(), logical))
+}
+
+fn gather(primary: &Primary) -> Result<(Facts, u64, cairn_repo::storage::Space), crate::Failure> {
+    let mut f = Facts::default();
+    let (ids, logical) = snapshot_facts(primary, &mut f)?;
+    let store = primary.storage();
     // Named targets live with the repository's own files (a server's are its business).
-    let targets = match repo.local("status") {
+    let targets = match cairn_repo::storage::local(store, "status") {
         Ok(local) => local.targets()?,
         Err(_) => Vec::new(),
     };
@@ -127,10 +175,10 @@ fn gather(
                     .collect()
             })
             .unwrap_or_default();
-        let unsynced = snaps
+        let unsynced = ids
             .iter()
-            .map(|s| s.id.to_hex())
-            .filter(|id| !synced.contains(id))
+            .filter(|id| !synced.contains(*id))
+            .cloned()
             .collect();
         f.targets.push(TargetFacts {
             name,
@@ -142,13 +190,17 @@ fn gather(
     f.check = store
         .state(cairn_repo::check::LAST_KEY)?
         .and_then(|b| serde_json::from_slice(&b).ok());
-    let logical = snaps.iter().map(|s| s.snapshot.stats.bytes).sum();
     Ok((f, logical, store.space()?))
 }
 
 pub fn run(g: &Global, a: &Args) -> CmdResult {
-    let repo = g.open()?;
-    let (f, logical, space) = gather(&repo)?;
+    if !a.repos.is_empty() {
+        return fleet::run(g, a);
+    }
+    // Without a password, what the store shows: no hosts or logical sizes (DESIGN.md §6).
+    let primary = Primary::open(g, 0)?;
+    let (f, logical, space) = gather(&primary)?;
+    let quota = fleet::quota(primary.storage())?;
     let now = now_unix();
     let problems = problems(&f, a, now);
     let dedup = if space.object_bytes > 0 {
@@ -160,21 +212,41 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
         output::json(&serde_json::json!({
             "healthy": problems.is_empty(),
             "problems": problems,
+            "key_free": !primary.has_key(),
+            "snapshots": f.snapshots,
+            "newest": f.newest.as_ref().map(|(id, t)| serde_json::json!({"id": id, "time": t, "age_hours": (now - t) as f64 / 3600.0})),
             "hosts": f.hosts.iter().map(|(h, (id, t))| serde_json::json!({"host": h, "latest": id, "time": t, "age_hours": (now - t) as f64 / 3600.0})).collect::<Vec<_>>(),
             "targets": f.targets.iter().map(|t| serde_json::json!({"name": t.name, "url": t.url, "last_sync": t.last, "unsynced_snapshots": t.unsynced})).collect::<Vec<_>>(),
             "last_check": f.check,
             "space": crate::stats::space_json(&space),
+            "quota_bytes": quota,
             "logical_bytes": logical,
-            "dedup_ratio": dedup,
+            "dedup_ratio": (dedup > 0.0).then_some(dedup),
         }));
     } else {
         print_human(&f, &problems, now, &space, dedup);
+        if let Some(q) = quota {
+            output::line(&format!(
+                "quota: {} of {} used",
+                output::bytes(space.object_bytes),
+                output::bytes(q)
+            ));
+        }
     }
-    Ok(if problems.is_empty() {
-        0
-    } else {
-        EXIT_INCOMPLETE
-    })
+    let healthy = problems.is_empty();
+    if let Some(file) = &a.prometheus {
+        let name = g.repo_url()?.to_string();
+        let row = fleet::Row {
+            name: name.clone(),
+            url: name,
+            facts: f,
+            space: Some(space),
+            quota,
+            problems,
+        };
+        fleet::write_prometheus(file, &[row])?;
+    }
+    Ok(if healthy { 0 } else { EXIT_INCOMPLETE })
 }
 
 fn print_human(
@@ -192,8 +264,20 @@ fn print_human(
             (now - t) as f64 / 3600.0
         ));
     }
-    if f.hosts.is_empty() {
-        output::line("no snapshots yet");
+    match (&f.newest, f.hosts.is_empty()) {
+        _ if f.snapshots == 0 => output::line("no snapshots yet"),
+        (Some((id, t)), true) => output::line(&format!(
+            "{} snapshots; newest {} at {} ({:.1} h ago)",
+            f.snapshots,
+            &id[..8],
+            crate::snapshots::format_local(*t, "%Y-%m-%d %H:%M:%S"),
+            (now - t) as f64 / 3600.0
+        )),
+        (None, true) => output::line(&format!(
+            "{} snapshots, all from before format 2 (their times need the key)",
+            f.snapshots
+        )),
+        (_, false) => {}
     }
     for t in &f.targets {
         let when = t
@@ -216,8 +300,13 @@ fn print_human(
         )),
         None => output::line("never checked"),
     }
+    // Logical sizes are inside the encrypted snapshots: no ratio without the key.
+    let ratio = match dedup > 0.0 {
+        true => format!(", dedup+compression {dedup:.2}x"),
+        false => String::new(),
+    };
     output::line(&format!(
-        "repository: {} stored, {} file, dedup+compression {dedup:.2}x",
+        "repository: {} stored, {} file{ratio}",
         output::bytes(space.object_bytes),
         output::bytes(space.file_bytes)
     ));
@@ -235,6 +324,8 @@ mod tests {
 
     fn args(max_age: Option<f64>, max_sync_age: Option<f64>, max_check_age: Option<f64>) -> Args {
         Args {
+            repos: vec![],
+            prometheus: None,
             max_age,
             max_sync_age,
             max_check_age,
@@ -246,6 +337,7 @@ mod tests {
         let now = 1_000_000;
         let mut f = Facts::default();
         f.hosts.insert("a".into(), ("00".into(), now - 2 * 3600));
+        f.snapshots = 1;
         assert!(problems(&f, &args(Some(3.0), None, None), now).is_empty());
         assert_eq!(problems(&f, &args(Some(1.0), None, None), now).len(), 1);
         f.targets.push(TargetFacts {

@@ -2,12 +2,14 @@
 //! given), one after another; a failure on one does not stop the others.
 //! Exit 0 when every target is in sync, 3 when some failed, 1 when none was.
 
-use crate::{output, CmdResult, Failure, Global, EXIT_FATAL, EXIT_INCOMPLETE, EXIT_LOCKED};
-use cairn_repo::storage::Url;
+use crate::primary::Primary;
+use crate::{output, secrets, CmdResult, Failure, Global, EXIT_FATAL, EXIT_INCOMPLETE};
+use cairn_repo::graph::Source;
+use cairn_repo::storage::{Storage, Url};
 use cairn_repo::sync::{
     self, LocalTarget, SshOptions, SshTarget, SyncOptions, SyncProgress, SyncReport,
 };
-use cairn_repo::{Error, Repository};
+use cairn_repo::Error;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
@@ -21,6 +23,11 @@ pub struct Args {
     /// Wait up to this many seconds for a repository that is locked
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     lock_wait: u64,
+    /// Also delete from each target the snapshots this repository no longer has (retention
+    /// reaches the replicas; their own `prune` frees the data). Without it a target keeps
+    /// every snapshot it received, for a longer retention of its own
+    #[arg(long)]
+    delete: bool,
 }
 
 /// How to reach ssh targets (shared by `sync` and `check --repair-from`).
@@ -68,6 +75,8 @@ struct Outcome {
     report: SyncReport,
     seconds: f64,
     error: Option<String>,
+    /// The walk met objects sealed before format 2 and had no key.
+    key_needed: bool,
 }
 
 /// Parse `10M`, `512K`, `1G`, `1000` (bytes per second).
@@ -96,22 +105,10 @@ pub fn parse_rate(s: &str) -> Result<u64, Failure> {
     Ok(((n * mult as f64) as u64).max(1))
 }
 
-fn open_primary(g: &Global, lock_wait: u64) -> Result<Repository, Failure> {
-    let deadline = Instant::now() + Duration::from_secs(lock_wait);
-    loop {
-        match g.open() {
-            Err(f) if f.code == EXIT_LOCKED && Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(250))
-            }
-            r => return r,
-        }
-    }
-}
-
-fn resolve(repo: &Repository, wanted: &[String]) -> Result<Vec<Resolved>, Failure> {
+fn resolve(store: &dyn Storage, wanted: &[String]) -> Result<Vec<Resolved>, Failure> {
     // Named targets are kept with the repository's own files; a repository on a server
     // syncs to the URLs given.
-    let named = match repo.local("sync to named targets") {
+    let named = match cairn_repo::storage::local(store, "sync to named targets") {
         Ok(store) => store.targets()?,
         Err(e) if wanted.is_empty() => return Err(e.into()),
         Err(_) => Vec::new(),
@@ -161,7 +158,7 @@ fn retry_locked<T>(lock_wait: u64, mut f: impl FnMut() -> Result<T, Error>) -> R
 }
 
 struct Ctx<'a> {
-    repo: &'a Repository,
+    repo: &'a dyn Source,
     opts: SyncOptions,
     ssh: SshOptions,
     /// How to open a replica that is not behind ssh (the options `--repo` is opened with).
@@ -194,6 +191,16 @@ fn sync_one(
     }
 }
 
+fn ctx<'a>(g: &Global, a: &Args, primary: &'a Primary, opts: &SyncOptions) -> Ctx<'a> {
+    Ctx {
+        repo: primary.source(),
+        opts: opts.clone(),
+        ssh: g.ssh.options(),
+        open: g.open_options(),
+        lock_wait: a.lock_wait,
+    }
+}
+
 fn run_target(g: &Global, ctx: &Ctx<'_>, t: &Resolved) -> Outcome {
     let started = Instant::now();
     let progress = SyncProgress::default();
@@ -216,22 +223,20 @@ fn run_target(g: &Global, ctx: &Ctx<'_>, t: &Resolved) -> Outcome {
         url: t.url.clone(),
         report,
         seconds: started.elapsed().as_secs_f64(),
+        key_needed: matches!(result, Err(Error::KeyNeeded(_))),
         error: result.err().map(|e| e.to_string()),
     }
 }
 
 /// Record the outcome in the primary's state table (read by `cairn status`).
-fn record(repo: &Repository, o: &Outcome) {
+fn record(store: &dyn Storage, o: &Outcome) {
     let value = serde_json::json!({
         "time": cairn_repo::util::now_unix(),
         "ok": o.error.is_none(),
         "snapshots": o.report.target_snapshots.iter().map(|id| id.to_hex()).collect::<Vec<_>>(),
         "error": o.error,
     });
-    if let Err(e) = repo
-        .storage()
-        .set_state(&format!("sync.{}", o.label), value.to_string().as_bytes())
-    {
+    if let Err(e) = store.set_state(&format!("sync.{}", o.label), value.to_string().as_bytes()) {
         output::warn(&format!(
             "could not record the sync state of {}: {e}",
             o.label
@@ -252,6 +257,8 @@ fn outcome_json(o: &Outcome) -> serde_json::Value {
         "ids_asked": o.report.ids_asked,
         "seconds": (o.seconds * 1000.0).round() / 1000.0,
         "target_snapshots": o.report.target_snapshots.len(),
+        "snapshots_deleted": o.report.snapshots_deleted,
+        "delete_refused": o.report.delete_refused,
         "error": o.error,
     })
 }
@@ -262,7 +269,7 @@ fn print_human(g: &Global, o: &Outcome) {
         None => output::info(
             g,
             &format!(
-                "{}: {}{} snapshots, {} objects, {} sent in {:.1} s",
+                "{}: {}{} snapshots, {} objects, {} sent{} in {:.1} s",
                 o.label,
                 if o.report.created {
                     "created replica; "
@@ -272,6 +279,10 @@ fn print_human(g: &Global, o: &Outcome) {
                 o.report.snapshots_sent,
                 o.report.objects_sent,
                 output::bytes(o.report.bytes_sent),
+                match o.report.snapshots_deleted {
+                    0 => String::new(),
+                    n => format!(", {n} snapshots deleted"),
+                },
                 o.seconds
             ),
         ),
@@ -280,36 +291,49 @@ fn print_human(g: &Global, o: &Outcome) {
 
 pub fn run(g: &Global, a: &Args) -> CmdResult {
     let limit_rate = a.limit_rate.as_deref().map(parse_rate).transpose()?;
-    let repo = open_primary(g, a.lock_wait)?;
-    let targets = resolve(&repo, &a.targets)?;
-    let ctx = Ctx {
-        repo: &repo,
-        opts: SyncOptions {
-            limit_rate,
-            ..SyncOptions::default()
-        },
-        ssh: g.ssh.options(),
-        open: g.open_options(),
-        lock_wait: a.lock_wait,
+    let mut primary = Primary::open(g, a.lock_wait)?;
+    let targets = resolve(primary.storage(), &a.targets)?;
+    let opts = SyncOptions {
+        limit_rate,
+        delete: a.delete,
+        ..SyncOptions::default()
     };
     let mut outcomes = Vec::new();
     for t in &targets {
-        let o = run_target(g, &ctx, t);
-        record(&repo, &o);
+        let mut o = run_target(g, &ctx(g, a, &primary, &opts), t);
+        if o.key_needed && !primary.has_key() && secrets::can_prompt() {
+            // Snapshots from before format 2: walk them with the key (nothing was sent
+            // for them yet: the walk comes before any object is sent).
+            primary = primary.unlock(g)?;
+            o = run_target(g, &ctx(g, a, &primary, &opts), t);
+        }
+        record(primary.storage(), &o);
+        if let Some(why) = &o.report.delete_refused {
+            output::warn(&format!(
+                "{}: --delete was refused ({why}); the target keeps the snapshots this repository no longer has (an append-only target keeps its history by design)",
+                o.label
+            ));
+        }
         if !g.json {
             print_human(g, &o);
         }
         outcomes.push(o);
     }
     let failed = outcomes.iter().filter(|o| o.error.is_some()).count();
+    let refused = outcomes
+        .iter()
+        .filter(|o| o.report.delete_refused.is_some())
+        .count();
     if g.json {
         output::json(&serde_json::json!({
             "targets": outcomes.iter().map(outcome_json).collect::<Vec<_>>(),
             "ok": outcomes.len() - failed,
             "failed": failed,
+            "key_free": !primary.has_key(),
         }));
     }
     match failed {
+        0 if refused > 0 => Ok(EXIT_INCOMPLETE),
         0 => Ok(0),
         n if n == outcomes.len() => Err(Failure {
             code: EXIT_FATAL,

@@ -47,16 +47,6 @@ fn snapshot_ids(repo: &Path) -> Vec<String> {
         .collect()
 }
 
-fn restore_and_compare(replica: &Path, src: &Path, out: &Path) {
-    ok(
-        cairn(replica)
-            .args(["restore", "latest", "--target"])
-            .arg(out),
-        0,
-    );
-    assert_same_tree(src, &out.join(src.strip_prefix("/").unwrap()));
-}
-
 fn sync_state(repo: &Path, key: &str) -> serde_json::Value {
     let store = cairn_repo::store::Store::open(repo, 1 << 20).unwrap();
     let bytes = store

@@ -9,6 +9,7 @@ use crate::format::{
     INLINE_EXTENTS,
 };
 use crate::fsmeta::{entry_from_stat, proc_path, read_xattrs, Names};
+use crate::graph::Refs;
 use crate::id::Id;
 use crate::repo::Repository;
 use crate::storage::Reader;
@@ -262,8 +263,9 @@ impl<'r> Ctx<'r> {
             .push(msg);
     }
 
-    /// Store an object unless the repository (or this backup) already has it.
-    fn put(&self, kind: Kind, plain: &[u8]) -> Result<Id> {
+    /// Store an object unless the repository (or this backup) already has it. Trees and
+    /// content lists carry their references in the clear (`refs`, DESIGN.md §3).
+    fn put(&self, kind: Kind, plain: &[u8], refs: Option<&dyn Fn() -> Refs>) -> Result<Id> {
         let id = self.repo.keys().id_of(kind, plain);
         if self
             .known
@@ -289,7 +291,11 @@ impl<'r> Ctx<'r> {
         } else {
             3
         };
-        let sealed = self.repo.keys().seal(kind, &id, plain, level)?;
+        let keys = self.repo.keys();
+        let sealed = match refs {
+            Some(refs) => keys.seal_public(kind, &id, &refs().encode(), plain, level)?,
+            None => keys.seal(kind, &id, plain, level)?,
+        };
         self.stats.objects_added.fetch_add(1, Relaxed);
         self.stats
             .bytes_added
@@ -302,7 +308,7 @@ impl<'r> Ctx<'r> {
     }
 
     fn put_tree(&self, tree: &Tree) -> Result<Id> {
-        self.put(Kind::Tree, &tree.encode())
+        self.put(Kind::Tree, &tree.encode(), Some(&|| Refs::of_tree(tree)))
     }
 
     fn parent_tree(&self, id: Option<Id>) -> Option<Tree> {
@@ -557,7 +563,11 @@ impl<'r> Ctx<'r> {
         }
         let mut lists = Vec::new();
         for part in extents.chunks(INLINE_EXTENTS) {
-            let id = self.put(Kind::List, &encode_list(part))?;
+            let id = self.put(
+                Kind::List,
+                &encode_list(part),
+                Some(&|| Refs::of_list(part)),
+            )?;
             lists.push(ListRef {
                 id,
                 len: part.iter().map(|x| x.len).sum(),
@@ -652,10 +662,11 @@ impl<'r> Ctx<'r> {
             let done: Vec<Extent> = chunks[..keep]
                 .par_iter()
                 .map(|&(o, l)| {
-                    self.put(Kind::Chunk, &buf[o..o + l]).map(|id| Extent {
-                        id: Some(id),
-                        len: l as u64,
-                    })
+                    self.put(Kind::Chunk, &buf[o..o + l], None)
+                        .map(|id| Extent {
+                            id: Some(id),
+                            len: l as u64,
+                        })
                 })
                 .collect::<Result<_>>()
                 .map_err(ReadError::Repo)?;

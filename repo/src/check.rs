@@ -84,11 +84,7 @@ pub fn check(repo: &Repository, opts: &CheckOptions) -> Result<CheckReport> {
     };
     for (id, blob) in snapshots {
         report.snapshots += 1;
-        let snap = repo
-            .keys()
-            .open(Kind::Snapshot, &id, &blob)
-            .and_then(|p| crate::format::Snapshot::decode(&p));
-        match snap {
+        match repo.open_snapshot(&id, &blob) {
             Ok(s) => {
                 walker.tree(&id, &s.root, "/")?;
             }
@@ -143,6 +139,15 @@ fn record_last(store: &dyn Storage, opts: &CheckOptions, damaged: usize) -> Resu
         "{{\"time\":{},\"read_data\":{},\"damaged\":{damaged}{subset}}}",
         crate::util::now_unix(),
         opts.read_data
+    );
+    store.set_state(LAST_KEY, json.as_bytes())
+}
+
+/// Record a key-free check (`check --storage-only`) for `cairn status`.
+pub fn record_storage_check(store: &dyn Storage, damaged: usize) -> Result<()> {
+    let json = format!(
+        "{{\"time\":{},\"read_data\":false,\"storage_only\":true,\"damaged\":{damaged}}}",
+        crate::util::now_unix()
     );
     store.set_state(LAST_KEY, json.as_bytes())
 }
@@ -525,12 +530,9 @@ fn snapshot_copy_intact(
     id: &Id,
     blob: Vec<u8>,
 ) -> std::result::Result<Vec<u8>, String> {
-    let plain = keys_of
-        .keys()
-        .open(Kind::Snapshot, id, &blob)
+    keys_of
+        .open_snapshot(id, &blob)
         .map_err(|e| format!("the replica's copy is damaged too: {e}"))?;
-    crate::format::Snapshot::decode(&plain)
-        .map_err(|e| format!("the replica's copy does not decode: {e}"))?;
     Ok(blob)
 }
 

@@ -1,8 +1,12 @@
 //! Keys, object sealing and key slots.
 //!
-//! Sealed object layout (see DESIGN.md): `version u8 = 1 | nonce [24] | ciphertext | tag [16]`,
-//! where the plaintext is `codec u8 (0 raw, 1 zstd) | payload` and the associated data is
-//! `kind u8 | id [32]`, so a sealed blob cannot be passed off as another object.
+//! Sealed object layout (see DESIGN.md §3): version 1 is
+//! `1 | nonce [24] | ciphertext | tag [16]` with associated data `kind u8 | id [32]`, so a
+//! sealed blob cannot be passed off as another object; version 2 (trees, content lists and
+//! snapshots) is `2 | public_len u32 LE | public | nonce [24] | ciphertext | tag [16]` with
+//! associated data `kind | id | public`: a part anyone can read (what the object references,
+//! `graph::Refs`) that nobody without the key can change. The plaintext is
+//! `codec u8 (0 raw, 1 zstd) | payload`.
 
 use crate::error::{Error, Result};
 use crate::id::Id;
@@ -13,6 +17,10 @@ use serde::{Deserialize, Serialize};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 pub const SEAL_VERSION: u8 = 1;
+/// The envelope with a public part.
+pub const SEAL_VERSION_PUBLIC: u8 = 2;
+/// Largest public part an envelope may carry (a tree naming a million chunks is 32 MiB).
+const MAX_PUBLIC: usize = 64 << 20;
 const NONCE_LEN: usize = 24;
 const TAG_LEN: usize = 16;
 /// Bytes a sealed object adds to its (compressed) payload.
@@ -87,10 +95,40 @@ impl MasterKeys {
     pub fn seal(&self, kind: Kind, id: &Id, plain: &[u8], level: i32) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(plain.len() + SEAL_OVERHEAD);
         out.push(SEAL_VERSION);
+        self.seal_body(&aad(kind, id), plain, level, out)
+    }
+
+    /// `seal` in the version 2 envelope: `public` is stored in clear and authenticated with
+    /// the object (an `open` of it changed fails).
+    pub fn seal_public(
+        &self,
+        kind: Kind,
+        id: &Id,
+        public: &[u8],
+        plain: &[u8],
+        level: i32,
+    ) -> Result<Vec<u8>> {
+        if public.len() > MAX_PUBLIC {
+            return Err(Error::Internal(format!(
+                "public part of {} bytes exceeds the envelope limit",
+                public.len()
+            )));
+        }
+        let mut out = Vec::with_capacity(plain.len() + public.len() + SEAL_OVERHEAD + 4);
+        out.push(SEAL_VERSION_PUBLIC);
+        out.extend_from_slice(&(public.len() as u32).to_le_bytes());
+        out.extend_from_slice(public);
+        let mut ad = aad(kind, id).to_vec();
+        ad.extend_from_slice(public);
+        self.seal_body(&ad, plain, level, out)
+    }
+
+    /// Append nonce, ciphertext and tag of `plain` to the envelope header in `out`.
+    fn seal_body(&self, ad: &[u8], plain: &[u8], level: i32, mut out: Vec<u8>) -> Result<Vec<u8>> {
         let mut nonce = [0u8; NONCE_LEN];
         rand::rng().fill_bytes(&mut nonce);
         out.extend_from_slice(&nonce);
-        let body = 1 + NONCE_LEN;
+        let body = out.len();
         out.push(CODEC_ZSTD);
         let compressed = level != 0 && compress_into(plain, level, &mut out);
         if !compressed {
@@ -102,7 +140,7 @@ impl MasterKeys {
             .cipher()
             .encrypt_inout_detached(
                 &XNonce::try_from(&nonce[..]).map_err(|_| Error::Crypto("nonce".into()))?,
-                &aad(kind, id),
+                ad,
                 (&mut out[body..]).into(),
             )
             .map_err(|_| Error::Crypto("object too large to encrypt".into()))?;
@@ -136,30 +174,48 @@ impl MasterKeys {
     }
 
     fn decrypt(&self, kind: Kind, id: &Id, sealed: &[u8]) -> Result<Vec<u8>> {
-        if sealed.len() < SEAL_OVERHEAD {
+        let (public, rest) = split_envelope(sealed).map_err(|r| Error::corrupt(id, r))?;
+        if rest.len() < NONCE_LEN + 1 + TAG_LEN {
             return Err(Error::corrupt(id, "sealed object too short"));
         }
-        if sealed[0] != SEAL_VERSION {
-            return Err(Error::corrupt(
-                id,
-                format!("unknown envelope version {}", sealed[0]),
-            ));
-        }
-        let nonce = XNonce::try_from(&sealed[1..1 + NONCE_LEN])
-            .map_err(|_| Error::corrupt(id, "bad nonce"))?;
-        let (ct, tag) = sealed[1 + NONCE_LEN..].split_at(sealed.len() - 1 - NONCE_LEN - TAG_LEN);
+        let mut ad = aad(kind, id).to_vec();
+        ad.extend_from_slice(public.unwrap_or_default());
+        let nonce =
+            XNonce::try_from(&rest[..NONCE_LEN]).map_err(|_| Error::corrupt(id, "bad nonce"))?;
+        let (ct, tag) = rest[NONCE_LEN..].split_at(rest.len() - NONCE_LEN - TAG_LEN);
         let mut body = ct.to_vec();
         self.cipher()
-            .decrypt_inout_detached(
-                &nonce,
-                &aad(kind, id),
-                body.as_mut_slice().into(),
-                &tag_of(tag)?,
-            )
+            .decrypt_inout_detached(&nonce, &ad, body.as_mut_slice().into(), &tag_of(tag)?)
             .map_err(|_| {
                 Error::corrupt(id, "authentication failed (tampered, truncated or swapped)")
             })?;
         Ok(body)
+    }
+}
+
+/// The public part of a sealed object, readable without any key (`None` for a version 1
+/// envelope, which has none). Not authenticated until the object is opened with the key.
+pub fn public_part(sealed: &[u8]) -> std::result::Result<Option<&[u8]>, &'static str> {
+    split_envelope(sealed).map(|(public, _)| public)
+}
+
+/// An envelope's public part (version 2) and what follows the header (nonce onwards).
+fn split_envelope(sealed: &[u8]) -> std::result::Result<(Option<&[u8]>, &[u8]), &'static str> {
+    match sealed.split_first() {
+        None => Err("sealed object too short"),
+        Some((&SEAL_VERSION, rest)) => Ok((None, rest)),
+        Some((&SEAL_VERSION_PUBLIC, rest)) => {
+            let (len, rest) = rest
+                .split_first_chunk::<4>()
+                .ok_or("sealed object too short")?;
+            let len = u32::from_le_bytes(*len) as usize;
+            if len > MAX_PUBLIC || len > rest.len() {
+                return Err("public part longer than the object");
+            }
+            let (public, rest) = rest.split_at(len);
+            Ok((Some(public), rest))
+        }
+        Some(_) => Err("unknown envelope version"),
     }
 }
 

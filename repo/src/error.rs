@@ -75,6 +75,12 @@ pub enum Error {
         "`{what}` cannot work on a repository on a server yet ({location}); run it where the repository is, with --repo PATH there"
     )]
     LocalOnly { what: String, location: String },
+    /// A command working without the key met an object sealed before format 2, whose
+    /// references only the key can read.
+    #[error(
+        "{0}: run this with the repository's password (CAIRN_PASSWORD_FILE, CAIRN_PASSWORD_COMMAND or CAIRN_PASSWORD), or forget the snapshots written before format 2"
+    )]
+    KeyNeeded(String),
     #[error("interrupted")]
     Interrupted,
 }

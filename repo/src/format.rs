@@ -8,7 +8,10 @@ use serde::{de::DeserializeOwned, Deserialize, Serialize};
 
 pub const TREE_VERSION: u8 = 1;
 pub const SNAPSHOT_VERSION: u8 = 1;
-pub const CONFIG_VERSION: u8 = 1;
+/// The repository format, written as the config's version: 2 since trees, content lists and
+/// snapshots carry public references (DESIGN.md §3). Version 1 configs are read as before;
+/// a cairn older than format 2 refuses a version 2 config instead of failing on its objects.
+pub const CONFIG_VERSION: u8 = 2;
 /// Extents kept inline in a file entry; longer lists go to `List` objects.
 pub const INLINE_EXTENTS: usize = 4096;
 
@@ -219,7 +222,11 @@ impl Config {
     }
 
     pub fn decode(bytes: &[u8]) -> Result<Config> {
-        let c: Config = decode(CONFIG_VERSION, bytes, "config")?;
+        let version = match bytes.first() {
+            Some(1) => 1,
+            _ => CONFIG_VERSION,
+        };
+        let c: Config = decode(version, bytes, "config")?;
         let sane = (64..=1 << 20).contains(&c.chunk_min)
             && c.chunk_min <= c.chunk_avg
             && c.chunk_avg <= c.chunk_max

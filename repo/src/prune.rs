@@ -12,11 +12,9 @@
 
 use crate::crypto::Kind;
 use crate::error::{Error, Result};
-use crate::format::Content;
+use crate::graph::Source;
 use crate::id::Id;
 use crate::packer::Packer;
-use crate::repo::Repository;
-use crate::storage::Reader;
 use crate::store::{checksum, Location, Store, View};
 use crate::store_maint::{PackCandidate, Sweep, SweepInput};
 use std::collections::{BTreeMap, HashSet};
@@ -142,8 +140,12 @@ pub struct PruneReport {
 }
 
 /// Mark everything the snapshots reference, then classify every indexed object and pack.
-pub fn plan(repo: &Repository, opts: &PruneOptions) -> Result<PrunePlan> {
-    plan_with(repo.local("prune")?, &mut KeyMarker::new(repo)?, opts)
+pub fn plan(repo: &dyn Source, opts: &PruneOptions) -> Result<PrunePlan> {
+    plan_with(
+        crate::storage::local(repo.storage(), "prune")?,
+        &mut GraphMarker::new(repo)?,
+        opts,
+    )
 }
 
 /// `plan` for the redb store with any marker (the key holder's walk, near or over the wire).
@@ -204,9 +206,9 @@ pub fn plan_with(store: &Store, marker: &mut dyn Mark, opts: &PruneOptions) -> R
     Ok(plan)
 }
 
-/// Says which objects snapshots reference: the part of garbage collection that needs the
-/// key (trees and content lists are encrypted), so it stays with the key holder while the
-/// store does the rest (DESIGN.md §9).
+/// Says which objects snapshots reference: the part of garbage collection that reads the
+/// graph of trees (by their public references, or with the key), while the store does the rest
+/// (DESIGN.md §9).
 pub trait Mark {
     /// Every object the snapshots `ids` reference (trees, lists, chunks). A snapshot, tree
     /// or list that cannot be read is an error: what it references is unknown, so nothing
@@ -214,89 +216,46 @@ pub trait Mark {
     fn mark(&mut self, ids: &[Id]) -> Result<HashSet<Id>>;
 }
 
-/// The key holder's marker: opens snapshots and walks their trees through a reader.
-pub struct KeyMarker<'a> {
-    repo: &'a Repository,
-    view: Box<dyn Reader>,
+/// Walks the snapshots' trees and content lists through the repository's store, marking
+/// every object reached: by public references without a key (`graph::KeyFree`), or opening
+/// every tree with it (a `Repository`).
+pub struct GraphMarker<'a> {
+    source: &'a dyn Source,
 }
 
-impl<'a> KeyMarker<'a> {
-    pub fn new(repo: &'a Repository) -> Result<KeyMarker<'a>> {
-        Ok(KeyMarker {
-            repo,
-            view: repo.reader()?,
-        })
+impl<'a> GraphMarker<'a> {
+    pub fn new(source: &'a dyn Source) -> Result<GraphMarker<'a>> {
+        Ok(GraphMarker { source })
     }
 }
 
-impl Mark for KeyMarker<'_> {
+impl Mark for GraphMarker<'_> {
     fn mark(&mut self, ids: &[Id]) -> Result<HashSet<Id>> {
+        let store = self.source.storage();
+        let graph = self.source.graph();
         // A reader made now sees every object the snapshots listed before it reference.
-        let blobs = self.repo.storage().snapshots()?;
-        self.view = self.repo.reader()?;
-        let mut walk = Walk {
-            repo: self.repo,
-            view: &*self.view,
-            marked: HashSet::new(),
-        };
+        let blobs = store.snapshots()?;
+        let view = store.reader()?;
+        let mut marked = HashSet::new();
+        let mut trees = Vec::new();
         for (id, blob) in blobs.iter().filter(|(id, _)| ids.contains(id)) {
-            let plain = self
-                .repo
-                .keys()
-                .open(Kind::Snapshot, id, blob)
-                .map_err(unreadable)?;
-            let snap = crate::format::Snapshot::decode(&plain).map_err(unreadable)?;
-            walk.tree(&snap.root)?;
+            trees.extend(graph.snapshot(id, blob).map_err(unreadable)?.trees);
         }
-        Ok(walk.marked)
-    }
-}
-
-/// Walks trees and content lists from snapshot roots, marking every object reached. A tree or
-/// list that cannot be read stops the prune: what it references is unknown.
-struct Walk<'a> {
-    repo: &'a Repository,
-    view: &'a dyn Reader,
-    marked: HashSet<Id>,
-}
-
-impl Walk<'_> {
-    fn tree(&mut self, root: &Id) -> Result<()> {
-        let mut stack = vec![*root];
-        while let Some(id) = stack.pop() {
-            if !self.marked.insert(id) {
+        while let Some(id) = trees.pop() {
+            if !marked.insert(id) {
                 continue;
             }
-            let tree = self.repo.load_tree(self.view, &id).map_err(unreadable)?;
-            for e in &tree.entries {
-                if let Some(sub) = e.subtree {
-                    if !self.marked.contains(&sub) {
-                        stack.push(sub);
-                    }
-                }
-                self.content(&e.content)?;
-            }
-        }
-        Ok(())
-    }
-
-    fn content(&mut self, content: &Content) -> Result<()> {
-        match content {
-            Content::None => {}
-            Content::Inline(extents) => self.marked.extend(extents.iter().filter_map(|x| x.id)),
-            Content::Lists(lists) => {
-                for l in lists {
-                    if self.marked.insert(l.id) {
-                        let extents = self
-                            .repo
-                            .extents(self.view, &Content::Lists(vec![*l]))
-                            .map_err(unreadable)?;
-                        self.marked.extend(extents.iter().filter_map(|x| x.id));
-                    }
+            let refs = graph.object(&*view, Kind::Tree, &id).map_err(unreadable)?;
+            trees.extend(refs.trees.iter().filter(|t| !marked.contains(*t)));
+            for l in refs.lists {
+                if marked.insert(l) {
+                    let list = graph.object(&*view, Kind::List, &l).map_err(unreadable)?;
+                    marked.extend(list.chunks);
                 }
             }
+            marked.extend(refs.chunks);
         }
-        Ok(())
+        Ok(marked)
     }
 }
 
@@ -310,21 +269,21 @@ fn unreadable(e: Error) -> Error {
 }
 
 /// Plan and execute. `notify` receives human-readable progress (why we wait, what is done).
-pub fn prune(repo: &Repository, opts: &PruneOptions, notify: &dyn Fn(&str)) -> Result<PruneReport> {
+pub fn prune(repo: &dyn Source, opts: &PruneOptions, notify: &dyn Fn(&str)) -> Result<PruneReport> {
     let plan = plan(repo, opts)?;
     execute(repo, plan, opts, notify)
 }
 
 /// Execute a plan: repack, then sweep when no backup is running.
 pub fn execute(
-    repo: &Repository,
+    repo: &dyn Source,
     plan: PrunePlan,
     opts: &PruneOptions,
     notify: &dyn Fn(&str),
 ) -> Result<PruneReport> {
     execute_with(
-        repo.local("prune")?,
-        &mut KeyMarker::new(repo)?,
+        crate::storage::local(repo.storage(), "prune")?,
+        &mut GraphMarker::new(repo)?,
         plan,
         opts,
         notify,

@@ -3,6 +3,7 @@
 use crate::crypto::{KdfParams, KeySlot, Kind, MasterKeys};
 use crate::error::{Error, Result};
 use crate::format::{decode_list, Config, Content, Extent, Snapshot, Tree};
+use crate::graph::{self, Refs};
 use crate::id::Id;
 use crate::storage::{Reader, Storage, Url};
 use crate::store::{Store, DEFAULT_DB_CACHE};
@@ -147,13 +148,7 @@ impl Repository {
     /// The local redb store, for the commands not yet moved onto the seam (DESIGN.md §9);
     /// `what` names the command for the error a repository elsewhere gets.
     pub fn local(&self, what: &str) -> Result<&Store> {
-        self.store
-            .as_any()
-            .downcast_ref::<Store>()
-            .ok_or_else(|| Error::LocalOnly {
-                what: what.to_string(),
-                location: self.store.location(),
-            })
+        crate::storage::local(&*self.store, what)
     }
 
     pub fn keys(&self) -> &MasterKeys {
@@ -199,13 +194,7 @@ impl Repository {
         let mut ok = Vec::new();
         let mut bad = Vec::new();
         for (id, blob) in blobs {
-            let decoded = self
-                .keys
-                .open(Kind::Snapshot, &id, &blob)
-                .and_then(|plain| {
-                    Snapshot::decode(&plain).map_err(|e| Error::corrupt(id, e.to_string()))
-                });
-            match decoded {
+            match self.open_snapshot(&id, &blob) {
                 Ok(snapshot) => ok.push(SnapshotEntry { id, snapshot }),
                 Err(e) => bad.push((id, e)),
             }
@@ -245,10 +234,22 @@ impl Repository {
         }
     }
 
+    /// Decrypt and decode one stored snapshot, checking its public references.
+    pub fn open_snapshot(&self, id: &Id, blob: &[u8]) -> Result<Snapshot> {
+        let plain = self.keys.open(Kind::Snapshot, id, blob)?;
+        let snapshot = Snapshot::decode(&plain).map_err(|e| Error::corrupt(id, e.to_string()))?;
+        graph::check_refs(id, blob, || Refs::of_snapshot(&snapshot))?;
+        Ok(snapshot)
+    }
+
+    /// Seal a snapshot (format 2: its root and time in the public part, DESIGN.md §3).
     pub fn seal_snapshot(&self, snapshot: &Snapshot) -> Result<(Id, Vec<u8>)> {
         let plain = snapshot.encode();
         let id = self.keys.id_of(Kind::Snapshot, &plain);
-        let sealed = self.keys.seal(Kind::Snapshot, &id, &plain, 3)?;
+        let public = Refs::of_snapshot(snapshot).encode();
+        let sealed = self
+            .keys
+            .seal_public(Kind::Snapshot, &id, &public, &plain, 3)?;
         Ok((id, sealed))
     }
 
@@ -256,6 +257,11 @@ impl Repository {
 
     /// Read, decrypt and verify one object.
     pub fn load(&self, reader: &dyn Reader, id: &Id, kind: Kind) -> Result<Vec<u8>> {
+        self.load_sealed(reader, id, kind).map(|(plain, _)| plain)
+    }
+
+    /// `load`, also returning the sealed bytes as stored.
+    fn load_sealed(&self, reader: &dyn Reader, id: &Id, kind: Kind) -> Result<(Vec<u8>, Vec<u8>)> {
         let (stored, sealed) = reader.read(id)?;
         if stored != kind {
             return Err(Error::corrupt(
@@ -263,12 +269,24 @@ impl Repository {
                 format!("is a {stored:?}, expected a {kind:?}"),
             ));
         }
-        self.keys.open_verified(kind, id, &sealed)
+        let plain = self.keys.open_verified(kind, id, &sealed)?;
+        Ok((plain, sealed))
     }
 
+    /// Read and decode a tree, checking its public references.
     pub fn load_tree(&self, reader: &dyn Reader, id: &Id) -> Result<Tree> {
-        let plain = self.load(reader, id, Kind::Tree)?;
-        Tree::decode(&plain).map_err(|e| Error::corrupt(id, e.to_string()))
+        let (plain, sealed) = self.load_sealed(reader, id, Kind::Tree)?;
+        let tree = Tree::decode(&plain).map_err(|e| Error::corrupt(id, e.to_string()))?;
+        graph::check_refs(id, &sealed, || Refs::of_tree(&tree))?;
+        Ok(tree)
+    }
+
+    /// Read and decode one content list, checking its public references.
+    pub fn load_list(&self, reader: &dyn Reader, id: &Id) -> Result<Vec<Extent>> {
+        let (plain, sealed) = self.load_sealed(reader, id, Kind::List)?;
+        let extents = decode_list(&plain).map_err(|e| Error::corrupt(id, e.to_string()))?;
+        graph::check_refs(id, &sealed, || Refs::of_list(&extents))?;
+        Ok(extents)
     }
 
     /// The full extent list of a file entry's content.
@@ -279,9 +297,7 @@ impl Repository {
             Content::Lists(lists) => {
                 let mut out = Vec::new();
                 for l in lists {
-                    let plain = self.load(reader, &l.id, Kind::List)?;
-                    let part =
-                        decode_list(&plain).map_err(|e| Error::corrupt(l.id, e.to_string()))?;
+                    let part = self.load_list(reader, &l.id)?;
                     if part.len() != l.count as usize {
                         return Err(Error::corrupt(l.id, "content list length mismatch"));
                     }

@@ -23,6 +23,22 @@ pub fn cairn(repo: &Path) -> Command {
     c
 }
 
+/// A `cairn` command with no password anywhere (what a provider's server runs).
+pub fn keyless(repo: &Path) -> Command {
+    let mut c = cairn(repo);
+    c.env_remove("CAIRN_PASSWORD");
+    c
+}
+
+/// Restore the latest snapshot of `repo` into `out` and compare it with `src`.
+pub fn restore_and_compare(repo: &Path, src: &Path, out: &Path) {
+    ok(
+        cairn(repo).args(["restore", "latest", "--target"]).arg(out),
+        0,
+    );
+    assert_same_tree(src, &out.join(src.strip_prefix("/").unwrap()));
+}
+
 pub struct Run {
     pub code: i32,
     pub stdout: String,

@@ -119,3 +119,21 @@ pub fn ssh_cairn(repo: &Path, sshd: &Sshd) -> Command {
         .env("CAIRN_REMOTE_BINARY", bin());
     c
 }
+
+/// A second user key whose every session runs `command` (forced in `authorized_keys`, as a
+/// provider sets one per customer key); returns the ssh command that logs in with it.
+pub fn forced_key(sshd: &Sshd, name: &str, command: &str) -> String {
+    let key = sshd.dir.join(name);
+    keygen(&key);
+    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let keys = sshd.dir.join("authorized_keys");
+    let all = std::fs::read_to_string(&keys).unwrap();
+    let line = format!("command=\"{command}\",restrict {}", public.trim());
+    std::fs::write(&keys, format!("{line}\n{all}")).unwrap();
+    let config = std::fs::read_to_string(sshd.dir.join("ssh_config"))
+        .unwrap()
+        .replace("user_key", name);
+    let file = sshd.dir.join(format!("{name}_config"));
+    std::fs::write(&file, config).unwrap();
+    format!("ssh -F {}", file.display())
+}

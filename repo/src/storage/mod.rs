@@ -34,6 +34,18 @@ mod url;
 
 pub use url::Url;
 
+/// The local redb store behind `store`, for the commands not yet moved onto the seam
+/// (DESIGN.md §9); `what` names the command for the error a repository elsewhere gets.
+pub fn local<'a>(store: &'a dyn Storage, what: &str) -> Result<&'a crate::store::Store> {
+    store
+        .as_any()
+        .downcast_ref::<crate::store::Store>()
+        .ok_or_else(|| Error::LocalOnly {
+            what: what.to_string(),
+            location: store.location(),
+        })
+}
+
 /// Open the store at `url` (a missing repository is `Error::RepoNotFound`, before any
 /// password is asked for).
 pub fn open(url: &Url, opts: &crate::OpenOptions) -> Result<Box<dyn Storage>> {

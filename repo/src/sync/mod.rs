@@ -1,8 +1,9 @@
 //! Sync to secondary repositories (replicas): sealed objects travel verbatim, negotiated by
 //! fingerprints, snapshots last. See DESIGN.md, "Sync protocol".
 //!
-//! The sending side ([`sync`]) needs the primary's keys only to read trees for the walk; the
-//! receiving side ([`sink::Sink`]) never needs a key.
+//! The sending side ([`sync`]) walks the snapshots it sends by their public references
+//! (`graph`), so it needs no key unless the repository holds objects sealed before format 2;
+//! the receiving side ([`sink::Sink`]) never needs a key.
 
 pub mod plan;
 pub mod proto;
@@ -12,11 +13,10 @@ pub mod serve;
 pub mod sink;
 pub mod targets;
 
-use crate::crypto::Kind;
 use crate::error::{Error, Result};
-use crate::format::Snapshot;
+use crate::graph::Source;
 use crate::id::Id;
-use crate::repo::{OpenOptions, Repository};
+use crate::repo::OpenOptions;
 use crate::storage::{Storage, Url};
 use proto::{Request, Response};
 use remote::{expect_done, unexpected};
@@ -66,16 +66,17 @@ impl Target for LocalTarget<'_> {
 /// says `Error::RepoNotFound`): the primary's config and key slots, still wrapped. Returns the
 /// store and whether it was created. A repository with another id is refused and not written.
 pub fn open_replica_at(
-    primary: &Repository,
+    primary: &dyn Source,
     url: &Url,
     opts: &OpenOptions,
 ) -> Result<(Box<dyn Storage>, bool)> {
-    let repo_id = primary.config().repo_id;
+    let config = primary.storage().config()?;
+    let repo_id = config.repo_id;
     if let Some(store) = sink::open_replica(url, &repo_id, opts)? {
         return Ok((store, false));
     }
     let slots = slot_blobs(primary)?;
-    match sink::create_replica(url, &repo_id, &primary.config().encode(), &slots, opts) {
+    match sink::create_replica(url, &repo_id, &config.encode(), &slots, opts) {
         Ok(store) => Ok((store, true)),
         // Another sync created it since the open: use that one (if it is ours).
         Err(Error::RepoExists(_)) => match sink::open_replica(url, &repo_id, opts)? {
@@ -89,7 +90,7 @@ pub fn open_replica_at(
 }
 
 /// `open_replica_at` for a path, with the default options (a rebuild from a replica, tests).
-pub fn open_local_replica(primary: &Repository, dir: &Path) -> Result<(Box<dyn Storage>, bool)> {
+pub fn open_local_replica(primary: &dyn Source, dir: &Path) -> Result<(Box<dyn Storage>, bool)> {
     open_replica_at(
         primary,
         &Url::Local(dir.to_path_buf()),
@@ -105,6 +106,8 @@ pub struct SyncOptions {
     pub batch_bytes: usize,
     /// Ids per `Have` request.
     pub have_batch: usize,
+    /// Also delete from the target the snapshots this repository no longer has (`--delete`).
+    pub delete: bool,
 }
 
 impl Default for SyncOptions {
@@ -113,6 +116,7 @@ impl Default for SyncOptions {
             limit_rate: None,
             batch_bytes: 8 << 20,
             have_batch: 4096,
+            delete: false,
         }
     }
 }
@@ -140,11 +144,15 @@ pub struct SyncReport {
     pub target_snapshots: Vec<Id>,
     /// Snapshots the target holds with other bytes than this repository: tampered or damaged.
     pub differing: Vec<Id>,
+    /// Snapshots `--delete` removed from the target.
+    pub snapshots_deleted: u64,
+    /// Why the target refused `--delete` (append-only): everything else was synced.
+    pub delete_refused: Option<String>,
 }
 
 /// Push every snapshot the target lacks, with everything they need.
 pub fn sync(
-    repo: &Repository,
+    repo: &dyn Source,
     target: &mut dyn Target,
     opts: &SyncOptions,
     progress: &SyncProgress,
@@ -157,7 +165,7 @@ pub fn sync(
     report.target_snapshots.sort();
     // Snapshots first, then the view: the view is newer, so it holds all they reference.
     let blobs = repo.storage().snapshots()?;
-    let view = repo.reader()?;
+    let ours: Vec<Id> = blobs.iter().map(|(id, _)| *id).collect();
     let mut lacking: Vec<(Id, Vec<u8>)> = Vec::new();
     report.differing.clear();
     for (id, blob) in blobs {
@@ -167,14 +175,37 @@ pub fn sync(
             None => lacking.push((id, blob)),
         }
     }
-    if lacking.is_empty() {
-        return differing_error(report);
+    if !lacking.is_empty() {
+        push(repo, target, lacking, opts, progress, report)?;
     }
-    let roots = lacking
-        .iter()
-        .map(|(id, blob)| snapshot_root(repo, id, blob))
-        .collect::<Result<Vec<Id>>>()?;
-    let plan = plan::plan(repo, &*view, target, &roots, opts.have_batch)?;
+    if opts.delete {
+        let ours: std::collections::HashSet<Id> = ours.into_iter().collect();
+        let extra: Vec<Id> = theirs
+            .keys()
+            .filter(|id| !ours.contains(*id))
+            .copied()
+            .collect();
+        delete_extra(target, extra, report)?;
+    }
+    differing_error(report)
+}
+
+/// Send the snapshots the target lacks, with everything they need, snapshots last.
+fn push(
+    repo: &dyn Source,
+    target: &mut dyn Target,
+    lacking: Vec<(Id, Vec<u8>)>,
+    opts: &SyncOptions,
+    progress: &SyncProgress,
+    report: &mut SyncReport,
+) -> Result<()> {
+    let view = repo.storage().reader()?;
+    let graph = repo.graph();
+    let mut roots = Vec::new();
+    for (id, blob) in &lacking {
+        roots.extend(graph.snapshot(id, blob)?.trees);
+    }
+    let plan = plan::plan(graph, &*view, target, &roots, opts.have_batch)?;
     report.round_trips += plan.round_trips;
     report.ids_asked += plan.asked;
     send::send_objects(&*view, target, &plan, opts, progress, report)?;
@@ -183,7 +214,28 @@ pub fn sync(
     report.round_trips += 1;
     report.snapshots_sent = ids.len() as u64;
     report.target_snapshots.extend(ids);
-    differing_error(report)
+    Ok(())
+}
+
+/// `--delete`: remove from the target the snapshots this repository no longer has (its own
+/// prune frees their data later). An append-only target refuses: noted, not fatal.
+fn delete_extra(target: &mut dyn Target, extra: Vec<Id>, report: &mut SyncReport) -> Result<()> {
+    for part in extra.chunks(proto::MAX_HAVE) {
+        match target.call(Request::DeleteSnapshots(part.to_vec())) {
+            Ok(r) => expect_done(r)?,
+            // Refused here (a store), or answered as an error by a `cairn serve` (whose sync
+            // replies carry text only): the deletion did not happen, the rest stands.
+            Err(Error::Refused(why)) | Err(Error::Invalid(why)) => {
+                report.delete_refused = Some(why);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
+        report.round_trips += 1;
+        report.snapshots_deleted += part.len() as u64;
+        report.target_snapshots.retain(|id| !part.contains(id));
+    }
+    Ok(())
 }
 
 /// A target whose copy of a snapshot is not the one this repository holds has been tampered
@@ -202,20 +254,13 @@ fn differing_error(report: &SyncReport) -> Result<()> {
 }
 
 /// The repository's key slots, still wrapped, as a replica receives them.
-pub fn slot_blobs(repo: &Repository) -> Result<Vec<Vec<u8>>> {
+pub fn slot_blobs(repo: &dyn Source) -> Result<Vec<Vec<u8>>> {
     Ok(repo
         .storage()
         .key_slots()?
         .into_iter()
         .map(|(_, b)| b)
         .collect())
-}
-
-fn snapshot_root(repo: &Repository, id: &Id, blob: &[u8]) -> Result<Id> {
-    let plain = repo.keys().open(Kind::Snapshot, id, blob)?;
-    Ok(Snapshot::decode(&plain)
-        .map_err(|e| Error::corrupt(id, e.to_string()))?
-        .root)
 }
 
 /// The target's snapshots with the checksums of their stored blobs.

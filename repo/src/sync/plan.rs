@@ -1,15 +1,15 @@
 //! Negotiation: find what the target lacks by walking the missing snapshots' trees top-down
-//! and asking the target, in batches, which ids it already holds. A tree the target holds is
-//! not opened: by the write-ordering invariant everything below it is there too.
+//! (by their public references, or opening them with the key: `graph::Graph`) and asking the
+//! target, in batches, which ids it already holds. A tree the target holds is not read: by
+//! the write-ordering invariant everything below it is there too.
 
 use super::proto::{Request, Response, MAX_HAVE};
 use super::remote::unexpected;
 use super::Target;
 use crate::crypto::Kind;
-use crate::error::{Error, Result};
-use crate::format::{decode_list, Content, Tree};
+use crate::error::Result;
+use crate::graph::Graph;
 use crate::id::Id;
-use crate::repo::Repository;
 use crate::storage::Reader;
 use std::collections::{HashMap, HashSet};
 
@@ -55,7 +55,7 @@ pub fn missing(
 }
 
 struct Walk<'a> {
-    repo: &'a Repository,
+    graph: Graph<'a>,
     view: &'a dyn Reader,
     batch: usize,
     seen: HashSet<Id>,
@@ -66,14 +66,14 @@ struct Walk<'a> {
 
 /// Plan the transfer of everything the snapshots rooted at `roots` need.
 pub fn plan(
-    repo: &Repository,
+    graph: Graph<'_>,
     view: &dyn Reader,
     target: &mut dyn Target,
     roots: &[Id],
     batch: usize,
 ) -> Result<Plan> {
     let mut w = Walk {
-        repo,
+        graph,
         view,
         batch,
         seen: HashSet::new(),
@@ -99,55 +99,20 @@ impl Walk<'_> {
         let trees = missing(target, frontier, self.batch, &mut self.plan)?;
         let (mut next, mut lists, mut chunks) = (Vec::new(), Vec::new(), Vec::new());
         for t in trees {
-            let tree = self.repo.load_tree(self.view, &t)?;
-            let subtrees = self.scan(&tree, &mut next, &mut lists, &mut chunks);
-            self.children.insert(t, subtrees);
+            let refs = self.graph.object(self.view, Kind::Tree, &t)?;
+            next.extend(refs.trees.iter().filter(|s| self.seen.insert(**s)));
+            lists.extend(refs.lists.iter().filter(|l| self.seen.insert(**l)));
+            chunks.extend(refs.chunks.iter().filter(|c| self.seen.insert(**c)));
+            self.children.insert(t, refs.trees);
         }
         for l in missing(target, &lists, self.batch, &mut self.plan)? {
-            let plain = self.repo.load(self.view, &l, Kind::List)?;
-            let extents = decode_list(&plain).map_err(|e| Error::corrupt(l, e.to_string()))?;
-            chunks.extend(
-                extents
-                    .iter()
-                    .filter_map(|x| x.id)
-                    .filter(|id| self.seen.insert(*id)),
-            );
+            let refs = self.graph.object(self.view, Kind::List, &l)?;
+            chunks.extend(refs.chunks.iter().filter(|c| self.seen.insert(**c)));
             self.plan.lists.push(l);
         }
         let lacking = missing(target, &chunks, self.batch, &mut self.plan)?;
         self.plan.chunks.extend(lacking);
         Ok(next)
-    }
-
-    /// Sort a tree's references into new subtrees, lists and chunks; returns all its subtrees.
-    fn scan(
-        &mut self,
-        tree: &Tree,
-        next: &mut Vec<Id>,
-        lists: &mut Vec<Id>,
-        chunks: &mut Vec<Id>,
-    ) -> Vec<Id> {
-        let mut subtrees = Vec::new();
-        for e in &tree.entries {
-            if let Some(s) = e.subtree {
-                subtrees.push(s);
-                if self.seen.insert(s) {
-                    next.push(s);
-                }
-            }
-            match &e.content {
-                Content::None => {}
-                Content::Inline(xs) => chunks.extend(
-                    xs.iter()
-                        .filter_map(|x| x.id)
-                        .filter(|id| self.seen.insert(*id)),
-                ),
-                Content::Lists(ls) => {
-                    lists.extend(ls.iter().map(|l| l.id).filter(|id| self.seen.insert(*id)))
-                }
-            }
-        }
-        subtrees
     }
 }
 

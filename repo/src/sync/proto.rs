@@ -315,6 +315,7 @@ mod kind {
     pub const CRYPTO: u32 = 19;
     pub const INTERNAL: u32 = 20;
     pub const LOCAL_ONLY: u32 = 21;
+    pub const KEY_NEEDED: u32 = 30;
 }
 
 impl WireError {
@@ -351,6 +352,7 @@ impl WireError {
             Error::Crypto(m) => w(kind::CRYPTO, "", m),
             Error::Internal(m) => w(kind::INTERNAL, "", m),
             Error::LocalOnly { what, .. } => w(kind::LOCAL_ONLY, what, ""),
+            Error::KeyNeeded(m) => w(kind::KEY_NEEDED, "", m),
         }
     }
 
@@ -398,6 +400,7 @@ impl WireError {
                 },
             ),
             kind::DB => Error::Db(detail),
+            kind::KEY_NEEDED => Error::KeyNeeded(detail),
             kind::FORMAT => Error::Format(detail),
             kind::INVALID => Error::Invalid(detail),
             kind::PROTOCOL => Error::Protocol(format!("the server of {location} says: {detail}")),

@@ -4,7 +4,7 @@
 use super::proto::{self, Request, Response};
 use super::Target;
 use crate::error::{Error, Result};
-use crate::repo::Repository;
+use crate::graph::Source;
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -37,17 +37,18 @@ impl<R: Read, W: Write> StreamTarget<R, W> {
     }
 
     /// Hello, and create the replica if the far side has none. Refuses a foreign repository.
-    pub fn handshake(&mut self, primary: &Repository) -> Result<bool> {
+    pub fn handshake(&mut self, primary: &dyn Source) -> Result<bool> {
         self.hello(primary, true)
     }
 
     /// Hello to a replica that must exist already (to read from it).
-    pub fn handshake_existing(&mut self, primary: &Repository) -> Result<()> {
+    pub fn handshake_existing(&mut self, primary: &dyn Source) -> Result<()> {
         self.hello(primary, false).map(|_| ())
     }
 
-    fn hello(&mut self, primary: &Repository, create: bool) -> Result<bool> {
-        let repo_id = primary.config().repo_id;
+    fn hello(&mut self, primary: &dyn Source, create: bool) -> Result<bool> {
+        let config = primary.storage().config()?;
+        let repo_id = config.repo_id;
         let hello = Request::Hello {
             magic: proto::MAGIC,
             version: proto::SYNC_VERSION,
@@ -77,7 +78,7 @@ impl<R: Read, W: Write> StreamTarget<R, W> {
         if !exists {
             let key_slots = super::slot_blobs(primary)?;
             let create = Request::Create {
-                config: primary.config().encode(),
+                config: config.encode(),
                 key_slots,
             };
             expect_done(self.exchange(&create)?)?;
@@ -389,11 +390,11 @@ impl SshTarget {
         })
     }
 
-    pub fn handshake(&mut self, primary: &Repository) -> Result<bool> {
+    pub fn handshake(&mut self, primary: &dyn Source) -> Result<bool> {
         self.with_stream(|s| s.handshake(primary))
     }
 
-    pub fn handshake_existing(&mut self, primary: &Repository) -> Result<()> {
+    pub fn handshake_existing(&mut self, primary: &dyn Source) -> Result<()> {
         self.with_stream(|s| s.handshake_existing(primary))
     }
 }

@@ -506,10 +506,23 @@ mod tests {
             batch_bytes: 64 << 10,
             ..SyncOptions::default()
         };
+        // How many batches a whole sync takes (chunk boundaries follow the random chunker
+        // seed, so it varies per repository); the link drops after half of them.
+        let batches = {
+            let scratch = MemoryStore::new(primary.config().clone());
+            let mut counting = DropAfter {
+                inner: LocalTarget::new(&scratch).unwrap(),
+                budget: usize::MAX,
+                passed: 0,
+            };
+            run(&primary, &mut counting, &small).unwrap();
+            usize::MAX - counting.budget
+        };
+        assert!(batches >= 4, "{batches} batches");
         let passed = {
             let mut target = DropAfter {
                 inner: LocalTarget::new(&replica).unwrap(),
-                budget: 6,
+                budget: batches / 2,
                 passed: 0,
             };
             let err = run(&primary, &mut target, &small).unwrap_err();

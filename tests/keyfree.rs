@@ -1,0 +1,228 @@
+//! The provider's server does its work without any customer's key (issue 12): customers back
+//! up over a real sshd; the server, with no password in its environment, replicates to a
+//! second site, reports status, verifies every snapshot's objects and collects garbage after
+//! a customer forgot.
+
+mod common;
+
+use common::ssh::*;
+use common::*;
+use std::path::Path;
+
+fn object_bytes(repo: &Path) -> u64 {
+    json(keyless(repo).args(["status", "--json"]))["space"]["object_bytes"]
+        .as_u64()
+        .unwrap()
+}
+
+#[test]
+fn the_server_replicates_verifies_and_collects_garbage_without_any_key() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ssh = tmp.path().join("ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    let sshd = start_sshd(&ssh);
+    let (srv, site2) = (tmp.path().join("srv"), tmp.path().join("site2"));
+    std::fs::create_dir_all(&srv).unwrap();
+    let acme = srv.join("acme");
+    let url = ssh_url(&sshd, &acme);
+    let customer = || ssh_cairn(Path::new(&url), &sshd);
+    // The customer backs up over ssh, twice (the second one after a change).
+    let src = tmp.path().join("src");
+    small_tree(&src);
+    ok(customer().arg("init"), 0);
+    ok(customer().arg("backup").arg(&src), 0);
+    std::fs::write(
+        src.join("docs/old/random"),
+        cairn_repo::testkit::noise(8, 2_000_000),
+    )
+    .unwrap();
+    ok(customer().arg("backup").arg(&src), 0);
+
+    // The server: no password anywhere, never prompted.
+    let sync = json(keyless(&acme).args(["sync", "--json"]).arg(&site2));
+    assert_eq!(sync["key_free"], true, "{sync}");
+    assert_eq!(sync["targets"][0]["snapshots_sent"], 2, "{sync}");
+    let status = json(keyless(&acme).args(["status", "--json", "--max-age", "1"]));
+    assert_eq!(status["key_free"], true, "{status}");
+    assert_eq!(status["snapshots"], 2, "{status}");
+    assert_eq!(status["healthy"], true, "{status}");
+    assert!(
+        status["hosts"].as_array().unwrap().is_empty(),
+        "no host names without the key"
+    );
+    let age = status["newest"]["age_hours"].as_f64().unwrap();
+    assert!((0.0..1.0).contains(&age), "{status}");
+    let check = json(keyless(&acme).args(["check", "--storage-only", "--json"]));
+    assert_eq!(check["ok"], true, "{check}");
+    assert_eq!(check["snapshots"], 2, "{check}");
+    assert!(check["reachable_objects"].as_u64().unwrap() > 4, "{check}");
+    let status = json(keyless(&acme).args(["status", "--json"]));
+    assert_eq!(status["last_check"]["storage_only"], true, "{status}");
+    // The second site restores exactly, with the customer's key.
+    restore_and_compare(&site2, &src, &tmp.path().join("out"));
+
+    // The customer forgets the first snapshot; the server collects garbage key-free.
+    ok(customer().args(["forget", "--keep-last", "1"]), 0);
+    let before = object_bytes(&acme);
+    let prune = json(keyless(&acme).args(["prune", "--json"]));
+    let after = object_bytes(&acme);
+    assert!(
+        after + 1_000_000 < before,
+        "the first version of the 3 MB file is freed: {before} -> {after}; {prune}"
+    );
+    ok(customer().args(["check", "--read-data"]), 0);
+    restore_and_compare(&acme, &src, &tmp.path().join("out2"));
+    // Retention reaches site 2 with --delete (without it, site 2 keeps both).
+    let again = json(keyless(&acme).args(["sync", "--json"]).arg(&site2));
+    assert_eq!(again["targets"][0]["target_snapshots"], 2, "{again}");
+    let del = json(
+        keyless(&acme)
+            .args(["sync", "--json", "--delete"])
+            .arg(&site2),
+    );
+    assert_eq!(del["targets"][0]["snapshots_deleted"], 1, "{del}");
+    assert_eq!(snapshots(&site2).len(), 1);
+    restore_and_compare(&site2, &src, &tmp.path().join("out3"));
+    // An append-only site refuses the deletion: said, exit 3, its history kept.
+    let site3 = srv.join("site3");
+    let forced = forced_key(
+        &sshd,
+        "site3_key",
+        &format!(
+            "{} serve --repo {} --append-only",
+            bin().display(),
+            site3.display()
+        ),
+    );
+    let to_site3 = || {
+        let mut c = keyless(&acme);
+        c.env("CAIRN_SSH_COMMAND", &forced)
+            .env("CAIRN_REMOTE_BINARY", bin());
+        c.arg("sync").arg(ssh_url(&sshd, &site3));
+        c
+    };
+    ok(&mut to_site3(), 0);
+    std::fs::write(src.join("third"), b"third\n").unwrap();
+    ok(customer().arg("backup").arg(&src), 0);
+    ok(customer().args(["forget", "--keep-last", "1"]), 0);
+    let r = run(to_site3().arg("--delete"));
+    assert_eq!(r.code, 3, "{}{}", r.stdout, r.stderr);
+    assert!(r.stderr.contains("append-only"), "{}", r.stderr);
+    assert_eq!(
+        snapshots(&site3).len(),
+        2,
+        "the append-only site keeps its history"
+    );
+    let status = json(keyless(&acme).args(["status", "--json"]));
+    assert_eq!(status["snapshots"], 1, "{status}");
+    assert_eq!(
+        status["last_check"]["read_data"], true,
+        "the customer's check: {status}"
+    );
+}
+
+#[test]
+fn a_missing_object_fails_the_key_free_check_and_names_the_snapshot() {
+    use cairn_repo::storage::{self, Url, WriterOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, src) = (tmp.path().join("repo"), tmp.path().join("src"));
+    small_tree(&src);
+    init(&repo);
+    let snap = backup(&repo, &[&src])["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    ok(keyless(&repo).args(["check", "--storage-only"]), 0);
+    // A copy of it that lost one chunk (a replica a disk ate part of).
+    let (chunk, _) = some_chunk(&repo);
+    let copy = tmp.path().join("copy");
+    {
+        let o = cairn_repo::OpenOptions::default();
+        let from = storage::open(&Url::Local(repo.clone()), &o).unwrap();
+        let to = storage::create(&Url::Local(copy.clone()), &from.config().unwrap(), &o).unwrap();
+        let view = from.reader().unwrap();
+        let mut w = to.writer(WriterOptions::default()).unwrap();
+        for (id, _) in view.list(&cairn_repo::Id::default(), usize::MAX).unwrap() {
+            if id != chunk {
+                let (kind, sealed) = view.read(&id).unwrap();
+                w.add(id, kind, &sealed).unwrap();
+            }
+        }
+        w.commit(&from.snapshots().unwrap()).unwrap();
+    }
+    let r = run(keyless(&copy).args(["check", "--storage-only"]));
+    assert_eq!(r.code, 1, "{}{}", r.stdout, r.stderr);
+    let all = format!("{}{}", r.stdout, r.stderr);
+    assert!(all.contains(&chunk.to_hex()), "{all}");
+    assert!(all.contains(&snap[..8]), "{all}");
+    assert!(all.contains("missing"), "{all}");
+}
+
+#[test]
+fn fleet_status_lists_every_repository_in_json_and_in_the_textfile() {
+    let tmp = tempfile::tempdir().unwrap();
+    let srv = tmp.path().join("srv");
+    let src = tmp.path().join("src");
+    small_tree(&src);
+    for name in ["acme", "globex", "initech"] {
+        init(&srv.join(name));
+    }
+    backup(&srv.join("acme"), &[&src]);
+    backup(&srv.join("globex"), &[&src]);
+    std::fs::create_dir_all(srv.join("not-a-repository")).unwrap();
+    let prom = tmp.path().join("cairn.prom");
+    let r = run(keyless(Path::new("/nonexistent"))
+        .env_remove("CAIRN_REPO")
+        .args(["status", "--json", "--max-age", "24", "--prometheus"])
+        .arg(&prom)
+        .arg(&srv));
+    assert_eq!(
+        r.code, 3,
+        "initech has no snapshot: overdue; {}{}",
+        r.stdout, r.stderr
+    );
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let rows = v["repositories"].as_array().unwrap();
+    let names: Vec<&str> = rows.iter().map(|r| r["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["acme", "globex", "initech"], "{v}");
+    assert_eq!(rows[0]["snapshots"], 1, "{v}");
+    assert_eq!(rows[0]["healthy"], true, "{v}");
+    assert!(rows[0]["stored_bytes"].as_u64().unwrap() > 1_000_000, "{v}");
+    assert_eq!(rows[2]["healthy"], false, "{v}");
+    assert_eq!(
+        (v["healthy"].as_u64(), v["unhealthy"].as_u64()),
+        (Some(2), Some(1))
+    );
+    let text = std::fs::read_to_string(&prom).unwrap();
+    assert!(
+        text.contains("cairn_snapshots{repo=\"acme\"} 1\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("cairn_healthy{repo=\"initech\"} 0\n"),
+        "{text}"
+    );
+    assert!(text.contains("# TYPE cairn_stored_bytes gauge"), "{text}");
+    assert!(
+        std::fs::read_dir(tmp.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .contains(".tmp")),
+        "no temporary file is left beside the textfile"
+    );
+    // One repository by URL, human output; a path that is nothing is a clear error (exit 10).
+    let out = ok(
+        keyless(Path::new("/nonexistent"))
+            .env_remove("CAIRN_REPO")
+            .args(["status"])
+            .arg(srv.join("acme")),
+        0,
+    );
+    assert!(out.contains("acme") && out.contains("ok"), "{out}");
+    let r = run(keyless(Path::new("/nonexistent"))
+        .env_remove("CAIRN_REPO")
+        .args(["status"])
+        .arg(tmp.path().join("nothing")));
+    assert_eq!(r.code, 10, "{}", r.stderr);
+}
