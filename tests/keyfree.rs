@@ -226,3 +226,94 @@ fn fleet_status_lists_every_repository_in_json_and_in_the_textfile() {
         .arg(tmp.path().join("nothing")));
     assert_eq!(r.code, 10, "{}", r.stderr);
 }
+
+/// Beemo2Beemo: two sites, each holding its own customers' repositories and the other's
+/// replicas, replicating to each other over ssh with no key; two customers back up to one
+/// server at the same time without blocking each other.
+#[test]
+fn two_sites_replicate_to_each_other_and_customers_back_up_at_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let ssh = tmp.path().join("ssh");
+    std::fs::create_dir_all(&ssh).unwrap();
+    let sshd = start_sshd(&ssh);
+    let (east, west) = (tmp.path().join("east"), tmp.path().join("west"));
+    let sources: Vec<_> = ["acme", "globex"]
+        .iter()
+        .map(|name| {
+            let src = tmp.path().join(format!("src-{name}"));
+            small_tree(&src);
+            std::fs::write(src.join("owner"), name.as_bytes()).unwrap();
+            src
+        })
+        .collect();
+    // acme backs up to east, globex to west, both at once.
+    let homes = [east.join("own/acme"), west.join("own/globex")];
+    for home in &homes {
+        ok(
+            ssh_cairn(Path::new(&ssh_url(&sshd, home)), &sshd).arg("init"),
+            0,
+        );
+    }
+    let mut running: Vec<_> = homes
+        .iter()
+        .zip(&sources)
+        .map(|(home, src)| {
+            ssh_cairn(Path::new(&ssh_url(&sshd, home)), &sshd)
+                .arg("backup")
+                .arg(src)
+                .stdout(std::process::Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for c in &mut running {
+        assert!(c.wait().unwrap().success());
+    }
+    // Each site pushes its own repositories to the other, key-free, over ssh.
+    for (own, other) in [(&east, &west), (&west, &east)] {
+        let r = json(
+            keyless(&east)
+                .env_remove("CAIRN_REPO")
+                .env("CAIRN_SSH_COMMAND", &sshd.ssh_command)
+                .env("CAIRN_REMOTE_BINARY", bin())
+                .args(["status", "--json"])
+                .arg(own.join("own")),
+        );
+        assert_eq!(r["healthy"], 1, "{r}");
+        for entry in std::fs::read_dir(own.join("own")).unwrap() {
+            let repo = entry.unwrap().path();
+            let name = repo.file_name().unwrap().to_owned();
+            let to = ssh_url(&sshd, &other.join("replicas").join(&name));
+            let mut c = keyless(&repo);
+            c.env("CAIRN_SSH_COMMAND", &sshd.ssh_command)
+                .env("CAIRN_REMOTE_BINARY", bin());
+            let out = json(c.args(["sync", "--json"]).arg(&to));
+            assert_eq!(out["key_free"], true, "{out}");
+        }
+    }
+    // Each replica restores its customer's tree exactly, with the customer's key.
+    restore_and_compare(
+        &west.join("replicas/acme"),
+        &sources[0],
+        &tmp.path().join("o1"),
+    );
+    restore_and_compare(
+        &east.join("replicas/globex"),
+        &sources[1],
+        &tmp.path().join("o2"),
+    );
+    let fleet = json(
+        keyless(&east)
+            .env_remove("CAIRN_REPO")
+            .args(["status", "--json"])
+            .arg(east.join("own"))
+            .arg(east.join("replicas")),
+    );
+    let names: Vec<&str> = fleet["repositories"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["acme", "globex"], "{fleet}");
+}
