@@ -1,8 +1,10 @@
 //! `cairn forget`: remove snapshots by retention rules (restic semantics, grouped by host and
 //! path set by default); `--dry-run` shows every decision and its reasons; `--prune` prunes.
 
+use crate::primary::Primary;
 use crate::{output, CmdResult, Failure, Global};
 use cairn_repo::forget::{apply, local_offset, to_remove, Candidate, Group, GroupBy, Policy, Span};
+use cairn_repo::{Error, Id, Time};
 use std::collections::HashMap;
 
 #[derive(clap::Args)]
@@ -80,13 +82,54 @@ fn policy(a: &Args) -> Result<Policy, Failure> {
     Ok(p)
 }
 
+/// The snapshots as the policy sees them: decrypted with the key, or from their public
+/// references without it (time and keyed group tag; hosts, paths and tags stay encrypted).
+fn candidates(p: &Primary, a: &Args) -> Result<Vec<Candidate>, Error> {
+    let store = match p {
+        Primary::Keyed(repo) => return Ok(repo.snapshots()?.iter().map(Candidate::from).collect()),
+        Primary::KeyFree(store) => store,
+    };
+    if !a.keep_tags.is_empty() || !matches!(a.group_by.as_str(), "host,paths" | "none") {
+        return Err(Error::Usage(
+            "without the password, snapshots are grouped by their keyed host-and-paths tag: --keep-tag and --group-by host|paths need the key (CAIRN_PASSWORD_FILE, CAIRN_PASSWORD_COMMAND or CAIRN_PASSWORD)".into(),
+        ));
+    }
+    let mut out = Vec::new();
+    for (id, blob) in store.snapshots()? {
+        let refs = cairn_repo::graph::public_refs(&id, &blob)?.ok_or_else(|| {
+            Error::KeyNeeded(format!(
+                "snapshot {id} was written before repository format 2; its time and group are inside its encryption"
+            ))
+        })?;
+        out.push(Candidate {
+            id,
+            sec: refs.time,
+            nsec: 0,
+            host: format!("group {}", hex::encode(&refs.group[..4])),
+            paths: Vec::new(),
+            tags: Vec::new(),
+        });
+    }
+    Ok(out)
+}
+
 pub fn run(g: &Global, a: &Args) -> CmdResult {
     let policy = policy(a)?;
     let group_by = GroupBy::parse(&a.group_by).map_err(|e| Failure::usage(e.to_string()))?;
-    let repo = g.open()?;
-    let snaps = repo.snapshots()?;
-    let times: HashMap<_, _> = snaps.iter().map(|s| (s.id, s.snapshot.time)).collect();
-    let candidates: Vec<Candidate> = snaps.iter().map(Candidate::from).collect();
+    // Without a password it works key-free (a replica's server keeping its own retention).
+    let (repo, candidates) = Primary::open(g, 0)?.with_fallback(g, |p| candidates(p, a))?;
+    let times: HashMap<Id, Time> = candidates
+        .iter()
+        .map(|c| {
+            (
+                c.id,
+                Time {
+                    sec: c.sec,
+                    nsec: c.nsec,
+                },
+            )
+        })
+        .collect();
     let groups = apply(&policy, group_by, &candidates, &local_offset)?;
     let remove = to_remove(&groups);
     if !a.dry_run {
@@ -106,7 +149,7 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
             repack_below: 80.0,
             compact: a.prune_args.compact,
         };
-        return crate::prune::prune_with(g, crate::primary::Primary::Keyed(repo), &pa, Some(doc));
+        return crate::prune::prune_with(g, repo, &pa, Some(doc));
     }
     Ok(0)
 }

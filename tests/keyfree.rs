@@ -317,3 +317,48 @@ fn two_sites_replicate_to_each_other_and_customers_back_up_at_once() {
         .collect();
     assert_eq!(names, ["acme", "globex"], "{fleet}");
 }
+
+/// A replica's server keeps its own retention without the key: grouped by the keyed
+/// host-and-paths tag, by the public times.
+#[test]
+fn forget_and_prune_without_the_key_keep_the_newest_per_group() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, a, b) = (
+        tmp.path().join("repo"),
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+    );
+    small_tree(&a);
+    small_tree(&b);
+    init(&repo);
+    let mut newest_a = String::new();
+    for i in 0..3 {
+        std::fs::write(a.join("counter"), format!("{i}")).unwrap();
+        newest_a = backup(&repo, &[&a])["snapshot"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    }
+    let only_b = backup(&repo, &[&b])["snapshot"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let plan = json(keyless(&repo).args(["forget", "--keep-last", "1", "--dry-run", "--json"]));
+    assert_eq!(plan["groups"].as_array().unwrap().len(), 2, "{plan}");
+    let r = run(keyless(&repo).args(["forget", "--keep-last", "1", "--keep-tag", "x"]));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("need the key"), "{}", r.stderr);
+    ok(
+        keyless(&repo).args(["forget", "--keep-last", "1", "--prune"]),
+        0,
+    );
+    let mut left: Vec<String> = snapshots(&repo)
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_string())
+        .collect();
+    left.sort();
+    let mut want = vec![newest_a, only_b];
+    want.sort();
+    assert_eq!(left, want, "the newest of each path set stays");
+    ok(cairn(&repo).args(["check", "--read-data"]), 0);
+}

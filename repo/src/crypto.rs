@@ -79,6 +79,24 @@ impl MasterKeys {
         self.chunker_seed
     }
 
+    /// A snapshot's retention group (host and sorted path set) as a keyed tag: equal for the
+    /// snapshots of one group, meaningless without the id key (DESIGN.md §3, §6).
+    pub fn group_tag(&self, host: &str, paths: &[Vec<u8>]) -> [u8; 16] {
+        let mut sorted: Vec<&Vec<u8>> = paths.iter().collect();
+        sorted.sort();
+        let mut h = blake3::Hasher::new_keyed(&self.id);
+        h.update(b"cairn snapshot group v1\0");
+        h.update(&(host.len() as u64).to_le_bytes());
+        h.update(host.as_bytes());
+        for p in sorted {
+            h.update(&(p.len() as u64).to_le_bytes());
+            h.update(p);
+        }
+        let mut tag = [0u8; 16];
+        tag.copy_from_slice(&h.finalize().as_bytes()[..16]);
+        tag
+    }
+
     /// Keyed BLAKE3 of `kind | data`: the object's id. Without the id key ids reveal nothing.
     pub fn id_of(&self, kind: Kind, data: &[u8]) -> Id {
         let mut h = blake3::Hasher::new_keyed(&self.id);

@@ -4,7 +4,7 @@
 //! the graph from them (sync, garbage collection, verification); a key holder checks on every
 //! open that they are the ones its content names.
 
-use crate::crypto::{self, Kind};
+use crate::crypto::{self, Kind, MasterKeys};
 use crate::error::{Error, Result};
 use crate::format::{Content, Extent, Snapshot, Tree};
 use crate::id::Id;
@@ -20,6 +20,8 @@ const REFS_VERSION: u8 = 1;
 pub struct Refs {
     /// A snapshot's time (unix seconds); 0 for trees and lists.
     pub time: i64,
+    /// A snapshot's retention group, keyed (`MasterKeys::group_tag`); zeros otherwise.
+    pub group: [u8; 16],
     pub trees: Vec<Id>,
     pub lists: Vec<Id>,
     pub chunks: Vec<Id>,
@@ -47,9 +49,10 @@ impl Refs {
         .canonical()
     }
 
-    pub fn of_snapshot(s: &Snapshot) -> Refs {
+    pub fn of_snapshot(s: &Snapshot, keys: &MasterKeys) -> Refs {
         Refs {
             time: s.time.sec,
+            group: keys.group_tag(&s.host, &s.paths),
             trees: vec![s.root],
             ..Refs::default()
         }
@@ -140,7 +143,10 @@ impl<'a> Graph<'a> {
     /// What the stored snapshot `id` (its sealed `blob`) references, and its time.
     pub fn snapshot(&self, id: &Id, blob: &[u8]) -> Result<Refs> {
         if let Some(repo) = self.repo {
-            return Ok(Refs::of_snapshot(&repo.open_snapshot(id, blob)?));
+            return Ok(Refs::of_snapshot(
+                &repo.open_snapshot(id, blob)?,
+                repo.keys(),
+            ));
         }
         public_refs(id, blob)?.ok_or_else(|| needs_key(Kind::Snapshot, id))
     }
@@ -222,7 +228,6 @@ impl Source for KeyFree<'_> {
 #[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
-    use crate::crypto::MasterKeys;
     use crate::format::{Entry, FileType, ListRef};
     use proptest::prelude::*;
 

@@ -238,7 +238,7 @@ impl Repository {
     pub fn open_snapshot(&self, id: &Id, blob: &[u8]) -> Result<Snapshot> {
         let plain = self.keys.open(Kind::Snapshot, id, blob)?;
         let snapshot = Snapshot::decode(&plain).map_err(|e| Error::corrupt(id, e.to_string()))?;
-        graph::check_refs(id, blob, || Refs::of_snapshot(&snapshot))?;
+        graph::check_refs(id, blob, || Refs::of_snapshot(&snapshot, &self.keys))?;
         Ok(snapshot)
     }
 
@@ -246,7 +246,7 @@ impl Repository {
     pub fn seal_snapshot(&self, snapshot: &Snapshot) -> Result<(Id, Vec<u8>)> {
         let plain = snapshot.encode();
         let id = self.keys.id_of(Kind::Snapshot, &plain);
-        let public = Refs::of_snapshot(snapshot).encode();
+        let public = Refs::of_snapshot(snapshot, &self.keys).encode();
         let sealed = self
             .keys
             .seal_public(Kind::Snapshot, &id, &public, &plain, 3)?;
