@@ -104,7 +104,7 @@ fn candidates(p: &Primary, a: &Args) -> Result<Vec<Candidate>, Error> {
         out.push(Candidate {
             id,
             sec: refs.time,
-            nsec: 0,
+            nsec: refs.nsec,
             host: format!("group {}", hex::encode(&refs.group[..4])),
             paths: Vec::new(),
             tags: Vec::new(),

@@ -158,10 +158,20 @@ fn gather(primary: &Primary) -> Result<(Facts, u64, cairn_repo::storage::Space),
     let (ids, logical) = snapshot_facts(primary, &mut f)?;
     let store = primary.storage();
     // Named targets live with the repository's own files (a server's are its business).
-    let targets = match cairn_repo::storage::local(store, "status") {
+    let mut targets = match cairn_repo::storage::local(store, "status") {
         Ok(local) => local.targets()?,
         Err(_) => Vec::new(),
     };
+    // And the URLs synced to without a name (`cairn sync URL`, a server's cron job).
+    let urls: Vec<String> = store
+        .state(crate::sync::URL_TARGETS_KEY)?
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    for url in urls {
+        if !targets.iter().any(|(_, u)| *u == url) {
+            targets.push((url.clone(), url));
+        }
+    }
     for (name, url) in targets {
         let last: Option<serde_json::Value> = store
             .state(&format!("sync.{name}"))?

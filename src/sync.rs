@@ -236,12 +236,37 @@ fn record(store: &dyn Storage, o: &Outcome) {
         "snapshots": o.report.target_snapshots.iter().map(|id| id.to_hex()).collect::<Vec<_>>(),
         "error": o.error,
     });
-    if let Err(e) = store.set_state(&format!("sync.{}", o.label), value.to_string().as_bytes()) {
+    let recorded = store
+        .set_state(&format!("sync.{}", o.label), value.to_string().as_bytes())
+        .and_then(|_| remember_url_target(store, o));
+    if let Err(e) = recorded {
         output::warn(&format!(
             "could not record the sync state of {}: {e}",
             o.label
         ));
     }
+}
+
+/// State key listing the targets synced to by URL rather than by name, so that `status` shows
+/// them too (a server's cron job syncing to URLs): a JSON array of URLs.
+pub const URL_TARGETS_KEY: &str = "sync.url-targets";
+
+fn remember_url_target(store: &dyn Storage, o: &Outcome) -> Result<(), Error> {
+    if o.label != o.url {
+        return Ok(());
+    }
+    let mut urls: Vec<String> = store
+        .state(URL_TARGETS_KEY)?
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default();
+    if urls.contains(&o.url) {
+        return Ok(());
+    }
+    urls.push(o.url.clone());
+    store.set_state(
+        URL_TARGETS_KEY,
+        serde_json::json!(urls).to_string().as_bytes(),
+    )
 }
 
 fn outcome_json(o: &Outcome) -> serde_json::Value {

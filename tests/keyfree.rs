@@ -44,6 +44,13 @@ fn the_server_replicates_verifies_and_collects_garbage_without_any_key() {
     assert_eq!(sync["targets"][0]["snapshots_sent"], 2, "{sync}");
     let status = json(keyless(&acme).args(["status", "--json", "--max-age", "1"]));
     assert_eq!(status["key_free"], true, "{status}");
+    let targets = status["targets"].as_array().unwrap();
+    assert_eq!(
+        targets.len(),
+        1,
+        "a target synced to by URL is shown: {status}"
+    );
+    assert_eq!(targets[0]["last_sync"]["ok"], true, "{status}");
     assert_eq!(status["snapshots"], 2, "{status}");
     assert_eq!(status["healthy"], true, "{status}");
     assert!(

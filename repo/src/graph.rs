@@ -18,8 +18,9 @@ const REFS_VERSION: u8 = 1;
 /// repeats, by the kind of object they name.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Refs {
-    /// A snapshot's time (unix seconds); 0 for trees and lists.
+    /// A snapshot's time (unix seconds and nanoseconds); 0 for trees and lists.
     pub time: i64,
+    pub nsec: u32,
     /// A snapshot's retention group, keyed (`MasterKeys::group_tag`); zeros otherwise.
     pub group: [u8; 16],
     pub trees: Vec<Id>,
@@ -52,6 +53,7 @@ impl Refs {
     pub fn of_snapshot(s: &Snapshot, keys: &MasterKeys) -> Refs {
         Refs {
             time: s.time.sec,
+            nsec: s.time.nsec,
             group: keys.group_tag(&s.host, &s.paths),
             trees: vec![s.root],
             ..Refs::default()
