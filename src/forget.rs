@@ -84,6 +84,11 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
     let policy = policy(a)?;
     let group_by = GroupBy::parse(&a.group_by).map_err(|e| Failure::usage(e.to_string()))?;
     let repo = g.open()?;
+    if !a.dry_run {
+        use cairn_repo::storage::Right::{Forget, Prune};
+        let needs: &[_] = if a.prune { &[Forget, Prune] } else { &[Forget] };
+        crate::require(&repo, needs)?;
+    }
     let snaps = repo.snapshots()?;
     let times: HashMap<_, _> = snaps.iter().map(|s| (s.id, s.snapshot.time)).collect();
     let candidates: Vec<Candidate> = snaps.iter().map(Candidate::from).collect();

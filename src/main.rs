@@ -25,6 +25,7 @@ mod sync;
 mod target;
 mod version;
 
+use cairn_repo::storage::Right;
 use cairn_repo::Error;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -137,6 +138,16 @@ pub fn parse_threads(s: &str) -> Result<usize, String> {
         )),
         Err(_) => Err(format!("not a whole number; {hint}")),
     }
+}
+
+/// Refuse, before any work, what the repository's server does not let this key do (it would
+/// refuse the request anyway; this keeps `forget --prune` or `key passwd` from doing half).
+pub fn require(repo: &cairn_repo::Repository, rights: &[Right]) -> Result<(), Failure> {
+    let granted = repo.storage().capabilities().rights;
+    for r in rights {
+        granted.require(*r, &repo.storage().location())?;
+    }
+    Ok(())
 }
 
 /// A failure with the exit code it maps to.

@@ -1,0 +1,383 @@
+//! What a client of `cairn serve` may do (DESIGN.md §6 and §9, "Rights"): the rights of
+//! `cairn serve --allow backup,restore,forget,prune`, given per ssh key in the server's
+//! `authorized_keys`. The server maps every request to the right it needs (`needed`, one
+//! exhaustive match: a new request does not compile until it is given one) and refuses what
+//! the key lacks with `Error::NotAllowed`.
+
+use crate::crypto::Kind;
+use crate::error::{Error, Result};
+use crate::sync::proto::Request;
+use serde::{Deserialize, Serialize};
+
+/// One right of a client.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Right {
+    /// Add objects and snapshots; ask which ids exist; list and read snapshots, trees and
+    /// content lists (what an incremental backup and a sync to the server need), but no chunk.
+    Backup,
+    /// Read every object, file contents included (restore, mount, `check --read-data`,
+    /// syncing from the repository).
+    Restore,
+    /// Remove snapshots.
+    Forget,
+    /// Collect garbage, remove key slots, change the state records.
+    Prune,
+}
+
+const ALL: [Right; 4] = [Right::Backup, Right::Restore, Right::Forget, Right::Prune];
+
+impl Right {
+    /// The name `--allow` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            Right::Backup => "backup",
+            Right::Restore => "restore",
+            Right::Forget => "forget",
+            Right::Prune => "prune",
+        }
+    }
+
+    /// The right `--allow` names so.
+    pub fn named(name: &str) -> Option<Right> {
+        ALL.into_iter().find(|r| r.name() == name)
+    }
+
+    fn bit(self) -> u32 {
+        1 << (self as u32)
+    }
+
+    /// What the right is for, as the end of "does not let this key …".
+    fn what(self) -> &'static str {
+        match self {
+            Right::Backup => "back up (add objects and snapshots, list them)",
+            Right::Restore => "read file contents (restore, mount, check --read-data)",
+            Right::Forget => "remove snapshots (forget)",
+            Right::Prune => {
+                "collect garbage, remove key slots or change the repository's records (prune)"
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Right {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A set of rights. On the wire a bit set (`u32`), so rights added later do not change the
+/// encoding; a client ignores bits it does not know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rights(u32);
+
+impl Default for Rights {
+    /// `full`: what `cairn serve` grants without `--allow` or `--append-only`, and every
+    /// store that is not behind a server.
+    fn default() -> Self {
+        Rights::FULL
+    }
+}
+
+impl Rights {
+    pub const FULL: Rights = Rights(0b1111);
+    /// `--append-only`: `backup,restore`.
+    pub const APPEND_ONLY: Rights = Rights(0b0011);
+
+    /// The rights of `cairn serve`, with or without `--append-only`.
+    pub fn append_only_if(append_only: bool) -> Rights {
+        if append_only {
+            Rights::APPEND_ONLY
+        } else {
+            Rights::FULL
+        }
+    }
+
+    pub fn has(self, r: Right) -> bool {
+        self.0 & r.bit() != 0
+    }
+
+    /// Whether nothing stored can be removed through these rights.
+    pub fn append_only(self) -> bool {
+        !self.has(Right::Forget) && !self.has(Right::Prune)
+    }
+
+    /// Both sets at once (a store that is itself limited, served with `--allow`).
+    pub fn and(self, other: Rights) -> Rights {
+        Rights(self.0 & other.0 & Rights::FULL.0)
+    }
+
+    /// `Ok` if `r` is granted; `Error::NotAllowed` naming it otherwise.
+    pub fn require(self, r: Right, location: &str) -> Result<()> {
+        if self.has(r) {
+            return Ok(());
+        }
+        Err(Error::NotAllowed {
+            right: r,
+            granted: self,
+            location: location.to_string(),
+        })
+    }
+
+    /// Parse `--allow`: a comma list of `backup`, `restore`, `forget`, `prune`, or `full`.
+    pub fn parse(s: &str) -> std::result::Result<Rights, String> {
+        let mut bits = 0;
+        for word in s.split(',').map(str::trim) {
+            bits |= match word {
+                "full" => Rights::FULL.0,
+                w => match Right::named(w) {
+                    Some(r) => r.bit(),
+                    None => {
+                        return Err(format!(
+                            "`{w}` is not a right; give a comma list of backup, restore, forget, prune, or full"
+                        ))
+                    }
+                },
+            };
+        }
+        Ok(Rights(bits))
+    }
+
+    /// The wire form from a server: bits this side does not know are dropped.
+    pub fn from_wire(self) -> Rights {
+        self.and(Rights::FULL)
+    }
+
+    /// These rights plus `r`, as `--allow` takes them.
+    fn with(self, r: Right) -> Rights {
+        Rights(self.0 | r.bit())
+    }
+}
+
+impl std::fmt::Display for Rights {
+    /// The `--allow` form: `full`, or the rights in order, `backup,restore`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if *self == Rights::FULL {
+            return f.write_str("full");
+        }
+        let names: Vec<&str> = ALL
+            .iter()
+            .filter(|r| self.has(**r))
+            .map(|r| r.name())
+            .collect();
+        f.write_str(&names.join(","))
+    }
+}
+
+/// The message of `Error::NotAllowed`.
+pub(crate) fn refusal(right: Right, granted: Rights, location: &str) -> String {
+    let served = if granted == Rights::APPEND_ONLY {
+        "append-only, `--allow backup,restore`".to_string()
+    } else {
+        format!("with `--allow {granted}`")
+    };
+    format!(
+        "{location} does not let this key {} (it is served {served}); the server's administrator grants it in the key's line of authorized_keys: `cairn serve … --allow {}`",
+        right.what(),
+        granted.with(right)
+    )
+}
+
+/// The right a request needs; `None` for what every client needs to open the repository and
+/// for the framing of an exchange (a hello, goodbye, marks inside a collection). Reading
+/// objects needs `Backup` here and, per object, `to_read` of its kind.
+pub fn needed(req: &Request) -> Option<Right> {
+    use Right::*;
+    match req {
+        Request::Hello { .. } | Request::Bye | Request::Marks(_) | Request::MarksEnd => None,
+        // Opening: the config and the key slots are what a password opens.
+        Request::OpenStore { create: None, .. } | Request::Config | Request::KeySlots => None,
+        Request::OpenStore {
+            create: Some(_), ..
+        }
+        | Request::Create { .. } => Some(Backup),
+        Request::Info
+        | Request::ListSnapshots
+        | Request::ListSnapshotChecks
+        | Request::Snapshots(_)
+        | Request::GetSnapshot(_)
+        | Request::Have(_)
+        | Request::ObjectInfo(_)
+        | Request::List { .. }
+        | Request::Count
+        | Request::Space
+        | Request::State(_)
+        | Request::Sessions
+        | Request::GetObject(_)
+        | Request::ReadMany(_) => Some(Backup),
+        Request::PutObjects(_)
+        | Request::PutSnapshots(_)
+        | Request::AddKeySlots(_)
+        | Request::AddKeySlot(_)
+        | Request::BeginWriter { .. }
+        | Request::Checkpoint
+        | Request::Commit(_)
+        | Request::BeginSession
+        | Request::EndSession(_)
+        | Request::Recover => Some(Backup),
+        Request::DeleteSnapshots(_) | Request::RemoveSnapshots(_) => Some(Forget),
+        Request::RemoveKeySlot(_) | Request::SetState { .. } | Request::Collect(_) => Some(Prune),
+    }
+}
+
+/// The right reading an object of `kind` needs: file contents (chunks) need `Restore`; the
+/// structure a backup builds on (trees, content lists, snapshots) only `Backup`.
+pub fn to_read(kind: Kind) -> Right {
+    match kind {
+        Kind::Chunk => Right::Restore,
+        Kind::Tree | Kind::List | Kind::Snapshot => Right::Backup,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::id::Id;
+    use crate::sync::proto::{self, WireGcOptions};
+    use Right::*;
+
+    /// One request of every variant, in wire order, with the right it needs.
+    fn every_request() -> Vec<(Request, Option<Right>)> {
+        let id = Id([1; 32]);
+        vec![
+            (
+                Request::Hello {
+                    magic: proto::MAGIC,
+                    version: 2,
+                    repo_id: [0; 16],
+                },
+                None,
+            ),
+            (
+                Request::Create {
+                    config: vec![],
+                    key_slots: vec![],
+                },
+                Some(Backup),
+            ),
+            (Request::Info, Some(Backup)),
+            (Request::ListSnapshots, Some(Backup)),
+            (Request::Have(vec![id]), Some(Backup)),
+            (Request::PutObjects(vec![]), Some(Backup)),
+            (Request::PutSnapshots(vec![]), Some(Backup)),
+            (Request::AddKeySlots(vec![]), Some(Backup)),
+            (Request::DeleteSnapshots(vec![id]), Some(Forget)),
+            (Request::Bye, None),
+            (Request::GetObject(id), Some(Backup)),
+            (Request::GetSnapshot(id), Some(Backup)),
+            (Request::ListSnapshotChecks, Some(Backup)),
+            (
+                Request::OpenStore {
+                    magic: proto::MAGIC,
+                    version: 4,
+                    create: None,
+                },
+                None,
+            ),
+            (Request::Config, None),
+            (Request::KeySlots, None),
+            (Request::AddKeySlot(vec![]), Some(Backup)),
+            (Request::RemoveKeySlot(1), Some(Prune)),
+            (Request::Snapshots(None), Some(Backup)),
+            (Request::RemoveSnapshots(vec![id]), Some(Forget)),
+            (Request::ObjectInfo(id), Some(Backup)),
+            (Request::ReadMany(vec![id]), Some(Backup)),
+            (Request::List { from: id, limit: 1 }, Some(Backup)),
+            (Request::Count, Some(Backup)),
+            (
+                Request::BeginWriter {
+                    batch_bytes: 1,
+                    index_every: 0,
+                },
+                Some(Backup),
+            ),
+            (Request::Checkpoint, Some(Backup)),
+            (Request::Commit(vec![]), Some(Backup)),
+            (Request::BeginSession, Some(Backup)),
+            (Request::EndSession(1), Some(Backup)),
+            (Request::Sessions, Some(Backup)),
+            (Request::Recover, Some(Backup)),
+            (Request::Space, Some(Backup)),
+            (Request::State("k".into()), Some(Backup)),
+            (
+                Request::SetState {
+                    key: "k".into(),
+                    value: vec![],
+                },
+                Some(Prune),
+            ),
+            (
+                Request::Collect(WireGcOptions::of(&crate::prune::PruneOptions::default())),
+                Some(Prune),
+            ),
+            (Request::Marks(vec![]), None),
+            (Request::MarksEnd, None),
+        ]
+    }
+
+    #[test]
+    fn every_request_variant_needs_the_right_it_is_listed_with() {
+        let all = every_request();
+        for (n, (req, right)) in all.iter().enumerate() {
+            // The list is in wire order and has every variant: the n-th has tag n ...
+            assert_eq!(proto::encode(req).unwrap()[0] as usize, n, "{req:?}");
+            assert_eq!(needed(req), *right, "{req:?}");
+        }
+        // ... and the tag after the last is no request at all.
+        assert!(proto::decode::<Request>(&[all.len() as u8]).is_err());
+        // Creating a repository is adding to it.
+        let create = Request::OpenStore {
+            magic: proto::MAGIC,
+            version: 4,
+            create: Some(vec![1]),
+        };
+        assert_eq!(needed(&create), Some(Backup));
+    }
+
+    #[test]
+    fn chunks_need_restore_and_the_structure_only_backup() {
+        assert_eq!(to_read(Kind::Chunk), Restore);
+        for k in [Kind::Tree, Kind::List, Kind::Snapshot] {
+            assert_eq!(to_read(k), Backup);
+        }
+    }
+
+    #[test]
+    fn allow_lists_parse_print_and_refuse_clearly() {
+        assert_eq!(Rights::parse("full").unwrap(), Rights::FULL);
+        assert_eq!(
+            Rights::parse("backup,restore").unwrap(),
+            Rights::APPEND_ONLY
+        );
+        assert_eq!(
+            Rights::parse("prune, backup,forget,restore").unwrap(),
+            Rights::FULL
+        );
+        let b = Rights::parse("backup").unwrap();
+        assert!(b.has(Backup) && !b.has(Restore) && b.append_only());
+        assert!(!Rights::parse("backup,forget").unwrap().append_only());
+        assert_eq!(b.to_string(), "backup");
+        assert_eq!(
+            Rights::parse("forget,backup").unwrap().to_string(),
+            "backup,forget"
+        );
+        assert_eq!(Rights::FULL.to_string(), "full");
+        for bad in ["", "backup,", "all", "Backup"] {
+            assert!(Rights::parse(bad).is_err(), "{bad}");
+        }
+        assert_eq!(Rights(0xff).from_wire(), Rights::FULL);
+        assert!(b.require(Backup, "x").is_ok());
+        let e = b.require(Forget, "ssh://h/acme").unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, Error::NotAllowed { right: Forget, .. }), "{e}");
+        for part in [
+            "refused",
+            "ssh://h/acme",
+            "remove snapshots",
+            "--allow backup,forget",
+            "authorized_keys",
+        ] {
+            assert!(msg.contains(part), "{part}: {msg}");
+        }
+    }
+}
