@@ -16,7 +16,8 @@ only the repository of its --repo. A refused request tells the client which righ
 pub struct Args {
     /// What the client may do, a comma list: backup (add objects and snapshots, list them,
     /// read snapshots and trees: what a backup and a sync to here need; no file contents),
-    /// restore (read everything: restore, mount, check --read-data), forget (remove
+    /// restore (list and read everything: restore, mount, check --read-data, sync from here;
+    /// alone it writes nothing), forget (remove
     /// snapshots), prune (collect garbage, remove key slots, change records), or full (all;
     /// the default)
     #[arg(long, value_name = "RIGHTS", value_parser = parse_rights, conflicts_with = "append_only")]

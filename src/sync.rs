@@ -281,6 +281,8 @@ fn print_human(g: &Global, o: &Outcome) {
 pub fn run(g: &Global, a: &Args) -> CmdResult {
     let limit_rate = a.limit_rate.as_deref().map(parse_rate).transpose()?;
     let repo = open_primary(g, a.lock_wait)?;
+    // A sync reads every object it sends: from a server, that needs `restore`.
+    crate::require(&repo, &[cairn_repo::storage::Right::Restore])?;
     let targets = resolve(&repo, &a.targets)?;
     let ctx = Ctx {
         repo: &repo,

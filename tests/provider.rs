@@ -148,6 +148,14 @@ fn a_backup_key_backs_up_but_cannot_read_contents_or_delete() {
     assert_says(&err, &[&grant("restore")]);
     let err = fails(c.cairn().args(["check", "--read-data"]), 1);
     assert_says(&err, &[&grant("restore")]);
+    let mnt = work.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let err = fails(c.cairn().arg("mount").arg(&mnt), 1);
+    assert_says(&err, &[&grant("restore")]);
+    let replica = work.path().join("replica");
+    let err = fails(c.cairn().arg("sync").arg(&replica), 1);
+    assert_says(&err, &[&grant("restore")]);
+    assert!(!replica.exists());
     let slot = other_slot(&mut c.cairn());
     let err = fails(c.cairn().args(["key", "remove", &slot]), 1);
     assert_says(&err, &["remove key slots", &grant("prune")]);
@@ -194,6 +202,24 @@ fn a_backup_and_restore_key_restores_but_cannot_forget() {
     assert_says(&err, &["remove key slots"]);
     let slots = json(p.admin("acme").args(["key", "list", "--json"]));
     assert_eq!(slots.as_array().unwrap().len(), 1, "no slot was added");
+    assert_eq!(snapshot_count(&mut p.admin("acme")), 1);
+
+    // A key with `restore` alone lists and restores, and adds nothing.
+    let r = p.customer("restore_key", "acme", "--allow restore", "acme");
+    assert_eq!(snapshot_count(&mut r.cairn()), 1);
+    let again = work.path().join("again");
+    ok(
+        r.cairn()
+            .args(["restore", "latest", "--target"])
+            .arg(&again),
+        0,
+    );
+    assert_same_tree(&src, &again.join(src.strip_prefix("/").unwrap()));
+    let err = fails(r.cairn().arg("backup").arg(&src), 1);
+    assert_says(
+        &err,
+        &["refused", "--allow restore`", "--allow backup,restore`"],
+    );
     assert_eq!(snapshot_count(&mut p.admin("acme")), 1);
 }
 

@@ -15,8 +15,8 @@ pub enum Right {
     /// Add objects and snapshots; ask which ids exist; list and read snapshots, trees and
     /// content lists (what an incremental backup and a sync to the server need), but no chunk.
     Backup,
-    /// Read every object, file contents included (restore, mount, `check --read-data`,
-    /// syncing from the repository).
+    /// List and read every object, file contents included (restore, mount, `check
+    /// --read-data`, syncing from the repository); no writing.
     Restore,
     /// Remove snapshots.
     Forget,
@@ -50,7 +50,9 @@ impl Right {
     fn what(self) -> &'static str {
         match self {
             Right::Backup => "back up (add objects and snapshots, list them)",
-            Right::Restore => "read file contents (restore, mount, check --read-data)",
+            Right::Restore => {
+                "read file contents (restore, mount, check --read-data, sync from it)"
+            }
             Right::Forget => "remove snapshots (forget)",
             Right::Prune => {
                 "collect garbage, remove key slots or change the repository's records (prune)"
@@ -63,6 +65,17 @@ impl std::fmt::Display for Right {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.name())
     }
+}
+
+/// What a request needs (`needed`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// What every client needs to open the repository, and the framing of an exchange.
+    Nothing,
+    Right(Right),
+    /// Listing and reading the structure: `backup` or `restore`, either will do (a restore
+    /// lists snapshots and reads trees as a backup does).
+    Read,
 }
 
 /// A set of rights. On the wire a bit set (`u32`), so rights added later do not change the
@@ -116,6 +129,17 @@ impl Rights {
             granted: self,
             location: location.to_string(),
         })
+    }
+
+    /// `Ok` if `need` is met; `Error::NotAllowed` naming the right to grant otherwise (for
+    /// `Need::Read`, `backup`).
+    pub fn allow(self, need: Need, location: &str) -> Result<()> {
+        match need {
+            Need::Nothing => Ok(()),
+            Need::Right(r) => self.require(r, location),
+            Need::Read if self.has(Right::Restore) => Ok(()),
+            Need::Read => self.require(Right::Backup, location),
+        }
     }
 
     /// Parse `--allow`: a comma list of `backup`, `restore`, `forget`, `prune`, or `full`.
@@ -177,19 +201,20 @@ pub(crate) fn refusal(right: Right, granted: Rights, location: &str) -> String {
     )
 }
 
-/// The right a request needs; `None` for what every client needs to open the repository and
-/// for the framing of an exchange (a hello, goodbye, marks inside a collection). Reading
-/// objects needs `Backup` here and, per object, `to_read` of its kind.
-pub fn needed(req: &Request) -> Option<Right> {
+/// What a request needs: nothing for what every client needs to open the repository and for
+/// the framing of an exchange (a hello, goodbye, marks inside a collection); `backup` or
+/// `restore` for listings and reads (and, per object read, `to_read` of its kind); `backup`
+/// for every write; `forget` and `prune` for removals.
+pub fn needed(req: &Request) -> Need {
     use Right::*;
     match req {
-        Request::Hello { .. } | Request::Bye | Request::Marks(_) | Request::MarksEnd => None,
-        // Opening: the config and the key slots are what a password opens.
-        Request::OpenStore { create: None, .. } | Request::Config | Request::KeySlots => None,
-        Request::OpenStore {
-            create: Some(_), ..
+        Request::Hello { .. } | Request::Bye | Request::Marks(_) | Request::MarksEnd => {
+            Need::Nothing
         }
-        | Request::Create { .. } => Some(Backup),
+        // Opening: the config and the key slots are what a password opens.
+        Request::OpenStore { create: None, .. } | Request::Config | Request::KeySlots => {
+            Need::Nothing
+        }
         Request::Info
         | Request::ListSnapshots
         | Request::ListSnapshotChecks
@@ -203,8 +228,12 @@ pub fn needed(req: &Request) -> Option<Right> {
         | Request::State(_)
         | Request::Sessions
         | Request::GetObject(_)
-        | Request::ReadMany(_) => Some(Backup),
-        Request::PutObjects(_)
+        | Request::ReadMany(_) => Need::Read,
+        Request::OpenStore {
+            create: Some(_), ..
+        }
+        | Request::Create { .. }
+        | Request::PutObjects(_)
         | Request::PutSnapshots(_)
         | Request::AddKeySlots(_)
         | Request::AddKeySlot(_)
@@ -213,18 +242,20 @@ pub fn needed(req: &Request) -> Option<Right> {
         | Request::Commit(_)
         | Request::BeginSession
         | Request::EndSession(_)
-        | Request::Recover => Some(Backup),
-        Request::DeleteSnapshots(_) | Request::RemoveSnapshots(_) => Some(Forget),
-        Request::RemoveKeySlot(_) | Request::SetState { .. } | Request::Collect(_) => Some(Prune),
+        | Request::Recover => Need::Right(Backup),
+        Request::DeleteSnapshots(_) | Request::RemoveSnapshots(_) => Need::Right(Forget),
+        Request::RemoveKeySlot(_) | Request::SetState { .. } | Request::Collect(_) => {
+            Need::Right(Prune)
+        }
     }
 }
 
-/// The right reading an object of `kind` needs: file contents (chunks) need `Restore`; the
-/// structure a backup builds on (trees, content lists, snapshots) only `Backup`.
-pub fn to_read(kind: Kind) -> Right {
+/// What reading an object of `kind` needs: file contents (chunks) `restore`; the structure a
+/// backup builds on (trees, content lists, snapshots) `backup` or `restore`.
+pub fn to_read(kind: Kind) -> Need {
     match kind {
-        Kind::Chunk => Right::Restore,
-        Kind::Tree | Kind::List | Kind::Snapshot => Right::Backup,
+        Kind::Chunk => Need::Right(Right::Restore),
+        Kind::Tree | Kind::List | Kind::Snapshot => Need::Read,
     }
 }
 
@@ -236,8 +267,11 @@ mod tests {
     use crate::sync::proto::{self, WireGcOptions};
     use Right::*;
 
-    /// One request of every variant, in wire order, with the right it needs.
-    fn every_request() -> Vec<(Request, Option<Right>)> {
+    const B: Need = Need::Right(Backup);
+    const R: Need = Need::Read;
+
+    /// One request of every variant, in wire order, with what it needs.
+    fn every_request() -> Vec<(Request, Need)> {
         let id = Id([1; 32]);
         vec![
             (
@@ -246,72 +280,72 @@ mod tests {
                     version: 2,
                     repo_id: [0; 16],
                 },
-                None,
+                Need::Nothing,
             ),
             (
                 Request::Create {
                     config: vec![],
                     key_slots: vec![],
                 },
-                Some(Backup),
+                B,
             ),
-            (Request::Info, Some(Backup)),
-            (Request::ListSnapshots, Some(Backup)),
-            (Request::Have(vec![id]), Some(Backup)),
-            (Request::PutObjects(vec![]), Some(Backup)),
-            (Request::PutSnapshots(vec![]), Some(Backup)),
-            (Request::AddKeySlots(vec![]), Some(Backup)),
-            (Request::DeleteSnapshots(vec![id]), Some(Forget)),
-            (Request::Bye, None),
-            (Request::GetObject(id), Some(Backup)),
-            (Request::GetSnapshot(id), Some(Backup)),
-            (Request::ListSnapshotChecks, Some(Backup)),
+            (Request::Info, R),
+            (Request::ListSnapshots, R),
+            (Request::Have(vec![id]), R),
+            (Request::PutObjects(vec![]), B),
+            (Request::PutSnapshots(vec![]), B),
+            (Request::AddKeySlots(vec![]), B),
+            (Request::DeleteSnapshots(vec![id]), Need::Right(Forget)),
+            (Request::Bye, Need::Nothing),
+            (Request::GetObject(id), R),
+            (Request::GetSnapshot(id), R),
+            (Request::ListSnapshotChecks, R),
             (
                 Request::OpenStore {
                     magic: proto::MAGIC,
                     version: 4,
                     create: None,
                 },
-                None,
+                Need::Nothing,
             ),
-            (Request::Config, None),
-            (Request::KeySlots, None),
-            (Request::AddKeySlot(vec![]), Some(Backup)),
-            (Request::RemoveKeySlot(1), Some(Prune)),
-            (Request::Snapshots(None), Some(Backup)),
-            (Request::RemoveSnapshots(vec![id]), Some(Forget)),
-            (Request::ObjectInfo(id), Some(Backup)),
-            (Request::ReadMany(vec![id]), Some(Backup)),
-            (Request::List { from: id, limit: 1 }, Some(Backup)),
-            (Request::Count, Some(Backup)),
+            (Request::Config, Need::Nothing),
+            (Request::KeySlots, Need::Nothing),
+            (Request::AddKeySlot(vec![]), B),
+            (Request::RemoveKeySlot(1), Need::Right(Prune)),
+            (Request::Snapshots(None), R),
+            (Request::RemoveSnapshots(vec![id]), Need::Right(Forget)),
+            (Request::ObjectInfo(id), R),
+            (Request::ReadMany(vec![id]), R),
+            (Request::List { from: id, limit: 1 }, R),
+            (Request::Count, R),
             (
                 Request::BeginWriter {
                     batch_bytes: 1,
                     index_every: 0,
                 },
-                Some(Backup),
+                B,
             ),
-            (Request::Checkpoint, Some(Backup)),
-            (Request::Commit(vec![]), Some(Backup)),
-            (Request::BeginSession, Some(Backup)),
-            (Request::EndSession(1), Some(Backup)),
-            (Request::Sessions, Some(Backup)),
-            (Request::Recover, Some(Backup)),
-            (Request::Space, Some(Backup)),
-            (Request::State("k".into()), Some(Backup)),
+            (Request::Checkpoint, B),
+            (Request::Commit(vec![]), B),
+            (Request::BeginSession, B),
+            (Request::EndSession(1), B),
+            (Request::Sessions, R),
+            (Request::Recover, B),
+            (Request::Space, R),
+            (Request::State("k".into()), R),
             (
                 Request::SetState {
                     key: "k".into(),
                     value: vec![],
                 },
-                Some(Prune),
+                Need::Right(Prune),
             ),
             (
                 Request::Collect(WireGcOptions::of(&crate::prune::PruneOptions::default())),
-                Some(Prune),
+                Need::Right(Prune),
             ),
-            (Request::Marks(vec![]), None),
-            (Request::MarksEnd, None),
+            (Request::Marks(vec![]), Need::Nothing),
+            (Request::MarksEnd, Need::Nothing),
         ]
     }
 
@@ -331,15 +365,29 @@ mod tests {
             version: 4,
             create: Some(vec![1]),
         };
-        assert_eq!(needed(&create), Some(Backup));
+        assert_eq!(needed(&create), B);
     }
 
     #[test]
-    fn chunks_need_restore_and_the_structure_only_backup() {
-        assert_eq!(to_read(Kind::Chunk), Restore);
+    fn chunks_need_restore_and_the_structure_backup_or_restore() {
+        assert_eq!(to_read(Kind::Chunk), Need::Right(Restore));
         for k in [Kind::Tree, Kind::List, Kind::Snapshot] {
-            assert_eq!(to_read(k), Backup);
+            assert_eq!(to_read(k), R);
         }
+        let (backup, restore) = (
+            Rights::parse("backup").unwrap(),
+            Rights::parse("restore").unwrap(),
+        );
+        let forget = Rights::parse("forget").unwrap();
+        assert!(backup.allow(R, "x").is_ok() && restore.allow(R, "x").is_ok());
+        assert!(restore.allow(to_read(Kind::Chunk), "x").is_ok());
+        assert!(backup.allow(to_read(Kind::Chunk), "x").is_err());
+        assert!(restore.allow(B, "x").is_err());
+        assert!(matches!(
+            forget.allow(R, "x"),
+            Err(Error::NotAllowed { right: Backup, .. })
+        ));
+        assert!(forget.allow(Need::Nothing, "x").is_ok());
     }
 
     #[test]

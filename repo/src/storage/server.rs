@@ -72,10 +72,7 @@ fn may_create(granted: Rights, create: bool, dir: &Path) -> Result<()> {
         version: proto::VERSION,
         create: create.then(Vec::new),
     };
-    match rights::needed(&req) {
-        Some(right) => granted.require(right, &dir.display().to_string()),
-        None => Ok(()),
-    }
+    granted.allow(rights::needed(&req), &dir.display().to_string())
 }
 
 /// The answer to `OpenStore`, in the client's version: from 4 on with the client's rights,
@@ -282,10 +279,8 @@ fn peer_slot(bytes: &[u8]) -> Result<()> {
 impl<'s> Connection<'s> {
     /// `Error::NotAllowed` unless the client has the right `req` needs.
     fn allowed(&self, req: &Request) -> Result<()> {
-        match rights::needed(req) {
-            Some(right) => self.rights.require(right, &self.store.location()),
-            None => Ok(()),
-        }
+        self.rights
+            .allow(rights::needed(req), &self.store.location())
     }
 
     fn handle(&mut self, req: Request) -> Result<Response> {
@@ -549,7 +544,7 @@ fn read_one(
     let Some(info) = reader.info(id)? else {
         return Ok(ReadAnswer::Missing);
     };
-    rights.require(rights::to_read(info.kind), location)?;
+    rights.allow(rights::to_read(info.kind), location)?;
     match reader.read(id) {
         // Stored locally it may be larger than a frame (a huge tree): say so, and keep the
         // connection.

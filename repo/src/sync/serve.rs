@@ -134,9 +134,9 @@ fn session<R: Read, W: Write>(
             None => return sink.flush(),
         };
         let bye = req == Request::Bye;
-        let resp = match rights::needed(&req).map(|right| policy.rights.require(right, &location)) {
-            Some(Err(e)) => Response::Error(e.to_string()),
-            _ => sink.handle(req),
+        let resp = match policy.rights.allow(rights::needed(&req), &location) {
+            Err(e) => Response::Error(e.to_string()),
+            Ok(()) => sink.handle(req),
         };
         if let Response::Error(msg) = &resp {
             log(msg);
@@ -172,9 +172,7 @@ fn open_or_create<R: Read, W: Write>(
     }
     proto::write_msg(w, &hello(false))?;
     let req = proto::read_msg(r)?;
-    if let Some(right) = rights::needed(&req) {
-        granted.require(right, &dir.display().to_string())?;
-    }
+    granted.allow(rights::needed(&req), &dir.display().to_string())?;
     match req {
         Request::Create { config, key_slots } => {
             let store = sink::create_replica(&url, repo_id, &config, &key_slots, &opts)?;
