@@ -34,7 +34,7 @@ pub mod s3;
 pub(crate) mod server;
 mod url;
 
-pub use quota::Quota;
+pub(crate) use quota::Quota;
 pub use rights::{Right, Rights};
 pub use url::Url;
 

@@ -108,7 +108,7 @@ impl Conn {
         let reply = proto::read_msg(&mut c.r).map_err(|e| talking(loc, e))?;
         match reply {
             Response::StoreOpenedWith { version: v, rights } if v == version => {
-                Ok((c, rights.from_wire()))
+                Ok((c, rights.known()))
             }
             // Protocol 3: only whether it deletes nothing.
             Response::StoreOpened {

@@ -38,7 +38,7 @@ impl Right {
     }
 
     /// The right `--allow` names so.
-    pub fn named(name: &str) -> Option<Right> {
+    pub(crate) fn named(name: &str) -> Option<Right> {
         ALL.into_iter().find(|r| r.name() == name)
     }
 
@@ -69,7 +69,7 @@ impl std::fmt::Display for Right {
 
 /// What a request needs (`needed`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Need {
+pub(crate) enum Need {
     /// What every client needs to open the repository, and the framing of an exchange.
     Nothing,
     Right(Right),
@@ -115,7 +115,7 @@ impl Rights {
     }
 
     /// Both sets at once (a store that is itself limited, served with `--allow`).
-    pub fn and(self, other: Rights) -> Rights {
+    pub(crate) fn and(self, other: Rights) -> Rights {
         Rights(self.0 & other.0 & Rights::FULL.0)
     }
 
@@ -133,7 +133,7 @@ impl Rights {
 
     /// `Ok` if `need` is met; `Error::NotAllowed` naming the right to grant otherwise (for
     /// `Need::Read`, `backup`).
-    pub fn allow(self, need: Need, location: &str) -> Result<()> {
+    pub(crate) fn allow(self, need: Need, location: &str) -> Result<()> {
         match need {
             Need::Nothing => Ok(()),
             Need::Right(r) => self.require(r, location),
@@ -161,8 +161,8 @@ impl Rights {
         Ok(Rights(bits))
     }
 
-    /// The wire form from a server: bits this side does not know are dropped.
-    pub fn from_wire(self) -> Rights {
+    /// The rights this side knows of a set from the wire (bits of rights added later dropped).
+    pub(crate) fn known(self) -> Rights {
         self.and(Rights::FULL)
     }
 
@@ -205,7 +205,7 @@ pub(crate) fn refusal(right: Right, granted: Rights, location: &str) -> String {
 /// the framing of an exchange (a hello, goodbye, marks inside a collection); `backup` or
 /// `restore` for listings and reads (and, per object read, `to_read` of its kind); `backup`
 /// for every write; `forget` and `prune` for removals.
-pub fn needed(req: &Request) -> Need {
+pub(crate) fn needed(req: &Request) -> Need {
     use Right::*;
     match req {
         Request::Hello { .. } | Request::Bye | Request::Marks(_) | Request::MarksEnd => {
@@ -252,7 +252,7 @@ pub fn needed(req: &Request) -> Need {
 
 /// What reading an object of `kind` needs: file contents (chunks) `restore`; the structure a
 /// backup builds on (trees, content lists, snapshots) `backup` or `restore`.
-pub fn to_read(kind: Kind) -> Need {
+pub(crate) fn to_read(kind: Kind) -> Need {
     match kind {
         Kind::Chunk => Need::Right(Right::Restore),
         Kind::Tree | Kind::List | Kind::Snapshot => Need::Read,
@@ -413,7 +413,7 @@ mod tests {
         for bad in ["", "backup,", "all", "Backup"] {
             assert!(Rights::parse(bad).is_err(), "{bad}");
         }
-        assert_eq!(Rights(0xff).from_wire(), Rights::FULL);
+        assert_eq!(Rights(0xff).known(), Rights::FULL);
         assert!(b.require(Backup, "x").is_ok());
         let e = b.require(Forget, "ssh://h/acme").unwrap_err();
         let msg = e.to_string();
