@@ -14,6 +14,7 @@ pub struct Args {
 
 pub fn run(g: &Global, a: &Args) -> CmdResult {
     let repo = g.open()?;
+    crate::require(repo.storage(), &[cairn_repo::storage::Right::Restore])?;
     let snap = repo.find_snapshot(&a.snapshot)?;
     let view = repo.reader()?;
     let path = a.path.as_os_str().as_bytes();

@@ -130,6 +130,11 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
             )
         })
         .collect();
+    if !a.dry_run {
+        use cairn_repo::storage::Right::{Forget, Prune};
+        let needs: &[_] = if a.prune { &[Forget, Prune] } else { &[Forget] };
+        crate::require(repo.storage(), needs)?;
+    }
     let groups = apply(&policy, group_by, &candidates, &local_offset)?;
     let remove = to_remove(&groups);
     if !a.dry_run {

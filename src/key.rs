@@ -51,6 +51,7 @@ pub fn run(g: &Global, c: &Command) -> CmdResult {
             }
         }
         Command::Remove { id } => {
+            crate::require(repo.storage(), &[cairn_repo::storage::Right::Prune])?;
             if *id == repo.current_slot() {
                 return Err(crate::Failure::fatal("refusing to remove the key slot you opened the repository with; use `cairn key passwd` to change it"));
             }
@@ -58,6 +59,8 @@ pub fn run(g: &Global, c: &Command) -> CmdResult {
             output::info(g, &format!("removed key slot {id}"));
         }
         Command::Passwd { new_password_file } => {
+            // It adds a slot, then removes the old one: both, or neither.
+            crate::require(repo.storage(), &[cairn_repo::storage::Right::Prune])?;
             let p = secrets::new_password(new_password_file.as_deref())?;
             let id = repo.change_password(p.as_bytes(), None)?;
             output::info(g, &format!("password changed (now key slot {id})"));

@@ -26,6 +26,7 @@ mod sync;
 mod target;
 mod version;
 
+use cairn_repo::storage::Right;
 use cairn_repo::Error;
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -138,6 +139,16 @@ pub fn parse_threads(s: &str) -> Result<usize, String> {
         )),
         Err(_) => Err(format!("not a whole number; {hint}")),
     }
+}
+
+/// Refuse, before any work, what the repository's server does not let this key do (it would
+/// refuse the request anyway; this keeps `forget --prune` or `key passwd` from doing half).
+pub fn require(store: &dyn cairn_repo::storage::Storage, rights: &[Right]) -> Result<(), Failure> {
+    let granted = store.capabilities().rights;
+    for r in rights {
+        granted.require(*r, &store.location())?;
+    }
+    Ok(())
 }
 
 /// A failure with the exit code it maps to.

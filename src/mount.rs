@@ -69,7 +69,10 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
         .map(|n| n.get())
         .unwrap_or(2);
     let threads = a.threads.unwrap_or(cpus.clamp(2, 8));
-    let repo = Arc::new(open_repo(g)?);
+    let repo = open_repo(g)?;
+    // Every file read would fail on a server that does not let this key read contents.
+    crate::require(repo.storage(), &[cairn_repo::storage::Right::Restore])?;
+    let repo = Arc::new(repo);
     let core = FsCore::new(repo, fs_options(a, cpus)).map_err(fs_failure)?;
     let opts = MountOptions {
         threads,

@@ -31,6 +31,7 @@ pub struct Args {
 
 pub fn run(g: &Global, a: &Args) -> CmdResult {
     let repo = g.open()?;
+    crate::require(repo.storage(), &[cairn_repo::storage::Right::Restore])?;
     let snap = repo.find_snapshot(&a.snapshot)?;
     let opts = RestoreOptions {
         target: a.target.clone(),

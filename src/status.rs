@@ -230,6 +230,7 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
             "last_check": f.check,
             "space": crate::stats::space_json(&space),
             "quota_bytes": quota,
+            "used_bytes": space.used(),
             "logical_bytes": logical,
             "dedup_ratio": (dedup > 0.0).then_some(dedup),
         }));
@@ -238,7 +239,7 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
         if let Some(q) = quota {
             output::line(&format!(
                 "quota: {} of {} used",
-                output::bytes(space.object_bytes),
+                output::bytes(space.used()),
                 output::bytes(q)
             ));
         }

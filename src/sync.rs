@@ -317,6 +317,8 @@ fn print_human(g: &Global, o: &Outcome) {
 pub fn run(g: &Global, a: &Args) -> CmdResult {
     let limit_rate = a.limit_rate.as_deref().map(parse_rate).transpose()?;
     let mut primary = Primary::open(g, a.lock_wait)?;
+    // A sync reads every object it sends: from a server, that needs `restore`.
+    crate::require(primary.storage(), &[cairn_repo::storage::Right::Restore])?;
     let targets = resolve(primary.storage(), &a.targets)?;
     let opts = SyncOptions {
         limit_rate,

@@ -15,7 +15,7 @@ static TEXT: LazyLock<String> = LazyLock::new(|| {
     )
 });
 
-/// The protocol versions `cairn serve` answers: `1-3`, or `3` when there is only one.
+/// The protocol versions `cairn serve` answers: `1-4`, or `4` when there is only one.
 fn served_range() -> String {
     if MIN_VERSION == VERSION {
         VERSION.to_string()
@@ -25,7 +25,7 @@ fn served_range() -> String {
 }
 
 /// The version line's text after `cairn `, e.g.
-/// `0.1.0 (repository format 1, protocol 3: sync 2, store 3; serves protocol 1-3)`.
+/// `0.1.0 (repository format 1, protocol 4: sync 2, store 3; serves protocol 1-4)`.
 pub fn text() -> &'static str {
     &TEXT
 }

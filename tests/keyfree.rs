@@ -95,11 +95,7 @@ fn the_server_replicates_verifies_and_collects_garbage_without_any_key() {
     let forced = forced_key(
         &sshd,
         "site3_key",
-        &format!(
-            "{} serve --repo {} --append-only",
-            bin().display(),
-            site3.display()
-        ),
+        &format!("--repo {} --append-only", site3.display()),
     );
     let to_site3 = || {
         let mut c = keyless(&acme);

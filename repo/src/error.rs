@@ -58,8 +58,9 @@ pub enum Error {
     /// A bug or a broken invariant inside cairn (a worker thread died, encoding failed).
     #[error("internal error: {0}")]
     Internal(String),
-    /// A request the repository refuses by rule: a deletion on an append-only server, or an
-    /// attempt to replace a stored snapshot, object or key slot with other bytes.
+    /// A request the repository refuses by rule: an attempt to replace a stored snapshot,
+    /// object or key slot with other bytes, or to pass a limit (key slots). A right the
+    /// client's key lacks is `NotAllowed`.
     #[error("refused: {0}")]
     Refused(String),
     /// The peer of a sync or serve session sent something this side cannot accept.
@@ -81,6 +82,25 @@ pub enum Error {
         "{0}: run this with the repository's password (CAIRN_PASSWORD_FILE, CAIRN_PASSWORD_COMMAND or CAIRN_PASSWORD), or forget the snapshots written before format 2"
     )]
     KeyNeeded(String),
+    /// A `cairn serve` refused a request its client's key has no right to (`--allow`).
+    #[error("refused: {}", crate::storage::rights::refusal(*right, *granted, location))]
+    NotAllowed {
+        right: crate::storage::Right,
+        granted: crate::storage::Rights,
+        location: String,
+    },
+    /// Storing more would pass the repository's quota (`cairn serve --quota`).
+    #[error(
+        "quota of {} for {location} reached: {} used; forget snapshots and prune, or ask the administrator for more",
+        crate::util::bytes(*quota),
+        crate::util::bytes(*used)
+    )]
+    QuotaExceeded {
+        location: String,
+        quota: u64,
+        /// What the repository occupies plus what the refused write would have added.
+        used: u64,
+    },
     #[error("interrupted")]
     Interrupted,
 }

@@ -125,3 +125,27 @@ pub fn join_path(parent: &[u8], name: &[u8]) -> Vec<u8> {
     p.extend_from_slice(name);
     p
 }
+
+/// A size in binary units for messages: `500 GiB`, `1.5 TiB`, `812.25 MiB`, `100 B`.
+pub fn bytes(n: u64) -> String {
+    const UNITS: [&str; 6] = ["B", "KiB", "MiB", "GiB", "TiB", "PiB"];
+    let (mut v, mut u) = (n as f64, 0);
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    let text = format!("{v:.2}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{text} {}", UNITS[u])
+}
+
+#[cfg(test)]
+mod bytes_tests {
+    #[test]
+    fn sizes_read_as_an_administrator_writes_them() {
+        assert_eq!(super::bytes(500 << 30), "500 GiB");
+        assert_eq!(super::bytes(3 << 39), "1.5 TiB");
+        assert_eq!(super::bytes(100), "100 B");
+        assert_eq!(super::bytes(1536), "1.5 KiB");
+    }
+}

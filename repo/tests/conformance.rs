@@ -122,9 +122,13 @@ impl Connector for Served {
         std::thread::spawn(move || {
             let mut r = theirs.try_clone().unwrap();
             let mut w = theirs;
-            let _ = cairn_repo::sync::serve::serve(&dir, append_only, &mut r, &mut w, &mut |m| {
-                log.lock().unwrap().push(m.to_string())
-            });
+            let _ = cairn_repo::sync::serve::serve(
+                &dir,
+                &cairn_repo::sync::serve::Policy::append_only(append_only),
+                &mut r,
+                &mut w,
+                &mut |m| log.lock().unwrap().push(m.to_string()),
+            );
         });
         self.ends.lock().unwrap().push(ours.try_clone().unwrap());
         Ok((Box::new(ours.try_clone().unwrap()), Box::new(ours)))
@@ -615,11 +619,32 @@ fn append_only_refuses_removals_and_takes_additions() {
     assert!(matches!(e, Error::Refused(_)), "{e}");
     w.commit(&[(id(8), b"more".to_vec())]).unwrap();
     drop(w);
+    // Refused as rights the key lacks, named (`--append-only` is `--allow backup,restore`).
+    use cairn_repo::storage::Right;
     let e = store.remove_snapshots(&[id(7)]).unwrap_err();
-    assert!(matches!(e, Error::Refused(_)), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::NotAllowed {
+                right: Right::Forget,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    assert!(e.to_string().starts_with("refused"), "{e}");
     let two = store.add_key_slot(&slot(2)).unwrap();
     let e = store.remove_key_slot(two).unwrap_err();
-    assert!(matches!(e, Error::Refused(_)), "{e}");
+    assert!(
+        matches!(
+            e,
+            Error::NotAllowed {
+                right: Right::Prune,
+                ..
+            }
+        ),
+        "{e}"
+    );
     assert_eq!(store.snapshots().unwrap().len(), 2);
     assert_eq!(store.key_slots().unwrap().len(), 2);
     let log = served.log.lock().unwrap().join("\n");

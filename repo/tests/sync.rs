@@ -457,7 +457,13 @@ fn served_logged(dir: PathBuf, append_only: bool, log: Arc<Mutex<Vec<String>>>) 
         let mut r = b.try_clone().unwrap();
         let mut w = b;
         let mut record = |line: &str| log.lock().unwrap().push(line.to_string());
-        sync::serve::serve(&dir, append_only, &mut r, &mut w, &mut record)
+        sync::serve::serve(
+            &dir,
+            &sync::serve::Policy::append_only(append_only),
+            &mut r,
+            &mut w,
+            &mut record,
+        )
     });
     let client = StreamTarget::new(a.try_clone().unwrap(), a);
     (client, server)
@@ -634,7 +640,13 @@ fn hostile_peers_get_clean_errors() {
     let server = std::thread::spawn(move || {
         let mut r = b.try_clone().unwrap();
         let mut w = b;
-        sync::serve::serve(&dir, false, &mut r, &mut w, &mut |_| {})
+        sync::serve::serve(
+            &dir,
+            &sync::serve::Policy::default(),
+            &mut r,
+            &mut w,
+            &mut |_| {},
+        )
     });
     let mut w = a.try_clone().unwrap();
     std::io::Write::write_all(&mut w, &u32::MAX.to_le_bytes()).unwrap();

@@ -68,7 +68,7 @@ fn name_of(dir: &Path) -> String {
 /// The quota `cairn serve --quota` recorded in the repository's state (`{"bytes": N}`).
 pub fn quota(store: &dyn cairn_repo::storage::Storage) -> Result<Option<u64>, Failure> {
     Ok(store
-        .state("quota")?
+        .state(cairn_repo::sync::serve::QUOTA_KEY)?
         .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
         .and_then(|v| v["bytes"].as_u64()))
 }
@@ -141,6 +141,7 @@ pub fn row_json(r: &Row, now: i64) -> serde_json::Value {
         "newest": f.newest.as_ref().map(|(id, t)| serde_json::json!({"id": id, "time": t, "age_hours": hours(now, *t)})),
         "stored_bytes": r.space.as_ref().map(|s| s.object_bytes),
         "quota_bytes": r.quota,
+        "used_bytes": r.space.as_ref().map(|s| s.used()),
         "targets": f.targets.iter().map(|t| serde_json::json!({
             "name": t.name, "url": t.url, "last_sync": t.last, "unsynced_snapshots": t.unsynced.len(),
         })).collect::<Vec<_>>(),
@@ -182,7 +183,10 @@ fn print_table(rows: &[Row], now: i64) {
             r.space
                 .as_ref()
                 .map_or("-".into(), |s| output::bytes(s.object_bytes)),
-            r.quota.map_or("-".into(), output::bytes),
+            r.quota.map_or("-".into(), |q| format!(
+                "{}%",
+                r.space.as_ref().map_or(0, |s| s.used() * 100 / q.max(1))
+            )),
             if sync.is_empty() { "-".into() } else { sync },
             check,
             if r.problems.is_empty() {
@@ -241,6 +245,11 @@ pub fn prometheus_text(rows: &[Row]) -> String {
             "damaged or missing objects the last check found",
             vec![],
         ),
+        (
+            "cairn_used_bytes",
+            "what the repository occupies, as its quota counts it",
+            vec![],
+        ),
     ];
     for r in rows {
         let repo = format!("repo=\"{}\"", label(&r.name));
@@ -260,6 +269,9 @@ pub fn prometheus_text(rows: &[Row]) -> String {
         }
         if let Some(q) = r.quota {
             put(5, &repo, q as f64);
+        }
+        if let Some(s) = &r.space {
+            put(10, &repo, s.used() as f64);
         }
         for t in &f.targets {
             let labels = format!("{repo},target=\"{}\"", label(&t.name));

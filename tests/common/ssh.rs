@@ -120,20 +120,25 @@ pub fn ssh_cairn(repo: &Path, sshd: &Sshd) -> Command {
     c
 }
 
-/// A second user key whose every session runs `command` (forced in `authorized_keys`, as a
-/// provider sets one per customer key); returns the ssh command that logs in with it.
-pub fn forced_key(sshd: &Sshd, name: &str, command: &str) -> String {
+/// A new user key `name` whose every session runs `cairn serve SERVE_ARGS` on the server (a
+/// forced command in authorized_keys, as a provider gives each customer); returns the ssh
+/// command that logs in with it, for `CAIRN_SSH_COMMAND`.
+pub fn forced_key(sshd: &Sshd, name: &str, serve_args: &str) -> String {
     let key = sshd.dir.join(name);
     keygen(&key);
-    let public = std::fs::read_to_string(key.with_extension("pub")).unwrap();
+    let public = std::fs::read_to_string(sshd.dir.join(format!("{name}.pub"))).unwrap();
+    let line = format!(
+        "command=\"{} serve {serve_args}\",restrict {}",
+        bin().display(),
+        public.trim()
+    );
     let keys = sshd.dir.join("authorized_keys");
     let all = std::fs::read_to_string(&keys).unwrap();
-    let line = format!("command=\"{command}\",restrict {}", public.trim());
     std::fs::write(&keys, format!("{line}\n{all}")).unwrap();
     let config = std::fs::read_to_string(sshd.dir.join("ssh_config"))
         .unwrap()
-        .replace("user_key", name);
-    let file = sshd.dir.join(format!("{name}_config"));
-    std::fs::write(&file, config).unwrap();
-    format!("ssh -F {}", file.display())
+        .replace("/user_key", &format!("/{name}"));
+    let path = sshd.dir.join(format!("{name}_config"));
+    std::fs::write(&path, config).unwrap();
+    format!("ssh -F {}", path.display())
 }

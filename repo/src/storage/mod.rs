@@ -26,12 +26,16 @@ use crate::id::Id;
 pub use crate::prune::{Mark, PruneOptions, PruneReport};
 
 pub mod memory;
+mod quota;
 mod redb;
 pub mod remote;
+pub mod rights;
 pub mod s3;
 pub(crate) mod server;
 mod url;
 
+pub(crate) use quota::Quota;
+pub use rights::{Right, Rights};
 pub use url::Url;
 
 /// The local redb store behind `store`, for the commands not yet moved onto the seam
@@ -120,6 +124,17 @@ pub struct Space {
 }
 
 impl Space {
+    /// What the repository occupies, as a quota counts it: the pages its database has
+    /// allocated (space freed by a prune counts no more), else the file's blocks, else the
+    /// bytes of its packs.
+    pub fn used(&self) -> u64 {
+        match self.db_bytes {
+            Some(d) => d,
+            None if self.file_bytes > 0 => self.file_bytes,
+            None => self.pack_bytes,
+        }
+    }
+
     /// Free space inside the file that is backed by the disk (what `prune --compact` returns).
     pub fn free_in_file(&self) -> Option<u64> {
         self.db_bytes.map(|d| self.file_bytes.saturating_sub(d))
@@ -132,8 +147,8 @@ pub struct Capabilities {
     /// Every request is a round trip to another machine: callers batch, or cache what they
     /// can (a backup lists the stored ids once instead of asking per chunk).
     pub remote: bool,
-    /// Deletions are refused (`cairn serve --append-only`).
-    pub append_only: bool,
+    /// What a client may do: a server's `--allow` (or `--append-only`); `full` elsewhere.
+    pub rights: Rights,
 }
 
 /// How a writer batches its work.

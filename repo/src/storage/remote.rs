@@ -9,8 +9,8 @@
 //! when it ends. A connection that fails is dropped and the next call opens another.
 
 use super::{
-    checksum, Capabilities, Mark, ObjectInfo, PruneOptions, PruneReport, ReadEach, Reader, Space,
-    Storage, Writer, WriterOptions,
+    checksum, Capabilities, Mark, ObjectInfo, PruneOptions, PruneReport, ReadEach, Reader, Rights,
+    Space, Storage, Writer, WriterOptions,
 };
 use crate::crypto::Kind;
 use crate::error::{Error, Result};
@@ -22,6 +22,7 @@ use crate::sync::{SshOptions, SshUrl};
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::process::{ChildStdin, ChildStdout};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 /// How a remote store reaches its server.
@@ -69,9 +70,25 @@ struct Conn {
 }
 
 impl Conn {
-    /// Connect and open the store (creating it from `create`); returns whether the server
-    /// serves it append-only.
-    fn open(shared: &Shared, create: Option<Vec<u8>>) -> Result<(Conn, bool)> {
+    /// Connect and open the store (creating it from `create`); returns what the server lets
+    /// this client do. A server of store protocol 3 refuses version 4 in the hello: the
+    /// client then speaks 3 to it (from now on, for the whole store).
+    fn open(shared: &Shared, create: Option<Vec<u8>>) -> Result<(Conn, Rights)> {
+        let version = shared.version.load(Ordering::Relaxed);
+        match Conn::open_in(shared, create.clone(), version) {
+            Err(Error::Protocol(m))
+                if version > proto::STORE_VERSION && m.contains("is not supported here") =>
+            {
+                shared
+                    .version
+                    .store(proto::STORE_VERSION, Ordering::Relaxed);
+                Conn::open_in(shared, create, proto::STORE_VERSION)
+            }
+            other => other,
+        }
+    }
+
+    fn open_in(shared: &Shared, create: Option<Vec<u8>>, version: u32) -> Result<(Conn, Rights)> {
         let loc = &shared.location;
         let (r, w) = shared.connector.connect()?;
         let mut c = Conn {
@@ -84,19 +101,23 @@ impl Conn {
             loc,
             &Request::OpenStore {
                 magic: proto::MAGIC,
-                version: proto::VERSION,
+                version,
                 create,
             },
         )?;
         let reply = proto::read_msg(&mut c.r).map_err(|e| talking(loc, e))?;
         match reply {
+            Response::StoreOpenedWith { version: v, rights } if v == version => {
+                Ok((c, rights.known()))
+            }
+            // Protocol 3: only whether it deletes nothing.
             Response::StoreOpened {
-                version,
+                version: v,
                 append_only,
-            } if version == proto::VERSION => Ok((c, append_only)),
-            Response::StoreOpened { version, .. } => Err(proto::protocol_error(format!(
-                "{loc} answered in store protocol version {version}, not {}",
-                proto::VERSION
+            } if v == version => Ok((c, Rights::append_only_if(append_only))),
+            Response::StoreOpened { version: v, .. }
+            | Response::StoreOpenedWith { version: v, .. } => Err(proto::protocol_error(format!(
+                "{loc} answered in store protocol version {v}, not {version}"
             ))),
             Response::Failed(e) => Err(e.into_error(loc)),
             Response::Error(said) => Err(too_old(loc, &said)),
@@ -176,6 +197,9 @@ struct Shared {
     connector: Box<dyn Connector>,
     location: String,
     idle: Mutex<Vec<Conn>>,
+    /// The store protocol version the server speaks (`proto::VERSION`, or 3 for an older
+    /// server).
+    version: AtomicU32,
 }
 
 /// A connection lent from the pool; back to it when dropped, unless it broke.
@@ -294,7 +318,8 @@ impl Shared {
 pub struct RemoteStore {
     shared: Arc<Shared>,
     config: Config,
-    append_only: bool,
+    /// What the server lets this client do (`cairn serve --allow`).
+    rights: Rights,
     /// Each session's own connection: the server ends the session when it closes.
     sessions: Mutex<HashMap<u64, Conn>>,
 }
@@ -315,8 +340,9 @@ impl RemoteStore {
             location: connector.label(),
             connector,
             idle: Mutex::new(Vec::new()),
+            version: AtomicU32::new(proto::VERSION),
         });
-        let (mut conn, append_only) = Conn::open(&shared, create)?;
+        let (mut conn, rights) = Conn::open(&shared, create)?;
         let config = match conn.call(&shared.location, &Request::Config)? {
             Response::Blob(b) => Config::decode(&b)?,
             other => return Err(unexpected(&other)),
@@ -325,14 +351,14 @@ impl RemoteStore {
         Ok(RemoteStore {
             shared,
             config,
-            append_only,
+            rights,
             sessions: Mutex::new(HashMap::new()),
         })
     }
 
-    /// Whether the server refuses deletions (`cairn serve --append-only`).
+    /// Whether the server refuses every deletion (`cairn serve --append-only`).
     pub fn append_only(&self) -> bool {
-        self.append_only
+        self.rights.append_only()
     }
 }
 
@@ -504,7 +530,7 @@ impl Storage for RemoteStore {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             remote: true,
-            append_only: self.append_only,
+            rights: self.rights,
         }
     }
 
@@ -982,5 +1008,81 @@ mod tests {
             .err()
             .unwrap();
         assert!(matches!(e, Error::Protocol(_) | Error::Io { .. }), "{e}");
+    }
+
+    /// A server of store protocol 3 (before rights): it refuses version 4 in the hello as
+    /// such a server does, and serves version 3.
+    struct OldServer {
+        dir: std::path::PathBuf,
+        asked_4: Arc<Mutex<u32>>,
+    }
+
+    impl Connector for OldServer {
+        fn connect(&self) -> Result<(Box<dyn Read + Send>, Box<dyn Write + Send>)> {
+            let (ours, theirs) =
+                std::os::unix::net::UnixStream::pair().map_err(|e| Error::io("pair", e))?;
+            let (dir, asked_4) = (self.dir.clone(), self.asked_4.clone());
+            std::thread::spawn(move || {
+                let (mut r, mut w) = (theirs.try_clone().unwrap(), theirs);
+                let Ok(Request::OpenStore {
+                    magic,
+                    version,
+                    create,
+                }) = proto::read_msg(&mut r)
+                else {
+                    return;
+                };
+                if version != 3 {
+                    *lock(&asked_4) += 1;
+                    let said = proto::protocol_error(format!(
+                        "store protocol version {version} is not supported here (this cairn serves stores in 3 to 3); use the same cairn version on both sides"
+                    ));
+                    let _ =
+                        proto::write_msg(&mut w, &Response::Failed(proto::WireError::of(&said)));
+                    return;
+                }
+                let policy = crate::sync::serve::Policy::append_only(true);
+                let _ = crate::storage::server::serve_dir(
+                    &dir,
+                    &policy,
+                    (magic, version, create),
+                    &mut r,
+                    &mut w,
+                    &mut |_| {},
+                );
+            });
+            Ok((Box::new(ours.try_clone().unwrap()), Box::new(ours)))
+        }
+
+        fn label(&self) -> String {
+            "old-server".into()
+        }
+    }
+
+    #[test]
+    fn a_server_of_protocol_3_is_spoken_to_in_3() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::format::Config {
+            repo_id: [5; 16],
+            chunk_min: 64,
+            chunk_avg: 256,
+            chunk_max: 1024,
+            piece_size: 64 << 10,
+            pack_max: 256 << 10,
+            created: 0,
+        };
+        crate::store::Store::create(dir.path(), &[("config", config.encode())]).unwrap();
+        let asked_4 = Arc::new(Mutex::new(0));
+        let store = RemoteStore::open(Box::new(OldServer {
+            dir: dir.path().to_path_buf(),
+            asked_4: asked_4.clone(),
+        }))
+        .unwrap();
+        assert_eq!(store.capabilities().rights, Rights::APPEND_ONLY);
+        assert_eq!(store.reader().unwrap().count().unwrap(), 0);
+        // A connection of its own, opened in 3 straight away.
+        let session = store.begin_session(&[]).unwrap();
+        store.end_session(session).unwrap();
+        assert_eq!(*lock(&asked_4), 1, "asked in 4 once, then in 3");
     }
 }

@@ -6,13 +6,15 @@
 //! keeps at most one writer (when the connection ends, what it received whole is stored
 //! without a snapshot, so the client's next backup reuses it) and the sessions it began, which it ends with the connection.
 
-use super::{ObjectInfo, Storage, Writer, WriterOptions};
+use super::rights::{self, Rights};
+use super::{ObjectInfo, Quota, Storage, Writer, WriterOptions};
 use crate::crypto::{KeySlot, MAX_KEY_SLOTS};
 use crate::error::{Error, Result};
 use crate::format::Config;
 use crate::id::Id;
 use crate::store::{Store, DEFAULT_DB_CACHE};
 use crate::sync::proto::{self, ReadAnswer, Request, Response, WireError, WireInfo, WireObject};
+use crate::sync::serve::{Policy, QUOTA_KEY};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::path::Path;
 
@@ -27,19 +29,21 @@ pub(crate) type OpenStore = ([u8; 8], u32, Option<Vec<u8>>);
 /// until the client closes the connection.
 pub(crate) fn serve_dir<R: Read, W: Write>(
     dir: &Path,
-    append_only: bool,
+    policy: &Policy,
     (magic, version, create): OpenStore,
     r: &mut R,
     w: &mut W,
     log: &mut dyn FnMut(&str),
 ) -> Result<()> {
-    let opened = check_hello(&magic, version).and_then(|_| match &create {
-        None => Store::open(dir, DEFAULT_DB_CACHE),
-        Some(config) => {
-            Config::decode(config)?;
-            Store::create(dir, &[("config", config.clone())])
-        }
-    });
+    let opened = check_hello(&magic, version)
+        .and_then(|_| may_create(policy.rights, create.is_some(), dir))
+        .and_then(|_| match &create {
+            None => Store::open(dir, DEFAULT_DB_CACHE),
+            Some(config) => {
+                Config::decode(config)?;
+                Store::create(dir, &[("config", config.clone())])
+            }
+        });
     let store = match opened {
         Ok(s) => s,
         Err(e) => {
@@ -51,14 +55,37 @@ pub(crate) fn serve_dir<R: Read, W: Write>(
     if create.is_some() {
         log("created the repository for a store client");
     }
-    proto::write_msg(
-        w,
-        &Response::StoreOpened {
+    proto::write_msg(w, &opened_reply(version, policy.rights))?;
+    policy.record_quota(&store, log);
+    let quota = policy.quota.map(|bytes| Quota::new(&store, bytes));
+    let served: &dyn Storage = match &quota {
+        Some(q) => q,
+        None => &store,
+    };
+    serve_storage(served, policy.rights, r, w, log)
+}
+
+/// Creating the repository is adding to it: it needs `backup`.
+fn may_create(granted: Rights, create: bool, dir: &Path) -> Result<()> {
+    let req = Request::OpenStore {
+        magic: proto::MAGIC,
+        version: proto::VERSION,
+        create: create.then(Vec::new),
+    };
+    granted.allow(rights::needed(&req), &dir.display().to_string())
+}
+
+/// The answer to `OpenStore`, in the client's version: from 4 on with the client's rights,
+/// before only whether it may delete nothing.
+fn opened_reply(version: u32, rights: Rights) -> Response {
+    if version >= 4 {
+        Response::StoreOpenedWith { version, rights }
+    } else {
+        Response::StoreOpened {
             version,
-            append_only,
-        },
-    )?;
-    serve_storage(&store, append_only, r, w, log)
+            append_only: rights.append_only(),
+        }
+    }
 }
 
 fn check_hello(magic: &[u8; 8], version: u32) -> Result<()> {
@@ -80,7 +107,7 @@ fn check_hello(magic: &[u8; 8], version: u32) -> Result<()> {
 /// logged; a message that does not decode ends the connection.
 pub(crate) fn serve_storage<R: Read, W: Write>(
     store: &dyn Storage,
-    append_only: bool,
+    rights: Rights,
     r: &mut R,
     w: &mut W,
     log: &mut dyn FnMut(&str),
@@ -89,7 +116,7 @@ pub(crate) fn serve_storage<R: Read, W: Write>(
     let mut w = BufWriter::new(w);
     let mut conn = Connection {
         store,
-        append_only,
+        rights,
         writer: None,
         writer_failed: None,
         sessions: Vec::new(),
@@ -103,6 +130,11 @@ pub(crate) fn serve_storage<R: Read, W: Write>(
             Ok(None) => return Ok(()),
             Err(e) => return Err(fail(&mut w, e, log)),
         };
+        if let Err(e) = conn.allowed(&req) {
+            log(&e.to_string());
+            proto::write_msg(&mut w, &Response::Failed(WireError::of(&e)))?;
+            continue;
+        }
         if req == Request::Bye {
             return proto::write_msg(&mut w, &Response::Done);
         }
@@ -111,10 +143,7 @@ pub(crate) fn serve_storage<R: Read, W: Write>(
             continue;
         }
         if let Request::Collect(opts) = req {
-            let result = conn
-                .refuse_if_append_only("garbage cannot be collected through it")
-                .and_then(|_| collect(store, &opts, &mut r, &mut w));
-            let resp = match result {
+            let resp = match collect(store, &opts, &mut r, &mut w) {
                 Ok(report) => Response::Collected(Box::new(report)),
                 Err(e) if matches!(e, Error::Protocol(_)) => return Err(fail(&mut w, e, log)),
                 Err(e) => {
@@ -196,7 +225,8 @@ fn fail<W: Write>(w: &mut W, e: Error, log: &mut dyn FnMut(&str)) -> Error {
 
 struct Connection<'s> {
     store: &'s dyn Storage,
-    append_only: bool,
+    /// What the client may do (`cairn serve --allow`).
+    rights: Rights,
     writer: Option<Box<dyn Writer + 's>>,
     /// Why the writer was given up: after a failed write the objects stored are no longer a
     /// prefix of those sent, so nothing more is taken.
@@ -247,14 +277,10 @@ fn peer_slot(bytes: &[u8]) -> Result<()> {
 }
 
 impl<'s> Connection<'s> {
-    fn refuse_if_append_only(&self, what: &str) -> Result<()> {
-        if self.append_only {
-            return Err(Error::Refused(format!(
-                "{} is served append-only: {what}",
-                self.store.location()
-            )));
-        }
-        Ok(())
+    /// `Error::NotAllowed` unless the client has the right `req` needs.
+    fn allowed(&self, req: &Request) -> Result<()> {
+        self.rights
+            .allow(rights::needed(req), &self.store.location())
     }
 
     fn handle(&mut self, req: Request) -> Result<Response> {
@@ -272,7 +298,6 @@ impl<'s> Connection<'s> {
                 Response::Number(store.add_key_slot(&slot)?)
             }
             Request::RemoveKeySlot(id) => {
-                self.refuse_if_append_only("key slots cannot be removed through it")?;
                 store.remove_key_slot(id)?;
                 Response::Done
             }
@@ -295,7 +320,6 @@ impl<'s> Connection<'s> {
             }
             Request::RemoveSnapshots(ids) => {
                 at_most("a removal", ids.len(), proto::MAX_HAVE)?;
-                self.refuse_if_append_only("snapshots cannot be deleted through it")?;
                 store.remove_snapshots(&ids)?;
                 Response::Done
             }
@@ -312,10 +336,12 @@ impl<'s> Connection<'s> {
             }
             Request::GetObject(id) => {
                 let reader = store.reader()?;
-                Response::Object(match read_one(&*reader, &id)? {
-                    ReadAnswer::Found(o) => Some(o),
-                    _ => None,
-                })
+                Response::Object(
+                    match read_one(&*reader, &id, self.rights, &store.location())? {
+                        ReadAnswer::Found(o) => Some(o),
+                        _ => None,
+                    },
+                )
             }
             Request::List { from, limit } => {
                 let limit = (limit as usize).min(proto::MAX_LIST);
@@ -393,9 +419,13 @@ impl<'s> Connection<'s> {
             Request::SetState { key, value } => {
                 at_most("a state key", key.len(), proto::MAX_STATE_KEY)?;
                 at_most("a state value", value.len(), proto::MAX_STATE_VALUE)?;
-                // The records are the server's account of checks and syncs: a backup-only
-                // key does not rewrite them.
-                self.refuse_if_append_only("its records cannot be changed through it")?;
+                // The records are the server's account of checks and syncs: only a key with
+                // the prune right rewrites them (`allowed`), and none the quota's.
+                if key == QUOTA_KEY {
+                    return Err(Error::Refused(format!(
+                        "the `{QUOTA_KEY}` record is the server's: `cairn serve --quota` sets it"
+                    )));
+                }
                 store.set_state(&key, &value)?;
                 Response::Done
             }
@@ -462,9 +492,16 @@ impl<'s> Connection<'s> {
             };
         let mut answers = Vec::new();
         let mut bytes = 0;
+        let location = self.store.location();
+        // A key without `restore` asking for chunks is refused for each; logged once.
+        let mut refused = false;
         for id in ids {
-            let answer = read_one(&*reader, id).unwrap_or_else(|e| {
-                log(&e.to_string());
+            let answer = read_one(&*reader, id, self.rights, &location).unwrap_or_else(|e| {
+                let not_allowed = matches!(e, Error::NotAllowed { .. });
+                if !(not_allowed && refused) {
+                    log(&e.to_string());
+                }
+                refused |= not_allowed;
                 ReadAnswer::Failed(WireError::of(&e))
             });
             let len = match &answer {
@@ -496,11 +533,18 @@ impl<'s> Connection<'s> {
 }
 
 /// One object as stored, with the checksum the store keeps for it (so the client can tell
-/// bytes damaged where they are kept from good ones).
-fn read_one(reader: &dyn super::Reader, id: &Id) -> Result<ReadAnswer> {
+/// bytes damaged where they are kept from good ones); `Error::NotAllowed` when `rights` do
+/// not cover reading its kind (a chunk without `restore`).
+fn read_one(
+    reader: &dyn super::Reader,
+    id: &Id,
+    rights: Rights,
+    location: &str,
+) -> Result<ReadAnswer> {
     let Some(info) = reader.info(id)? else {
         return Ok(ReadAnswer::Missing);
     };
+    rights.allow(rights::to_read(info.kind), location)?;
     match reader.read(id) {
         // Stored locally it may be larger than a frame (a huge tree): say so, and keep the
         // connection.

@@ -9,10 +9,11 @@ use serde::{Deserialize, Serialize};
 use std::io::{Read, Write};
 
 /// Protocol version spoken by this build. Version 2 appended `ListSnapshotChecks`; version 3
-/// the store protocol (`OpenStore` and what follows it, DESIGN.md §9). A server answers
-/// clients of `MIN_VERSION..=VERSION` in the client's version, and an older server refuses a
-/// newer client in the hello, saying which versions it speaks.
-pub const VERSION: u32 = 3;
+/// the store protocol (`OpenStore` and what follows it, DESIGN.md §9); version 4 the rights a
+/// store client has (`Response::StoreOpenedWith`). A server answers clients of
+/// `MIN_VERSION..=VERSION` in the client's version, and an older server refuses a newer
+/// client in the hello, saying which versions it speaks.
+pub const VERSION: u32 = 4;
 pub const MIN_VERSION: u32 = 1;
 /// The version a sync client says in its hello: sync's messages did not change in 3, so a
 /// new client still syncs to a version-2 server.
@@ -291,6 +292,12 @@ pub enum Response {
     /// During a `Collect`: progress for the user.
     Notice(String),
     Collected(Box<crate::prune::PruneReport>),
+    // Version 4.
+    /// Answer to `OpenStore` of version 4 and later: what this client may do.
+    StoreOpenedWith {
+        version: u32,
+        rights: crate::storage::Rights,
+    },
 }
 
 mod kind {
@@ -315,7 +322,9 @@ mod kind {
     pub const CRYPTO: u32 = 19;
     pub const INTERNAL: u32 = 20;
     pub const LOCAL_ONLY: u32 = 21;
-    pub const KEY_NEEDED: u32 = 30;
+    pub const NOT_ALLOWED: u32 = 22;
+    pub const QUOTA_EXCEEDED: u32 = 23;
+    pub const KEY_NEEDED: u32 = 24;
 }
 
 impl WireError {
@@ -353,6 +362,18 @@ impl WireError {
             Error::Internal(m) => w(kind::INTERNAL, "", m),
             Error::LocalOnly { what, .. } => w(kind::LOCAL_ONLY, what, ""),
             Error::KeyNeeded(m) => w(kind::KEY_NEEDED, "", m),
+            // The subject is the right and the rights granted (`forget backup,restore`); the
+            // detail the whole message, for a client that does not know the kind.
+            Error::NotAllowed { right, granted, .. } => w(
+                kind::NOT_ALLOWED,
+                &format!("{right} {granted}"),
+                &e.to_string(),
+            ),
+            Error::QuotaExceeded { quota, used, .. } => w(
+                kind::QUOTA_EXCEEDED,
+                &format!("{quota} {used}"),
+                &e.to_string(),
+            ),
         }
     }
 
@@ -415,9 +436,39 @@ impl WireError {
                 what: subject,
                 location: location.to_string(),
             },
+            kind::NOT_ALLOWED => match refused_right(&subject) {
+                Some((right, granted)) => Error::NotAllowed {
+                    right,
+                    granted,
+                    location: location.to_string(),
+                },
+                None => Error::Invalid(format!("the server of {location} says: {detail}")),
+            },
+            kind::QUOTA_EXCEEDED => match numbers(&subject) {
+                Some((quota, used)) => Error::QuotaExceeded {
+                    location: location.to_string(),
+                    quota,
+                    used,
+                },
+                None => Error::Invalid(format!("the server of {location} says: {detail}")),
+            },
             _ => Error::Invalid(format!("the server of {location} failed: {detail}")),
         }
     }
+}
+
+/// `forget backup,restore`: the right refused and the rights granted.
+fn refused_right(s: &str) -> Option<(crate::storage::Right, crate::storage::Rights)> {
+    let (right, granted) = s.split_once(' ')?;
+    Some((
+        crate::storage::Right::named(right)?,
+        crate::storage::Rights::parse(granted).ok()?,
+    ))
+}
+
+fn numbers(s: &str) -> Option<(u64, u64)> {
+    let (a, b) = s.split_once(' ')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
 }
 
 /// Checks a store server applies to one object a client writes: a known kind and bytes that
@@ -730,6 +781,16 @@ mod tests {
             Error::Protocol("proto".into()),
             Error::PermissionDenied("/srv/x".into()),
             Error::Interrupted,
+            Error::NotAllowed {
+                right: crate::storage::Right::Forget,
+                granted: crate::storage::Rights::APPEND_ONLY,
+                location: "/srv/x".into(),
+            },
+            Error::QuotaExceeded {
+                location: "/srv/x".into(),
+                quota: 500 << 30,
+                used: 499 << 30,
+            },
         ];
         for e in cases {
             let wire = WireError::of(&e);
@@ -743,6 +804,14 @@ mod tests {
             );
             if e.is_disk_full() {
                 assert!(back.is_disk_full(), "{back}");
+            }
+            if let Error::NotAllowed { .. } | Error::QuotaExceeded { .. } = &e {
+                // The same error, about the client's location.
+                assert_eq!(
+                    back.to_string(),
+                    e.to_string().replace("/srv/x", "ssh://h/x"),
+                    "{back}"
+                );
             }
             if let Error::RepoNotFound { path, .. } = &back {
                 assert_eq!(

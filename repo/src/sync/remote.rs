@@ -127,6 +127,7 @@ pub fn unexpected(resp: &Response) -> Error {
         Response::MarkRequest(_) => "mark request",
         Response::Notice(_) => "notice",
         Response::Collected(_) => "collected",
+        Response::StoreOpenedWith { .. } => "store opened",
     };
     proto::protocol_error(format!("unexpected {name} reply"))
 }

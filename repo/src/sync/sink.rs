@@ -13,7 +13,7 @@ use crate::error::{Error, Result};
 use crate::format::Config;
 use crate::id::Id;
 use crate::repo::OpenOptions;
-use crate::storage::{self, Storage, Url, Writer, WriterOptions};
+use crate::storage::{self, rights, Right, Rights, Storage, Url, Writer, WriterOptions};
 
 /// How many bytes the receiving writer buffers before it stores a batch by itself.
 pub const SINK_BATCH_BYTES: usize = 32 << 20;
@@ -122,7 +122,8 @@ pub struct Sink<'s> {
     /// the same `Packer` as before, so the same packs and commits), which is how the receiver
     /// "commits in order as batches fill" even when it is killed before it can flush.
     writer: Box<dyn Writer + 's>,
-    append_only: bool,
+    /// What the client may do (`cairn serve --allow`); reading a chunk needs `restore`.
+    rights: Rights,
     /// Whether objects were added since the last commit.
     dirty: bool,
     /// Registered like a backup's: a prune of this replica waits while objects arrive, so
@@ -132,9 +133,14 @@ pub struct Sink<'s> {
 
 impl<'s> Sink<'s> {
     /// A receiver writing to `store`. `append_only` refuses deletions (`cairn serve
-    /// --append-only`); a store that says it is append-only (`Capabilities`) is served so too.
+    /// --append-only`); a store with fewer rights (`Capabilities`) is served with those.
     pub fn new(store: &'s dyn Storage, append_only: bool) -> Result<Sink<'s>> {
-        let append_only = append_only || store.capabilities().append_only;
+        Sink::serving(store, Rights::append_only_if(append_only))
+    }
+
+    /// A receiver for a client with `rights`.
+    pub(crate) fn serving(store: &'s dyn Storage, rights: Rights) -> Result<Sink<'s>> {
+        let rights = rights.and(store.capabilities().rights);
         let writer = store.writer(WriterOptions {
             batch_bytes: SINK_BATCH_BYTES,
             ..WriterOptions::default()
@@ -143,7 +149,7 @@ impl<'s> Sink<'s> {
         Ok(Sink {
             store,
             writer,
-            append_only,
+            rights,
             dirty: false,
             session,
         })
@@ -193,6 +199,8 @@ impl<'s> Sink<'s> {
         let Some(info) = reader.info(id)? else {
             return Ok(Response::Object(None));
         };
+        self.rights
+            .allow(rights::to_read(info.kind), &self.store.location())?;
         let (kind, sealed) = match reader.read(id) {
             Ok(found) => found,
             // Gone between the two calls (a store whose reader is not one snapshot in time,
@@ -212,7 +220,7 @@ impl<'s> Sink<'s> {
         Ok(Response::Info {
             snapshots: self.store.snapshots()?.len() as u64,
             objects: self.store.reader()?.count()?,
-            append_only: self.append_only,
+            append_only: self.rights.append_only(),
         })
     }
 
@@ -299,12 +307,7 @@ impl<'s> Sink<'s> {
     }
 
     fn delete_snapshots(&mut self, ids: &[Id]) -> Result<Response> {
-        if self.append_only {
-            return Err(Error::Refused(format!(
-                "{} is served append-only: snapshots cannot be deleted through it",
-                self.store.location()
-            )));
-        }
+        self.rights.require(Right::Forget, &self.store.location())?;
         self.store.remove_snapshots(ids)?;
         Ok(Response::Done)
     }

@@ -386,7 +386,7 @@ impl Storage for S3Store {
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             remote: true,
-            append_only: false,
+            rights: super::Rights::FULL,
         }
     }
 
