@@ -5,6 +5,9 @@
 
 mod common;
 
+#[path = "../repo/tests/support/garage.rs"]
+mod garage;
+
 use common::ssh::*;
 use common::*;
 use std::path::Path;
@@ -364,4 +367,74 @@ fn forget_and_prune_without_the_key_keep_the_newest_per_group() {
     want.sort();
     assert_eq!(left, want, "the newest of each path set stays");
     ok(cairn(&repo).args(["check", "--read-data"]), 0);
+}
+
+/// The offsite copy in an S3 bucket (a three-zone Garage cluster), kept by the server with no
+/// key: replicate, verify in the bucket, follow the customer's forget, collect the garbage there.
+#[test]
+fn the_server_keeps_an_s3_replica_without_any_key() {
+    let g = garage::Garage::shared();
+    let tmp = tempfile::tempdir().unwrap();
+    let (repo, src, cache) = (
+        tmp.path().join("acme"),
+        tmp.path().join("src"),
+        tmp.path().join("cache"),
+    );
+    let n = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let bucket = format!("s3://{}/keyfree-{n:x}", g.bucket());
+    let s3 = |mut c: std::process::Command| {
+        for (k, v) in g.env() {
+            c.env(k, v);
+        }
+        c.env("CAIRN_CACHE_DIR", &cache).env("HOME", &cache);
+        c
+    };
+    small_tree(&src);
+    init(&repo);
+    backup(&repo, &[&src]);
+    std::fs::write(
+        src.join("docs/old/random"),
+        cairn_repo::testkit::noise(9, 2_500_000),
+    )
+    .unwrap();
+    backup(&repo, &[&src]);
+    let mut c = s3(keyless(&repo));
+    let out = json(c.args(["sync", "--json"]).arg(&bucket));
+    assert_eq!(out["key_free"], true, "{out}");
+    assert_eq!(out["targets"][0]["snapshots_sent"], 2, "{out}");
+    let check = json(s3(keyless(Path::new(&bucket))).args(["check", "--storage-only", "--json"]));
+    assert_eq!(
+        (check["ok"].as_bool(), check["snapshots"].as_u64()),
+        (Some(true), Some(2)),
+        "{check}"
+    );
+    // The customer forgets; the server's next sync follows it and collects in the bucket.
+    ok(cairn(&repo).args(["forget", "--keep-last", "1"]), 0);
+    let del = json(
+        s3(keyless(&repo))
+            .args(["sync", "--json", "--delete"])
+            .arg(&bucket),
+    );
+    assert_eq!(del["targets"][0]["snapshots_deleted"], 1, "{del}");
+    let stored = |c: &mut std::process::Command| {
+        json(c.args(["status", "--json"]))["space"]["object_bytes"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = stored(&mut s3(keyless(Path::new(&bucket))));
+    ok(&mut s3(keyless(Path::new(&bucket))).args(["prune"]), 0);
+    let after = stored(&mut s3(keyless(Path::new(&bucket))));
+    assert!(after + 1_000_000 < before, "{before} -> {after}");
+    // And the customer restores the latest snapshot from the bucket with the key.
+    let out = tmp.path().join("out");
+    ok(
+        &mut s3(cairn(Path::new(&bucket)))
+            .args(["restore", "latest", "--target"])
+            .arg(&out),
+        0,
+    );
+    assert_same_tree(&src, &out.join(src.strip_prefix("/").unwrap()));
 }
