@@ -2,14 +2,15 @@
 //! protocol versions it reads and writes, so that whoever runs a server (`cairn serve`) can
 //! tell at a glance whether a client and a server fit together.
 
+use cairn_repo::format::CONFIG_VERSION;
 use cairn_repo::store::FORMAT_VERSION;
-use cairn_repo::sync::proto::{MIN_VERSION, STORE_VERSION, SYNC_VERSION, VERSION};
+use cairn_repo::sync::proto::{MIN_VERSION, SYNC_VERSION, VERSION};
 use std::sync::LazyLock;
 
 static TEXT: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "{} (repository format {FORMAT_VERSION}, protocol {VERSION}: sync {SYNC_VERSION}, store \
-         {STORE_VERSION}; serves protocol {})",
+        "{} (repository format {CONFIG_VERSION}, redb layout {FORMAT_VERSION}, protocol {VERSION}: \
+         sync {SYNC_VERSION}, store {VERSION}; serves protocol {})",
         env!("CARGO_PKG_VERSION"),
         served_range()
     )
@@ -25,7 +26,7 @@ fn served_range() -> String {
 }
 
 /// The version line's text after `cairn `, e.g.
-/// `0.1.0 (repository format 1, protocol 4: sync 2, store 3; serves protocol 1-4)`.
+/// `0.1.0 (repository format 2, redb layout 1, protocol 4: sync 2, store 4; serves protocol 1-4)`.
 pub fn text() -> &'static str {
     &TEXT
 }

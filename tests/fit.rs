@@ -45,15 +45,16 @@ fn tool(name: &str) -> bool {
 }
 
 fn expected_version() -> String {
-    use cairn_repo::sync::proto::{MIN_VERSION, STORE_VERSION, SYNC_VERSION, VERSION};
+    use cairn_repo::sync::proto::{MIN_VERSION, SYNC_VERSION, VERSION};
     let served = if MIN_VERSION == VERSION {
         VERSION.to_string()
     } else {
         format!("{MIN_VERSION}-{VERSION}")
     };
     format!(
-        "cairn {} (repository format {}, protocol {VERSION}: sync {SYNC_VERSION}, store {STORE_VERSION}; serves protocol {served})",
+        "cairn {} (repository format {}, redb layout {}, protocol {VERSION}: sync {SYNC_VERSION}, store {VERSION}; serves protocol {served})",
         env!("CARGO_PKG_VERSION"),
+        cairn_repo::format::CONFIG_VERSION,
         cairn_repo::store::FORMAT_VERSION,
     )
 }
@@ -85,7 +86,7 @@ fn version_names_repository_format_and_sync_protocols() {
     }
     assert!(expected_version().contains(&format!(
         "repository format {}",
-        cairn_repo::store::FORMAT_VERSION
+        cairn_repo::format::CONFIG_VERSION
     )));
 }
 
@@ -311,7 +312,7 @@ fn check_pages(dir: &Path) {
         assert!(
             text.contains(&format!(
                 "repository format {}",
-                cairn_repo::store::FORMAT_VERSION
+                cairn_repo::format::CONFIG_VERSION
             )),
             "{name}: no version in the footer:\n{text}"
         );
