@@ -21,11 +21,9 @@ fn object_bytes(repo: &Path) -> u64 {
 #[test]
 fn the_server_replicates_verifies_and_collects_garbage_without_any_key() {
     let tmp = tempfile::tempdir().unwrap();
-    let ssh = tmp.path().join("ssh");
-    std::fs::create_dir_all(&ssh).unwrap();
-    let sshd = start_sshd(&ssh);
-    let (srv, site2) = (tmp.path().join("srv"), tmp.path().join("site2"));
-    std::fs::create_dir_all(&srv).unwrap();
+    let server = Server::start();
+    let (sshd, srv) = (&server.sshd, &server.root);
+    let site2 = tmp.path().join("site2");
     let acme = srv.join("acme");
     let url = ssh_url(&sshd, &acme);
     let customer = || ssh_cairn(Path::new(&url), &sshd);
@@ -239,9 +237,8 @@ fn fleet_status_lists_every_repository_in_json_and_in_the_textfile() {
 #[test]
 fn two_sites_replicate_to_each_other_and_customers_back_up_at_once() {
     let tmp = tempfile::tempdir().unwrap();
-    let ssh = tmp.path().join("ssh");
-    std::fs::create_dir_all(&ssh).unwrap();
-    let sshd = start_sshd(&ssh);
+    let server = Server::start();
+    let sshd = &server.sshd;
     let (east, west) = (tmp.path().join("east"), tmp.path().join("west"));
     let sources: Vec<_> = ["acme", "globex"]
         .iter()

@@ -6,65 +6,8 @@ mod common;
 
 use common::ssh::*;
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-
-/// The provider's server: an sshd whose own key (the administrator's) runs whatever `cairn
-/// serve` the client asks for, and the directory the repositories live in.
-struct Provider {
-    _tmp: tempfile::TempDir,
-    sshd: Sshd,
-    root: PathBuf,
-}
-
-/// A customer's key, forced to one repository, and the URL its client asks for.
-struct Customer {
-    ssh: String,
-    url: String,
-}
-
-impl Customer {
-    fn cairn(&self) -> Command {
-        let mut c = cairn(Path::new(&self.url));
-        c.env("CAIRN_SSH_COMMAND", &self.ssh);
-        c
-    }
-}
-
-impl Provider {
-    fn start() -> Provider {
-        let tmp = tempfile::tempdir().unwrap();
-        let ssh = tmp.path().join("ssh");
-        std::fs::create_dir_all(&ssh).unwrap();
-        let sshd = start_sshd(&ssh);
-        let root = tmp.path().join("srv");
-        std::fs::create_dir_all(&root).unwrap();
-        Provider {
-            _tmp: tmp,
-            sshd,
-            root,
-        }
-    }
-
-    fn url(&self, name: &str) -> String {
-        ssh_url(&self.sshd, &self.root.join(name))
-    }
-
-    /// `cairn` with the administrator's key (no forced command) on repository `name`.
-    fn admin(&self, name: &str) -> Command {
-        ssh_cairn(Path::new(&self.url(name)), &self.sshd)
-    }
-
-    /// A key `key` forced to `cairn serve --repo <root>/<repo> SERVE_ARGS`; its client asks
-    /// for `asks` (any path: the forced command decides).
-    fn customer(&self, key: &str, repo: &str, serve_args: &str, asks: &str) -> Customer {
-        let args = format!("--repo {} {serve_args}", self.root.join(repo).display());
-        Customer {
-            ssh: forced_key(&self.sshd, key, &args),
-            url: self.url(asks),
-        }
-    }
-}
 
 /// Run and require exit code `code`; returns stderr.
 fn fails(c: &mut Command, code: i32) -> String {
@@ -93,7 +36,7 @@ fn other_slot(c: &mut Command) -> String {
 
 #[test]
 fn a_backup_key_backs_up_but_cannot_read_contents_or_delete() {
-    let p = Provider::start();
+    let p = Server::start();
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
     small_tree(&src);
@@ -172,7 +115,7 @@ fn a_backup_key_backs_up_but_cannot_read_contents_or_delete() {
 
 #[test]
 fn a_backup_and_restore_key_restores_but_cannot_forget() {
-    let p = Provider::start();
+    let p = Server::start();
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
     small_tree(&src);
@@ -225,7 +168,7 @@ fn a_backup_and_restore_key_restores_but_cannot_forget() {
 
 #[test]
 fn a_full_key_forgets_and_prunes() {
-    let p = Provider::start();
+    let p = Server::start();
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
     small_tree(&src);
@@ -248,7 +191,7 @@ fn a_full_key_forgets_and_prunes() {
 
 #[test]
 fn a_quota_stops_a_backup_cleanly() {
-    let p = Provider::start();
+    let p = Server::start();
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
     small_tree(&src);
@@ -295,7 +238,7 @@ fn a_quota_stops_a_backup_cleanly() {
 
 #[test]
 fn a_quota_stops_a_sync_to_an_ssh_target_cleanly() {
-    let p = Provider::start();
+    let p = Server::start();
     let work = tempfile::tempdir().unwrap();
     let primary = work.path().join("primary");
     init(&primary);
@@ -323,7 +266,7 @@ fn a_quota_stops_a_sync_to_an_ssh_target_cleanly() {
 
 #[test]
 fn a_customer_key_reaches_only_its_own_repository() {
-    let p = Provider::start();
+    let p = Server::start();
     let work = tempfile::tempdir().unwrap();
     let src = work.path().join("src");
     small_tree(&src);

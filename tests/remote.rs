@@ -5,41 +5,9 @@ mod common;
 
 use common::ssh::*;
 use common::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// A server with an sshd, and where its repository goes.
-struct Server {
-    _tmp: tempfile::TempDir,
-    sshd: Sshd,
-    root: PathBuf,
-}
-
-impl Server {
-    fn start() -> Server {
-        let tmp = tempfile::tempdir().unwrap();
-        let ssh = tmp.path().join("ssh");
-        std::fs::create_dir_all(&ssh).unwrap();
-        let sshd = start_sshd(&ssh);
-        let root = tmp.path().join("srv");
-        std::fs::create_dir_all(&root).unwrap();
-        Server {
-            _tmp: tmp,
-            sshd,
-            root,
-        }
-    }
-
-    fn url(&self, name: &str) -> String {
-        ssh_url(&self.sshd, &self.root.join(name))
-    }
-
-    /// `cairn` with `--repo URL` through this server's ssh.
-    fn cairn(&self, url: &str) -> Command {
-        ssh_cairn(Path::new(url), &self.sshd)
-    }
-}
 
 #[test]
 fn every_command_works_on_a_repository_over_ssh() {
@@ -273,29 +241,14 @@ fn a_key_forced_to_an_append_only_repository_cannot_delete_history() {
     ok(s.cairn(&url).arg("backup").arg(&src), 0);
     // A second key whose every session is `cairn serve --append-only` on acme, whatever the
     // client asks for.
-    let forced = s.sshd.dir.join("forced_key");
-    keygen(&forced);
-    let public = std::fs::read_to_string(forced.with_extension("pub")).unwrap();
-    let line = format!(
-        "command=\"{} serve --repo {} --append-only\",restrict {}",
-        bin().display(),
-        s.root.join("acme").display(),
-        public.trim()
+    let forced = forced_key(
+        &s.sshd,
+        "forced_key",
+        &format!("--repo {} --append-only", s.root.join("acme").display()),
     );
-    let keys = s.sshd.dir.join("authorized_keys");
-    let mut all = std::fs::read_to_string(&keys).unwrap();
-    all = format!("{line}\n{all}");
-    std::fs::write(&keys, all).unwrap();
-    let config = std::fs::read_to_string(s.sshd.dir.join("ssh_config"))
-        .unwrap()
-        .replace("user_key", "forced_key");
-    std::fs::write(s.sshd.dir.join("forced_config"), config).unwrap();
     let elsewhere = s.url("someone-else");
     let client = |c: &mut Command| {
-        c.env(
-            "CAIRN_SSH_COMMAND",
-            format!("ssh -F {}", s.sshd.dir.join("forced_config").display()),
-        );
+        c.env("CAIRN_SSH_COMMAND", &forced);
     };
     let mut c = cairn(Path::new(&elsewhere));
     client(&mut c);

@@ -142,3 +142,65 @@ pub fn forced_key(sshd: &Sshd, name: &str, serve_args: &str) -> String {
     std::fs::write(&path, config).unwrap();
     format!("ssh -F {}", path.display())
 }
+
+/// A server: an sshd whose own key (the administrator's) runs whatever `cairn serve` the
+/// client asks for, and the directory its repositories live in.
+pub struct Server {
+    _tmp: tempfile::TempDir,
+    pub sshd: Sshd,
+    pub root: PathBuf,
+}
+
+/// A customer's key, forced to one repository, and the URL its client asks for.
+pub struct Customer {
+    pub ssh: String,
+    pub url: String,
+}
+
+impl Customer {
+    pub fn cairn(&self) -> Command {
+        let mut c = cairn(Path::new(&self.url));
+        c.env("CAIRN_SSH_COMMAND", &self.ssh);
+        c
+    }
+}
+
+impl Server {
+    pub fn start() -> Server {
+        let tmp = tempfile::tempdir().unwrap();
+        let ssh = tmp.path().join("ssh");
+        std::fs::create_dir_all(&ssh).unwrap();
+        let sshd = start_sshd(&ssh);
+        let root = tmp.path().join("srv");
+        std::fs::create_dir_all(&root).unwrap();
+        Server {
+            _tmp: tmp,
+            sshd,
+            root,
+        }
+    }
+
+    pub fn url(&self, name: &str) -> String {
+        ssh_url(&self.sshd, &self.root.join(name))
+    }
+
+    /// `cairn` with `--repo URL` through this server's ssh.
+    pub fn cairn(&self, url: &str) -> Command {
+        ssh_cairn(Path::new(url), &self.sshd)
+    }
+
+    /// `cairn` with the administrator's key (no forced command) on repository `name`.
+    pub fn admin(&self, name: &str) -> Command {
+        self.cairn(&self.url(name))
+    }
+
+    /// A key `key` forced to `cairn serve --repo <root>/<repo> SERVE_ARGS`; its client asks
+    /// for `asks` (any path: the forced command decides).
+    pub fn customer(&self, key: &str, repo: &str, serve_args: &str, asks: &str) -> Customer {
+        let args = format!("--repo {} {serve_args}", self.root.join(repo).display());
+        Customer {
+            ssh: forced_key(&self.sshd, key, &args),
+            url: self.url(asks),
+        }
+    }
+}
