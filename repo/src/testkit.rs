@@ -30,3 +30,16 @@ pub fn noise(seed: u64, len: usize) -> Vec<u8> {
         })
         .collect()
 }
+
+/// A valid config with tiny chunk and piece sizes, for stores made directly in unit tests.
+pub fn small_config() -> crate::format::Config {
+    crate::format::Config {
+        repo_id: [5; 16],
+        chunk_min: 64,
+        chunk_avg: 256,
+        chunk_max: 1024,
+        piece_size: 64 << 10,
+        pack_max: 256 << 10,
+        created: 0,
+    }
+}

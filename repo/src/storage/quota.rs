@@ -145,15 +145,7 @@ mod tests {
 
     #[test]
     fn a_writer_stops_at_the_quota_and_keeps_what_it_stored() {
-        let inner = MemoryStore::new(crate::format::Config {
-            repo_id: [5; 16],
-            chunk_min: 64,
-            chunk_avg: 256,
-            chunk_max: 1024,
-            piece_size: 64 << 10,
-            pack_max: 256 << 10,
-            created: 0,
-        });
+        let inner = MemoryStore::new(crate::testkit::small_config());
         let q = Quota::new(&inner, 1000);
         let mut w = q.writer(WriterOptions::default()).unwrap();
         w.add(Id([1; 32]), Kind::Chunk, &[0; 600]).unwrap();

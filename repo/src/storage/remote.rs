@@ -1062,15 +1062,7 @@ mod tests {
     #[test]
     fn a_server_of_protocol_3_is_spoken_to_in_3() {
         let dir = tempfile::tempdir().unwrap();
-        let config = crate::format::Config {
-            repo_id: [5; 16],
-            chunk_min: 64,
-            chunk_avg: 256,
-            chunk_max: 1024,
-            piece_size: 64 << 10,
-            pack_max: 256 << 10,
-            created: 0,
-        };
+        let config = crate::testkit::small_config();
         crate::store::Store::create(dir.path(), &[("config", config.encode())]).unwrap();
         let asked_4 = Arc::new(Mutex::new(0));
         let store = RemoteStore::open(Box::new(OldServer {

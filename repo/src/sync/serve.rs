@@ -197,15 +197,7 @@ mod tests {
     use crate::store::{Store, DEFAULT_DB_CACHE};
 
     fn config() -> Config {
-        Config {
-            repo_id: [5; 16],
-            chunk_min: 64,
-            chunk_avg: 256,
-            chunk_max: 1024,
-            piece_size: 64 << 10,
-            pack_max: 256 << 10,
-            created: 0,
-        }
+        crate::testkit::small_config()
     }
 
     /// Serve a whole recorded client session; returns the replies.
