@@ -232,6 +232,12 @@ fn a_quota_stops_a_backup_cleanly() {
         Some(format!("{{\"bytes\":{quota}}}").into_bytes())
     );
     drop(store);
+    // ...and shown there, key-free, against what the repository uses.
+    let status = json(keyless(&dir).args(["status", "--json"]));
+    assert_eq!(status["quota_bytes"], quota, "{status}");
+    assert!(status["used_bytes"].as_u64().unwrap() <= quota, "{status}");
+    let fleet = json(keyless(&dir).args(["status", "--json"]).arg(&p.root));
+    assert_eq!(fleet["repositories"][0]["quota_bytes"], quota, "{fleet}");
     assert_eq!(snapshot_count(&mut p.admin("acme")), 2, "no new snapshot");
     ok(p.admin("acme").args(["check", "--read-data"]), 0);
 }
