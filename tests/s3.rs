@@ -288,3 +288,79 @@ fn a_first_sync_lists_the_bucket_a_handful_of_times() {
 /// Listings a first sync makes: keys (creating the replica, then adding slots), the
 /// collections (beginning the session), snapshots, the index once.
 const LISTS_OF_A_FIRST_SYNC: u64 = 5;
+
+/// `check --repair-from s3://…` heals a damaged local repository from its replica in a
+/// bucket, named by URL or as a sync target; every copy is verified here first.
+#[test]
+fn check_repairs_a_local_repository_from_its_replica_in_s3() {
+    let g = Garage::shared();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let src = work.path().join("src");
+    small_tree(&src);
+    let local = work.path().join("local");
+    init(&local);
+    backup(&local, &[&src]);
+    let url = fresh_url(g, "heal");
+    ok(&mut sync_to(g, &local, &url, &cache), 0);
+    let with_bucket = || with_s3(cairn(&local), g, &cache);
+    let damage = |seed: u64| {
+        let (chunk, piece_size) = some_chunk(&local);
+        let store = cairn_repo::store::Store::open(&local, 1 << 20).unwrap();
+        cairn_repo::store::damage_object_for_tests(&store, &chunk, piece_size, seed).unwrap();
+        chunk
+    };
+    let chunk = damage(7);
+    let r = run(cairn(&local).args(["check", "--read-data"]));
+    assert_eq!(r.code, 1, "the damage is found: {}", r.stdout);
+    assert!(
+        r.stdout.contains(&format!("damaged object {chunk}")),
+        "{}",
+        r.stdout
+    );
+
+    // Key-less repair reads local replicas only: a usage error that says what to do.
+    let r = run(with_bucket().args(["check", "--storage-only", "--repair-from", &url]));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("without --storage-only"), "{}", r.stderr);
+    // No replica under that prefix: refused, and nothing is created there.
+    let nowhere = fresh_url(g, "none");
+    let r = run(with_bucket().args(["check", "--repair-from", &nowhere]));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("no replica"), "{}", r.stderr);
+    let r = run(s3cairn(g, &nowhere, &cache).arg("snapshots"));
+    assert_eq!(r.code, 10, "nothing was created: {}", r.stderr);
+
+    // The URL: the copy is read from the bucket, verified and stored; clean afterwards.
+    let out = ok(
+        with_bucket().args(["check", "--read-data", "--repair-from", &url]),
+        0,
+    );
+    assert!(
+        out.contains(&format!("repaired {chunk} from {url}")),
+        "{out}"
+    );
+    ok(cairn(&local).args(["check", "--read-data"]), 0);
+
+    // Again, the replica named as a sync target.
+    ok(cairn(&local).args(["target", "add", "cloud", &url]), 0);
+    let chunk = damage(9);
+    assert_eq!(run(cairn(&local).args(["check", "--read-data"])).code, 1);
+    let out = ok(
+        with_bucket().args(["check", "--read-data", "--repair-from", "cloud"]),
+        0,
+    );
+    assert!(
+        out.contains(&format!("repaired {chunk} from {url}")),
+        "{out}"
+    );
+    ok(cairn(&local).args(["check", "--read-data"]), 0);
+    let out = work.path().join("out");
+    ok(
+        cairn(&local)
+            .args(["restore", "latest", "--target"])
+            .arg(&out),
+        0,
+    );
+    assert_same_tree(&src, &out.join(src.strip_prefix("/").unwrap()));
+}
