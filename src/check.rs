@@ -23,8 +23,8 @@ pub struct Args {
     #[arg(long, conflicts_with_all = ["read_data", "read_data_subset"])]
     storage_only: bool,
     /// Copy intact copies of damaged or missing objects back from this replica (a path, an
-    /// ssh:// URL, or the name of a sync target), then check again. Every copy is verified
-    /// with this repository's keys first
+    /// ssh:// or s3:// URL, or the name of a sync target), then check again. Every copy is
+    /// verified with this repository's keys first
     #[arg(long, value_name = "PATH|URL|TARGET")]
     repair_from: Option<PathBuf>,
 }
@@ -75,13 +75,15 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
     print_report(g, &report)
 }
 
-/// What `--repair-from` names: a local replica, or one reached over ssh.
+/// What `--repair-from` names: a local replica, one reached over ssh (the sync protocol to a
+/// `cairn serve`), or one in a store this process opens itself (S3).
 enum ReplicaArg {
     Path(PathBuf),
     Ssh(String),
+    Store(cairn_repo::storage::Url),
 }
 
-/// A replica given as a path, an ssh:// URL, or the name of a sync target.
+/// A replica given as a path, an ssh:// or s3:// URL, or the name of a sync target.
 fn replica_arg(
     store: &cairn_repo::store::Store,
     arg: &std::path::Path,
@@ -90,16 +92,22 @@ fn replica_arg(
         return Ok(ReplicaArg::Path(arg.to_path_buf()));
     }
     let name = arg.to_string_lossy();
-    if name.starts_with("ssh://") {
-        return Ok(ReplicaArg::Ssh(name.into_owned()));
+    if name.starts_with("ssh://") || name.starts_with("s3://") {
+        return url_arg(&name);
     }
     match store.targets()?.into_iter().find(|(n, _)| *n == name) {
-        Some((_, url)) if url.starts_with("ssh://") => Ok(ReplicaArg::Ssh(url)),
-        Some((_, url)) => Ok(ReplicaArg::Path(PathBuf::from(
-            url.strip_prefix("file://").unwrap_or(&url),
-        ))),
+        Some((_, url)) => url_arg(&url),
         None => Ok(ReplicaArg::Path(arg.to_path_buf())),
     }
+}
+
+fn url_arg(url: &str) -> Result<ReplicaArg, Failure> {
+    use cairn_repo::storage::Url;
+    Ok(match Url::parse_target(url)? {
+        Url::Local(p) => ReplicaArg::Path(p),
+        Url::Ssh(_) => ReplicaArg::Ssh(url.to_string()),
+        s3 @ Url::S3(_) => ReplicaArg::Store(s3),
+    })
 }
 
 /// Where repairs read their copies.
@@ -154,6 +162,21 @@ fn open_pair(g: &Global, arg: &std::path::Path) -> Result<(Repository, Option<Re
                 .handshake_existing(&repo)
                 .map_err(|e| Failure::from(cairn_repo::Error::Invalid(format!("{url}: {e}"))))?;
             Ok((repo, Some(Replica::Ssh(Box::new(target), url))))
+        }
+        ReplicaArg::Store(url) => {
+            let store = match cairn_repo::storage::open(&url, &g.open_options()) {
+                Err(cairn_repo::Error::RepoNotFound { reason, .. }) => {
+                    return Err(cairn_repo::Error::Invalid(format!(
+                        "{url}: no replica there ({reason})"
+                    ))
+                    .into())
+                }
+                other => other?,
+            };
+            let password = crate::secrets::password(g, false)?;
+            let repo = Repository::open(&path, password.as_bytes(), &opts)?;
+            let other = Repository::unlock(store, password.as_bytes())?;
+            Ok((repo, Some(Replica::Local(other))))
         }
     }
 }
@@ -242,12 +265,8 @@ fn storage_only(g: &Global, repair: Option<&std::path::Path>) -> CmdResult {
         let store = cairn_repo::store::Store::open(&path, 1 << 20)?;
         let replica = match replica_arg(&store, arg)? {
             ReplicaArg::Path(p) => p,
-            ReplicaArg::Ssh(url) => {
-                return Err(Failure::usage(format!(
-                    "--storage-only repairs from a local replica only; to repair from {url}, \
-                     run `cairn check --repair-from` without --storage-only (needs the password)"
-                )))
-            }
+            ReplicaArg::Ssh(url) => return Err(local_replicas_only(&url)),
+            ReplicaArg::Store(url) => return Err(local_replicas_only(&url.to_string())),
         };
         drop(store);
         let r = repair_storage_from(&path, &replica)?;
@@ -266,6 +285,13 @@ fn storage_only(g: &Global, repair: Option<&std::path::Path>) -> CmdResult {
             report_storage(g, None, r)
         }
     }
+}
+
+fn local_replicas_only(url: &str) -> Failure {
+    Failure::usage(format!(
+        "--storage-only repairs from a local replica only; to repair from {url}, \
+         run `cairn check --repair-from` without --storage-only (needs the password)"
+    ))
 }
 
 /// Walk every snapshot by its public references (a missing object is found, not only a

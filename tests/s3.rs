@@ -125,10 +125,7 @@ fn every_command_works_on_a_repository_in_s3() {
     assert_same_tree(&src, &out2.join(src.strip_prefix("/").unwrap()));
     // A fresh cache (another machine): the same answers, from the bucket alone.
     let other = work.path().join("cache2");
-    ok(
-        &mut s3cairn(g, &url, &other).args(["check", "--read-data"]),
-        0,
-    );
+    ok(s3cairn(g, &url, &other).args(["check", "--read-data"]), 0);
 }
 
 #[test]
@@ -250,17 +247,120 @@ fn a_sync_killed_mid_upload_leaves_no_partial_snapshot() {
         let n = v["snapshots"].as_array().map_or(0, |a| a.len());
         if n > 0 {
             // The sync had finished before the kill: then everything must be whole.
-            ok(
-                &mut s3cairn(g, &url, &cache).args(["check", "--read-data"]),
-                0,
-            );
+            ok(s3cairn(g, &url, &cache).args(["check", "--read-data"]), 0);
         }
     }
     let done = json(&mut sync());
     assert_eq!(done["targets"][0]["ok"].as_bool(), Some(true), "{done}");
-    ok(
-        &mut s3cairn(g, &url, &cache).args(["check", "--read-data"]),
+    ok(s3cairn(g, &url, &cache).args(["check", "--read-data"]), 0);
+    assert_eq!(snapshot_count(&mut s3cairn(g, &url, &cache)), 1);
+}
+
+/// A first sync lists the bucket a handful of times however many requests it takes: the
+/// receiving side answers them all from one reader (an S3 reader lists `index/`) until its
+/// own commit, instead of opening one per request.
+#[test]
+fn a_first_sync_lists_the_bucket_a_handful_of_times() {
+    let g = Garage::shared();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let src = work.path().join("src");
+    small_tree(&src);
+    let local = work.path().join("local");
+    init(&local);
+    backup(&local, &[&src]);
+    let url = fresh_url(g, "lists");
+    let first = json(&mut sync_to(g, &local, &url, &cache));
+    let target = &first["targets"][0];
+    assert_eq!(target["snapshots_sent"].as_u64(), Some(1), "{first}");
+    let trips = target["round_trips"].as_u64().unwrap();
+    let lists = first["s3_requests"]["list"].as_u64().unwrap();
+    assert!(
+        trips >= 10,
+        "the walk of a deep tree takes many round trips: {first}"
+    );
+    assert!(
+        lists <= LISTS_OF_A_FIRST_SYNC,
+        "{lists} listings for {trips} round trips: {first}"
+    );
+}
+
+/// Listings a first sync makes: keys (creating the replica, then adding slots), the
+/// collections (beginning the session), snapshots, the index once.
+const LISTS_OF_A_FIRST_SYNC: u64 = 5;
+
+/// `check --repair-from s3://…` heals a damaged local repository from its replica in a
+/// bucket, named by URL or as a sync target; every copy is verified here first.
+#[test]
+fn check_repairs_a_local_repository_from_its_replica_in_s3() {
+    let g = Garage::shared();
+    let work = tempfile::tempdir().unwrap();
+    let cache = work.path().join("cache");
+    let src = work.path().join("src");
+    small_tree(&src);
+    let local = work.path().join("local");
+    init(&local);
+    backup(&local, &[&src]);
+    let url = fresh_url(g, "heal");
+    ok(&mut sync_to(g, &local, &url, &cache), 0);
+    let with_bucket = || with_s3(cairn(&local), g, &cache);
+    let damage = |seed: u64| {
+        let (chunk, piece_size) = some_chunk(&local);
+        let store = cairn_repo::store::Store::open(&local, 1 << 20).unwrap();
+        cairn_repo::store::damage_object_for_tests(&store, &chunk, piece_size, seed).unwrap();
+        chunk
+    };
+    let chunk = damage(7);
+    let r = run(cairn(&local).args(["check", "--read-data"]));
+    assert_eq!(r.code, 1, "the damage is found: {}", r.stdout);
+    assert!(
+        r.stdout.contains(&format!("damaged object {chunk}")),
+        "{}",
+        r.stdout
+    );
+
+    // Key-less repair reads local replicas only: a usage error that says what to do.
+    let r = run(with_bucket().args(["check", "--storage-only", "--repair-from", &url]));
+    assert_eq!(r.code, 2, "{}", r.stderr);
+    assert!(r.stderr.contains("without --storage-only"), "{}", r.stderr);
+    // No replica under that prefix: refused, and nothing is created there.
+    let nowhere = fresh_url(g, "none");
+    let r = run(with_bucket().args(["check", "--repair-from", &nowhere]));
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    assert!(r.stderr.contains("no replica"), "{}", r.stderr);
+    let r = run(s3cairn(g, &nowhere, &cache).arg("snapshots"));
+    assert_eq!(r.code, 10, "nothing was created: {}", r.stderr);
+
+    // The URL: the copy is read from the bucket, verified and stored; clean afterwards.
+    let out = ok(
+        with_bucket().args(["check", "--read-data", "--repair-from", &url]),
         0,
     );
-    assert_eq!(snapshot_count(&mut s3cairn(g, &url, &cache)), 1);
+    assert!(
+        out.contains(&format!("repaired {chunk} from {url}")),
+        "{out}"
+    );
+    ok(cairn(&local).args(["check", "--read-data"]), 0);
+
+    // Again, the replica named as a sync target.
+    ok(cairn(&local).args(["target", "add", "cloud", &url]), 0);
+    let chunk = damage(9);
+    assert_eq!(run(cairn(&local).args(["check", "--read-data"])).code, 1);
+    let out = ok(
+        with_bucket().args(["check", "--read-data", "--repair-from", "cloud"]),
+        0,
+    );
+    assert!(
+        out.contains(&format!("repaired {chunk} from {url}")),
+        "{out}"
+    );
+    ok(cairn(&local).args(["check", "--read-data"]), 0);
+    let out = work.path().join("out");
+    ok(
+        cairn(&local)
+            .args(["restore", "latest", "--target"])
+            .arg(&out),
+        0,
+    );
+    assert_same_tree(&src, &out.join(src.strip_prefix("/").unwrap()));
 }

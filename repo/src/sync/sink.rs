@@ -13,10 +13,15 @@ use crate::error::{Error, Result};
 use crate::format::Config;
 use crate::id::Id;
 use crate::repo::OpenOptions;
-use crate::storage::{self, rights, Right, Rights, Storage, Url, Writer, WriterOptions};
+use crate::storage::{self, rights, Reader, Right, Rights, Storage, Url, Writer, WriterOptions};
+use std::collections::HashSet;
 
 /// How many bytes the receiving writer buffers before it stores a batch by itself.
 pub const SINK_BATCH_BYTES: usize = 32 << 20;
+
+/// Ids a sink remembers adding before it commits by itself (memory stays bounded: about
+/// 50 MiB).
+const ADDED_MAX: usize = 1 << 20;
 
 /// The refusal of a repository with another id. It never names the other id: a `cairn serve`
 /// answers it to whoever connects, and a repository id is not theirs to learn.
@@ -129,6 +134,18 @@ pub struct Sink<'s> {
     /// Registered like a backup's: a prune of this replica waits while objects arrive, so
     /// objects the sender was told the replica has are not swept away mid-sync.
     session: u64,
+    /// The reader requests are answered from, opened at the first request that needs one
+    /// (after `session` began: nothing it shows can be swept while the sink lives) and
+    /// dropped at the sink's own commits, so the next one shows what this sink stored.
+    view: Option<Box<dyn Reader>>,
+    /// Whether `view` is kept across requests: where opening a reader costs requests (a
+    /// remote store; an S3 store lists its index). A local store's costs nothing, and a
+    /// redb read transaction kept open would keep the pages the sink's own batches free
+    /// from reuse.
+    keep_view: bool,
+    /// Ids added to the writer since the last commit (the view may not show them): not
+    /// added twice. Forgotten when the writer fails (it may have dropped them).
+    added: HashSet<Id>,
 }
 
 impl<'s> Sink<'s> {
@@ -152,7 +169,26 @@ impl<'s> Sink<'s> {
             rights,
             dirty: false,
             session,
+            view: None,
+            keep_view: store.capabilities().remote,
+            added: HashSet::new(),
         })
+    }
+
+    /// The reader of what is committed (see `view`).
+    fn view(&mut self) -> Result<&dyn Reader> {
+        let view = match self.view.take() {
+            Some(v) => v,
+            None => self.store.reader()?,
+        };
+        Ok(&**self.view.insert(view))
+    }
+
+    /// After a commit of this sink's writer, or a failure of it: the next view shows
+    /// whatever it stored, and nothing added before is assumed stored.
+    fn after_commit(&mut self) {
+        self.view = None;
+        self.added.clear();
     }
 
     /// Answer one request; failures become `Response::Error` for the peer.
@@ -162,6 +198,14 @@ impl<'s> Sink<'s> {
     }
 
     pub fn try_handle(&mut self, req: Request) -> Result<Response> {
+        let answer = self.answer(req);
+        if !self.keep_view {
+            self.view = None;
+        }
+        answer
+    }
+
+    fn answer(&mut self, req: Request) -> Result<Response> {
         match req {
             Request::Info => self.info(),
             Request::ListSnapshots => Ok(Response::Snapshots(self.snapshot_ids()?)),
@@ -192,15 +236,18 @@ impl<'s> Sink<'s> {
         }
     }
 
-    /// The stored copy, unverified (the client verifies it). A fresh reader: it holds what
-    /// this session committed so far.
-    fn get_object(&self, id: &Id) -> Result<Response> {
-        let reader = self.store.reader()?;
+    /// The stored copy, unverified (the client verifies it). One this sink added is
+    /// committed first, so the view holds it.
+    fn get_object(&mut self, id: &Id) -> Result<Response> {
+        if self.added.contains(id) {
+            self.flush()?;
+        }
+        let (granted, location) = (self.rights, self.store.location());
+        let reader = self.view()?;
         let Some(info) = reader.info(id)? else {
             return Ok(Response::Object(None));
         };
-        self.rights
-            .allow(rights::to_read(info.kind), &self.store.location())?;
+        granted.allow(rights::to_read(info.kind), &location)?;
         let (kind, sealed) = match reader.read(id) {
             Ok(found) => found,
             // Gone between the two calls (a store whose reader is not one snapshot in time,
@@ -216,10 +263,10 @@ impl<'s> Sink<'s> {
         })))
     }
 
-    fn info(&self) -> Result<Response> {
+    fn info(&mut self) -> Result<Response> {
         Ok(Response::Info {
             snapshots: self.store.snapshots()?.len() as u64,
-            objects: self.store.reader()?.count()?,
+            objects: self.view()?.count()?,
             append_only: self.rights.append_only(),
         })
     }
@@ -244,8 +291,9 @@ impl<'s> Sink<'s> {
             .collect())
     }
 
-    /// Committed objects only: a fresh reader per request, asked once for the whole list.
-    fn have(&self, ids: &[Id]) -> Result<Response> {
+    /// Committed objects only (the view's), asked once for the whole list: an object this
+    /// sink added but has not committed is not there yet if the sink dies.
+    fn have(&mut self, ids: &[Id]) -> Result<Response> {
         if ids.len() > proto::MAX_HAVE {
             return Err(proto::protocol_error(format!(
                 "have request of {} ids exceeds {}",
@@ -254,7 +302,7 @@ impl<'s> Sink<'s> {
             )));
         }
         // The sender checks that the answer has one flag per id.
-        Ok(Response::Have(self.store.reader()?.contains(ids)?))
+        Ok(Response::Have(self.view()?.contains(ids)?))
     }
 
     fn put_objects(&mut self, objs: Vec<WireObject>) -> Result<Response> {
@@ -262,7 +310,7 @@ impl<'s> Sink<'s> {
         // store). Objects are checked one by one after it, as before: the objects ahead of a
         // bad one are kept, the request is refused from it on.
         let ids: Vec<Id> = objs.iter().map(|o| o.id).collect();
-        let present = self.store.reader()?.contains(&ids)?;
+        let present = self.view()?.contains(&ids)?;
         if present.len() != ids.len() {
             return Err(Error::Internal(format!(
                 "the store answered {} of {} ids",
@@ -275,11 +323,18 @@ impl<'s> Sink<'s> {
             let kind = proto::check_object(&o)?;
             objects += 1;
             bytes += o.sealed.len() as u64;
-            if present {
+            if present || self.added.contains(&o.id) {
                 continue;
             }
-            self.writer.add(o.id, kind, &o.sealed)?;
+            if let Err(e) = self.writer.add(o.id, kind, &o.sealed) {
+                self.after_commit();
+                return Err(e);
+            }
+            self.added.insert(o.id);
             self.dirty = true;
+        }
+        if self.added.len() >= ADDED_MAX {
+            self.flush()?;
         }
         Ok(Response::Stored { objects, bytes })
     }
@@ -301,7 +356,9 @@ impl<'s> Sink<'s> {
         // after a refusal, so `dirty` stays set and the next flush (`Bye`, end of stream,
         // drop) commits whatever the writer still holds. The redb and memory writers keep
         // everything; a writer that dropped it would only make the next sync send it again.
-        self.writer.commit(snaps)?;
+        let committed = self.writer.commit(snaps);
+        self.after_commit();
+        committed?;
         self.dirty = false;
         Ok(Response::Done)
     }
@@ -318,7 +375,9 @@ impl<'s> Sink<'s> {
     /// filled unit (redb: the last piece of the pack), and this keeps everything.
     pub fn flush(&mut self) -> Result<()> {
         if self.dirty {
-            self.writer.commit(&[])?;
+            let committed = self.writer.commit(&[]);
+            self.after_commit();
+            committed?;
             self.dirty = false;
         }
         Ok(())
@@ -561,5 +620,200 @@ mod tests {
             replica.snapshots().unwrap(),
             primary.storage().snapshots().unwrap()
         );
+    }
+
+    /// A store like a remote one (`Capabilities::remote`) whose readers are frozen when
+    /// opened, as an S3 reader is; it counts the readers opened.
+    struct Frozen {
+        inner: MemoryStore,
+        opened: std::sync::atomic::AtomicU64,
+    }
+
+    type Objects = std::collections::BTreeMap<crate::id::Id, (crate::crypto::Kind, Vec<u8>)>;
+
+    struct FrozenReader(Objects);
+
+    impl crate::storage::Reader for FrozenReader {
+        fn info(&self, id: &crate::id::Id) -> Result<Option<crate::storage::ObjectInfo>> {
+            Ok(self
+                .0
+                .get(id)
+                .map(|(k, b)| crate::storage::ObjectInfo::of(*k, b)))
+        }
+        fn contains(&self, ids: &[crate::id::Id]) -> Result<Vec<bool>> {
+            Ok(ids.iter().map(|id| self.0.contains_key(id)).collect())
+        }
+        fn read(&self, id: &crate::id::Id) -> Result<(crate::crypto::Kind, Vec<u8>)> {
+            self.0
+                .get(id)
+                .cloned()
+                .ok_or_else(|| Error::Missing(id.to_hex()))
+        }
+        fn list(
+            &self,
+            from: &crate::id::Id,
+            limit: usize,
+        ) -> Result<Vec<(crate::id::Id, crate::storage::ObjectInfo)>> {
+            Ok(self
+                .0
+                .range(*from..)
+                .take(limit)
+                .map(|(id, (k, b))| (*id, crate::storage::ObjectInfo::of(*k, b)))
+                .collect())
+        }
+        fn count(&self) -> Result<u64> {
+            Ok(self.0.len() as u64)
+        }
+    }
+
+    impl Storage for Frozen {
+        fn location(&self) -> String {
+            "frozen".into()
+        }
+        fn config(&self) -> Result<crate::format::Config> {
+            self.inner.config()
+        }
+        fn key_slots(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+            self.inner.key_slots()
+        }
+        fn add_key_slot(&self, slot: &[u8]) -> Result<u64> {
+            self.inner.add_key_slot(slot)
+        }
+        fn remove_key_slot(&self, id: u64) -> Result<()> {
+            self.inner.remove_key_slot(id)
+        }
+        fn snapshots(&self) -> Result<Vec<(crate::id::Id, Vec<u8>)>> {
+            self.inner.snapshots()
+        }
+        fn remove_snapshots(&self, ids: &[crate::id::Id]) -> Result<()> {
+            self.inner.remove_snapshots(ids)
+        }
+        fn reader(&self) -> Result<Box<dyn crate::storage::Reader>> {
+            self.opened
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Ok(Box::new(FrozenReader(
+                objects(&self.inner)
+                    .into_iter()
+                    .map(|(id, k, b)| (id, (k, b)))
+                    .collect(),
+            )))
+        }
+        fn writer(
+            &self,
+            opts: crate::storage::WriterOptions,
+        ) -> Result<Box<dyn crate::storage::Writer + '_>> {
+            self.inner.writer(opts)
+        }
+        fn begin_session(&self, info: &[u8]) -> Result<u64> {
+            self.inner.begin_session(info)
+        }
+        fn end_session(&self, id: u64) -> Result<()> {
+            self.inner.end_session(id)
+        }
+        fn sessions(&self) -> Result<Vec<(u64, Vec<u8>)>> {
+            self.inner.sessions()
+        }
+        fn state(&self, key: &str) -> Result<Option<Vec<u8>>> {
+            self.inner.state(key)
+        }
+        fn set_state(&self, key: &str, value: &[u8]) -> Result<()> {
+            self.inner.set_state(key, value)
+        }
+        fn collect_garbage(
+            &self,
+            marker: &mut dyn crate::storage::Mark,
+            opts: &crate::storage::PruneOptions,
+            notify: &dyn Fn(&str),
+        ) -> Result<crate::storage::PruneReport> {
+            self.inner.collect_garbage(marker, opts, notify)
+        }
+        fn capabilities(&self) -> crate::storage::Capabilities {
+            crate::storage::Capabilities {
+                remote: true,
+                rights: crate::storage::Rights::FULL,
+            }
+        }
+        fn space(&self) -> Result<crate::storage::Space> {
+            self.inner.space()
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    }
+
+    /// On a remote store the sink answers a whole sync from one reader, and what it stored
+    /// is seen after its commits: by the next sync, and by a read in the same session.
+    #[test]
+    fn a_sink_on_a_remote_store_opens_one_reader_per_commit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (primary, src) = primary(tmp.path());
+        let replica = Frozen {
+            inner: MemoryStore::new(primary.config().clone()),
+            opened: Default::default(),
+        };
+        let opened = || replica.opened.load(std::sync::atomic::Ordering::Relaxed);
+        let small = SyncOptions {
+            batch_bytes: 64 << 10,
+            have_batch: 8,
+            ..SyncOptions::default()
+        };
+        let mut target = LocalTarget::new(&replica).unwrap();
+        let first = run(&primary, &mut target, &small).unwrap();
+        assert_eq!(first.snapshots_sent, 1);
+        assert!(first.round_trips >= 10, "{first:?}");
+        assert_eq!(
+            opened(),
+            1,
+            "one reader for {} round trips",
+            first.round_trips
+        );
+        // A second sync through the same sink sees what the first one committed.
+        std::fs::write(src.join("new"), crate::testkit::noise(9, 100_000)).unwrap();
+        let o = BackupOptions {
+            paths: vec![src.clone()],
+            ..BackupOptions::default()
+        };
+        backup(&primary, &o, &Progress::default()).unwrap();
+        let second = run(&primary, &mut target, &small).unwrap();
+        assert_eq!(second.snapshots_sent, 1);
+        assert!(
+            second.objects_sent * 4 < first.objects_sent,
+            "only the new objects: {second:?}"
+        );
+        assert_eq!(opened(), 2);
+        drop(target);
+        assert_eq!(objects(&replica.inner), objects(primary.storage()));
+
+        // In one session: an object put is not added twice, and reads back before any
+        // commit of the session's own.
+        let fresh = Frozen {
+            inner: MemoryStore::new(primary.config().clone()),
+            opened: Default::default(),
+        };
+        let (id, kind, sealed) = objects(primary.storage()).remove(0);
+        let wire = crate::sync::proto::WireObject {
+            id,
+            kind: kind as u8,
+            check: crate::storage::checksum(&sealed),
+            sealed: sealed.clone(),
+        };
+        let mut sink = crate::sync::Sink::new(&fresh, false).unwrap();
+        for _ in 0..2 {
+            let r = sink
+                .try_handle(Request::PutObjects(vec![wire.clone(), wire.clone()]))
+                .unwrap();
+            assert!(matches!(r, Response::Stored { objects: 2, .. }), "{r:?}");
+        }
+        assert_eq!(sink.added.len(), 1);
+        match sink.try_handle(Request::GetObject(id)).unwrap() {
+            Response::Object(Some(o)) => assert_eq!(o.sealed, sealed),
+            other => panic!("{other:?}"),
+        }
+        match sink.try_handle(Request::Have(vec![id])).unwrap() {
+            Response::Have(h) => assert_eq!(h, [true]),
+            other => panic!("{other:?}"),
+        }
+        drop(sink);
+        assert_eq!(objects(&fresh.inner).len(), 1);
     }
 }

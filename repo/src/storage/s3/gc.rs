@@ -1,5 +1,5 @@
 //! Sessions and garbage collection on S3, without conditional writes and without trusting
-//! clocks (DESIGN.md §11).
+//! clocks (DESIGN.md §10).
 //!
 //! A writer stores `sessions/<n>` and then lists `gc/`; a collection stores `gc/<n>` and then
 //! lists `sessions/`. S3 is read-after-write consistent (AWS, Garage's quorum reads), so of a
@@ -13,7 +13,7 @@
 //! new packs with their own index objects; then one merged index object of every live object
 //! is stored; then the old index objects are deleted; then the packs nothing names any more.
 
-use super::index::Index;
+use super::index::{self, Index};
 use super::writer::{index_name, S3Writer};
 use super::Shared;
 use crate::error::{Error, Result};
@@ -356,12 +356,10 @@ impl Plan {
             .filter_map(|l| Some((l.name.strip_prefix("packs/")?.to_string(), l.size)))
             .collect();
         let mut live_bytes: HashMap<String, u64> = HashMap::new();
-        for (id, loc) in &index.map {
-            let e = live_bytes
-                .entry(index.pack_name(loc).to_string())
-                .or_default();
-            if live.contains(id) {
-                *e += loc.len as u64;
+        for (id, f) in index.iter() {
+            let e = live_bytes.entry(f.pack.to_string()).or_default();
+            if live.contains(&id) {
+                *e += f.loc.len as u64;
             }
         }
         let (mut delete, mut repack, mut orphans) = (Vec::new(), Vec::new(), Vec::new());
@@ -384,11 +382,11 @@ impl Plan {
 
     fn summarize(&self, index: &Index, live: &HashSet<Id>, report: &mut PruneReport) {
         let p = &mut report.plan;
-        p.objects_total = index.map.len() as u64;
-        for (id, loc) in &index.map {
-            if !live.contains(id) {
+        p.objects_total = index.len() as u64;
+        for (id, f) in index.iter() {
+            if !live.contains(&id) {
                 p.objects_unused += 1;
-                p.bytes_unused += loc.len as u64;
+                p.bytes_unused += f.loc.len as u64;
             }
         }
         p.packs_total = self.sizes.len() as u64;
@@ -421,10 +419,9 @@ fn repack(
     }
     let packs: HashSet<&str> = plan.repack.iter().map(String::as_str).collect();
     let ids: Vec<Id> = index
-        .map
         .iter()
-        .filter(|(_, l)| packs.contains(index.pack_name(l)))
-        .map(|(id, _)| *id)
+        .filter(|(_, f)| packs.contains(f.pack))
+        .map(|(id, _)| id)
         .collect();
     let reader = super::S3Reader {
         shared: shared.clone(),
@@ -452,17 +449,14 @@ fn repack(
 /// One merged index object of every live object (copies from `fresh` first), then the old
 /// index objects go.
 fn replace_index(shared: &Shared, old: &Index, fresh: &Index, live: &HashSet<Id>) -> Result<()> {
-    let mut merged = fresh.clone();
-    for (id, loc) in &old.map {
-        if live.contains(id) && !merged.map.contains_key(id) {
-            merged.insert(*id, old.pack_name(loc), *loc);
-        }
-    }
+    let rest = old
+        .iter()
+        .filter(|(id, _)| live.contains(id) && !fresh.contains(id));
     let name = index_name();
     shared
         .client
-        .put(&name, merged.encode_subset(merged.map.keys()))?;
-    for f in old.files.iter().chain(&fresh.files) {
+        .put(&name, index::encode_found(fresh.iter().chain(rest)))?;
+    for f in old.files().chain(fresh.files()) {
         shared.client.delete(f)?;
     }
     Ok(())

@@ -1,6 +1,6 @@
 //! The S3 store (`s3://bucket/prefix`): the repository as immutable objects in a bucket of
 //! any S3-compatible server (Garage, Ceph RGW, MinIO, AWS). Layout and protocol: DESIGN.md
-//! §11. In short, below the prefix:
+//! §10. In short, below the prefix:
 //! - `config`, `keys/<n>`: written once (a key slot is removed, never rewritten);
 //! - `packs/<random>`: sealed objects end to end, tens of MiB, never rewritten;
 //! - `index/<random>`: where each object of some packs is, written only after those packs
@@ -29,7 +29,7 @@ use cache::Cache;
 pub use client::Endpoint;
 use client::{Client, Listed};
 use index::Index;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 /// An S3 repository location: the bucket and the prefix inside it.
@@ -136,34 +136,33 @@ impl Blocks {
 
 impl Shared {
     /// The index as stored now: one listing, then only the index objects not loaded yet
-    /// (from the cache when it holds them). Index objects a collection removed start a
-    /// fresh load.
+    /// (from the cache when it holds them), added as layers to the index loaded so far
+    /// (readers holding that one keep it as it was). Index objects a collection removed
+    /// start a fresh load. One load at a time: the others wait for it and share it.
     fn current(&self) -> Result<Arc<Index>> {
         let listed = self.client.list("index/")?;
-        let loaded = self.index.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let gone = loaded
-            .files
+        let mut loaded = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        let stored: HashSet<&str> = listed.iter().map(|l| l.name.as_str()).collect();
+        let known: HashSet<&str> = loaded.files().collect();
+        let gone = known.iter().any(|f| !stored.contains(f));
+        let new: Vec<&Listed> = listed
             .iter()
-            .any(|f| !listed.iter().any(|l| &l.name == f));
-        let mut next = if gone {
-            Index::default()
-        } else {
-            (*loaded).clone()
+            .filter(|l| gone || !known.contains(l.name.as_str()))
+            .collect();
+        if new.is_empty() && !gone {
+            return Ok(loaded.clone());
+        }
+        let mut next = match gone {
+            true => Index::default(),
+            false => (**loaded).clone(),
         };
-        let mut added = false;
-        for l in &listed {
-            if next.files.contains(&l.name) {
-                continue;
-            }
+        drop(known);
+        for l in new {
             let bytes = self.cached_get(l)?;
             next.add_file(&l.name, &bytes)?;
-            added = true;
-        }
-        if !added && !gone {
-            return Ok(loaded);
         }
         let next = Arc::new(next);
-        *self.index.lock().unwrap_or_else(|e| e.into_inner()) = next.clone();
+        *loaded = next.clone();
         Ok(next)
     }
 
@@ -400,8 +399,8 @@ impl Storage for S3Store {
             .sum();
         let all: u64 = listed.iter().map(|l| l.size).sum();
         Ok(Space {
-            objects: index.map.len() as u64,
-            object_bytes: index.map.values().map(|l| l.len as u64).sum(),
+            objects: index.len() as u64,
+            object_bytes: index.iter().map(|(_, f)| f.loc.len as u64).sum(),
             pack_bytes,
             file_bytes: all,
             file_len: all,
@@ -429,6 +428,9 @@ struct S3Reader {
     index: Mutex<Arc<Index>>,
 }
 
+/// What reading each of some objects gave.
+type Fetched = BTreeMap<Id, Result<(Kind, Vec<u8>)>>;
+
 /// How many sealed bytes one `read_many` round fetches at most (memory stays bounded).
 const READ_ROUND_BYTES: u64 = 32 << 20;
 
@@ -444,16 +446,16 @@ impl S3Reader {
     }
 
     /// Fetch `ids` (all in `index`), grouped by pack: one ranged request per pack.
-    fn fetch(&self, index: &Index, ids: &[Id]) -> Result<BTreeMap<Id, Result<(Kind, Vec<u8>)>>> {
-        let mut by_pack: BTreeMap<u32, Vec<(Id, index::Loc)>> = BTreeMap::new();
+    fn fetch(&self, index: &Index, ids: &[Id]) -> Result<Fetched> {
+        let mut by_pack: BTreeMap<&str, Vec<(Id, index::Loc)>> = BTreeMap::new();
         let mut out = BTreeMap::new();
         for id in ids {
-            match index.map.get(id) {
+            match index.get(id) {
                 // An empty object has no bytes to fetch (and S3 has no empty range).
-                Some(loc) if loc.len == 0 => {
-                    out.insert(*id, checked(id, loc, Vec::new()));
+                Some(f) if f.loc.len == 0 => {
+                    out.insert(*id, checked(id, &f.loc, Vec::new()));
                 }
-                Some(loc) => by_pack.entry(loc.pack).or_default().push((*id, *loc)),
+                Some(f) => by_pack.entry(f.pack).or_default().push((*id, f.loc)),
                 None => {}
             }
         }
@@ -461,7 +463,7 @@ impl S3Reader {
             .iter()
             .map(|(pack, objs)| {
                 (
-                    format!("packs/{}", index.packs[*pack as usize]),
+                    format!("packs/{pack}"),
                     objs.iter().map(|(_, l)| l.range()).collect(),
                 )
             })
@@ -485,33 +487,34 @@ impl S3Reader {
         Ok(out)
     }
 
-    /// One object from the blocks of its pack that hold it, fetching those not in memory.
+    /// One object from the blocks of its pack that hold it, fetching those not in memory
+    /// (or kept shorter than this object needs: another reader's index may know of less
+    /// of the pack).
     fn read_blocks(&self, index: &Index, id: &Id) -> Result<(Kind, Vec<u8>)> {
-        let loc = *index
-            .map
-            .get(id)
-            .ok_or_else(|| Error::Missing(id.to_hex()))?;
+        let found = index.get(id).ok_or_else(|| Error::Missing(id.to_hex()))?;
+        let loc = found.loc;
         if loc.len == 0 {
             return checked(id, &loc, Vec::new());
         }
-        let pack = index.pack_name(&loc).to_string();
-        let pack_end = index.pack_ends[loc.pack as usize];
-        let blocks = loc.offset / BLOCK..=(loc.range().end - 1) / BLOCK;
+        let pack = found.pack.to_string();
+        let end = loc.range().end;
+        let blocks = loc.offset / BLOCK..=(end - 1) / BLOCK;
         let lock = || self.shared.blocks.lock().unwrap_or_else(|e| e.into_inner());
         let mut have: BTreeMap<u64, Arc<Vec<u8>>> = BTreeMap::new();
         let mut missing = Vec::new();
         for b in blocks {
+            let needed = end.min((b + 1) * BLOCK) - b * BLOCK;
             match lock().get(&(pack.clone(), b)) {
-                Some(bytes) => {
+                Some(bytes) if bytes.len() as u64 >= needed => {
                     have.insert(b, bytes);
                 }
-                None => missing.push(b),
+                _ => missing.push(b),
             }
         }
         if !missing.is_empty() {
             let ranges: Vec<std::ops::Range<u64>> = missing
                 .iter()
-                .map(|b| b * BLOCK..((b + 1) * BLOCK).min(pack_end))
+                .map(|b| b * BLOCK..((b + 1) * BLOCK).min(found.pack_end.max(end)))
                 .collect();
             let asks = [(format!("packs/{pack}"), ranges)];
             let parts = self.shared.client.get_ranges_many(&asks).remove(0);
@@ -529,14 +532,14 @@ impl S3Reader {
         for (b, bytes) in &have {
             let start = b * BLOCK;
             let from = loc.offset.max(start) - start;
-            let to = (loc.range().end.min(start + BLOCK) - start).min(bytes.len() as u64);
+            let to = (end.min(start + BLOCK) - start).min(bytes.len() as u64);
             out.extend_from_slice(bytes.get(from as usize..to as usize).unwrap_or_default());
         }
         checked(id, &loc, out)
     }
 
     /// `fetch`, asking the stored index again for objects whose pack has gone.
-    fn fetch_fresh(&self, ids: &[Id]) -> Result<BTreeMap<Id, Result<(Kind, Vec<u8>)>>> {
+    fn fetch_fresh(&self, ids: &[Id]) -> Result<Fetched> {
         let mut got = self.fetch(&self.index(), ids)?;
         let retry: Vec<Id> = ids
             .iter()
@@ -564,12 +567,12 @@ fn checked(id: &Id, loc: &index::Loc, bytes: Vec<u8>) -> Result<(Kind, Vec<u8>)>
 
 impl Reader for S3Reader {
     fn info(&self, id: &Id) -> Result<Option<super::ObjectInfo>> {
-        Ok(self.index().map.get(id).map(|l| l.info()))
+        Ok(self.index().get(id).map(|f| f.loc.info()))
     }
 
     fn contains(&self, ids: &[Id]) -> Result<Vec<bool>> {
         let index = self.index();
-        Ok(ids.iter().map(|id| index.map.contains_key(id)).collect())
+        Ok(ids.iter().map(|id| index.contains(id)).collect())
     }
 
     fn read(&self, id: &Id) -> Result<(Kind, Vec<u8>)> {
@@ -585,7 +588,7 @@ impl Reader for S3Reader {
         while start < ids.len() {
             let (mut end, mut bytes) = (start, 0u64);
             while end < ids.len() && (end == start || bytes < READ_ROUND_BYTES) {
-                bytes += index.map.get(&ids[end]).map_or(0, |l| l.len as u64);
+                bytes += index.get(&ids[end]).map_or(0, |f| f.loc.len as u64);
                 end += 1;
             }
             let mut got = self.fetch_fresh(&ids[start..end])?;
@@ -605,23 +608,22 @@ impl Reader for S3Reader {
     fn list(&self, from: &Id, limit: usize) -> Result<Vec<(Id, super::ObjectInfo)>> {
         Ok(self
             .index()
-            .map
-            .range(*from..)
+            .range(from)
             .take(limit)
-            .map(|(id, l)| (*id, l.info()))
+            .map(|(id, f)| (id, f.loc.info()))
             .collect())
     }
 
     fn count(&self) -> Result<u64> {
-        Ok(self.index().map.len() as u64)
+        Ok(self.index().len() as u64)
     }
 
     fn in_read_order(&self, ids: &[Id]) -> Result<Vec<(Id, super::ObjectInfo)>> {
         let index = self.index();
         let mut out = ids
             .iter()
-            .map(|id| match index.map.get(id) {
-                Some(l) => Ok(((l.pack, l.offset), (*id, l.info()))),
+            .map(|id| match index.get(id) {
+                Some(f) => Ok(((f.pack_rank, f.loc.offset), (*id, f.loc.info()))),
                 None => Err(Error::Missing(id.to_hex())),
             })
             .collect::<Result<Vec<_>>>()?;
