@@ -25,8 +25,8 @@ fn the_server_replicates_verifies_and_collects_garbage_without_any_key() {
     let (sshd, srv) = (&server.sshd, &server.root);
     let site2 = tmp.path().join("site2");
     let acme = srv.join("acme");
-    let url = ssh_url(&sshd, &acme);
-    let customer = || ssh_cairn(Path::new(&url), &sshd);
+    let url = ssh_url(sshd, &acme);
+    let customer = || ssh_cairn(Path::new(&url), sshd);
     // The customer backs up over ssh, twice (the second one after a change).
     let src = tmp.path().join("src");
     small_tree(&src);
@@ -94,7 +94,7 @@ fn the_server_replicates_verifies_and_collects_garbage_without_any_key() {
     // An append-only site refuses the deletion: said, exit 3, its history kept.
     let site3 = srv.join("site3");
     let forced = forced_key(
-        &sshd,
+        sshd,
         "site3_key",
         &format!("--repo {} --append-only", site3.display()),
     );
@@ -102,7 +102,7 @@ fn the_server_replicates_verifies_and_collects_garbage_without_any_key() {
         let mut c = keyless(&acme);
         c.env("CAIRN_SSH_COMMAND", &forced)
             .env("CAIRN_REMOTE_BINARY", bin());
-        c.arg("sync").arg(ssh_url(&sshd, &site3));
+        c.arg("sync").arg(ssh_url(sshd, &site3));
         c
     };
     ok(&mut to_site3(), 0);
@@ -253,7 +253,7 @@ fn two_sites_replicate_to_each_other_and_customers_back_up_at_once() {
     let homes = [east.join("own/acme"), west.join("own/globex")];
     for home in &homes {
         ok(
-            ssh_cairn(Path::new(&ssh_url(&sshd, home)), &sshd).arg("init"),
+            ssh_cairn(Path::new(&ssh_url(sshd, home)), sshd).arg("init"),
             0,
         );
     }
@@ -261,7 +261,7 @@ fn two_sites_replicate_to_each_other_and_customers_back_up_at_once() {
         .iter()
         .zip(&sources)
         .map(|(home, src)| {
-            ssh_cairn(Path::new(&ssh_url(&sshd, home)), &sshd)
+            ssh_cairn(Path::new(&ssh_url(sshd, home)), sshd)
                 .arg("backup")
                 .arg(src)
                 .stdout(std::process::Stdio::null())
@@ -286,7 +286,7 @@ fn two_sites_replicate_to_each_other_and_customers_back_up_at_once() {
         for entry in std::fs::read_dir(own.join("own")).unwrap() {
             let repo = entry.unwrap().path();
             let name = repo.file_name().unwrap().to_owned();
-            let to = ssh_url(&sshd, &other.join("replicas").join(&name));
+            let to = ssh_url(sshd, &other.join("replicas").join(&name));
             let mut c = keyless(&repo);
             c.env("CAIRN_SSH_COMMAND", &sshd.ssh_command)
                 .env("CAIRN_REMOTE_BINARY", bin());
@@ -422,13 +422,13 @@ fn the_server_keeps_an_s3_replica_without_any_key() {
             .unwrap()
     };
     let before = stored(&mut s3(keyless(Path::new(&bucket))));
-    ok(&mut s3(keyless(Path::new(&bucket))).args(["prune"]), 0);
+    ok(s3(keyless(Path::new(&bucket))).args(["prune"]), 0);
     let after = stored(&mut s3(keyless(Path::new(&bucket))));
     assert!(after + 1_000_000 < before, "{before} -> {after}");
     // And the customer restores the latest snapshot from the bucket with the key.
     let out = tmp.path().join("out");
     ok(
-        &mut s3(cairn(Path::new(&bucket)))
+        s3(cairn(Path::new(&bucket)))
             .args(["restore", "latest", "--target"])
             .arg(&out),
         0,
