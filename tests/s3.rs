@@ -11,6 +11,16 @@ use garage::Garage;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+/// A local repository under `dir` holding one backup of the small tree (`dir/src`).
+fn backed_up_small_tree(dir: &Path) -> PathBuf {
+    let src = dir.join("src");
+    small_tree(&src);
+    let local = dir.join("local");
+    init(&local);
+    backup(&local, &[&src]);
+    local
+}
+
 /// A fresh prefix in the cluster's bucket.
 fn fresh_url(g: &Garage, name: &str) -> String {
     let n = std::time::SystemTime::now()
@@ -263,12 +273,7 @@ fn a_sync_killed_mid_upload_leaves_no_partial_snapshot() {
 fn a_first_sync_lists_the_bucket_a_handful_of_times() {
     let g = Garage::shared();
     let work = tempfile::tempdir().unwrap();
-    let cache = work.path().join("cache");
-    let src = work.path().join("src");
-    small_tree(&src);
-    let local = work.path().join("local");
-    init(&local);
-    backup(&local, &[&src]);
+    let (cache, local) = (work.path().join("cache"), backed_up_small_tree(work.path()));
     let url = fresh_url(g, "lists");
     let first = json(&mut sync_to(g, &local, &url, &cache));
     let target = &first["targets"][0];
@@ -295,12 +300,7 @@ const LISTS_OF_A_FIRST_SYNC: u64 = 5;
 fn check_repairs_a_local_repository_from_its_replica_in_s3() {
     let g = Garage::shared();
     let work = tempfile::tempdir().unwrap();
-    let cache = work.path().join("cache");
-    let src = work.path().join("src");
-    small_tree(&src);
-    let local = work.path().join("local");
-    init(&local);
-    backup(&local, &[&src]);
+    let (cache, local) = (work.path().join("cache"), backed_up_small_tree(work.path()));
     let url = fresh_url(g, "heal");
     ok(&mut sync_to(g, &local, &url, &cache), 0);
     let with_bucket = || with_s3(cairn(&local), g, &cache);
@@ -355,12 +355,5 @@ fn check_repairs_a_local_repository_from_its_replica_in_s3() {
         "{out}"
     );
     ok(cairn(&local).args(["check", "--read-data"]), 0);
-    let out = work.path().join("out");
-    ok(
-        cairn(&local)
-            .args(["restore", "latest", "--target"])
-            .arg(&out),
-        0,
-    );
-    assert_same_tree(&src, &out.join(src.strip_prefix("/").unwrap()));
+    restore_and_compare(&local, &work.path().join("src"), &work.path().join("out"));
 }
