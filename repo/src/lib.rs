@@ -18,6 +18,7 @@ pub mod reach;
 pub mod reader;
 pub mod repo;
 pub mod restore;
+mod restore_batch;
 pub mod storage;
 pub mod store;
 pub mod store_maint;

@@ -2,11 +2,13 @@
 //! of any length work. Files are written in parallel, chunks of large files too; holes stay
 //! holes; hard links are re-created; directory metadata is applied after their contents.
 
+use crate::crypto::Kind;
 use crate::error::{Error, Result};
 use crate::format::{Entry, FileType, Tree};
 use crate::fsmeta::{apply_at_meta, apply_fd_meta, proc_path};
-use crate::reader::{load_chunk, ExtentMap};
+use crate::reader::ExtentMap;
 use crate::repo::Repository;
+use crate::restore_batch::Batches;
 use crate::storage::Reader;
 use crate::util::{display_path as display, join_path as join};
 use rayon::prelude::*;
@@ -70,6 +72,7 @@ struct DeferredLink {
 struct Ctx<'r> {
     repo: &'r Repository,
     view: Box<dyn Reader>,
+    batches: Batches,
     opts: &'r RestoreOptions,
     progress: &'r RestoreProgress,
     links: Mutex<HashMap<(u64, u64), Option<LinkSource>>>,
@@ -142,6 +145,7 @@ fn restore_in_pool(
     let ctx = Ctx {
         repo,
         view: repo.reader()?,
+        batches: Batches::new(repo.storage().capabilities().remote),
         opts: &opts_norm,
         progress,
         links: Mutex::new(HashMap::new()),
@@ -179,6 +183,25 @@ impl<'r> Ctx<'r> {
     }
 
     fn restore_tree(
+        &self,
+        dir: &Arc<OwnedFd>,
+        tree: &Tree,
+        path: &[u8],
+        dir_mtime: Option<crate::format::Time>,
+    ) -> Result<()> {
+        let wanted = |e: &&Entry| {
+            let (visit, all) = selected(&self.opts.includes, &join(path, &e.name));
+            visit && all
+        };
+        let fetched = self
+            .batches
+            .fetch(&*self.view, tree.entries.iter().filter(wanted))?;
+        let result = self.restore_entries(dir, tree, path, dir_mtime);
+        self.batches.done(&fetched);
+        result
+    }
+
+    fn restore_entries(
         &self,
         dir: &Arc<OwnedFd>,
         tree: &Tree,
@@ -444,18 +467,35 @@ impl<'r> Ctx<'r> {
                 })
                 .collect()
         };
-        offsets
-            .par_iter()
-            .try_for_each(|(off, x)| -> Result<(), RestoreErr> {
+        for window in offsets.chunks(self.batches.window(offsets.len())) {
+            let ids = window.iter().filter_map(|(_, x)| x.id).collect();
+            let fetched = self
+                .batches
+                .fetch_ids(&*self.view, ids)
+                .map_err(RestoreErr::Repo)?;
+            let written = window.par_iter().try_for_each(|(off, x)| {
                 let Some(id) = x.id else { return Ok(()) };
-                let data = load_chunk(self.repo, &*self.view, &id).map_err(RestoreErr::Repo)?;
-                write_all_at(&fd, &data, *off).map_err(RestoreErr::Io)?;
-                self.bytes.fetch_add(data.len() as u64, Relaxed);
-                self.progress.bytes.fetch_add(data.len() as u64, Relaxed);
-                Ok(())
-            })?;
+                self.write_chunk(&fd, &id, *off)
+            });
+            self.batches.done(&fetched);
+            written?;
+        }
         rustix::fs::ftruncate(&fd, map.size()).map_err(|x| RestoreErr::Io(x.into()))?;
         apply_fd_meta(&fd, e, &proc_path(dir, name.as_bytes())).map_err(RestoreErr::Io)?;
+        Ok(())
+    }
+}
+
+impl Ctx<'_> {
+    fn write_chunk(&self, fd: &OwnedFd, id: &crate::id::Id, off: u64) -> Result<(), RestoreErr> {
+        let data = self
+            .batches
+            .sealed(&*self.view, id)
+            .and_then(|sealed| self.repo.keys().open_verified(Kind::Chunk, id, &sealed))
+            .map_err(RestoreErr::Repo)?;
+        write_all_at(fd, &data, off).map_err(RestoreErr::Io)?;
+        self.bytes.fetch_add(data.len() as u64, Relaxed);
+        self.progress.bytes.fetch_add(data.len() as u64, Relaxed);
         Ok(())
     }
 }
