@@ -138,10 +138,6 @@ impl<'a> Graph<'a> {
         Graph { repo: Some(repo) }
     }
 
-    pub fn has_key(&self) -> bool {
-        self.repo.is_some()
-    }
-
     /// What the stored snapshot `id` (its sealed `blob`) references, and its time.
     pub fn snapshot(&self, id: &Id, blob: &[u8]) -> Result<Refs> {
         if let Some(repo) = self.repo {
@@ -186,7 +182,7 @@ fn needs_key(kind: Kind, id: &Id) -> Error {
 }
 
 /// The repository a sync, a verification or a garbage collection reads: a key holder's
-/// `Repository`, or a bare store opened without any key (`KeyFree`).
+/// `Repository`, or a bare store opened without any key (`Box<dyn Storage>`).
 pub trait Source {
     fn storage(&self) -> &dyn Storage;
     fn graph(&self) -> Graph<'_>;
@@ -206,19 +202,6 @@ impl Source for Repository {
 impl Source for Box<dyn Storage> {
     fn storage(&self) -> &dyn Storage {
         &**self
-    }
-
-    fn graph(&self) -> Graph<'_> {
-        Graph::key_free()
-    }
-}
-
-/// A borrowed store used without its key.
-pub struct KeyFree<'a>(pub &'a dyn Storage);
-
-impl Source for KeyFree<'_> {
-    fn storage(&self) -> &dyn Storage {
-        self.0
     }
 
     fn graph(&self) -> Graph<'_> {

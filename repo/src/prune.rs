@@ -217,7 +217,7 @@ pub trait Mark {
 }
 
 /// Walks the snapshots' trees and content lists through the repository's store, marking
-/// every object reached: by public references without a key (`graph::KeyFree`), or opening
+/// every object reached: by public references without a key (a bare store), or opening
 /// every tree with it (a `Repository`).
 pub struct GraphMarker<'a> {
     source: &'a dyn Source,

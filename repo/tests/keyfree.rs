@@ -6,7 +6,7 @@
 use cairn_repo::backup::{backup, BackupOptions, Progress};
 use cairn_repo::crypto::Kind;
 use cairn_repo::format::{Snapshot, SnapshotStats, Time, Tree};
-use cairn_repo::graph::{Graph, KeyFree, Source};
+use cairn_repo::graph::{Graph, Source};
 use cairn_repo::prune::{GraphMarker, Mark};
 use cairn_repo::storage::{self, Storage, Url, WriterOptions};
 use cairn_repo::sync::{self, LocalTarget, SyncOptions, SyncProgress, SyncReport};
@@ -97,7 +97,7 @@ fn the_key_free_walk_sends_and_marks_exactly_what_the_keyed_walk_does() {
     let marked_with_key = marks(&keyed);
     drop(keyed);
     let store = bare(&dir);
-    let without = sync_to(&KeyFree(&*store), &tmp.path().join("b"));
+    let without = sync_to(&store, &tmp.path().join("b"));
     assert_eq!(without.objects_sent, with_key.objects_sent);
     assert_eq!(without.bytes_sent, with_key.bytes_sent);
     assert_eq!(without.snapshots_sent, 2);
