@@ -156,13 +156,7 @@ impl<'a> Graph<'a> {
             (Kind::Tree, Some(repo)) => Ok(Refs::of_tree(&repo.load_tree(view, id)?)),
             (Kind::List, Some(repo)) => Ok(Refs::of_list(&repo.load_list(view, id)?)),
             (_, _) => {
-                let (stored, sealed) = view.read(id)?;
-                if stored != kind {
-                    return Err(Error::corrupt(
-                        id,
-                        format!("is a {stored:?}, expected a {kind:?}"),
-                    ));
-                }
+                let sealed = crate::storage::read_as(view, id, kind)?;
                 public_refs(id, &sealed)?.ok_or_else(|| needs_key(kind, id))
             }
         }

@@ -262,13 +262,7 @@ impl Repository {
 
     /// `load`, also returning the sealed bytes as stored.
     fn load_sealed(&self, reader: &dyn Reader, id: &Id, kind: Kind) -> Result<(Vec<u8>, Vec<u8>)> {
-        let (stored, sealed) = reader.read(id)?;
-        if stored != kind {
-            return Err(Error::corrupt(
-                id,
-                format!("is a {stored:?}, expected a {kind:?}"),
-            ));
-        }
+        let sealed = crate::storage::read_as(reader, id, kind)?;
         let plain = self.keys.open_verified(kind, id, &sealed)?;
         Ok((plain, sealed))
     }

@@ -6,7 +6,7 @@
 //! and evict each other's: a 2 GiB restore from S3 downloaded 5.5× the bucket.
 
 use crate::crypto::Kind;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::format::{Content, Entry, FileType};
 use crate::id::Id;
 use crate::storage::Reader;
@@ -98,15 +98,9 @@ impl Batches {
             .unwrap_or_else(|e| e.into_inner())
             .get(id)
             .cloned();
-        if let Some(sealed) = ahead {
-            return Ok(sealed);
-        }
-        match view.read(id)? {
-            (Kind::Chunk, sealed) => Ok(sealed),
-            (other, _) => Err(Error::corrupt(
-                id,
-                format!("is a {other:?}, expected a Chunk"),
-            )),
+        match ahead {
+            Some(sealed) => Ok(sealed),
+            None => crate::storage::read_as(view, id, Kind::Chunk),
         }
     }
 

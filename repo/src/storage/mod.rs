@@ -50,6 +50,17 @@ pub fn local<'a>(store: &'a dyn Storage, what: &str) -> Result<&'a crate::store:
         })
 }
 
+/// Read `id`, which must be a `kind`: another kind stored under its id is damage.
+pub fn read_as(reader: &dyn Reader, id: &Id, kind: Kind) -> Result<Vec<u8>> {
+    match reader.read(id)? {
+        (stored, sealed) if stored == kind => Ok(sealed),
+        (stored, _) => Err(Error::corrupt(
+            id,
+            format!("is a {stored:?}, expected a {kind:?}"),
+        )),
+    }
+}
+
 /// Open the store at `url` (a missing repository is `Error::RepoNotFound`, before any
 /// password is asked for).
 pub fn open(url: &Url, opts: &crate::OpenOptions) -> Result<Box<dyn Storage>> {
