@@ -56,10 +56,14 @@ pub fn start_sshd(dir: &Path) -> Sshd {
     // sshd insists on its privilege separation directory.
     let _ = std::fs::create_dir_all("/run/sshd");
     let port = free_port();
+    // MaxStartups: by default sshd starts dropping connections once 10 are unauthenticated at
+    // once (10:30:100); several clients backing up at once, each over pooled connections, pass
+    // that on one loopback server, as they would on a provider's.
     let config = format!(
         "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\nStrictModes no\nUsePAM no\n\
          AuthorizedKeysFile {d}/authorized_keys\nPubkeyAuthentication yes\nPasswordAuthentication no\n\
-         KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nLogLevel ERROR\n",
+         KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nLogLevel ERROR\n\
+         MaxStartups 100\n",
         d = dir.display()
     );
     std::fs::write(dir.join("sshd_config"), config).unwrap();
