@@ -159,6 +159,67 @@ impl<K: Hash + Eq + Clone, V> Loader<K, V> {
     }
 }
 
+impl<K: Hash + Eq + Clone, V> Loader<K, V> {
+    /// Load the keys neither cached nor loading, all in one call of `load` (one request to a
+    /// remote store instead of one per key). `load` reports each key's result through its
+    /// callback; a key it does not report fails with EIO. Concurrent `get_or_load` callers of
+    /// these keys wait for this batch instead of loading them again.
+    pub fn load_many(
+        &self,
+        keys: &[K],
+        weight: impl Fn(&V) -> usize,
+        load: impl FnOnce(&[K], &mut dyn FnMut(&K, FsResult<V>)),
+    ) {
+        let mut claimed: Vec<(K, Arc<Flight<V>>)> = Vec::new();
+        {
+            let lru = lock(&self.lru);
+            let mut inflight = lock(&self.inflight);
+            for k in keys {
+                if lru.contains(k) || inflight.contains_key(k) {
+                    continue;
+                }
+                let f = Arc::new(Flight {
+                    done: Mutex::new(None),
+                    cv: Condvar::new(),
+                });
+                inflight.insert(k.clone(), f.clone());
+                claimed.push((k.clone(), f));
+            }
+        }
+        if claimed.is_empty() {
+            return;
+        }
+        let mut guards: HashMap<K, Landing<'_, K, V>> = claimed
+            .iter()
+            .map(|(k, flight)| {
+                let landing = Landing {
+                    loader: self,
+                    key: k,
+                    flight,
+                    landed: false,
+                };
+                (k.clone(), landing)
+            })
+            .collect();
+        let wanted: Vec<K> = claimed.iter().map(|(k, _)| k.clone()).collect();
+        load(&wanted, &mut |k, result| {
+            let Some(guard) = guards.remove(k) else {
+                return;
+            };
+            let result = result.map(Arc::new);
+            if let Ok(v) = &result {
+                lock(&self.lru).insert(k.clone(), v.clone(), weight(v));
+            }
+            guard.land(result);
+        });
+        for (_, mut guard) in guards.drain() {
+            guard.finish(Err(FsError::eio(
+                "the batch read did not return this object",
+            )));
+        }
+    }
+}
+
 /// Completes a flight exactly once: with the load's result, or with EIO if the load unwound,
 /// so waiters never hang on a leader that panicked.
 struct Landing<'a, K: Hash + Eq + Clone, V> {
@@ -274,6 +335,55 @@ mod tests {
             assert!(leader.join().is_err());
         });
         assert!(!loader.present(&5) || loader.cached(&5).is_some());
+    }
+
+    #[test]
+    fn load_many_loads_each_missing_key_once_and_fails_the_unreported() {
+        let loader: Loader<u32, Vec<u8>> = Loader::new(100);
+        loader.get_or_load(&1, |v| v.len(), || Ok(vec![1])).unwrap();
+        let mut asked = Vec::new();
+        loader.load_many(
+            &[1, 2, 3, 2],
+            |v| v.len(),
+            |keys, each| {
+                asked = keys.to_vec();
+                each(&2, Ok(vec![2, 2]));
+                each(&9, Ok(vec![9]));
+            },
+        );
+        assert_eq!(asked, vec![2, 3], "1 was cached, 2 asked once");
+        assert_eq!(*loader.cached(&2).unwrap(), vec![2, 2]);
+        assert!(
+            !loader.present(&3),
+            "unreported: failed, not cached, not loading"
+        );
+        assert!(!loader.present(&9), "a key nobody asked for is not cached");
+        let calls = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                loader.load_many(
+                    &[5],
+                    |v| v.len(),
+                    |_, each| {
+                        std::thread::sleep(std::time::Duration::from_millis(100));
+                        each(&5, Ok(vec![5]));
+                    },
+                );
+            });
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            let v = loader
+                .get_or_load(
+                    &5,
+                    |v| v.len(),
+                    || {
+                        calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        Ok(vec![0])
+                    },
+                )
+                .unwrap();
+            assert_eq!(*v, vec![5], "a reader waits for the batch");
+        });
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 0);
     }
 
     #[test]

@@ -8,6 +8,7 @@ use crate::layout::{Layout, SnapView};
 use crate::node::{self, entry_node, Attr, Node, ViewKind, What, ROOT_INO};
 use crate::read::OpenFile;
 use crate::source::Source;
+use cairn_repo::crypto::Kind;
 use cairn_repo::format::{Entry, FileType, Time, Tree};
 use cairn_repo::storage::Reader;
 use cairn_repo::{Id, Repository};
@@ -494,7 +495,9 @@ impl FsCore {
     /// them there without a round trip), larger ones their first chunk.
     fn fetch_files_ahead(&self, dir: Option<&Node>, snap: u64, tree_id: &Id, from: u32, to: u32) {
         let Ok(tree) = self.tree(tree_id) else { return };
-        let push = self.inner.source.pusher().cloned();
+        let source = &self.inner.source;
+        let push = source.pusher().cloned();
+        let mut whole = Vec::new();
         let mut first_chunks = Vec::new();
         for e in tree.entries.iter().take(to as usize).skip(from as usize) {
             let cairn_repo::Content::Inline(xs) = &e.content else {
@@ -504,20 +507,30 @@ impl FsCore {
                 continue;
             }
             match (&push, dir) {
-                (Some(push), Some(dir)) if e.size <= PUSH_MAX => {
+                (Some(_), Some(dir)) if e.size <= PUSH_MAX => {
                     let ino = node::entry_ino(snap, node::child_key(dir.key, &e.name), e);
-                    crate::read::push_ahead(
-                        &self.inner.source,
-                        push.clone(),
+                    whole.push(crate::read::Ahead {
                         ino,
-                        e.size,
-                        xs.clone(),
-                    );
+                        size: e.size,
+                        extents: xs.clone(),
+                    });
                 }
                 _ => first_chunks.extend(xs.first().and_then(|x| x.id)),
             }
         }
-        crate::read::prefetch_ids(&self.inner.source, first_chunks.into_iter());
+        match push {
+            Some(push) if source.remote => {
+                crate::read::fetch_batch(source, push, whole, first_chunks);
+            }
+            _ => {
+                for ahead in whole {
+                    if let Some(push) = &push {
+                        crate::read::push_ahead(source, push.clone(), ahead);
+                    }
+                }
+                crate::read::prefetch_ids(source, first_chunks.into_iter());
+            }
+        }
     }
 
     /// Decode the trees of a listed directory's subdirectories on the pool: whoever lists a
@@ -533,6 +546,9 @@ impl FsCore {
             return;
         };
         let ids = tree.entries.iter().filter_map(|e| e.subtree);
+        if self.inner.source.remote {
+            return self.fetch_trees(ids.take(SUBTREES_AHEAD).collect());
+        }
         for id in ids.take(SUBTREES_AHEAD) {
             if self.inner.trees.present(&id) {
                 continue;
@@ -544,6 +560,22 @@ impl FsCore {
                 });
             }
         }
+    }
+
+    /// From a remote store: the trees `ids` (those neither cached nor loading) in one
+    /// request, on the prefetch pool.
+    fn fetch_trees(&self, ids: Vec<Id>) {
+        let Some(pool) = &self.inner.source.pool else {
+            return;
+        };
+        let core = self.clone();
+        pool.spawn(move || {
+            let inner = &core.inner;
+            inner.trees.load_many(&ids, tree_weight, |wanted, each| {
+                let open = |id: &Id, sealed: &[u8]| inner.repo.open_tree(id, sealed);
+                inner.source.read_batch(wanted, Kind::Tree, open, each)
+            });
+        });
     }
 
     /// Record that entry `index` of this directory was read; the entries to fetch ahead if

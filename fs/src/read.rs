@@ -12,6 +12,10 @@ use std::sync::Arc;
 /// How far from the last read's end a read may start and still count as sequential.
 const SEQ_SLACK: u64 = 4 << 20;
 
+/// Chunks a sequential reader of a remote store has fetched ahead (8 MiB on average): one
+/// `read_many` each.
+const REMOTE_WINDOW: usize = 8;
+
 /// Pages are the unit of the kernel's page cache: pushed ranges start and end on them.
 const PAGE: u64 = 4096;
 
@@ -169,6 +173,9 @@ fn checked_chunk(inner: &Source, id: &Id, len: u64) -> FsResult<Arc<Vec<u8>>> {
 /// reader finds it there instead of asking for it 128 KiB at a time.
 fn prefetch(inner: &Arc<Source>, f: &Arc<OpenFile>, i: usize) {
     let Some(pool) = &inner.pool else { return };
+    if inner.remote {
+        return prefetch_window(inner, pool, f, i);
+    }
     let want = inner.prefetch_chunks;
     let from = (i + 1).max(f.prefetched.load(Ordering::Relaxed));
     let to = (i + 1 + want).min(f.map.extents().len());
@@ -190,6 +197,33 @@ fn prefetch(inner: &Arc<Source>, f: &Arc<OpenFile>, i: usize) {
             }
         });
     }
+}
+
+/// `prefetch` from a remote store: once less than half a window is fetched ahead of extent
+/// `i`, the next window's chunks in one request (one round trip instead of one per chunk),
+/// then into the kernel's page cache.
+fn prefetch_window(inner: &Arc<Source>, pool: &crate::pool::Pool, f: &Arc<OpenFile>, i: usize) {
+    let want = inner.prefetch_chunks.max(REMOTE_WINDOW);
+    let ahead = f.prefetched.load(Ordering::Relaxed);
+    if ahead > i + 1 + want / 2 {
+        return;
+    }
+    let from = (i + 1).max(ahead);
+    let to = (i + 1 + want).min(f.map.extents().len());
+    if from >= to || f.prefetched.fetch_max(to, Ordering::Relaxed) >= to {
+        return;
+    }
+    let (inner, f) = (inner.clone(), f.clone());
+    pool.spawn(move || {
+        let xs = &f.map.extents()[from..to];
+        let ids: Vec<Id> = xs.iter().filter_map(|x| x.id).collect();
+        inner.load_chunks(&ids);
+        for (j, x) in (from..to).zip(xs) {
+            if let Some(data) = x.id.and_then(|id| inner.chunks.cached(&id)) {
+                push_chunk(&inner, &f, j, &data);
+            }
+        }
+    });
 }
 
 /// Hand extent `i` of `f` (its decoded bytes) to the kernel's page cache, once: the whole
@@ -220,32 +254,67 @@ fn push_chunk(inner: &Source, f: &OpenFile, i: usize, data: &[u8]) {
     }
 }
 
+/// A small file to decode whole and hand to the kernel's page cache ahead of its reader.
+pub(crate) struct Ahead {
+    /// The kernel's inode of the file.
+    pub(crate) ino: u64,
+    /// Its size as the kernel shows it.
+    pub(crate) size: u64,
+    pub(crate) extents: Vec<Extent>,
+}
+
 /// On the prefetch pool: decode a small file whole and hand it to the kernel's page cache
-/// for inode `ino` (a failure is not reported: a reader that needs the file will be).
-pub(crate) fn push_ahead(inner: &Arc<Source>, push: Pusher, ino: u64, size: u64, xs: Vec<Extent>) {
+/// (a failure is not reported: a reader that needs the file will be).
+pub(crate) fn push_ahead(inner: &Arc<Source>, push: Pusher, ahead: Ahead) {
     let Some(pool) = &inner.pool else { return };
     let inner = inner.clone();
+    pool.spawn(move || push_whole(&inner, &push, &ahead));
+}
+
+/// From a remote store: one job on the prefetch pool fetches the chunks of the small files
+/// `whole` and the `first` chunks of larger ones in one request, then pushes the small files.
+pub(crate) fn fetch_batch(inner: &Arc<Source>, push: Pusher, whole: Vec<Ahead>, first: Vec<Id>) {
+    let Some(pool) = &inner.pool else { return };
+    let mut ids: Vec<Id> = whole
+        .iter()
+        .flat_map(|a| a.extents.iter().filter_map(|x| x.id))
+        .chain(first)
+        .filter(|id| !inner.chunks.present(id))
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let inner = inner.clone();
     pool.spawn(move || {
-        // Exactly the size the kernel shows for the file (see `OpenFile::for_inode`).
-        let total: u64 = xs.iter().map(|x| x.len).sum();
-        if size == 0 || total != size {
-            return;
-        }
-        if let [x @ Extent { id: Some(id), .. }] = xs[..] {
-            // One chunk (nearly every small file): pushed straight from the cache.
-            if let Ok(data) = checked_chunk(&inner, &id, x.len) {
-                push(ino, 0, &data);
-            }
-            return;
-        }
-        let mut whole = Vec::with_capacity(size as usize);
-        if xs
-            .iter()
-            .all(|x| append(&inner, &mut whole, *x, 0, x.len).is_ok())
-        {
-            push(ino, 0, &whole);
+        inner.load_chunks(&ids);
+        for ahead in &whole {
+            push_whole(&inner, &push, ahead);
         }
     });
+}
+
+/// Decode a small file whole and hand it to the kernel's page cache.
+fn push_whole(inner: &Source, push: &Pusher, ahead: &Ahead) {
+    let Ahead { ino, size, .. } = *ahead;
+    let xs = &ahead.extents;
+    // Exactly the size the kernel shows for the file (see `OpenFile::for_inode`).
+    let total: u64 = xs.iter().map(|x| x.len).sum();
+    if size == 0 || total != size {
+        return;
+    }
+    if let [x @ Extent { id: Some(id), .. }] = xs[..] {
+        // One chunk (nearly every small file): pushed straight from the cache.
+        if let Ok(data) = checked_chunk(inner, &id, x.len) {
+            push(ino, 0, &data);
+        }
+        return;
+    }
+    let mut whole = Vec::with_capacity(size as usize);
+    if xs
+        .iter()
+        .all(|x| append(inner, &mut whole, *x, 0, x.len).is_ok())
+    {
+        push(ino, 0, &whole);
+    }
 }
 
 /// Decode these chunks into the cache on the prefetch pool (those not cached or loading).

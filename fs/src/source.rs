@@ -4,6 +4,7 @@
 
 use crate::cache::{lock, Loader};
 use crate::error::FsResult;
+use cairn_repo::crypto::Kind;
 use cairn_repo::reader::load_chunk;
 use cairn_repo::storage::Reader;
 use cairn_repo::{Id, Repository};
@@ -25,6 +26,9 @@ pub(crate) struct Source {
     pub(crate) pool: Option<crate::pool::Pool>,
     /// Chunks fetched ahead of a sequential reader.
     pub(crate) prefetch_chunks: usize,
+    /// Every read is a round trip to another machine (ssh, S3): prefetch asks for many
+    /// chunks in one `read_many` instead of one request per chunk.
+    pub(crate) remote: bool,
     /// The reader `with_view` reuses, and when it was made.
     view: Mutex<Option<(Instant, Arc<dyn Reader>)>>,
     /// Set by the FUSE adapter once mounted (see `Pusher`).
@@ -39,6 +43,7 @@ impl Source {
         pool: Option<crate::pool::Pool>,
     ) -> Source {
         Source {
+            remote: repo.storage().capabilities().remote,
             repo,
             chunks: Loader::new(chunk_cache_bytes),
             pool,
@@ -79,6 +84,49 @@ impl Source {
         let view: Arc<dyn Reader> = Arc::from(self.repo.reader()?);
         *lock(&self.view) = Some((Instant::now(), view.clone()));
         Ok(f(&*view)?)
+    }
+
+    /// Put the chunks `ids` in the cache, those neither cached nor loading fetched in one
+    /// `read_many` (a failure is not reported: a reader that needs a chunk will be).
+    pub(crate) fn load_chunks(&self, ids: &[Id]) {
+        let keys = self.repo.keys();
+        self.chunks.load_many(ids, Vec::len, |wanted, each| {
+            self.read_batch(
+                wanted,
+                Kind::Chunk,
+                |id, s| keys.open_verified(Kind::Chunk, id, s),
+                each,
+            )
+        });
+    }
+
+    /// Read the objects `wanted` of kind `kind` in one `read_many`, opening each with `open`
+    /// and handing the outcome to `each` (for `Loader::load_many`).
+    pub(crate) fn read_batch<V>(
+        &self,
+        wanted: &[Id],
+        kind: Kind,
+        open: impl Fn(&Id, &[u8]) -> cairn_repo::Result<V>,
+        each: &mut dyn FnMut(&Id, FsResult<V>),
+    ) {
+        let got = Mutex::new(Vec::with_capacity(wanted.len()));
+        // On a retry with a fresh reader, the objects already opened are simply ignored.
+        let _ = self.with_view(|view| {
+            view.read_many(wanted, &mut |id, r| {
+                let v = r.and_then(|(stored, sealed)| match stored == kind {
+                    true => open(&id, &sealed),
+                    false => Err(cairn_repo::Error::corrupt(
+                        id,
+                        format!("stored as a {stored:?}, expected a {kind:?}"),
+                    )),
+                });
+                lock(&got).push((id, v));
+                Ok(())
+            })
+        });
+        for (id, v) in got.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            each(&id, v.map_err(Into::into));
+        }
     }
 
     /// A chunk's plaintext, from the cache or the repository.

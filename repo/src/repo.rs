@@ -269,9 +269,15 @@ impl Repository {
 
     /// Read and decode a tree, checking its public references.
     pub fn load_tree(&self, reader: &dyn Reader, id: &Id) -> Result<Tree> {
-        let (plain, sealed) = self.load_sealed(reader, id, Kind::Tree)?;
+        self.open_tree(id, &crate::storage::read_as(reader, id, Kind::Tree)?)
+    }
+
+    /// Decrypt, verify and decode a tree read already (by a batched `read_many`), checking
+    /// its public references.
+    pub fn open_tree(&self, id: &Id, sealed: &[u8]) -> Result<Tree> {
+        let plain = self.keys.open_verified(Kind::Tree, id, sealed)?;
         let tree = Tree::decode(&plain).map_err(|e| Error::corrupt(id, e.to_string()))?;
-        graph::check_refs(id, &sealed, || Refs::of_tree(&tree))?;
+        graph::check_refs(id, sealed, || Refs::of_tree(&tree))?;
         Ok(tree)
     }
 
