@@ -327,3 +327,89 @@ fn a_server_killed_mid_backup_is_a_clear_error_and_loses_nothing() {
     );
     assert_same_tree(&src, &out.join(src.strip_prefix("/").unwrap()));
 }
+
+/// A command reaches the server over one ssh connection, however many it uses: the others
+/// are sessions multiplexed over it (OpenSSH's ControlMaster), so it logs in once. The
+/// master and its socket directory are gone when the command ends. With the user's own
+/// `-o ControlPath=none`, cairn leaves ssh alone (and then logs in several times).
+#[test]
+fn a_command_logs_in_to_the_server_once() {
+    let s = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let tmp = work.path().join("tmp");
+    std::fs::create_dir_all(&tmp).unwrap();
+    let src = work.path().join("src");
+    small_tree(&src);
+    for i in 0..40 {
+        std::fs::write(
+            src.join(format!("f{i}")),
+            format!("file {i}\n").repeat(2000),
+        )
+        .unwrap();
+    }
+    let url = s.url("acme");
+    let cairn = |args: &[&str]| {
+        let mut c = s.cairn(&url);
+        c.args(args)
+            .env("TMPDIR", &tmp)
+            .env_remove("XDG_RUNTIME_DIR");
+        c
+    };
+    let logins = |what: &str, c: &mut Command| {
+        let before = s.sshd.logins();
+        ok(c, 0);
+        let n = s.sshd.logins() - before;
+        assert_eq!(
+            std::fs::read_dir(&tmp).unwrap().count(),
+            0,
+            "{what}: the master's socket directory is removed"
+        );
+        (what.to_string(), n)
+    };
+    let mut seen = vec![logins("init", &mut cairn(&["init"]))];
+    let src_arg = src.to_str().unwrap();
+    seen.push(logins("backup", &mut cairn(&["backup", src_arg])));
+    std::fs::write(src.join("f1"), "changed\n").unwrap();
+    seen.push(logins("backup", &mut cairn(&["backup", src_arg])));
+    let out = work.path().join("out");
+    let out_arg = out.to_str().unwrap();
+    seen.push(logins(
+        "restore",
+        &mut cairn(&["restore", "latest", "--target", out_arg]),
+    ));
+    seen.push(logins("check", &mut cairn(&["check", "--read-data"])));
+    seen.push(logins(
+        "forget",
+        &mut cairn(&["forget", "--keep-last", "1", "--prune"]),
+    ));
+    {
+        let before = s.sshd.logins();
+        let mnt = work.path().join("mnt");
+        let mut cmd = cairn(&[]);
+        cmd.stdin(Stdio::null());
+        let m = Mount::start_with(cmd, &mnt, &[]);
+        let inside = m.latest().join(src.strip_prefix("/").unwrap());
+        for i in 0..40 {
+            assert_eq!(
+                std::fs::read(inside.join(format!("f{i}"))).unwrap(),
+                std::fs::read(src.join(format!("f{i}"))).unwrap()
+            );
+        }
+        drop(m);
+        seen.push(("mount".into(), s.sshd.logins() - before));
+    }
+    for (what, n) in &seen {
+        assert_eq!(*n, 1, "{what} logged in {n} times: {seen:?}");
+    }
+    let mut own = cairn(&["backup", src_arg]);
+    own.env(
+        "CAIRN_SSH_COMMAND",
+        format!("{} -o ControlPath=none", s.sshd.ssh_command),
+    );
+    let before = s.sshd.logins();
+    ok(&mut own, 0);
+    assert!(
+        s.sshd.logins() - before > 1,
+        "the user's own ControlPath=none is kept: each connection logs in"
+    );
+}

@@ -44,8 +44,10 @@ pub enum Error {
     Damaged { path: PathBuf, reason: String },
     #[error("unsupported repository format: {0}")]
     Format(String),
+    /// The server failed with an error of a kind this cairn does not know (a newer or an
+    /// older `cairn serve`), in its words.
     #[error("{0}")]
-    Invalid(String),
+    Remote(String),
     /// The command was asked something it cannot do as given: a bad option value or URL.
     #[error("{0}")]
     Usage(String),
@@ -101,6 +103,10 @@ pub enum Error {
         /// What the repository occupies plus what the refused write would have added.
         used: u64,
     },
+    /// The server could not be reached, or the connection to it broke (what ssh said, or
+    /// what was cut).
+    #[error("{0}")]
+    Connection(String),
     #[error("interrupted")]
     Interrupted,
 }

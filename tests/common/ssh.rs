@@ -62,7 +62,7 @@ pub fn start_sshd(dir: &Path) -> Sshd {
     let config = format!(
         "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\nStrictModes no\nUsePAM no\n\
          AuthorizedKeysFile {d}/authorized_keys\nPubkeyAuthentication yes\nPasswordAuthentication no\n\
-         KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nLogLevel ERROR\n\
+         KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nLogLevel INFO\n\
          MaxStartups 100\n",
         d = dir.display()
     );
@@ -89,6 +89,18 @@ pub fn start_sshd(dir: &Path) -> Sshd {
     };
     wait_listening(&mut s);
     s
+}
+
+impl Sshd {
+    /// How many logins sshd has accepted so far (one per ssh connection; sessions
+    /// multiplexed over a connection are not logins).
+    pub fn logins(&self) -> usize {
+        std::fs::read_to_string(self.dir.join("sshd.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("Accepted publickey"))
+            .count()
+    }
 }
 
 fn wait_listening(s: &mut Sshd) {

@@ -16,8 +16,9 @@ use crate::crypto::Kind;
 use crate::error::{Error, Result};
 use crate::format::Config;
 use crate::id::Id;
+use crate::sync::mux::{Master, Slot};
 use crate::sync::proto::{self, ReadAnswer, Request, Response, WireInfo, WireObject};
-use crate::sync::remote::{unexpected, SshProcess};
+use crate::sync::remote::{ssh_argv_with, unexpected, SshProcess};
 use crate::sync::{SshOptions, SshUrl};
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -53,7 +54,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// What the client says when the first reply is a version-2 (or older) server's error: such
 /// a server cannot decode `OpenStore`.
 fn too_old(location: &str, said: &str) -> Error {
-    Error::Invalid(format!(
+    Error::Protocol(format!(
         "the server's cairn at {location} is too old (speaks sync protocol ≤ 2) to serve a repository; upgrade cairn on the server [it said: {said}]"
     ))
 }
@@ -775,7 +776,7 @@ impl RemoteWriter {
     fn conn(&mut self) -> Result<&mut Conn> {
         match (&self.failed, self.conn.as_mut()) {
             (None, Some(c)) => Ok(c),
-            (why, _) => Err(Error::Invalid(format!(
+            (why, _) => Err(Error::Refused(format!(
                 "an earlier write to {} failed ({}); what was not checkpointed is not stored",
                 self.shared.location,
                 why.as_deref().unwrap_or("closed")
@@ -855,7 +856,7 @@ impl Writer for RemoteWriter {
     fn add(&mut self, id: Id, kind: Kind, sealed: &[u8]) -> Result<()> {
         self.conn()?;
         if sealed.len() > proto::MAX_FRAME - FRAME_SLACK {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Refused(format!(
                 "object {id} of {} bytes is too large for the remote protocol (at most {})",
                 sealed.len(),
                 proto::MAX_FRAME - FRAME_SLACK
@@ -892,18 +893,39 @@ pub fn ssh(url: &SshUrl, opts: &SshOptions) -> Box<dyn Connector> {
     Box::new(SshConnector {
         url: url.clone(),
         opts: opts.clone(),
+        master: Mutex::new(None),
     })
 }
 
 struct SshConnector {
     url: SshUrl,
     opts: SshOptions,
+    /// The ssh connection the others are multiplexed over, once started (`Some(None)`: this
+    /// ssh command is not multiplexed; see `sync::mux`).
+    master: Mutex<Option<Option<Arc<Master>>>>,
+}
+
+impl SshConnector {
+    /// The master, started by the first connection (the others wait for it to be up).
+    fn master(&self) -> Result<Option<Arc<Master>>> {
+        let mut m = lock(&self.master);
+        if m.is_none() {
+            *m = Some(Master::start(&self.url, &self.opts)?);
+        }
+        Ok(m.clone().flatten())
+    }
 }
 
 impl Connector for SshConnector {
     fn connect(&self) -> Result<(Box<dyn Read + Send>, Box<dyn Write + Send>)> {
-        let (process, out, inp) = SshProcess::spawn(&self.url, &self.opts)?;
-        let process = Arc::new(Mutex::new(Reaper(process)));
+        let slot = self.master()?.and_then(|m| m.slot());
+        let extra = slot.as_ref().map(Slot::options).unwrap_or_default();
+        let argv = ssh_argv_with(&self.url, &self.opts, &extra, true);
+        let (process, out, inp) = SshProcess::spawn_argv(&self.url, argv)?;
+        let process = Arc::new(Mutex::new(Reaper {
+            ssh: process,
+            _slot: slot,
+        }));
         Ok((
             Box::new(SshOut {
                 out,
@@ -929,12 +951,16 @@ impl Connector for SshConnector {
     }
 }
 
-/// The ssh process, waited for (and killed if it lingers) when both halves are dropped.
-struct Reaper(SshProcess);
+/// The ssh process, waited for (and killed if it lingers) when both halves are dropped; then
+/// its claim on the master, if it is multiplexed.
+struct Reaper {
+    ssh: SshProcess,
+    _slot: Option<Slot>,
+}
 
 impl Drop for Reaper {
     fn drop(&mut self) {
-        self.0.finish();
+        self.ssh.finish();
     }
 }
 
@@ -947,7 +973,7 @@ struct SshOut {
 impl Read for SshOut {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         match self.out.read(buf)? {
-            0 if !buf.is_empty() => match lock(&self.process).0.failure() {
+            0 if !buf.is_empty() => match lock(&self.process).ssh.failure() {
                 Some(said) => Err(std::io::Error::other(said)),
                 None => Ok(0),
             },

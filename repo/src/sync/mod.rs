@@ -5,6 +5,7 @@
 //! (`graph`), so it needs no key unless the repository holds objects sealed before format 2;
 //! the receiving side ([`sink::Sink`]) never needs a key.
 
+pub(crate) mod mux;
 pub mod plan;
 pub mod proto;
 pub mod remote;
@@ -81,7 +82,7 @@ pub fn open_replica_at(
         // Another sync created it since the open: use that one (if it is ours).
         Err(Error::RepoExists(_)) => match sink::open_replica(url, &repo_id, opts)? {
             Some(store) => Ok((store, false)),
-            None => Err(Error::Invalid(format!(
+            None => Err(Error::NotFound(format!(
                 "{url}: a repository appeared and went away while the replica was being created"
             ))),
         },
@@ -225,7 +226,7 @@ fn delete_extra(target: &mut dyn Target, extra: Vec<Id>, report: &mut SyncReport
             Ok(r) => expect_done(r)?,
             // Refused here (a store), or answered as an error by a `cairn serve` (whose sync
             // replies carry text only): the deletion did not happen, the rest stands.
-            Err(Error::Refused(why)) | Err(Error::Invalid(why)) => {
+            Err(Error::Refused(why)) => {
                 report.delete_refused = Some(why);
                 return Ok(());
             }

@@ -325,6 +325,7 @@ mod kind {
     pub const NOT_ALLOWED: u32 = 22;
     pub const QUOTA_EXCEEDED: u32 = 23;
     pub const KEY_NEEDED: u32 = 24;
+    pub const CONNECTION: u32 = 25;
 }
 
 impl WireError {
@@ -351,7 +352,7 @@ impl WireError {
             },
             Error::Db(m) => w(kind::DB, "", m),
             Error::Format(m) => w(kind::FORMAT, "", m),
-            Error::Invalid(m) => w(kind::INVALID, "", m),
+            Error::Remote(m) => w(kind::INVALID, "", m),
             Error::Protocol(m) => w(kind::PROTOCOL, "", m),
             Error::PermissionDenied(_) => w(kind::PERMISSION_DENIED, "", ""),
             Error::Interrupted => w(kind::INTERRUPTED, "", ""),
@@ -362,6 +363,7 @@ impl WireError {
             Error::Internal(m) => w(kind::INTERNAL, "", m),
             Error::LocalOnly { what, .. } => w(kind::LOCAL_ONLY, what, ""),
             Error::KeyNeeded(m) => w(kind::KEY_NEEDED, "", m),
+            Error::Connection(m) => w(kind::CONNECTION, "", m),
             // The subject is the right and the rights granted (`forget backup,restore`); the
             // detail the whole message, for a client that does not know the kind.
             Error::NotAllowed { right, granted, .. } => w(
@@ -422,8 +424,9 @@ impl WireError {
             ),
             kind::DB => Error::Db(detail),
             kind::KEY_NEEDED => Error::KeyNeeded(detail),
+            kind::CONNECTION => Error::Connection(format!("on the server of {location}: {detail}")),
             kind::FORMAT => Error::Format(detail),
-            kind::INVALID => Error::Invalid(detail),
+            kind::INVALID => Error::Remote(format!("the server of {location} failed: {detail}")),
             kind::PROTOCOL => Error::Protocol(format!("the server of {location} says: {detail}")),
             kind::PERMISSION_DENIED => Error::PermissionDenied(path),
             kind::INTERRUPTED => Error::Interrupted,
@@ -442,7 +445,7 @@ impl WireError {
                     granted,
                     location: location.to_string(),
                 },
-                None => Error::Invalid(format!("the server of {location} says: {detail}")),
+                None => Error::Remote(format!("the server of {location} says: {detail}")),
             },
             kind::QUOTA_EXCEEDED => match numbers(&subject) {
                 Some((quota, used)) => Error::QuotaExceeded {
@@ -450,9 +453,9 @@ impl WireError {
                     quota,
                     used,
                 },
-                None => Error::Invalid(format!("the server of {location} says: {detail}")),
+                None => Error::Remote(format!("the server of {location} says: {detail}")),
             },
-            _ => Error::Invalid(format!("the server of {location} failed: {detail}")),
+            _ => Error::Remote(format!("the server of {location} failed: {detail}")),
         }
     }
 }
@@ -492,9 +495,9 @@ pub fn check_store_object(o: &WireObject) -> Result<crate::crypto::Kind> {
 /// Encode a message into a frame body.
 pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>> {
     let body = postcard::to_stdvec(msg)
-        .map_err(|e| Error::Invalid(format!("encoding sync message: {e}")))?;
+        .map_err(|e| Error::Internal(format!("encoding sync message: {e}")))?;
     if body.is_empty() || body.len() > MAX_FRAME {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Refused(format!(
             "sync message of {} bytes exceeds the frame limit of {MAX_FRAME}",
             body.len()
         )));
@@ -777,7 +780,8 @@ mod tests {
             Error::io("writing", std::io::Error::from_raw_os_error(libc::ENOSPC)),
             Error::Db("db".into()),
             Error::Format("fmt".into()),
-            Error::Invalid("inv".into()),
+            Error::Remote("inv".into()),
+            Error::Connection("conn".into()),
             Error::Protocol("proto".into()),
             Error::PermissionDenied("/srv/x".into()),
             Error::Interrupted,
@@ -827,7 +831,7 @@ mod tests {
             detail: "what".into(),
             os_code: 0,
         };
-        assert!(matches!(unknown.into_error("x"), Error::Invalid(_)));
+        assert!(matches!(unknown.into_error("x"), Error::Remote(_)));
     }
 
     proptest! {

@@ -31,7 +31,7 @@ impl<R: Read, W: Write> StreamTarget<R, W> {
 
     fn reply(&mut self) -> Result<Response> {
         match proto::read_msg(&mut self.r)? {
-            Response::Error(msg) => Err(Error::Invalid(format!("the target refused: {msg}"))),
+            Response::Error(msg) => Err(Error::Refused(format!("by the target: {msg}"))),
             resp => Ok(resp),
         }
     }
@@ -71,7 +71,7 @@ impl<R: Read, W: Write> StreamTarget<R, W> {
             other => return Err(unexpected(&other)),
         };
         if !exists && !create {
-            return Err(Error::Invalid(
+            return Err(Error::NotFound(
                 "there is no replica of this repository there".into(),
             ));
         }
@@ -223,10 +223,22 @@ impl Default for SshOptions {
 
 /// The argument vector that runs `cairn serve` through ssh.
 pub fn ssh_argv(url: &SshUrl, opts: &SshOptions) -> Vec<String> {
+    ssh_argv_with(url, opts, &[], true)
+}
+
+/// `ssh_argv` with `extra` options after the user's own, and the remote `cairn serve`
+/// command only when `command` (a multiplexing master runs none).
+pub(crate) fn ssh_argv_with(
+    url: &SshUrl,
+    opts: &SshOptions,
+    extra: &[String],
+    command: bool,
+) -> Vec<String> {
     let mut argv = opts.command.clone();
     if argv.is_empty() {
         argv.push("ssh".into());
     }
+    argv.extend(extra.iter().cloned());
     // No prompts; and a server that goes silent (a dead link, a hung host) ends the
     // connection within a minute instead of hanging a backup or a mount's reads. Options the
     // user's ssh command gives first win (ssh keeps the first value of each).
@@ -244,6 +256,9 @@ pub fn ssh_argv(url: &SshUrl, opts: &SshOptions) -> Vec<String> {
         argv.extend(["-l".into(), u.clone()]);
     }
     argv.push(url.host.clone());
+    if !command {
+        return argv;
+    }
     // `ssh://host/~/dir`: relative to the remote home, where ssh starts the command.
     let path = url.path.strip_prefix("/~/").unwrap_or(&url.path);
     argv.push(format!(
@@ -270,7 +285,14 @@ impl SshProcess {
         url: &SshUrl,
         opts: &SshOptions,
     ) -> Result<(SshProcess, ChildStdout, ChildStdin)> {
-        let argv = ssh_argv(url, opts);
+        SshProcess::spawn_argv(url, ssh_argv(url, opts))
+    }
+
+    /// Start ssh with this argument vector (from `ssh_argv_with`) for `url`.
+    pub(crate) fn spawn_argv(
+        url: &SshUrl,
+        argv: Vec<String>,
+    ) -> Result<(SshProcess, ChildStdout, ChildStdin)> {
         let mut child = Command::new(&argv[0])
             .args(&argv[1..])
             // ssh and what it runs (ProxyCommand, askpass) never see a repository password.
@@ -298,7 +320,7 @@ impl SshProcess {
         let (Some(out), Some(inp)) = (child.stdout.take(), child.stdin.take()) else {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(Error::Invalid("ssh started without pipes".into()));
+            return Err(Error::Internal("ssh started without pipes".into()));
         };
         let label = format!(
             "{}{}",
@@ -350,9 +372,20 @@ impl SshProcess {
     /// `e` with what ssh said added (see `failure`).
     pub(crate) fn explain(&mut self, e: Error) -> Error {
         match self.failure() {
-            Some(said) => Error::Invalid(format!("{said} [{e}]")),
+            Some(said) => Error::Connection(format!("{said} [{e}]")),
             None => e,
         }
+    }
+
+    /// Whether ssh has exited (without waiting).
+    pub(crate) fn has_exited(&mut self) -> bool {
+        !matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Stop ssh now.
+    pub(crate) fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     pub(crate) fn wait_briefly(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
@@ -407,7 +440,7 @@ impl SshTarget {
     ) -> Result<T> {
         let r = match self.stream.as_mut() {
             Some(s) => f(s),
-            None => Err(Error::Invalid("connection closed".into())),
+            None => Err(Error::Connection("the connection closed".into())),
         };
         r.map_err(|e| self.process.explain(e))
     }
