@@ -158,15 +158,19 @@ fn open_pair(g: &Global, arg: &std::path::Path) -> Result<(Repository, Option<Re
             let repo = g.open()?;
             let parsed = cairn_repo::sync::SshUrl::parse(&url)?;
             let mut target = cairn_repo::sync::SshTarget::connect(&parsed, &g.ssh.options())?;
-            target
-                .handshake_existing(&repo)
-                .map_err(|e| Failure::from(cairn_repo::Error::Invalid(format!("{url}: {e}"))))?;
+            target.handshake_existing(&repo).map_err(|e| {
+                let f = Failure::from(e);
+                Failure {
+                    message: format!("{url}: {}", f.message),
+                    ..f
+                }
+            })?;
             Ok((repo, Some(Replica::Ssh(Box::new(target), url))))
         }
         ReplicaArg::Store(url) => {
             let store = match cairn_repo::storage::open(&url, &g.open_options()) {
                 Err(cairn_repo::Error::RepoNotFound { reason, .. }) => {
-                    return Err(cairn_repo::Error::Invalid(format!(
+                    return Err(cairn_repo::Error::NotFound(format!(
                         "{url}: no replica there ({reason})"
                     ))
                     .into())

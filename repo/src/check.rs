@@ -413,7 +413,7 @@ pub fn repair_from(
     damaged: &[Id],
 ) -> Result<RepairReport> {
     if repo.config().repo_id != replica.config().repo_id {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Usage(format!(
             "{} is not a replica of this repository (different repository id)",
             replica.storage().location()
         )));
@@ -669,7 +669,7 @@ pub fn repair_storage_from(
     let other = Store::open(replica, crate::store::DEFAULT_DB_CACHE)?;
     let (cfg, other_cfg) = (store.config()?, other.config()?);
     if cfg.repo_id != other_cfg.repo_id {
-        return Err(Error::Invalid(format!(
+        return Err(Error::Usage(format!(
             "{} is not a replica of this repository (different repository id)",
             replica.display()
         )));

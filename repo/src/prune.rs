@@ -261,7 +261,7 @@ impl Mark for GraphMarker<'_> {
 
 fn unreadable(e: Error) -> Error {
     if e.is_damage() || matches!(e, Error::Format(_)) {
-        return Error::Invalid(format!(
+        return Error::Refused(format!(
             "prune stopped before deleting anything: {e}. Run `cairn check` (and `cairn check --repair-from REPLICA`) first"
         ));
     }

@@ -230,7 +230,7 @@ impl Store {
             })
         };
         if dir.exists() && std::fs::read_dir(dir).map(occupied).unwrap_or(true) {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Usage(format!(
                 "{} exists and is not empty; give a new or empty directory",
                 dir.display()
             )));
@@ -460,9 +460,7 @@ impl Store {
                     )));
                 }
                 if t.len()? <= 1 {
-                    return Err(Error::Invalid(
-                        "refusing to remove the last key slot".into(),
-                    ));
+                    return Err(Error::Refused("the last key slot cannot be removed".into()));
                 }
                 t.remove(id)?;
             }

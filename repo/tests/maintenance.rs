@@ -449,11 +449,11 @@ fn repair_refuses_an_unrelated_repository_and_never_invents_data() {
     let root = repo.snapshots().unwrap()[0].snapshot.root;
     assert!(matches!(
         repair_from(&repo, &other, &[root]),
-        Err(Error::Invalid(_))
+        Err(Error::Usage(_))
     ));
     assert!(matches!(
         cairn_repo::check::repair_storage_from(&f.repo_dir, &f.root.join("other")),
-        Err(Error::Invalid(_))
+        Err(Error::Usage(_))
     ));
     // A "replica" that is the damaged repository itself cannot supply an intact copy.
     damage_object_for_tests(

@@ -349,7 +349,7 @@ impl<T: Target> Target for FailAfter<T> {
             // Let whole batches through until the budget is spent, then drop the link: how
             // many objects a batch holds depends on the (random) keys' id order.
             if self.budget == 0 {
-                return Err(Error::Invalid("injected failure: link dropped".into()));
+                return Err(Error::Connection("injected failure: link dropped".into()));
             }
             self.budget = self.budget.saturating_sub(objs.len());
         }

@@ -77,9 +77,7 @@ impl Storage for MemoryStore {
             return Err(Error::NotFound(format!("no key slot {id}")));
         }
         if inner.slots.len() <= 1 {
-            return Err(Error::Invalid(
-                "refusing to remove the last key slot".into(),
-            ));
+            return Err(Error::Refused("the last key slot cannot be removed".into()));
         }
         inner.slots.remove(&id);
         Ok(())

@@ -330,7 +330,9 @@ impl<'s> Connection<'s> {
                 at_most("a have request", ids.len(), proto::MAX_HAVE)?;
                 let answers = store.reader()?.contains(&ids)?;
                 if answers.len() != ids.len() {
-                    return Err(Error::Invalid("the store answered contains wrongly".into()));
+                    return Err(Error::Internal(
+                        "the store answered contains wrongly".into(),
+                    ));
                 }
                 Response::Have(answers)
             }
@@ -456,7 +458,7 @@ impl<'s> Connection<'s> {
     /// more is stored through this connection, so what is stored stays a prefix.
     fn write(&mut self, f: impl FnOnce(&mut dyn Writer) -> Result<()>) -> Result<()> {
         if let Some(why) = &self.writer_failed {
-            return Err(Error::Invalid(format!(
+            return Err(Error::Refused(format!(
                 "an earlier write on this connection failed ({why}); nothing more is taken"
             )));
         }
@@ -549,7 +551,7 @@ fn read_one(
         // Stored locally it may be larger than a frame (a huge tree): say so, and keep the
         // connection.
         Ok((_, sealed)) if sealed.len() > proto::MAX_FRAME - (64 << 10) => {
-            Err(Error::Invalid(format!(
+            Err(Error::Refused(format!(
                 "object {id} of {} bytes is too large for the remote protocol",
                 sealed.len()
             )))

@@ -549,7 +549,7 @@ mod tests {
         fn call(&mut self, req: Request) -> Result<Response> {
             if let Request::PutObjects(objs) = &req {
                 if self.budget == 0 {
-                    return Err(Error::Invalid("injected failure: link dropped".into()));
+                    return Err(Error::Connection("injected failure: link dropped".into()));
                 }
                 self.budget -= 1;
                 self.passed += objs.len() as u64;

@@ -39,7 +39,7 @@ impl Store {
         {
             let mut t = txn.open_table(TARGETS)?;
             if t.get(name)?.is_some() {
-                return Err(Error::Invalid(format!(
+                return Err(Error::Usage(format!(
                     "a target named `{name}` exists; remove it first with `cairn target remove {name}`"
                 )));
             }
