@@ -157,11 +157,7 @@ fn gather(primary: &Primary) -> Result<(Facts, u64, cairn_repo::storage::Space),
     let mut f = Facts::default();
     let (ids, logical) = snapshot_facts(primary, &mut f)?;
     let store = primary.storage();
-    // Named targets live with the repository's own files (a server's are its business).
-    let mut targets = match cairn_repo::storage::local(store, "status") {
-        Ok(local) => local.targets()?,
-        Err(_) => Vec::new(),
-    };
+    let mut targets = cairn_repo::sync::targets::list(store)?;
     // And the URLs synced to without a name (`cairn sync URL`, a server's cron job).
     let urls: Vec<String> = store
         .state(crate::sync::URL_TARGETS_KEY)?

@@ -106,13 +106,7 @@ pub fn parse_rate(s: &str) -> Result<u64, Failure> {
 }
 
 fn resolve(store: &dyn Storage, wanted: &[String]) -> Result<Vec<Resolved>, Failure> {
-    // Named targets are kept with the repository's own files; a repository on a server
-    // syncs to the URLs given.
-    let named = match cairn_repo::storage::local(store, "sync to named targets") {
-        Ok(store) => store.targets()?,
-        Err(e) if wanted.is_empty() => return Err(e.into()),
-        Err(_) => Vec::new(),
-    };
+    let named = cairn_repo::sync::targets::list(store)?;
     if wanted.is_empty() {
         if named.is_empty() {
             return Err(Failure::usage(

@@ -1,9 +1,10 @@
-//! `cairn target add|list|remove`: named sync targets, kept in the repository. No password
-//! needed: the names and URLs are not secret.
+//! `cairn target add|list|remove`: named sync targets, kept in the repository (a local one's
+//! own table, a state record of a repository on a server or in a bucket). No password needed:
+//! the names and URLs are not secret.
 
 use crate::{output, CmdResult, Failure, Global};
-use cairn_repo::storage::Url as TargetUrl;
-use cairn_repo::store::Store;
+use cairn_repo::storage::{Storage, Url as TargetUrl};
+use cairn_repo::sync::targets;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -26,24 +27,27 @@ pub fn absolute_url(url: &str) -> Result<String, Failure> {
 }
 
 pub fn run(g: &Global, c: &Command) -> CmdResult {
-    let store = cairn_repo::store::Store::open(&g.repo_path("target")?, 1 << 20)?;
+    let store = cairn_repo::storage::open(&g.repo_url()?, &g.open_options())?;
+    let store = &*store;
     match c {
         Command::Add { name, url } => {
             let url = absolute_url(url)?;
-            store.add_target(name, &url)?;
+            crate::require(store, &[cairn_repo::storage::Right::Prune])?;
+            targets::add(store, name, &url)?;
             output::info(g, &format!("added target {name} -> {url}"));
         }
-        Command::List => list(g, &store)?,
+        Command::List => list(g, store)?,
         Command::Remove { name } => {
-            store.remove_target(name)?;
+            crate::require(store, &[cairn_repo::storage::Right::Prune])?;
+            targets::remove(store, name)?;
             output::info(g, &format!("removed target {name}"));
         }
     }
     Ok(0)
 }
 
-fn list(g: &Global, store: &Store) -> Result<(), Failure> {
-    let targets = store.targets()?;
+fn list(g: &Global, store: &dyn Storage) -> Result<(), Failure> {
+    let targets = targets::list(store)?;
     if g.json {
         let list: Vec<serde_json::Value> = targets
             .iter()

@@ -413,3 +413,53 @@ fn a_command_logs_in_to_the_server_once() {
         "the user's own ControlPath=none is kept: each connection logs in"
     );
 }
+
+/// A repository on a server keeps its named targets too (a state record there): `target
+/// add|list|remove` work over ssh, and a plain `sync` sends to them. A key that may only back
+/// up cannot change them.
+#[test]
+fn a_repository_on_a_server_has_named_targets() {
+    let s = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("src");
+    small_tree(&src);
+    let url = s.url("acme");
+    ok(s.cairn(&url).arg("init"), 0);
+    ok(s.cairn(&url).arg("backup").arg(&src), 0);
+    let replica = work.path().join("offsite");
+    ok(
+        s.cairn(&url)
+            .args(["target", "add", "offsite"])
+            .arg(&replica),
+        0,
+    );
+    let r = run(s
+        .cairn(&url)
+        .args(["target", "add", "offsite", "/elsewhere"]));
+    assert_eq!(r.code, 2, "a name in use: {}", r.stderr);
+    let listed = json(s.cairn(&url).args(["target", "list", "--json"]));
+    assert_eq!(listed["targets"][0]["name"], "offsite", "{listed}");
+    assert_eq!(
+        listed["targets"][0]["url"],
+        replica.to_str().unwrap(),
+        "{listed}"
+    );
+    ok(s.cairn(&url).arg("sync"), 0);
+    assert_eq!(snapshot_count(&mut cairn(&replica)), 1, "synced to the named target");
+    let status = ok(s.cairn(&url).arg("status"), 0);
+    assert!(status.contains("offsite"), "{status}");
+
+    let backup_only = s.customer("backup-only", "acme", "--append-only", "acme");
+    let r = run(backup_only
+        .cairn()
+        .args(["target", "remove", "offsite"]));
+    assert_ne!(r.code, 0, "an append-only key cannot remove a target: {}", r.stderr);
+    assert!(r.stderr.contains("refused"), "{}", r.stderr);
+
+    ok(s.cairn(&url).args(["target", "remove", "offsite"]), 0);
+    let listed = json(s.cairn(&url).args(["target", "list", "--json"]));
+    assert_eq!(listed["targets"].as_array().unwrap().len(), 0, "{listed}");
+    let r = run(s.cairn(&url).args(["target", "remove", "offsite"]));
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("no target named"), "{}", r.stderr);
+}

@@ -162,6 +162,9 @@ struct FreshView<'r> {
     /// per chunk otherwise; a backup that finds nothing new never lists). An object stored
     /// since by another writer is sent again: the store keeps its first copy.
     stored: std::sync::OnceLock<Option<HashSet<Id>>>,
+    /// Held by the one thread that lists (the others wait for its listing instead of each
+    /// listing every id again, each on a connection of its own).
+    listing: Mutex<()>,
     remote: bool,
 }
 
@@ -175,6 +178,7 @@ impl<'r> FreshView<'r> {
             repo,
             current: Mutex::new((Arc::from(repo.reader()?), Instant::now())),
             stored: std::sync::OnceLock::new(),
+            listing: Mutex::new(()),
             remote: repo.storage().capabilities().remote,
         })
     }
@@ -185,6 +189,18 @@ impl<'r> FreshView<'r> {
             return self.get()?.has(id);
         }
         if self.stored.get().is_none() {
+            self.list_once()?;
+        }
+        match self.stored.get() {
+            Some(Some(ids)) => Ok(ids.contains(id)),
+            _ => self.get()?.has(id),
+        }
+    }
+
+    /// List the stored ids (unless another thread just did).
+    fn list_once(&self) -> Result<()> {
+        let _listing = self.listing.lock().unwrap_or_else(|e| e.into_inner());
+        if self.stored.get().is_none() {
             let reader = self.get()?;
             let listed = match reader.count()? <= LIST_IDS_MAX {
                 true => Some(all_ids(&*reader)?),
@@ -192,10 +208,7 @@ impl<'r> FreshView<'r> {
             };
             let _ = self.stored.set(listed);
         }
-        match self.stored.get() {
-            Some(Some(ids)) => Ok(ids.contains(id)),
-            _ => self.get()?.has(id),
-        }
+        Ok(())
     }
 
     fn get(&self) -> Result<Arc<dyn Reader>> {

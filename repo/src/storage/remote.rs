@@ -910,7 +910,13 @@ impl SshConnector {
     fn master(&self) -> Result<Option<Arc<Master>>> {
         let mut m = lock(&self.master);
         if m.is_none() {
-            *m = Some(Master::start(&self.url, &self.opts)?);
+            let started = Master::start(&self.url, &self.opts).map_err(|e| match e {
+                Error::Connection(said) => {
+                    Error::Connection(format!("cannot reach {}: {said}", self.label()))
+                }
+                e => e,
+            })?;
+            *m = Some(started);
         }
         Ok(m.clone().flatten())
     }

@@ -1,8 +1,92 @@
-//! Named sync targets (the `targets` table: name -> URL; URLs parse as `storage::Url`).
+//! Named sync targets: name -> URL (URLs parse as `storage::Url`). A local repository keeps
+//! them in its `targets` table; any other store (a repository on a server, a bucket) in the
+//! state record `sync.targets`, which its server can read (DESIGN.md §6).
 
 use crate::error::{Error, Result};
+use crate::storage::Storage;
 use crate::store::{Store, TARGETS};
 use redb::ReadableTable;
+
+/// The state record holding the named targets of a store that is not a local repository.
+const STATE_KEY: &str = "sync.targets";
+
+/// The named targets of `store`, sorted by name.
+pub fn list(store: &dyn Storage) -> Result<Vec<(String, String)>> {
+    match crate::storage::local(store, "") {
+        Ok(local) => local.targets(),
+        Err(_) => in_state(store),
+    }
+}
+
+/// Add a named target to `store`; refuses a name already in use and an invalid URL.
+pub fn add(store: &dyn Storage, name: &str, url: &str) -> Result<()> {
+    if let Ok(local) = crate::storage::local(store, "") {
+        return local.add_target(name, url);
+    }
+    let mut all = in_state(store)?;
+    check_new(name, url, &all)?;
+    all.push((name.to_string(), url.to_string()));
+    save_state(store, all)
+}
+
+/// Remove the named target `name` from `store`.
+pub fn remove(store: &dyn Storage, name: &str) -> Result<()> {
+    if let Ok(local) = crate::storage::local(store, "") {
+        return local.remove_target(name);
+    }
+    let mut all = in_state(store)?;
+    let before = all.len();
+    all.retain(|(n, _)| n != name);
+    if all.len() == before {
+        return Err(no_target(name));
+    }
+    save_state(store, all)
+}
+
+fn in_state(store: &dyn Storage) -> Result<Vec<(String, String)>> {
+    match store.state(STATE_KEY)? {
+        None => Ok(Vec::new()),
+        Some(bytes) => postcard::from_bytes(&bytes).map_err(|e| {
+            Error::corrupt(
+                STATE_KEY,
+                format!("the named targets cannot be read ({e}); add them again"),
+            )
+        }),
+    }
+}
+
+fn save_state(store: &dyn Storage, mut all: Vec<(String, String)>) -> Result<()> {
+    all.sort();
+    let bytes = postcard::to_stdvec(&all)
+        .map_err(|e| Error::Internal(format!("encoding the named targets: {e}")))?;
+    store.set_state(STATE_KEY, &bytes)
+}
+
+/// A valid name not in use yet, and a valid URL.
+fn check_new(name: &str, url: &str, existing: &[(String, String)]) -> Result<()> {
+    if !valid_name(name) {
+        return Err(Error::Usage(format!(
+            "`{name}` is not a valid target name (letters, digits, `.`, `_`, `-`)"
+        )));
+    }
+    crate::storage::Url::parse_target(url)?;
+    if existing.iter().any(|(n, _)| n == name) {
+        return Err(exists(name));
+    }
+    Ok(())
+}
+
+fn exists(name: &str) -> Error {
+    Error::Usage(format!(
+        "a target named `{name}` exists; remove it first with `cairn target remove {name}`"
+    ))
+}
+
+fn no_target(name: &str) -> Error {
+    Error::NotFound(format!(
+        "no target named `{name}`; see `cairn target list`"
+    ))
+}
 
 /// Target names: letters, digits, `.`, `_`, `-`; not starting with `-` or `.`.
 pub fn valid_name(name: &str) -> bool {
@@ -29,19 +113,12 @@ impl Store {
 
     /// Add a named target; refuses a name already in use and an invalid URL.
     pub fn add_target(&self, name: &str, url: &str) -> Result<()> {
-        if !valid_name(name) {
-            return Err(Error::Usage(format!(
-                "`{name}` is not a valid target name (letters, digits, `.`, `_`, `-`)"
-            )));
-        }
-        crate::storage::Url::parse_target(url)?;
+        check_new(name, url, &[])?;
         let txn = self.db.begin_write()?;
         {
             let mut t = txn.open_table(TARGETS)?;
             if t.get(name)?.is_some() {
-                return Err(Error::Usage(format!(
-                    "a target named `{name}` exists; remove it first with `cairn target remove {name}`"
-                )));
+                return Err(exists(name));
             }
             t.insert(name, url)?;
         }
@@ -54,9 +131,7 @@ impl Store {
         {
             let mut t = txn.open_table(TARGETS)?;
             if t.remove(name)?.is_none() {
-                return Err(Error::NotFound(format!(
-                    "no target named `{name}`; see `cairn target list`"
-                )));
+                return Err(no_target(name));
             }
         }
         txn.commit()?;
