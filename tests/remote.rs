@@ -445,15 +445,21 @@ fn a_repository_on_a_server_has_named_targets() {
         "{listed}"
     );
     ok(s.cairn(&url).arg("sync"), 0);
-    assert_eq!(snapshot_count(&mut cairn(&replica)), 1, "synced to the named target");
+    assert_eq!(
+        snapshot_count(&mut cairn(&replica)),
+        1,
+        "synced to the named target"
+    );
     let status = ok(s.cairn(&url).arg("status"), 0);
     assert!(status.contains("offsite"), "{status}");
 
     let backup_only = s.customer("backup-only", "acme", "--append-only", "acme");
-    let r = run(backup_only
-        .cairn()
-        .args(["target", "remove", "offsite"]));
-    assert_ne!(r.code, 0, "an append-only key cannot remove a target: {}", r.stderr);
+    let r = run(backup_only.cairn().args(["target", "remove", "offsite"]));
+    assert_ne!(
+        r.code, 0,
+        "an append-only key cannot remove a target: {}",
+        r.stderr
+    );
     assert!(r.stderr.contains("refused"), "{}", r.stderr);
 
     ok(s.cairn(&url).args(["target", "remove", "offsite"]), 0);

@@ -3,8 +3,8 @@
 //! encryption; the server (`storage::server`) sees sealed bytes, ids, kinds and lengths only.
 //!
 //! Connections come from a `Connector` (ssh in use, a socket pair in tests). Store calls and
-//! readers share a small pool of connections, opened lazily (one per thread calling at once;
-//! at most `POOL` are kept idle); a writer and a session each have a connection of their own,
+//! readers share a pool of connections, opened lazily (one per thread calling at once, up to
+//! `POOL`; more callers wait a moment for one to come back); a writer and a session each have a connection of their own,
 //! because the server keeps a writer and the sessions it began per connection and drops them
 //! when it ends. A connection that fails is dropped and the next call opens another.
 
@@ -34,8 +34,13 @@ pub trait Connector: Send + Sync {
     fn label(&self) -> String;
 }
 
-/// Idle connections kept for store calls and readers.
-const POOL: usize = 4;
+/// Connections for store calls and readers: more callers at once wait (up to `POOL_WAIT`)
+/// for one to come back instead of each opening its own (a new `cairn serve` on the server
+/// each: restore's 8 threads opened 26 for one restore with 4 kept).
+const POOL: usize = 8;
+/// How long a caller waits for a pooled connection before it opens one more anyway (a caller
+/// that holds one while it asks for another must not wait on itself).
+const POOL_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
 /// `PutObjects` batches a writer keeps in flight before it waits for a reply.
 const WINDOW: usize = 3;
 /// A writer sends its objects in batches of about this many bytes (or its `batch_bytes`
@@ -198,6 +203,10 @@ struct Shared {
     connector: Box<dyn Connector>,
     location: String,
     idle: Mutex<Vec<Conn>>,
+    /// Signalled when a connection goes back to `idle` or is closed.
+    returned: std::sync::Condvar,
+    /// Pool connections open: lent or idle.
+    open: std::sync::atomic::AtomicUsize,
     /// The store protocol version the server speaks (`proto::VERSION`, or 3 for an older
     /// server).
     version: AtomicU32,
@@ -231,29 +240,64 @@ impl Drop for Lease<'_> {
             let mut idle = lock(&self.shared.idle);
             if c.dead {
                 // The others most likely went with it (the server or the network is gone).
+                let n = idle.len() + 1;
                 idle.clear();
+                self.shared.open.fetch_sub(n, Ordering::AcqRel);
             } else if !c.broken && idle.len() < POOL {
                 idle.push(c);
+            } else {
+                self.shared.open.fetch_sub(1, Ordering::AcqRel);
             }
+            drop(idle);
+            self.shared.returned.notify_one();
         }
     }
 }
 
 impl Shared {
-    /// An idle connection, or a new one (never waiting: a caller that holds one while it
+    /// An idle connection; a new one while fewer than `POOL` are open; else one that comes
+    /// back within `POOL_WAIT`, or a new one after all (so a caller that holds one while it
     /// asks for another cannot deadlock).
     fn lease(&self) -> Result<Lease<'_>> {
-        let idle = lock(&self.idle).pop();
-        let reused = idle.is_some();
-        let conn = match idle {
-            Some(c) => c,
-            None => Conn::open(self, None)?.0,
-        };
-        Ok(Lease {
-            shared: self,
-            conn: Some(conn),
-            reused,
-        })
+        let deadline = std::time::Instant::now() + POOL_WAIT;
+        let mut idle = lock(&self.idle);
+        loop {
+            if let Some(c) = idle.pop() {
+                return Ok(Lease {
+                    shared: self,
+                    conn: Some(c),
+                    reused: true,
+                });
+            }
+            let now = std::time::Instant::now();
+            if self.open.load(Ordering::Acquire) < POOL || now >= deadline {
+                break;
+            }
+            idle = self
+                .returned
+                .wait_timeout(idle, deadline - now)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(idle);
+        self.fresh()
+    }
+
+    /// A new pool connection.
+    fn fresh(&self) -> Result<Lease<'_>> {
+        self.open.fetch_add(1, Ordering::AcqRel);
+        match Conn::open(self, None) {
+            Ok((conn, _)) => Ok(Lease {
+                shared: self,
+                conn: Some(conn),
+                reused: false,
+            }),
+            Err(e) => {
+                self.open.fetch_sub(1, Ordering::AcqRel);
+                self.returned.notify_one();
+                Err(e)
+            }
+        }
     }
 
     /// Run `f`, which only reads, on a lent connection; when a connection that waited in the
@@ -263,12 +307,7 @@ impl Shared {
         match f(&mut l) {
             Err(_) if l.reused && l.conn().dead => {
                 drop(l);
-                let mut l = Lease {
-                    shared: self,
-                    conn: Some(Conn::open(self, None)?.0),
-                    reused: false,
-                };
-                f(&mut l)
+                f(&mut self.fresh()?)
             }
             r => r,
         }
@@ -341,6 +380,8 @@ impl RemoteStore {
             location: connector.label(),
             connector,
             idle: Mutex::new(Vec::new()),
+            returned: std::sync::Condvar::new(),
+            open: std::sync::atomic::AtomicUsize::new(1),
             version: AtomicU32::new(proto::VERSION),
         });
         let (mut conn, rights) = Conn::open(&shared, create)?;

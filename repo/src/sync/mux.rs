@@ -19,9 +19,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Sessions multiplexed over one master at most (sshd's `MaxSessions` default is 10; one
-/// stays for the user's own).
-const SESSIONS: usize = 8;
+/// Sessions multiplexed over one master at most (sshd's `MaxSessions` default is 10; the
+/// master itself, `-N`, has none).
+const SESSIONS: usize = 10;
 /// How long the master may take to connect and authenticate before cairn gives up on
 /// multiplexing (and lets each connection try on its own, with ssh's own error if it fails).
 const READY_WITHIN: Duration = Duration::from_secs(120);
@@ -164,4 +164,45 @@ fn private_dir() -> Result<PathBuf> {
         }
     }
     unreachable!("the loop returns on its last attempt")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(command: &[&str]) -> SshOptions {
+        SshOptions {
+            command: command.iter().map(|s| s.to_string()).collect(),
+            remote_binary: "cairn".into(),
+        }
+    }
+
+    #[test]
+    fn only_openssh_without_the_users_own_control_options_is_multiplexed() {
+        assert!(applies(&opts(&["ssh"])));
+        assert!(applies(&opts(&[
+            "/usr/bin/ssh",
+            "-F",
+            "/etc/cairn/ssh_config"
+        ])));
+        assert!(!applies(&opts(&["ssh", "-o", "ControlPath=none"])));
+        assert!(!applies(&opts(&["ssh", "-oControlMaster=auto"])));
+        assert!(!applies(&opts(&["/opt/bin/pipe-to-server"])));
+        assert!(!applies(&opts(&["autossh", "-M", "0"])));
+    }
+
+    #[test]
+    fn the_socket_directory_is_private_and_new() {
+        let a = private_dir().expect("a directory");
+        let b = private_dir().expect("another");
+        assert_ne!(a, b);
+        let mode = std::fs::metadata(&a).expect("made").permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o700
+        );
+        for d in [a, b] {
+            std::fs::remove_dir(d).expect("empty");
+        }
+    }
 }

@@ -83,9 +83,7 @@ fn exists(name: &str) -> Error {
 }
 
 fn no_target(name: &str) -> Error {
-    Error::NotFound(format!(
-        "no target named `{name}`; see `cairn target list`"
-    ))
+    Error::NotFound(format!("no target named `{name}`; see `cairn target list`"))
 }
 
 /// Target names: letters, digits, `.`, `_`, `-`; not starting with `-` or `.`.
