@@ -5,7 +5,7 @@ mod common;
 
 use common::ssh::*;
 use common::*;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -234,11 +234,7 @@ fn a_client_killed_mid_backup_leaves_no_partial_snapshot() {
 fn a_key_forced_to_an_append_only_repository_cannot_delete_history() {
     let s = Server::start();
     let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("src");
-    small_tree(&src);
-    let url = s.url("acme");
-    ok(s.cairn(&url).arg("init"), 0);
-    ok(s.cairn(&url).arg("backup").arg(&src), 0);
+    let (src, url) = backed_up(&s, work.path());
     // A second key whose every session is `cairn serve --append-only` on acme, whatever the
     // client asks for.
     let forced = forced_key(
@@ -421,11 +417,7 @@ fn a_command_logs_in_to_the_server_once() {
 fn a_repository_on_a_server_has_named_targets() {
     let s = Server::start();
     let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("src");
-    small_tree(&src);
-    let url = s.url("acme");
-    ok(s.cairn(&url).arg("init"), 0);
-    ok(s.cairn(&url).arg("backup").arg(&src), 0);
+    let (src, url) = backed_up(&s, work.path());
     let replica = work.path().join("offsite");
     ok(
         s.cairn(&url)
@@ -468,4 +460,15 @@ fn a_repository_on_a_server_has_named_targets() {
     let r = run(s.cairn(&url).args(["target", "remove", "offsite"]));
     assert_ne!(r.code, 0, "{}", r.stderr);
     assert!(r.stderr.contains("no target named"), "{}", r.stderr);
+}
+
+/// Repository `acme` on the server with one backup of a small tree in `work/src`; returns the
+/// tree and the repository's URL.
+fn backed_up(s: &Server, work: &Path) -> (PathBuf, String) {
+    let src = work.join("src");
+    small_tree(&src);
+    let url = s.url("acme");
+    ok(s.cairn(&url).arg("init"), 0);
+    ok(s.cairn(&url).arg("backup").arg(&src), 0);
+    (src, url)
 }
