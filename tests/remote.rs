@@ -417,7 +417,7 @@ fn a_command_logs_in_to_the_server_once() {
 fn a_repository_on_a_server_has_named_targets() {
     let s = Server::start();
     let work = tempfile::tempdir().unwrap();
-    let (src, url) = backed_up(&s, work.path());
+    let (_, url) = backed_up(&s, work.path());
     let replica = work.path().join("offsite");
     ok(
         s.cairn(&url)
