@@ -60,7 +60,7 @@ pub fn run(g: &Global, a: &Args) -> CmdResult {
         subset_percent: subset,
     };
     let (repo, mut replica) = match &a.repair_from {
-        None => (g.open()?, None),
+        None => (g.open_tuned(&g.open_options_uncached())?, None),
         Some(arg) => open_pair(g, arg)?,
     };
     let mut report = check(&repo, &opts)?;
@@ -155,7 +155,7 @@ fn open_pair(g: &Global, arg: &std::path::Path) -> Result<(Repository, Option<Re
             Ok((repo, Some(Replica::Local(other))))
         }
         ReplicaArg::Ssh(url) => {
-            let repo = g.open()?;
+            let repo = g.open_tuned(&g.open_options_uncached())?;
             let parsed = cairn_repo::sync::SshUrl::parse(&url)?;
             let mut target = cairn_repo::sync::SshTarget::connect(&parsed, &g.ssh.options())?;
             target.handshake_existing(&repo).map_err(|e| {
@@ -168,7 +168,7 @@ fn open_pair(g: &Global, arg: &std::path::Path) -> Result<(Repository, Option<Re
             Ok((repo, Some(Replica::Ssh(Box::new(target), url))))
         }
         ReplicaArg::Store(url) => {
-            let store = match cairn_repo::storage::open(&url, &g.open_options()) {
+            let store = match cairn_repo::storage::open(&url, &g.open_options_uncached()) {
                 Err(cairn_repo::Error::RepoNotFound { reason, .. }) => {
                     return Err(cairn_repo::Error::NotFound(format!(
                         "{url}: no replica there ({reason})"
@@ -260,7 +260,7 @@ fn storage_only(g: &Global, repair: Option<&std::path::Path>) -> CmdResult {
                 "--storage-only --repair-from works where the repository is, on its files; for a repository elsewhere run `cairn check --repair-from` without --storage-only (needs the password)",
             ));
         }
-        let store = cairn_repo::storage::open(&url, &g.open_options())?;
+        let store = cairn_repo::storage::open(&url, &g.open_options_uncached())?;
         let r = cairn_repo::check::check_storage_through(&*store)?;
         return report_storage(g, Some(&*store), r);
     }
@@ -282,7 +282,7 @@ fn storage_only(g: &Global, repair: Option<&std::path::Path>) -> CmdResult {
         }
     }
     let r: StorageReport = check_storage(&path)?;
-    match cairn_repo::storage::open(&url, &g.open_options()) {
+    match cairn_repo::storage::open(&url, &g.open_options_uncached()) {
         Ok(store) => report_storage(g, Some(&*store), r),
         Err(e) => {
             output::warn(&format!("the snapshots' references were not walked: {e}"));

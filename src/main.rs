@@ -70,6 +70,10 @@ pub struct Global {
     /// No progress and no informational output (errors and warnings still go to stderr)
     #[arg(long, short = 'q', global = true)]
     pub quiet: bool,
+    /// Keep no local cache of a remote repository's trees (by default in
+    /// $XDG_CACHE_HOME/cairn/objects or ~/.cache/cairn/objects)
+    #[arg(long, global = true)]
+    pub no_cache: bool,
     #[command(flatten)]
     pub ssh: sync::SshArgs,
 }
@@ -225,7 +229,17 @@ impl Global {
     pub fn open_options(&self) -> cairn_repo::OpenOptions {
         cairn_repo::OpenOptions {
             ssh: self.ssh.options(),
+            object_cache: if self.no_cache { None } else { cache_root() },
             ..Default::default()
+        }
+    }
+
+    /// `open_options` without the object cache: for `check`, which must read what the store
+    /// holds, not what this machine kept.
+    pub fn open_options_uncached(&self) -> cairn_repo::OpenOptions {
+        cairn_repo::OpenOptions {
+            object_cache: None,
+            ..self.open_options()
         }
     }
 
@@ -243,6 +257,20 @@ impl Global {
         let password = secrets::password(self, false)?;
         Ok(cairn_repo::Repository::unlock(store, password.as_bytes())?)
     }
+}
+
+/// Where remote repositories' trees are cached: `$XDG_CACHE_HOME/cairn/objects`, or
+/// `~/.cache/cairn/objects` (`None` without either).
+fn cache_root() -> Option<PathBuf> {
+    let absolute = |v: std::ffi::OsString| Some(PathBuf::from(v)).filter(|p| p.is_absolute());
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .and_then(absolute)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .and_then(absolute)
+                .map(|h| h.join(".cache"))
+        })?;
+    Some(base.join("cairn").join("objects"))
 }
 
 fn main() -> ExitCode {

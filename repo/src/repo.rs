@@ -29,6 +29,9 @@ pub struct OpenOptions {
     pub kdf: Option<KdfParams>,
     /// How to reach a repository on a server (`ssh://`).
     pub ssh: crate::sync::SshOptions,
+    /// Where a repository on a server or in a bucket keeps its local cache of trees and
+    /// content lists (`None`: no cache; DESIGN.md §9, "The object cache").
+    pub object_cache: Option<std::path::PathBuf>,
 }
 
 impl Default for OpenOptions {
@@ -38,6 +41,7 @@ impl Default for OpenOptions {
             piece_cache_pieces: crate::store::PIECE_CACHE_SLOTS,
             kdf: None,
             ssh: crate::sync::SshOptions::default(),
+            object_cache: None,
         }
     }
 }

@@ -19,7 +19,12 @@ pub fn cairn(repo: &Path) -> Command {
     c.env_remove("CAIRN_PASSWORD_FILE")
         .env_remove("CAIRN_PASSWORD_COMMAND")
         .env("CAIRN_PASSWORD", PASSWORD)
-        .env("CAIRN_REPO", repo);
+        .env("CAIRN_REPO", repo)
+        // Remote repositories' object caches stay out of the home directory.
+        .env(
+            "XDG_CACHE_HOME",
+            Path::new(env!("CARGO_TARGET_TMPDIR")).join("xdg-cache"),
+        );
     c
 }
 

@@ -25,6 +25,7 @@ use crate::format::Config;
 use crate::id::Id;
 pub use crate::prune::{Mark, PruneOptions, PruneReport};
 
+mod cache;
 pub mod memory;
 mod quota;
 mod redb;
@@ -70,11 +71,25 @@ pub fn open(url: &Url, opts: &crate::OpenOptions) -> Result<Box<dyn Storage>> {
             store.set_piece_cache(opts.piece_cache_pieces);
             Ok(Box::new(store))
         }
-        Url::Ssh(u) => Ok(Box::new(remote::RemoteStore::open(remote::ssh(
-            u, &opts.ssh,
-        ))?)),
-        Url::S3(u) => Ok(Box::new(s3::S3Store::open(u)?)),
+        Url::Ssh(u) => {
+            let mut store = remote::RemoteStore::open(remote::ssh(u, &opts.ssh))?;
+            store.set_cache(object_cache(opts, &store.config()?));
+            Ok(Box::new(store))
+        }
+        Url::S3(u) => {
+            let mut store = s3::S3Store::open(u)?;
+            store.set_cache(object_cache(opts, &store.config()?));
+            Ok(Box::new(store))
+        }
     }
+}
+
+/// The object cache of the repository `config` describes, if `opts` asks for one.
+fn object_cache(
+    opts: &crate::OpenOptions,
+    config: &Config,
+) -> Option<std::sync::Arc<cache::ObjectCache>> {
+    cache::ObjectCache::open(opts.object_cache.as_deref()?, &config.repo_id)
 }
 
 /// Create a store at `url` holding `config` (`Error::RepoExists` when one is there).
@@ -85,11 +100,16 @@ pub fn create(url: &Url, config: &Config, opts: &crate::OpenOptions) -> Result<B
             store.set_piece_cache(opts.piece_cache_pieces);
             Ok(Box::new(store))
         }
-        Url::Ssh(u) => Ok(Box::new(remote::RemoteStore::create(
-            remote::ssh(u, &opts.ssh),
-            config,
-        )?)),
-        Url::S3(u) => Ok(Box::new(s3::S3Store::create(u, config)?)),
+        Url::Ssh(u) => {
+            let mut store = remote::RemoteStore::create(remote::ssh(u, &opts.ssh), config)?;
+            store.set_cache(object_cache(opts, config));
+            Ok(Box::new(store))
+        }
+        Url::S3(u) => {
+            let mut store = s3::S3Store::create(u, config)?;
+            store.set_cache(object_cache(opts, config));
+            Ok(Box::new(store))
+        }
     }
 }
 

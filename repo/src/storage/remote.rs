@@ -8,6 +8,7 @@
 //! because the server keeps a writer and the sessions it began per connection and drops them
 //! when it ends. A connection that fails is dropped and the next call opens another.
 
+use super::cache::ObjectCache;
 use super::{
     checksum, Capabilities, Mark, ObjectInfo, PruneOptions, PruneReport, ReadEach, Reader, Rights,
     Space, Storage, Writer, WriterOptions,
@@ -362,6 +363,8 @@ pub struct RemoteStore {
     rights: Rights,
     /// Each session's own connection: the server ends the session when it closes.
     sessions: Mutex<HashMap<u64, Conn>>,
+    /// Trees and content lists read before (see `storage::cache`).
+    cache: Option<Arc<ObjectCache>>,
 }
 
 impl RemoteStore {
@@ -395,7 +398,13 @@ impl RemoteStore {
             config,
             rights,
             sessions: Mutex::new(HashMap::new()),
+            cache: None,
         })
+    }
+
+    /// Answer reads of trees and content lists from `cache` where it can.
+    pub(crate) fn set_cache(&mut self, cache: Option<Arc<ObjectCache>>) {
+        self.cache = cache;
     }
 
     /// Whether the server refuses every deletion (`cairn serve --append-only`).
@@ -480,7 +489,8 @@ impl Storage for RemoteStore {
     }
 
     fn reader(&self) -> Result<Box<dyn Reader>> {
-        Ok(Box::new(RemoteReader(self.shared.clone())))
+        let reader = Box::new(RemoteReader(self.shared.clone()));
+        Ok(super::cache::wrap(reader, &self.cache))
     }
 
     fn writer(&self, opts: WriterOptions) -> Result<Box<dyn Writer + '_>> {

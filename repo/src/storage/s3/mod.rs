@@ -184,6 +184,8 @@ pub struct S3Store {
     shared: Arc<Shared>,
     config: Config,
     beats: gc::Heartbeat,
+    /// Trees and content lists read before (see `storage::cache`).
+    cache: Option<Arc<super::cache::ObjectCache>>,
 }
 
 fn connect(url: &S3Url, endpoint: &Endpoint) -> Result<Arc<Shared>> {
@@ -240,7 +242,13 @@ impl S3Store {
             beats: gc::Heartbeat::start(&shared),
             shared,
             config,
+            cache: None,
         }
+    }
+
+    /// Answer reads of trees and content lists from `cache` where it can.
+    pub(crate) fn set_cache(&mut self, cache: Option<Arc<super::cache::ObjectCache>>) {
+        self.cache = cache;
     }
 
     fn client(&self) -> &Client {
@@ -339,10 +347,11 @@ impl Storage for S3Store {
     }
 
     fn reader(&self) -> Result<Box<dyn Reader>> {
-        Ok(Box::new(S3Reader {
+        let reader = Box::new(S3Reader {
             index: Mutex::new(self.shared.current()?),
             shared: self.shared.clone(),
-        }))
+        });
+        Ok(super::cache::wrap(reader, &self.cache))
     }
 
     fn writer(&self, opts: WriterOptions) -> Result<Box<dyn Writer + '_>> {

@@ -1,0 +1,270 @@
+//! A local cache of a remote store's trees and content lists (DESIGN.md §9, "The object
+//! cache"): a backup walks its parent snapshot's trees, `ls`, `diff` and the mount walk
+//! trees too; from a server or a bucket each of those is a round trip, every time. Objects
+//! never change under their id, so their sealed bytes are kept in
+//! `ROOT/<repository id>/<xx>/<id>` (0700 directories, 0600 files), as `kind ‖ checksum ‖
+//! sealed`. A file whose checksum does not match is removed and read from the store again;
+//! what is read from the cache is opened and verified with the key like anything else. Chunks
+//! are not kept (they are most of the bytes and a backup never rereads them).
+
+use super::{checksum, ObjectInfo, ReadEach, Reader};
+use crate::crypto::Kind;
+use crate::error::Result;
+use crate::id::Id;
+use std::collections::HashMap;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Where one repository's cached objects live.
+#[derive(Debug)]
+pub(crate) struct ObjectCache {
+    dir: PathBuf,
+}
+
+impl ObjectCache {
+    /// The cache of repository `repo_id` under `root`; `None` when it cannot be made (the
+    /// cache is only ever a shortcut).
+    pub(crate) fn open(root: &Path, repo_id: &[u8; 16]) -> Option<Arc<ObjectCache>> {
+        let hex: String = repo_id.iter().map(|b| format!("{b:02x}")).collect();
+        let dir = root.join(hex);
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&dir)
+            .ok()?;
+        Some(Arc::new(ObjectCache { dir }))
+    }
+
+    fn path(&self, id: &Id) -> PathBuf {
+        let hex = id.to_hex();
+        self.dir.join(&hex[..2]).join(hex)
+    }
+
+    /// The cached object `id`, if it is there and intact.
+    fn get(&self, id: &Id) -> Option<(Kind, Vec<u8>)> {
+        let path = self.path(id);
+        let bytes = std::fs::read(&path).ok()?;
+        let (kind, sealed) = match bytes.split_first() {
+            Some((&k, rest)) if rest.len() >= 16 => (Kind::from_u8(k), &rest[16..]),
+            _ => (None, &[][..]),
+        };
+        match kind {
+            Some(kind) if bytes[1..17] == checksum(sealed)[..] => Some((kind, sealed.to_vec())),
+            _ => {
+                let _ = std::fs::remove_file(&path);
+                None
+            }
+        }
+    }
+
+    /// Keep `sealed` if it is a tree or a content list (a failure to write is ignored).
+    fn put(&self, id: &Id, kind: Kind, sealed: &[u8]) {
+        if !matches!(kind, Kind::Tree | Kind::List) {
+            return;
+        }
+        let path = self.path(id);
+        let Some(parent) = path.parent() else { return };
+        let _ = std::fs::DirBuilder::new().mode(0o700).create(parent);
+        let tmp = parent.join(format!(".{}.{}", id.to_hex(), std::process::id()));
+        let written = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .and_then(|mut f| {
+                f.write_all(&[kind as u8])?;
+                f.write_all(&checksum(sealed))?;
+                f.write_all(sealed)
+            });
+        if written.and_then(|()| std::fs::rename(&tmp, &path)).is_err() {
+            let _ = std::fs::remove_file(&tmp);
+        }
+    }
+}
+
+/// A reader that answers trees and content lists from the cache, and keeps those it reads
+/// from the store.
+pub(crate) struct CachedReader {
+    pub(crate) inner: Box<dyn Reader>,
+    pub(crate) cache: Arc<ObjectCache>,
+}
+
+impl CachedReader {
+    fn keep(&self, id: &Id, read: &Result<(Kind, Vec<u8>)>) {
+        if let Ok((kind, sealed)) = read {
+            self.cache.put(id, *kind, sealed);
+        }
+    }
+}
+
+impl Reader for CachedReader {
+    fn info(&self, id: &Id) -> Result<Option<ObjectInfo>> {
+        self.inner.info(id)
+    }
+
+    fn contains(&self, ids: &[Id]) -> Result<Vec<bool>> {
+        self.inner.contains(ids)
+    }
+
+    fn has(&self, id: &Id) -> Result<bool> {
+        self.inner.has(id)
+    }
+
+    fn read(&self, id: &Id) -> Result<(Kind, Vec<u8>)> {
+        if let Some(hit) = self.cache.get(id) {
+            return Ok(hit);
+        }
+        let read = self.inner.read(id);
+        self.keep(id, &read);
+        read
+    }
+
+    /// The cached ones from the cache, the rest in one `read_many` of the store; `f` still
+    /// sees every id in the order asked.
+    fn read_many(&self, ids: &[Id], f: &mut ReadEach<'_>) -> Result<()> {
+        let hits: HashMap<Id, (Kind, Vec<u8>)> = ids
+            .iter()
+            .filter_map(|id| self.cache.get(id).map(|hit| (*id, hit)))
+            .collect();
+        let misses: Vec<Id> = ids
+            .iter()
+            .filter(|id| !hits.contains_key(*id))
+            .copied()
+            .collect();
+        let mut pos = 0;
+        self.inner.read_many(&misses, &mut |id, read| {
+            while let Some(hit) = ids.get(pos).and_then(|h| hits.get(h).map(|x| (*h, x))) {
+                pos += 1;
+                f(hit.0, Ok(hit.1.clone()))?;
+            }
+            pos += 1;
+            self.keep(&id, &read);
+            f(id, read)
+        })?;
+        for h in &ids[pos.min(ids.len())..] {
+            if let Some(hit) = hits.get(h) {
+                f(*h, Ok(hit.clone()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn list(&self, from: &Id, limit: usize) -> Result<Vec<(Id, ObjectInfo)>> {
+        self.inner.list(from, limit)
+    }
+
+    fn count(&self) -> Result<u64> {
+        self.inner.count()
+    }
+
+    fn in_read_order(&self, ids: &[Id]) -> Result<Vec<(Id, ObjectInfo)>> {
+        self.inner.in_read_order(ids)
+    }
+}
+
+/// `reader` with the cache in front of it, when there is one.
+pub(crate) fn wrap(reader: Box<dyn Reader>, cache: &Option<Arc<ObjectCache>>) -> Box<dyn Reader> {
+    match cache {
+        Some(cache) => Box::new(CachedReader {
+            inner: reader,
+            cache: cache.clone(),
+        }),
+        None => reader,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::storage::memory::MemoryStore;
+    use crate::storage::{Storage, WriterOptions};
+
+    fn id(n: u8) -> Id {
+        Id([n; 32])
+    }
+
+    /// A store holding a tree, a list and a chunk; a cache over it.
+    fn setup() -> (tempfile::TempDir, MemoryStore, Arc<ObjectCache>) {
+        let store = MemoryStore::new(crate::testkit::small_config());
+        let mut w = store.writer(WriterOptions::default()).unwrap();
+        w.add(id(1), Kind::Tree, b"tree one").unwrap();
+        w.add(id(2), Kind::List, b"list two").unwrap();
+        w.add(id(3), Kind::Chunk, b"chunk three").unwrap();
+        w.commit(&[]).unwrap();
+        drop(w);
+        let dir = tempfile::tempdir().unwrap();
+        let cache = ObjectCache::open(dir.path(), &[7; 16]).unwrap();
+        (dir, store, cache)
+    }
+
+    #[test]
+    fn trees_and_lists_are_kept_chunks_are_not_and_order_is_kept() {
+        let (_dir, store, cache) = setup();
+        let r = CachedReader {
+            inner: store.reader().unwrap(),
+            cache: cache.clone(),
+        };
+        assert_eq!(r.read(&id(1)).unwrap().1, b"tree one");
+        assert!(cache.get(&id(1)).is_some(), "a tree read is kept");
+        let mut seen = Vec::new();
+        r.read_many(&[id(3), id(1), id(2), id(9), id(1)], &mut |i, got| {
+            seen.push((i, got.is_ok()));
+            Ok(())
+        })
+        .unwrap();
+        let order: Vec<Id> = seen.iter().map(|(i, _)| *i).collect();
+        assert_eq!(
+            order,
+            vec![id(3), id(1), id(2), id(9), id(1)],
+            "in the order asked"
+        );
+        assert_eq!(
+            seen[3],
+            (id(9), false),
+            "a missing object is an error, not a hit"
+        );
+        assert!(cache.get(&id(2)).is_some(), "a list read is kept");
+        assert!(cache.get(&id(3)).is_none(), "chunks are not kept");
+        // Answered from the cache even where the store no longer has it.
+        let other = MemoryStore::new(crate::testkit::small_config());
+        let r = CachedReader {
+            inner: other.reader().unwrap(),
+            cache,
+        };
+        assert_eq!(r.read(&id(2)).unwrap(), (Kind::List, b"list two".to_vec()));
+    }
+
+    #[test]
+    fn a_damaged_cache_file_is_dropped_and_read_again() {
+        let (_dir, store, cache) = setup();
+        let r = CachedReader {
+            inner: store.reader().unwrap(),
+            cache: cache.clone(),
+        };
+        r.read(&id(1)).unwrap();
+        let path = cache.path(&id(1));
+        let mut bytes = std::fs::read(&path).unwrap();
+        *bytes.last_mut().unwrap() ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(
+            r.read(&id(1)).unwrap().1,
+            b"tree one",
+            "read from the store again"
+        );
+        std::fs::write(&path, b"x").unwrap();
+        assert!(
+            cache.get(&id(1)).is_none() && !path.exists(),
+            "a short file is dropped"
+        );
+        let mode = std::fs::metadata(path.parent().unwrap())
+            .unwrap()
+            .permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o700
+        );
+    }
+}
