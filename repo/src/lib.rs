@@ -12,7 +12,6 @@ pub mod format;
 pub mod fsmeta;
 pub mod graph;
 pub mod id;
-pub mod packer;
 pub mod prune;
 pub mod reach;
 pub mod reader;
@@ -20,12 +19,13 @@ pub mod repo;
 pub mod restore;
 mod restore_batch;
 pub mod storage;
-pub mod store;
-pub mod store_maint;
-mod store_truncated;
 pub mod sync;
 pub mod testkit;
 pub mod util;
+
+// The redb store's modules at their old paths, until their callers outside the crate move.
+pub use storage::redb::maint as store_maint;
+pub use storage::redb::{packer, store};
 
 pub use error::{Error, Result};
 pub use format::{Content, Entry, Extent, FileType, Snapshot, Time, Tree};

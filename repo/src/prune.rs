@@ -14,9 +14,9 @@ use crate::crypto::Kind;
 use crate::error::{Error, Result};
 use crate::graph::Source;
 use crate::id::Id;
-use crate::packer::Packer;
-use crate::store::{checksum, Location, Store, View};
-use crate::store_maint::{PackCandidate, Sweep, SweepInput};
+use crate::storage::redb::Packer;
+use crate::storage::redb::{checksum, Location, Store, View};
+use crate::storage::redb::{PackCandidate, Sweep, SweepInput};
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 

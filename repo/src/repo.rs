@@ -5,8 +5,8 @@ use crate::error::{Error, Result};
 use crate::format::{decode_list, Config, Content, Extent, Snapshot, Tree};
 use crate::graph::{self, Refs};
 use crate::id::Id;
+use crate::storage::redb::{Store, DEFAULT_DB_CACHE};
 use crate::storage::{Reader, Storage, Url};
-use crate::store::{Store, DEFAULT_DB_CACHE};
 use rand::RngCore;
 use std::path::Path;
 use std::sync::Arc;
@@ -35,7 +35,7 @@ impl Default for OpenOptions {
     fn default() -> Self {
         OpenOptions {
             db_cache_bytes: DEFAULT_DB_CACHE,
-            piece_cache_pieces: crate::store::PIECE_CACHE_SLOTS,
+            piece_cache_pieces: crate::storage::redb::PIECE_CACHE_SLOTS,
             kdf: None,
             ssh: crate::sync::SshOptions::default(),
         }

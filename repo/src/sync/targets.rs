@@ -1,7 +1,7 @@
 //! Named sync targets (the `targets` table: name -> URL; URLs parse as `storage::Url`).
 
 use crate::error::{Error, Result};
-use crate::store::{Store, TARGETS};
+use crate::storage::redb::{Store, TARGETS};
 use redb::ReadableTable;
 
 /// Target names: letters, digits, `.`, `_`, `-`; not starting with `-` or `.`.

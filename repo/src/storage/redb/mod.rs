@@ -1,4 +1,20 @@
-//! The local redb repository behind the seam (an adapter over `crate::store`).
+//! The local redb repository: the store itself (`store`: tables, the piece cache, views), its
+//! pack writer (`packer`), its maintenance (`maint`: sweep, verification, compaction) and the
+//! read-only backend for a truncated file (`truncated`); the `Storage` impl below is the seam's
+//! adapter over them. Nothing of redb is visible outside this module but what is re-exported
+//! here for the rest of the crate (DESIGN.md §9).
+
+pub mod maint;
+pub mod packer;
+pub mod store;
+mod truncated;
+
+pub(crate) use maint::{PackCandidate, Sweep, SweepInput};
+pub(crate) use packer::Packer;
+pub(crate) use store::{
+    checksum, Location, Store, View, DAMAGED_PREFIX, DB_FILE, DEFAULT_DB_CACHE, PIECE_CACHE_SLOTS,
+    TARGETS,
+};
 
 use super::{
     Mark, ObjectInfo, PruneOptions, PruneReport, Reader, Space, Storage, Writer, WriterOptions,
@@ -7,8 +23,6 @@ use crate::crypto::Kind;
 use crate::error::{Error, Result};
 use crate::format::Config;
 use crate::id::Id;
-use crate::packer::Packer;
-use crate::store::{Location, Store, View};
 
 impl Storage for Store {
     fn location(&self) -> String {

@@ -180,12 +180,12 @@ fn open_truncated(dir: &Path, file: &Path, cache_bytes: usize, e: Error) -> Resu
     let Error::Damaged { reason, .. } = &e else {
         return Err(e);
     };
-    let Some(len) = crate::store_truncated::recorded_len(reason) else {
+    let Some(len) = super::truncated::recorded_len(reason) else {
         return Err(e);
     };
     let f = std::fs::File::open(file)
         .map_err(|io| Error::io(format!("opening {}", file.display()), io))?;
-    let backend = crate::store_truncated::ZeroTail::new(f, len)
+    let backend = super::truncated::ZeroTail::new(f, len)
         .map_err(|io| Error::io(format!("opening {}", file.display()), io))?;
     let ro = Error::guard(|| {
         builder(cache_bytes)

@@ -1,9 +1,9 @@
 //! The redb side of maintenance (prune's sweep, key-less storage checks, compaction, targets).
 //! Kept beside `store.rs` so that redb types stay in the store layer.
 
+use super::store::{checksum, Location, Store, INDEX, PACKS, PIECES, SESSIONS, SNAPSHOTS, STATE};
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::store::{checksum, Location, Store, INDEX, PACKS, PIECES, SESSIONS, SNAPSHOTS, STATE};
 
 /// `STATE` key prefix of a pack marked for rewriting (see `Store::mark_for_repack`).
 const REPACK: &str = "repack.";
@@ -282,7 +282,7 @@ fn finish(txn: redb::WriteTransaction, removed: u64) -> Result<()> {
 }
 
 fn storage_problem(
-    view: &crate::store::View,
+    view: &super::store::View,
     id: &Id,
     loc: &Location,
     piece_size: u32,
@@ -326,7 +326,7 @@ pub struct StorageReport {
 /// itself for this: it is opened exclusively, and if another process (a backup, a mount, a
 /// sync) has it open this fails with [`Error::Locked`].
 pub fn compact(dir: &Path) -> Result<bool> {
-    let file = dir.join(crate::store::DB_FILE);
+    let file = dir.join(super::store::DB_FILE);
     let mut db = redb::Builder::new().open(&file).map_err(|e| match e {
         redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked {
             path: dir.to_path_buf(),
