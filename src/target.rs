@@ -2,8 +2,8 @@
 //! needed: the names and URLs are not secret.
 
 use crate::{output, CmdResult, Failure, Global};
+use cairn_repo::storage::LocalStore as Store;
 use cairn_repo::storage::Url as TargetUrl;
-use cairn_repo::store::Store;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -26,7 +26,7 @@ pub fn absolute_url(url: &str) -> Result<String, Failure> {
 }
 
 pub fn run(g: &Global, c: &Command) -> CmdResult {
-    let store = cairn_repo::store::Store::open(&g.repo_path("target")?, 1 << 20)?;
+    let store = cairn_repo::storage::LocalStore::open(&g.repo_path("target")?, 1 << 20)?;
     match c {
         Command::Add { name, url } => {
             let url = absolute_url(url)?;

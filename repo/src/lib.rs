@@ -20,12 +20,9 @@ pub mod restore;
 mod restore_batch;
 pub mod storage;
 pub mod sync;
+#[cfg(any(test, feature = "testkit"))]
 pub mod testkit;
 pub mod util;
-
-// The redb store's modules at their old paths, until their callers outside the crate move.
-pub use storage::redb::maint as store_maint;
-pub use storage::redb::{packer, store};
 
 pub use error::{Error, Result};
 pub use format::{Content, Entry, Extent, FileType, Snapshot, Time, Tree};

@@ -4,16 +4,20 @@
 //! adapter over them. Nothing of redb is visible outside this module but what is re-exported
 //! here for the rest of the crate (DESIGN.md §9).
 
-pub mod maint;
-pub mod packer;
-pub mod store;
+mod maint;
+mod packer;
+mod store;
 mod truncated;
 
 pub(crate) use maint::{PackCandidate, Sweep, SweepInput};
+pub use maint::{StorageProblem, StorageReport};
 pub(crate) use packer::Packer;
+#[cfg(any(test, feature = "testkit"))]
+pub(crate) use store::damage_object;
+pub use store::Store;
 pub(crate) use store::{
-    checksum, Location, Store, View, DAMAGED_PREFIX, DB_FILE, DEFAULT_DB_CACHE, PIECE_CACHE_SLOTS,
-    TARGETS,
+    checksum, Location, View, DAMAGED_PREFIX, DB_FILE, DEFAULT_DB_CACHE, FORMAT_VERSION,
+    PIECE_CACHE_SLOTS, TARGETS,
 };
 
 use super::{

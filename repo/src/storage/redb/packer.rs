@@ -10,7 +10,7 @@ use crate::crypto::Kind;
 use crate::error::Result;
 use crate::id::Id;
 
-pub struct Packer<'s> {
+pub(crate) struct Packer<'s> {
     store: &'s Store,
     piece_size: usize,
     pack_max: u64,
