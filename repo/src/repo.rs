@@ -9,7 +9,6 @@ use crate::storage::redb::{Store, DEFAULT_DB_CACHE};
 use crate::storage::{Reader, Storage, Url};
 use rand::RngCore;
 use std::path::Path;
-use std::sync::Arc;
 
 pub const DEFAULT_CHUNK_MIN: u32 = 256 << 10;
 pub const DEFAULT_CHUNK_AVG: u32 = 1 << 20;
@@ -365,9 +364,6 @@ impl Repository {
         Ok(new_slot)
     }
 }
-
-/// Shared handle used by parallel workers.
-pub type SharedRepo = Arc<Repository>;
 
 fn encode_slot(slot: &KeySlot) -> Result<Vec<u8>> {
     postcard::to_stdvec(slot).map_err(|e| Error::Internal(format!("encoding key slot: {e}")))
