@@ -3,7 +3,7 @@ use cairn_repo::check::{
     check, check_storage, repair_from, repair_from_target, repair_storage_from, CheckOptions,
     CheckReport, RepairReport,
 };
-use cairn_repo::store_maint::{StorageProblem, StorageReport};
+use cairn_repo::storage::{StorageProblem, StorageReport};
 use cairn_repo::Repository;
 use std::path::PathBuf;
 
@@ -85,7 +85,7 @@ enum ReplicaArg {
 
 /// A replica given as a path, an ssh:// or s3:// URL, or the name of a sync target.
 fn replica_arg(
-    store: &cairn_repo::store::Store,
+    store: &cairn_repo::storage::LocalStore,
     arg: &std::path::Path,
 ) -> Result<ReplicaArg, Failure> {
     if arg.exists() {
@@ -140,7 +140,7 @@ impl Replica {
 
 fn open_pair(g: &Global, arg: &std::path::Path) -> Result<(Repository, Option<Replica>), Failure> {
     let path = g.repo_path("check --repair-from")?;
-    let replica = match cairn_repo::store::Store::open(&path, 1 << 20) {
+    let replica = match cairn_repo::storage::LocalStore::open(&path, 1 << 20) {
         Ok(store) => replica_arg(&store, arg)?,
         Err(cairn_repo::Error::Damaged { reason, .. }) => return rebuild(g, &path, arg, &reason),
         Err(e) => return Err(e.into()),
@@ -148,7 +148,7 @@ fn open_pair(g: &Global, arg: &std::path::Path) -> Result<(Repository, Option<Re
     let opts = cairn_repo::OpenOptions::default();
     match replica {
         ReplicaArg::Path(replica) => {
-            cairn_repo::store::Store::open(&replica, 1 << 20)?;
+            cairn_repo::storage::LocalStore::open(&replica, 1 << 20)?;
             let password = crate::secrets::password(g, false)?;
             let repo = Repository::open(&path, password.as_bytes(), &opts)?;
             let other = Repository::open(&replica, password.as_bytes(), &opts)?;
@@ -266,7 +266,7 @@ fn storage_only(g: &Global, repair: Option<&std::path::Path>) -> CmdResult {
     }
     let path = g.repo_path("check --storage-only")?;
     if let Some(arg) = repair {
-        let store = cairn_repo::store::Store::open(&path, 1 << 20)?;
+        let store = cairn_repo::storage::LocalStore::open(&path, 1 << 20)?;
         let replica = match replica_arg(&store, arg)? {
             ReplicaArg::Path(p) => p,
             ReplicaArg::Ssh(url) => return Err(local_replicas_only(&url)),

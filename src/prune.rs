@@ -83,13 +83,11 @@ pub fn prune_with(
                 g,
                 "compacting the repository file (needs exclusive access)…",
             );
-            Some(cairn_repo::store_maint::compact(dir)?)
+            Some(cairn_repo::storage::LocalStore::compact(dir)?)
         }
         _ => None,
     };
-    let file_bytes = dir
-        .and_then(|d| std::fs::metadata(d.join(cairn_repo::store::DB_FILE)).ok())
-        .map(|m| m.len());
+    let file_bytes = dir.and_then(|d| cairn_repo::storage::LocalStore::file_bytes(&d));
     print_report(g, &report, file_bytes, compacted, forget);
     Ok(0)
 }
@@ -110,8 +108,8 @@ fn print_plan(g: &Global, plan: Option<&cairn_repo::prune::PrunePlan>, s: &PlanS
             .flat_map(|p| p.packs.iter())
             .filter(|(_, p)| p.action != PackAction::Keep)
             .map(|(n, p)| serde_json::json!({
-                "pack": n, "bytes": p.row.0, "live_bytes": p.live_bytes(), "live_objects": p.live.len(),
-                "unused_objects": p.dead.len(), "action": if p.action == PackAction::Delete { "delete" } else { "repack" },
+                "pack": n, "bytes": p.row.0, "live_bytes": p.live_bytes(), "live_objects": p.live_objects(),
+                "unused_objects": p.unused_objects(), "action": if p.action == PackAction::Delete { "delete" } else { "repack" },
             }))
             .collect();
         output::json(&serde_json::json!({"dry_run": true, "plan": plan_json(s), "packs": packs}));

@@ -3,13 +3,13 @@
 //! tell at a glance whether a client and a server fit together.
 
 use cairn_repo::format::CONFIG_VERSION;
-use cairn_repo::store::FORMAT_VERSION;
+use cairn_repo::storage::REDB_LAYOUT_VERSION;
 use cairn_repo::sync::proto::{MIN_VERSION, SYNC_VERSION, VERSION};
 use std::sync::LazyLock;
 
 static TEXT: LazyLock<String> = LazyLock::new(|| {
     format!(
-        "{} (repository format {CONFIG_VERSION}, redb layout {FORMAT_VERSION}, protocol {VERSION}: \
+        "{} (repository format {CONFIG_VERSION}, redb layout {REDB_LAYOUT_VERSION}, protocol {VERSION}: \
          sync {SYNC_VERSION}, store {VERSION}; serves protocol {})",
         env!("CARGO_PKG_VERSION"),
         served_range()

@@ -571,14 +571,13 @@ fn damage_victim(repo: &Path, victim: &Path) {
     let sealed = {
         let r = Repository::open(repo, PASSWORD.as_bytes(), &OpenOptions::default()).unwrap();
         let snap = r.find_snapshot("latest").unwrap();
-        let view = r.local("test").unwrap().view().unwrap();
+        let view = r.reader().unwrap();
         let entry = r
             .lookup(&view, &snap.snapshot.root, victim.as_os_str().as_bytes())
             .unwrap()
             .unwrap();
         let id = r.extents(&view, &entry.content).unwrap()[0].id.unwrap();
-        let loc = view.locate(&id).unwrap().unwrap();
-        view.read_sealed(&id, &loc, r.config().piece_size).unwrap()
+        view.read(&id).unwrap().1
     };
     flip_in_file(repo, &sealed[1000..1064]);
 }
@@ -607,7 +606,7 @@ fn a_damaged_snapshot_does_not_hide_the_others() {
     std::fs::write(src.join("f"), "two").unwrap();
     let second = backup(&repo, &[&src]);
     let blob = {
-        let store = cairn_repo::store::Store::open(&repo, 1 << 20).unwrap();
+        let store = cairn_repo::storage::LocalStore::open(&repo, 1 << 20).unwrap();
         let id = second["snapshot"].as_str().unwrap();
         store
             .snapshot_blobs()

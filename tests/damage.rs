@@ -245,8 +245,7 @@ fn issue16_a_damaged_directory_is_passed_over_by_ls_and_restore() {
             .unwrap();
         drop(view);
         let ps = repo.config().piece_size;
-        cairn_repo::store::damage_object_for_tests(repo.local("test").unwrap(), &tree, ps, 5)
-            .unwrap();
+        cairn_repo::testkit::damage_object(repo.local("test").unwrap(), &tree, ps, 5).unwrap();
     }
     let first = snapshots(&f.repo)[0]["id"].as_str().unwrap().to_string();
     let r = run(cairn(&f.repo).args(["ls", &first]));

@@ -55,7 +55,7 @@ fn expected_version() -> String {
         "cairn {} (repository format {}, redb layout {}, protocol {VERSION}: sync {SYNC_VERSION}, store {VERSION}; serves protocol {served})",
         env!("CARGO_PKG_VERSION"),
         cairn_repo::format::CONFIG_VERSION,
-        cairn_repo::store::FORMAT_VERSION,
+        cairn_repo::storage::REDB_LAYOUT_VERSION,
     )
 }
 

@@ -257,8 +257,8 @@ fn check_names_damage_and_repair_from_a_replica_heals_it() {
     std::fs::copy(s.repo.join("cairn.redb"), replica.join("cairn.redb")).unwrap();
     let (chunk, ps) = some_chunk(&s.repo);
     {
-        let store = cairn_repo::store::Store::open(&s.repo, 1 << 20).unwrap();
-        cairn_repo::store::damage_object_for_tests(&store, &chunk, ps, 7).unwrap();
+        let store = cairn_repo::storage::LocalStore::open(&s.repo, 1 << 20).unwrap();
+        cairn_repo::testkit::damage_object(&store, &chunk, ps, 7).unwrap();
     }
     let r = run(cairn(&s.repo).args(["check", "--read-data"]));
     assert_eq!(r.code, 1, "{}", r.stderr);
@@ -292,8 +292,8 @@ fn check_names_damage_and_repair_from_a_replica_heals_it() {
     // Again, without the password: the replica's bytes must match the recorded checksum.
     let (chunk, ps) = some_chunk(&s.repo);
     {
-        let store = cairn_repo::store::Store::open(&s.repo, 1 << 20).unwrap();
-        cairn_repo::store::damage_object_for_tests(&store, &chunk, ps, 9).unwrap();
+        let store = cairn_repo::storage::LocalStore::open(&s.repo, 1 << 20).unwrap();
+        cairn_repo::testkit::damage_object(&store, &chunk, ps, 9).unwrap();
     }
     let mut keyless = cairn(&s.repo);
     keyless

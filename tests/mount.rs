@@ -407,15 +407,15 @@ fn history_figures_over_a_thousand_snapshots() {
                 repo.seal_snapshot(&s).unwrap()
             })
             .collect();
-        let cfg = repo.config().clone();
-        let mut packer = cairn_repo::packer::Packer::new(
-            repo.local("test").unwrap(),
-            cfg.piece_size,
-            cfg.pack_max,
-            1 << 20,
-        );
-        packer.commit(true, &sealed).unwrap();
-        drop(packer);
+        let mut writer = repo
+            .storage()
+            .writer(cairn_repo::storage::WriterOptions {
+                batch_bytes: 1 << 20,
+                ..Default::default()
+            })
+            .unwrap();
+        writer.commit(&sealed).unwrap();
+        drop(writer);
         let ids: Vec<_> = real.iter().map(|r| r.id).collect();
         repo.local("test").unwrap().remove_snapshots(&ids).unwrap();
     }
@@ -541,7 +541,7 @@ fn damaged_chunk_reads_eio_and_is_logged() {
         .unwrap();
     let id = repo.extents(&view, &entry.content).unwrap()[0].id.unwrap();
     drop(view);
-    cairn_repo::store::damage_object_for_tests(
+    cairn_repo::testkit::damage_object(
         repo.local("test").unwrap(),
         &id,
         repo.config().piece_size,

@@ -198,7 +198,7 @@ fn a_quota_stops_a_backup_cleanly() {
     ok(p.admin("acme").arg("init"), 0);
     ok(p.admin("acme").arg("backup").arg(&src), 0);
     let dir = p.root.join("acme");
-    let used = cairn_repo::store::Store::open(&dir, 1 << 20)
+    let used = cairn_repo::storage::LocalStore::open(&dir, 1 << 20)
         .unwrap()
         .space()
         .unwrap()
@@ -226,7 +226,7 @@ fn a_quota_stops_a_backup_cleanly() {
     );
     assert!(!err.contains("panicked"), "{err}");
     // The quota is noted for `cairn status`.
-    let store = cairn_repo::store::Store::open(&dir, 1 << 20).unwrap();
+    let store = cairn_repo::storage::LocalStore::open(&dir, 1 << 20).unwrap();
     assert_eq!(
         store.state("quota").unwrap(),
         Some(format!("{{\"bytes\":{quota}}}").into_bytes())

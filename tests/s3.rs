@@ -306,8 +306,8 @@ fn check_repairs_a_local_repository_from_its_replica_in_s3() {
     let with_bucket = || with_s3(cairn(&local), g, &cache);
     let damage = |seed: u64| {
         let (chunk, piece_size) = some_chunk(&local);
-        let store = cairn_repo::store::Store::open(&local, 1 << 20).unwrap();
-        cairn_repo::store::damage_object_for_tests(&store, &chunk, piece_size, seed).unwrap();
+        let store = cairn_repo::storage::LocalStore::open(&local, 1 << 20).unwrap();
+        cairn_repo::testkit::damage_object(&store, &chunk, piece_size, seed).unwrap();
         chunk
     };
     let chunk = damage(7);

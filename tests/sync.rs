@@ -48,7 +48,7 @@ fn snapshot_ids(repo: &Path) -> Vec<String> {
 }
 
 fn sync_state(repo: &Path, key: &str) -> serde_json::Value {
-    let store = cairn_repo::store::Store::open(repo, 1 << 20).unwrap();
+    let store = cairn_repo::storage::LocalStore::open(repo, 1 << 20).unwrap();
     let bytes = store
         .state(&format!("sync.{key}"))
         .unwrap()
@@ -407,8 +407,8 @@ fn check_repairs_from_a_replica_over_ssh() {
 
     let (chunk, piece_size) = some_chunk(&repo);
     {
-        let store = cairn_repo::store::Store::open(&repo, 1 << 20).unwrap();
-        cairn_repo::store::damage_object_for_tests(&store, &chunk, piece_size, 11).unwrap();
+        let store = cairn_repo::storage::LocalStore::open(&repo, 1 << 20).unwrap();
+        cairn_repo::testkit::damage_object(&store, &chunk, piece_size, 11).unwrap();
     }
     let r = run(cairn(&repo).args(["check", "--read-data"]));
     assert_eq!(r.code, 1, "the damage is found: {}", r.stdout);
@@ -440,8 +440,8 @@ fn check_repairs_from_a_replica_over_ssh() {
 
     // A replica whose copy is damaged too: nothing is stored, and the check says why.
     for dir in [&repo, &remote] {
-        let store = cairn_repo::store::Store::open(dir, 1 << 20).unwrap();
-        cairn_repo::store::damage_object_for_tests(&store, &chunk, piece_size, 13).unwrap();
+        let store = cairn_repo::storage::LocalStore::open(dir, 1 << 20).unwrap();
+        cairn_repo::testkit::damage_object(&store, &chunk, piece_size, 13).unwrap();
     }
     let r = run(ssh_cairn(&repo, &sshd).args(["check", "--read-data", "--repair-from", "offsite"]));
     assert_eq!(r.code, 1, "{}", r.stdout);

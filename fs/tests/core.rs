@@ -474,7 +474,7 @@ fn write_type_errors_and_damage_is_eio_with_the_object_named() {
         .id
         .unwrap();
     drop(view);
-    cairn_repo::store::damage_object_for_tests(
+    cairn_repo::testkit::damage_object(
         f.repo.local("test").unwrap(),
         &id,
         f.repo.config().piece_size,
@@ -502,7 +502,7 @@ fn write_type_errors_and_damage_is_eio_with_the_object_named() {
         .unwrap()
         .unwrap();
     let tree = deep_entry.subtree.unwrap();
-    cairn_repo::store::damage_object_for_tests(
+    cairn_repo::testkit::damage_object(
         f.repo.local("test").unwrap(),
         &tree,
         f.repo.config().piece_size,
@@ -1007,7 +1007,7 @@ fn history_through_a_damaged_tree_is_eio_named_and_the_other_versions_stay_reada
         .subtree
         .unwrap();
     drop(view);
-    cairn_repo::store::damage_object_for_tests(
+    cairn_repo::testkit::damage_object(
         h.repo.local("test").unwrap(),
         &tree,
         h.repo.config().piece_size,
@@ -1076,15 +1076,15 @@ fn history_over_a_thousand_identical_snapshots_costs_one_snapshots_trees() {
             repo.seal_snapshot(&snap).unwrap()
         })
         .collect();
-    let cfg = repo.config().clone();
-    let mut packer = cairn_repo::packer::Packer::new(
-        repo.local("test").unwrap(),
-        cfg.piece_size,
-        cfg.pack_max,
-        1 << 20,
-    );
-    packer.commit(true, &sealed).unwrap();
-    drop(packer);
+    let mut writer = repo
+        .storage()
+        .writer(cairn_repo::storage::WriterOptions {
+            batch_bytes: 1 << 20,
+            ..Default::default()
+        })
+        .unwrap();
+    writer.commit(&sealed).unwrap();
+    drop(writer);
     let one = FsCore::new(repo.clone(), FsOptions::default()).unwrap();
     let snap = one.lookup(ROOT_INO, b"latest").unwrap();
     let target = String::from_utf8(one.readlink(snap.ino).unwrap()).unwrap();

@@ -6,10 +6,10 @@ use crate::crypto::Kind;
 use crate::error::{Error, Result};
 use crate::format::{Content, Tree};
 use crate::id::Id;
-use crate::packer::Packer;
 use crate::repo::Repository;
+use crate::storage::redb::Packer;
+use crate::storage::redb::{checksum, Location, Store, View};
 use crate::storage::{ObjectInfo, Reader, Space, Storage};
-use crate::store::{checksum, Location, Store, View};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -369,10 +369,10 @@ pub struct RebuildReport {
 /// the primary held that never reached the replica (newer snapshots, its sync targets, its
 /// state records) cannot be had from there.
 pub fn rebuild_from(dir: &std::path::Path, replica: &Repository) -> Result<RebuildReport> {
-    let file = dir.join(crate::store::DB_FILE);
+    let file = dir.join(crate::storage::redb::DB_FILE);
     let kept = dir.join(format!(
         "{}{}",
-        crate::store::DAMAGED_PREFIX,
+        crate::storage::redb::DAMAGED_PREFIX,
         crate::util::now_unix()
     ));
     std::fs::rename(&file, &kept)
@@ -594,8 +594,8 @@ fn fetch_snapshot(
 /// Key-less check of any store through the seam (an S3 bucket, a server): every object is
 /// read and its stored bytes are compared with the check the store recorded. A store that
 /// keeps the bytes on its own disk (redb) has the deeper `check_storage` below.
-pub fn check_storage_through(store: &dyn Storage) -> Result<crate::store_maint::StorageReport> {
-    use crate::store_maint::{StorageProblem, StorageReport};
+pub fn check_storage_through(store: &dyn Storage) -> Result<crate::storage::StorageReport> {
+    use crate::storage::{StorageProblem, StorageReport};
     const PAGE: usize = 4096;
     let reader = store.reader()?;
     let mut report = StorageReport::default();
@@ -636,8 +636,8 @@ pub fn check_storage_through(store: &dyn Storage) -> Result<crate::store_maint::
 }
 
 /// Key-less check for replicas: stored checksums, pieces, and redb's own page checksums.
-pub fn check_storage(dir: &std::path::Path) -> Result<crate::store_maint::StorageReport> {
-    let mut store = Store::open(dir, crate::store::DEFAULT_DB_CACHE)?;
+pub fn check_storage(dir: &std::path::Path) -> Result<crate::storage::StorageReport> {
+    let mut store = Store::open(dir, crate::storage::redb::DEFAULT_DB_CACHE)?;
     let config = store.config()?;
     // redb's page check needs the writer lock; read-only media get the rest of the check.
     // Damage redb finds in its own pages is a finding, not the end of the check: the pieces
@@ -665,8 +665,8 @@ pub fn repair_storage_from(
     dir: &std::path::Path,
     replica: &std::path::Path,
 ) -> Result<RepairReport> {
-    let store = Store::open(dir, crate::store::DEFAULT_DB_CACHE)?;
-    let other = Store::open(replica, crate::store::DEFAULT_DB_CACHE)?;
+    let store = Store::open(dir, crate::storage::redb::DEFAULT_DB_CACHE)?;
+    let other = Store::open(replica, crate::storage::redb::DEFAULT_DB_CACHE)?;
     let (cfg, other_cfg) = (store.config()?, other.config()?);
     if cfg.repo_id != other_cfg.repo_id {
         return Err(Error::Usage(format!(
@@ -679,8 +679,8 @@ pub fn repair_storage_from(
         .problems
         .into_iter()
         .filter_map(|p| match p {
-            crate::store_maint::StorageProblem::Object { id, .. } => Some(id),
-            crate::store_maint::StorageProblem::Piece { .. } => None,
+            crate::storage::StorageProblem::Object { id, .. } => Some(id),
+            crate::storage::StorageProblem::Piece { .. } => None,
         })
         .collect();
     let (view, theirs) = (store.view()?, other.view()?);

@@ -14,9 +14,9 @@ use crate::crypto::Kind;
 use crate::error::{Error, Result};
 use crate::graph::Source;
 use crate::id::Id;
-use crate::packer::Packer;
-use crate::store::{checksum, Location, Store, View};
-use crate::store_maint::{PackCandidate, Sweep, SweepInput};
+use crate::storage::redb::Packer;
+use crate::storage::redb::{checksum, Location, Store, View};
+use crate::storage::redb::{PackCandidate, Sweep, SweepInput};
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
@@ -56,14 +56,24 @@ pub enum PackAction {
 pub struct PackPlan {
     /// The PACKS row the plan saw: (length, objects written).
     pub row: (u64, u64),
-    pub live: Vec<(Id, Location)>,
-    pub dead: Vec<(Id, Location)>,
+    pub(crate) live: Vec<(Id, Location)>,
+    pub(crate) dead: Vec<(Id, Location)>,
     pub action: PackAction,
 }
 
 impl PackPlan {
     pub fn live_bytes(&self) -> u64 {
         self.live.iter().map(|(_, l)| l.len as u64).sum()
+    }
+
+    /// How many of the pack's objects snapshots use.
+    pub fn live_objects(&self) -> usize {
+        self.live.len()
+    }
+
+    /// How many of the pack's objects no snapshot uses.
+    pub fn unused_objects(&self) -> usize {
+        self.dead.len()
     }
 }
 
@@ -73,7 +83,7 @@ pub struct PrunePlan {
     pub snapshots: HashSet<Id>,
     pub marked: HashSet<Id>,
     pub objects_total: u64,
-    pub garbage: Vec<(Id, Location)>,
+    pub(crate) garbage: Vec<(Id, Location)>,
     pub packs: BTreeMap<u64, PackPlan>,
 }
 
@@ -149,7 +159,11 @@ pub fn plan(repo: &dyn Source, opts: &PruneOptions) -> Result<PrunePlan> {
 }
 
 /// `plan` for the redb store with any marker (the key holder's walk, near or over the wire).
-pub fn plan_with(store: &Store, marker: &mut dyn Mark, opts: &PruneOptions) -> Result<PrunePlan> {
+pub(crate) fn plan_with(
+    store: &Store,
+    marker: &mut dyn Mark,
+    opts: &PruneOptions,
+) -> Result<PrunePlan> {
     if !(0.0..=1.0).contains(&opts.repack_below) {
         return Err(Error::Usage(
             "the repack threshold is a share between 0 and 1".into(),

@@ -5,11 +5,10 @@ use crate::error::{Error, Result};
 use crate::format::{decode_list, Config, Content, Extent, Snapshot, Tree};
 use crate::graph::{self, Refs};
 use crate::id::Id;
+use crate::storage::redb::{Store, DEFAULT_DB_CACHE};
 use crate::storage::{Reader, Storage, Url};
-use crate::store::{Store, DEFAULT_DB_CACHE};
 use rand::RngCore;
 use std::path::Path;
-use std::sync::Arc;
 
 pub const DEFAULT_CHUNK_MIN: u32 = 256 << 10;
 pub const DEFAULT_CHUNK_AVG: u32 = 1 << 20;
@@ -38,7 +37,7 @@ impl Default for OpenOptions {
     fn default() -> Self {
         OpenOptions {
             db_cache_bytes: DEFAULT_DB_CACHE,
-            piece_cache_pieces: crate::store::PIECE_CACHE_SLOTS,
+            piece_cache_pieces: crate::storage::redb::PIECE_CACHE_SLOTS,
             kdf: None,
             ssh: crate::sync::SshOptions::default(),
             object_cache: None,
@@ -369,9 +368,6 @@ impl Repository {
         Ok(new_slot)
     }
 }
-
-/// Shared handle used by parallel workers.
-pub type SharedRepo = Arc<Repository>;
 
 fn encode_slot(slot: &KeySlot) -> Result<Vec<u8>> {
     postcard::to_stdvec(slot).map_err(|e| Error::Internal(format!("encoding key slot: {e}")))

@@ -1,8 +1,12 @@
 //! Helpers shared by the test suites of the workspace (engine, filesystem, command line) and
-//! the benchmarks. Nothing here is for real repositories.
+//! the benchmarks. Nothing here is for real repositories: built only for this crate's tests and
+//! with the `testkit` feature (the workspace's dev-dependencies and the fuzz targets ask for it).
 
 use crate::crypto::KdfParams;
+use crate::error::Result;
+use crate::id::Id;
 use crate::repo::OpenOptions;
+use crate::storage::{LocalStore, ObjectInfo, Storage};
 
 /// Open options whose new key slots use a deliberately weak Argon2 setting, so that tests
 /// creating hundreds of repositories stay fast. INSECURE: never for real data.
@@ -42,4 +46,35 @@ pub fn small_config() -> crate::format::Config {
         pack_max: 256 << 10,
         created: 0,
     }
+}
+
+/// Every object of `store` with what the seam says of it, in id order.
+pub fn objects(store: &dyn Storage) -> Result<Vec<(Id, ObjectInfo)>> {
+    const PAGE: usize = 4096;
+    let reader = store.reader()?;
+    let mut out = Vec::new();
+    let mut from = Id::default();
+    loop {
+        let page = reader.list(&from, PAGE)?;
+        let (full, last) = (page.len() == PAGE, page.last().map(|(id, _)| *id));
+        out.extend(page);
+        match (full, last.and_then(|l| l.next())) {
+            (true, Some(next)) => from = next,
+            _ => return Ok(out),
+        }
+    }
+}
+
+/// Flip a byte of the stored copy of object `id` (at `flip_at`, or its last byte), in place:
+/// disk damage below the seam. `piece_size` is the repository's.
+pub fn damage_object(store: &LocalStore, id: &Id, piece_size: u32, flip_at: u64) -> Result<()> {
+    crate::storage::redb::damage_object(store, id, piece_size, flip_at)
+}
+
+/// Store `sealed` as snapshot `id`, replacing the snapshot stored under that id: what a hostile
+/// server (or disk damage) could do to its copy, below the protocol.
+pub fn replace_snapshot(store: &LocalStore, id: Id, sealed: Vec<u8>) -> Result<()> {
+    let cfg = store.config()?;
+    crate::storage::redb::Packer::relocating(store, cfg.piece_size, cfg.pack_max, 1 << 20)
+        .commit(true, &[(id, sealed)])
 }

@@ -12,8 +12,8 @@ use cairn_repo::format::Config;
 use cairn_repo::storage::memory::MemoryStore;
 use cairn_repo::storage::remote::{Connector, RemoteStore};
 use cairn_repo::storage::s3::{Endpoint, S3Store, S3Url};
+use cairn_repo::storage::LocalStore;
 use cairn_repo::storage::{checksum, Storage, WriterOptions};
-use cairn_repo::store::Store;
 use cairn_repo::sync::proto::{self, ReadAnswer, Request, Response, WireObject};
 use cairn_repo::testkit::noise;
 use cairn_repo::{Error, Id};
@@ -36,12 +36,18 @@ fn config() -> Config {
     }
 }
 
+/// A new local redb store at `dir`, made as `cairn init` makes one.
+fn local_store(dir: &Path, config: &Config) -> Box<dyn Storage> {
+    let url = cairn_repo::storage::Url::Local(dir.to_path_buf());
+    cairn_repo::storage::create(&url, config, &cairn_repo::OpenOptions::default()).unwrap()
+}
+
 /// Every store under test, fresh, with the directory that keeps a redb one alive.
 fn stores() -> Vec<(Box<dyn Storage>, Option<tempfile::TempDir>)> {
     let dir = tempfile::tempdir().unwrap();
-    let redb = Store::create(&dir.path().join("r"), &[("config", config().encode())]).unwrap();
+    let redb = local_store(&dir.path().join("r"), &config());
     vec![
-        (Box::new(redb) as Box<dyn Storage>, Some(dir)),
+        (redb, Some(dir)),
         (Box::new(MemoryStore::new(config())), None),
         remote(),
         s3(),
@@ -804,7 +810,7 @@ fn read_loop_figure() {
     let mut cfg = config();
     cfg.piece_size = 1 << 20;
     cfg.pack_max = 64 << 20;
-    Store::create(&path, &[("config", cfg.encode())]).unwrap();
+    local_store(&path, &cfg);
     let store = RemoteStore::open(Box::new(Served::new(&path, false))).unwrap();
     let n = 200u64;
     let mut w = store.writer(WriterOptions::default()).unwrap();
@@ -837,7 +843,7 @@ fn read_loop_figure() {
     .unwrap();
     let many = t.elapsed();
     assert_eq!(bytes, 2000 << 20);
-    let local = Store::open(&path, 16 << 20).unwrap();
+    let local = LocalStore::open(&path, 16 << 20).unwrap();
     let lr = Storage::reader(&local).unwrap();
     let t = std::time::Instant::now();
     for i in &ids {

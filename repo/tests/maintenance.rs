@@ -7,8 +7,9 @@ use cairn_repo::check::{check, check_storage, repair_from, CheckOptions};
 use cairn_repo::crypto::Kind;
 use cairn_repo::prune::{execute, plan, prune, PackAction, PruneOptions};
 use cairn_repo::restore::{restore, Overwrite, RestoreOptions, RestoreProgress};
-use cairn_repo::store::{damage_object_for_tests, Store};
-use cairn_repo::store_maint::StorageProblem;
+use cairn_repo::storage::StorageProblem;
+use cairn_repo::storage::{LocalStore, WriterOptions};
+use cairn_repo::testkit::damage_object;
 use cairn_repo::{Error, Id, OpenOptions, Repository};
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -366,8 +367,8 @@ fn damage_is_reported_exactly_and_healed_from_a_replica() {
     .unwrap();
     let repo = Repository::open(&f.repo_dir, PW, &opts()).unwrap();
     let ps = repo.config().piece_size;
-    damage_object_for_tests(repo.local("test").unwrap(), &chunk, ps, 100).unwrap();
-    damage_object_for_tests(repo.local("test").unwrap(), &tree, ps, 40).unwrap();
+    damage_object(repo.local("test").unwrap(), &chunk, ps, 100).unwrap();
+    damage_object(repo.local("test").unwrap(), &tree, ps, 40).unwrap();
 
     let r = check(
         &repo,
@@ -456,7 +457,7 @@ fn repair_refuses_an_unrelated_repository_and_never_invents_data() {
         Err(Error::Usage(_))
     ));
     // A "replica" that is the damaged repository itself cannot supply an intact copy.
-    damage_object_for_tests(
+    damage_object(
         repo.local("test").unwrap(),
         &root,
         repo.config().piece_size,
@@ -493,20 +494,15 @@ fn read_data_subset_covers_everything_over_successive_runs() {
         write(&src, &format!("f{i}"), 200 + i, 300 << 10);
     }
     backup_of(&repo, &[&src]);
-    let mut all = Vec::new();
-    repo.local("test")
+    let all: Vec<Id> = cairn_repo::testkit::objects(repo.storage())
         .unwrap()
-        .view()
-        .unwrap()
-        .for_each_object(|id, _| {
-            all.push(id);
-            Ok(())
-        })
-        .unwrap();
+        .into_iter()
+        .map(|(id, _)| id)
+        .collect();
     let ps = repo.config().piece_size;
     let damaged: BTreeSet<Id> = all.iter().step_by(3).copied().collect();
     for id in &damaged {
-        damage_object_for_tests(repo.local("test").unwrap(), id, ps, 50).unwrap();
+        damage_object(repo.local("test").unwrap(), id, ps, 50).unwrap();
     }
     let mut seen = BTreeSet::new();
     let mut read = 0;
@@ -538,19 +534,19 @@ fn read_data_subset_covers_everything_over_successive_runs() {
     )
     .unwrap();
     assert!(last.contains("\"subset\":30"), "{last}");
-    let _ = Store::open(&f.repo_dir, 1 << 20).unwrap();
+    let _ = LocalStore::open(&f.repo_dir, 1 << 20).unwrap();
 }
 
 #[test]
 fn compact_needs_the_repository_to_itself() {
     let f = fixture();
     let repo = Repository::init(&f.repo_dir, PW, &opts()).unwrap();
-    match cairn_repo::store_maint::compact(&f.repo_dir) {
+    match cairn_repo::storage::LocalStore::compact(&f.repo_dir) {
         Err(Error::Locked { .. }) => {}
         other => panic!("compact beside an open handle must report the lock: {other:?}"),
     }
     drop(repo);
-    cairn_repo::store_maint::compact(&f.repo_dir).unwrap();
+    cairn_repo::storage::LocalStore::compact(&f.repo_dir).unwrap();
     assert_clean(&Repository::open(&f.repo_dir, PW, &opts()).unwrap());
 }
 
@@ -576,7 +572,7 @@ fn prune_leaves_a_damaged_live_object_in_place_and_frees_the_rest() {
         other => panic!("{other:?}"),
     };
     drop(view);
-    damage_object_for_tests(
+    damage_object(
         repo.local("test").unwrap(),
         &small,
         repo.config().piece_size,
@@ -626,17 +622,18 @@ fn a_pack_appended_to_after_the_plan_is_kept() {
         .unwrap()
         .begin_session(&cairn_repo::util::session_info())
         .unwrap();
-    let mut writer = cairn_repo::packer::Packer::new(
-        repo.local("test").unwrap(),
-        ps,
-        repo.config().pack_max,
-        ps as usize,
-    );
+    let mut writer = repo
+        .storage()
+        .writer(WriterOptions {
+            batch_bytes: ps as usize,
+            ..Default::default()
+        })
+        .unwrap();
     let (x, y) = (Id([1; 32]), Id([2; 32]));
     writer
         .add(x, Kind::Chunk, &noise(1, 2 * ps as usize))
         .unwrap();
-    writer.commit(false, &[]).unwrap();
+    writer.checkpoint().unwrap();
     let p = plan(&repo, &quick()).unwrap();
     assert_eq!(
         p.packs
@@ -646,7 +643,7 @@ fn a_pack_appended_to_after_the_plan_is_kept() {
         1
     );
     writer.add(y, Kind::Chunk, &noise(2, ps as usize)).unwrap();
-    writer.commit(false, &[]).unwrap();
+    writer.checkpoint().unwrap();
     repo.local("test").unwrap().end_session(session).unwrap();
     let report = execute(&repo, p, &quick(), &|_| {}).unwrap();
     assert_eq!(
@@ -658,13 +655,9 @@ fn a_pack_appended_to_after_the_plan_is_kept() {
         (1, 0, 1),
         "{report:?}"
     );
-    let view = repo.local("test").unwrap().view().unwrap();
-    let loc = view.locate(&y).unwrap().unwrap();
-    assert_eq!(
-        view.read_sealed(&y, &loc, ps).unwrap(),
-        noise(2, ps as usize)
-    );
-    assert!(view.locate(&x).unwrap().is_none());
+    let reader = repo.storage().reader().unwrap();
+    assert_eq!(reader.read(&y).unwrap().1, noise(2, ps as usize));
+    assert!(reader.info(&x).unwrap().is_none());
 }
 
 /// Issue 16: `check` beside a running backup must not report the objects of a snapshot
@@ -717,16 +710,17 @@ fn issue16_unreferenced_junk_is_not_damage() {
     let src = f.root.join("src");
     write(&src, "a", 1, 10 << 10);
     backup_of(&repo, &[&src]);
-    let cfg = repo.config().clone();
     let junk = vec![0x5A; 500];
-    let mut p = cairn_repo::packer::Packer::new(
-        repo.local("test").unwrap(),
-        cfg.piece_size,
-        cfg.pack_max,
-        1 << 20,
-    );
+    let mut p = repo
+        .storage()
+        .writer(WriterOptions {
+            batch_bytes: 1 << 20,
+            ..Default::default()
+        })
+        .unwrap();
     p.add(Id([9; 32]), Kind::Chunk, &junk).unwrap();
-    p.commit(true, &[]).unwrap();
+    p.commit(&[]).unwrap();
+    drop(p);
     let r = check(
         &repo,
         &CheckOptions {
@@ -776,8 +770,8 @@ fn issue16_restore_passes_over_damage_and_leaves_no_half_written_file() {
     let tree_b = at(&src.join("b")).subtree.unwrap();
     drop(view);
     let ps = repo.config().piece_size;
-    damage_object_for_tests(repo.local("test").unwrap(), &chunk, ps, 10).unwrap();
-    damage_object_for_tests(repo.local("test").unwrap(), &tree_b, ps, 10).unwrap();
+    damage_object(repo.local("test").unwrap(), &chunk, ps, 10).unwrap();
+    damage_object(repo.local("test").unwrap(), &tree_b, ps, 10).unwrap();
     // The restore runs as a new process would: the pieces this one read above are cached by
     // its store and would hide the damage.
     drop(repo);

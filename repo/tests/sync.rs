@@ -4,7 +4,7 @@
 use cairn_repo::backup::{backup, BackupOptions, Progress};
 use cairn_repo::check::{check, CheckOptions};
 use cairn_repo::restore::{restore, Overwrite, RestoreOptions, RestoreProgress};
-use cairn_repo::store::Store;
+use cairn_repo::storage::{LocalStore, Storage};
 use cairn_repo::sync::proto::{self, Request, Response};
 use cairn_repo::sync::{
     self, LocalTarget, Sink, StreamTarget, SyncOptions, SyncProgress, SyncReport, Target,
@@ -183,28 +183,22 @@ fn replica_restores_with_the_same_password_and_matches() {
 /// Every object of the primary is in the replica with the same kind, checksum and sealed bytes.
 fn assert_verbatim(primary: &Repository, replica: &Repository) {
     let (pv, rv) = (
-        primary.local("test").unwrap().view().unwrap(),
-        replica.local("test").unwrap().view().unwrap(),
+        primary.storage().reader().unwrap(),
+        replica.storage().reader().unwrap(),
     );
-    let ps = primary.config().piece_size;
     let mut n = 0;
-    pv.for_each_object(|id, loc| {
+    for (id, ours) in cairn_repo::testkit::objects(primary.storage()).unwrap() {
         let theirs = rv
-            .locate(&id)?
+            .info(&id)
+            .unwrap()
             .unwrap_or_else(|| panic!("{id} missing from the replica"));
         assert_eq!(
             (theirs.kind, theirs.check, theirs.len),
-            (loc.kind, loc.check, loc.len)
+            (ours.kind, ours.check, ours.len)
         );
-        assert_eq!(
-            pv.read_sealed(&id, &loc, ps)?,
-            rv.read_sealed(&id, &theirs, ps)?,
-            "{id} differs"
-        );
+        assert_eq!(pv.read(&id).unwrap(), rv.read(&id).unwrap(), "{id} differs");
         n += 1;
-        Ok(())
-    })
-    .unwrap();
+    }
     assert!(n > 10);
 }
 
@@ -216,20 +210,19 @@ fn content_lists_and_their_chunks_travel() {
     use cairn_repo::format::{
         encode_list, Content, Entry, Extent, FileType, ListRef, Snapshot, Time, Tree,
     };
-    use cairn_repo::packer::Packer;
     let tmp = tempfile::tempdir().unwrap();
     let primary = Repository::init(&tmp.path().join("primary"), PASSWORD, &opts()).unwrap();
     let keys = primary.keys();
-    let cfg = primary.config().clone();
-    let mut packer = Packer::new(
-        primary.local("test").unwrap(),
-        cfg.piece_size,
-        cfg.pack_max,
-        1 << 20,
-    );
+    let mut writer = primary
+        .storage()
+        .writer(cairn_repo::storage::WriterOptions {
+            batch_bytes: 1 << 20,
+            ..Default::default()
+        })
+        .unwrap();
     let mut add = |kind: Kind, plain: &[u8]| {
         let id = keys.id_of(kind, plain);
-        packer
+        writer
             .add(id, kind, &keys.seal(kind, &id, plain, 3).unwrap())
             .unwrap();
         id
@@ -274,8 +267,8 @@ fn content_lists_and_their_chunks_travel() {
         program: "test".into(),
     };
     let sealed = primary.seal_snapshot(&snapshot).unwrap();
-    packer.commit(true, &[sealed]).unwrap();
-    drop(packer);
+    writer.commit(&[sealed]).unwrap();
+    drop(writer);
 
     let dir = tmp.path().join("replica");
     let report = sync_local(&primary, &dir, &SyncOptions::default()).unwrap();
@@ -385,21 +378,15 @@ fn interrupted_sync_shows_nothing_partial_and_resumes() {
             report.objects_sent > 0 && report.snapshots_sent == 0,
             "{report:?}"
         );
-        f.primary
-            .local("test")
-            .unwrap()
-            .view()
-            .unwrap()
-            .object_count()
-            .unwrap()
+        f.primary.storage().reader().unwrap().count().unwrap()
     };
     {
-        let store = Store::open(&dir, 1 << 20).unwrap();
+        let store = LocalStore::open(&dir, 1 << 20).unwrap();
         assert!(
             store.snapshot_blobs().unwrap().is_empty(),
             "no snapshot may show before its data"
         );
-        let stored = store.view().unwrap().object_count().unwrap();
+        let stored = Storage::reader(&store).unwrap().count().unwrap();
         assert!(
             stored > 0 && stored < total,
             "a prefix was kept: {stored} of {total}"
@@ -502,7 +489,7 @@ fn over_the_protocol_append_only_syncs_but_refuses_deletes() {
     assert_clean(&replica);
 
     // The same sink, not append-only, deletes.
-    let store = Store::open(&dir, 1 << 20).unwrap();
+    let store = LocalStore::open(&dir, 1 << 20).unwrap();
     let mut sink = Sink::new(&store, false).unwrap();
     assert_eq!(
         sink.try_handle(Request::DeleteSnapshots(ids)).unwrap(),
@@ -536,18 +523,11 @@ fn over_the_protocol_a_dropped_connection_keeps_what_arrived_and_resumes() {
     .is_err());
     drop(t); // the connection drops without a goodbye
     server.join().unwrap().unwrap();
-    let total = f
-        .primary
-        .local("test")
-        .unwrap()
-        .view()
-        .unwrap()
-        .object_count()
-        .unwrap();
+    let total = f.primary.storage().reader().unwrap().count().unwrap();
     {
-        let store = Store::open(&dir, 1 << 20).unwrap();
+        let store = LocalStore::open(&dir, 1 << 20).unwrap();
         assert!(store.snapshot_blobs().unwrap().is_empty());
-        let kept = store.view().unwrap().object_count().unwrap();
+        let kept = Storage::reader(&store).unwrap().count().unwrap();
         assert!(kept > 0 && kept < total, "{kept} of {total}");
     }
     let (mut client, server) = served(dir.clone(), false);
@@ -584,7 +564,7 @@ fn over_the_protocol_pipelined_replies_come_back_in_order() {
     let good = proto::WireObject {
         id: Id([5; 32]),
         kind: 1,
-        check: cairn_repo::store::checksum(&sealed),
+        check: cairn_repo::storage::checksum(&sealed),
         sealed,
     };
     let bad = proto::WireObject {
@@ -766,7 +746,7 @@ fn issue16_append_only_never_replaces_a_snapshot() {
         "refusal logged: {logged}"
     );
 
-    let store = Store::open(&dir, 1 << 20).unwrap();
+    let store = LocalStore::open(&dir, 1 << 20).unwrap();
     assert_eq!(
         store.snapshot_blobs().unwrap(),
         real,
@@ -792,11 +772,8 @@ fn issue16_sync_notices_a_snapshot_replaced_on_the_target() {
         .remove(0);
     {
         // What a hostile server (or disk damage) could do to its copy, below the protocol.
-        let store = Store::open(&dir, 1 << 20).unwrap();
-        let cfg = store.config().unwrap();
-        let mut p =
-            cairn_repo::packer::Packer::relocating(&store, cfg.piece_size, cfg.pack_max, 1 << 20);
-        p.commit(true, &[(id, vec![0xCD; 300])]).unwrap();
+        let store = LocalStore::open(&dir, 1 << 20).unwrap();
+        cairn_repo::testkit::replace_snapshot(&store, id, vec![0xCD; 300]).unwrap();
     }
     let (store, _) = sync::open_local_replica(&f.primary, &dir).unwrap();
     let mut target = LocalTarget::new(&*store).unwrap();
@@ -845,7 +822,7 @@ fn issue16_key_slots_from_a_peer_are_bounded() {
     assert!(err.to_string().contains("at most 16"), "{err}");
     assert_eq!(client.call(Request::Bye).unwrap(), Response::Done);
     server.join().unwrap().unwrap();
-    let store = Store::open(&dir, 1 << 20).unwrap();
+    let store = LocalStore::open(&dir, 1 << 20).unwrap();
     assert_eq!(store.key_slots().unwrap().len(), 1, "nothing was added");
 
     // A slot beyond the limits that got in anyway (an older server) is never derived: a

@@ -56,7 +56,7 @@ fn expand(args: &[String]) -> Result<Vec<(String, String)>, Failure> {
 }
 
 fn is_repo(dir: &Path) -> bool {
-    dir.join(cairn_repo::store::DB_FILE).is_file()
+    cairn_repo::storage::LocalStore::exists(dir)
 }
 
 fn name_of(dir: &Path) -> String {

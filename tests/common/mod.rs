@@ -134,20 +134,13 @@ fn is_special_pair(line: &str) -> bool {
 
 /// Some chunk of the repository, and the repository's piece size (to damage it in tests).
 pub fn some_chunk(repo: &Path) -> (cairn_repo::Id, u32) {
-    let store = cairn_repo::store::Store::open(repo, 1 << 20).unwrap();
-    let cfg = cairn_repo::format::Config::decode(&store.meta("config").unwrap().unwrap()).unwrap();
-    let mut found = None;
-    store
-        .view()
+    let store = cairn_repo::storage::LocalStore::open(repo, 1 << 20).unwrap();
+    let found = cairn_repo::testkit::objects(&store)
         .unwrap()
-        .for_each_object(|id, loc| {
-            if loc.kind == cairn_repo::crypto::Kind::Chunk && found.is_none() {
-                found = Some(id);
-            }
-            Ok(())
-        })
-        .unwrap();
-    (found.unwrap(), cfg.piece_size)
+        .into_iter()
+        .find(|(_, o)| o.kind == cairn_repo::crypto::Kind::Chunk)
+        .map(|(id, _)| id);
+    (found.unwrap(), store.config().unwrap().piece_size)
 }
 
 pub const WAIT: Duration = Duration::from_secs(20);

@@ -28,7 +28,7 @@ pub use crate::prune::{Mark, PruneOptions, PruneReport};
 mod cache;
 pub mod memory;
 mod quota;
-mod redb;
+pub(crate) mod redb;
 pub mod remote;
 pub mod rights;
 pub mod s3;
@@ -36,15 +36,20 @@ pub(crate) mod server;
 mod url;
 
 pub(crate) use quota::Quota;
+pub use redb::Store as LocalStore;
+pub use redb::{StorageProblem, StorageReport};
 pub use rights::{Right, Rights};
 pub use url::Url;
 
+/// The layout of the local redb repository's tables (`cairn --version` names it).
+pub const REDB_LAYOUT_VERSION: u32 = redb::FORMAT_VERSION;
+
 /// The local redb store behind `store`, for the commands not yet moved onto the seam
 /// (DESIGN.md §9); `what` names the command for the error a repository elsewhere gets.
-pub fn local<'a>(store: &'a dyn Storage, what: &str) -> Result<&'a crate::store::Store> {
+pub fn local<'a>(store: &'a dyn Storage, what: &str) -> Result<&'a LocalStore> {
     store
         .as_any()
-        .downcast_ref::<crate::store::Store>()
+        .downcast_ref::<LocalStore>()
         .ok_or_else(|| Error::LocalOnly {
             what: what.to_string(),
             location: store.location(),
@@ -67,7 +72,7 @@ pub fn read_as(reader: &dyn Reader, id: &Id, kind: Kind) -> Result<Vec<u8>> {
 pub fn open(url: &Url, opts: &crate::OpenOptions) -> Result<Box<dyn Storage>> {
     match url {
         Url::Local(dir) => {
-            let mut store = crate::store::Store::open(dir, opts.db_cache_bytes)?;
+            let mut store = LocalStore::open(dir, opts.db_cache_bytes)?;
             store.set_piece_cache(opts.piece_cache_pieces);
             Ok(Box::new(store))
         }
@@ -96,7 +101,7 @@ fn object_cache(
 pub fn create(url: &Url, config: &Config, opts: &crate::OpenOptions) -> Result<Box<dyn Storage>> {
     match url {
         Url::Local(dir) => {
-            let mut store = crate::store::Store::create(dir, &[("config", config.encode())])?;
+            let mut store = LocalStore::create(dir, &[("config", config.encode())])?;
             store.set_piece_cache(opts.piece_cache_pieces);
             Ok(Box::new(store))
         }
@@ -136,7 +141,7 @@ impl ObjectInfo {
 
 /// The ciphertext checksum kept with every object (see `ObjectInfo::check`).
 pub fn checksum(sealed: &[u8]) -> [u8; 16] {
-    crate::store::checksum(sealed)
+    redb::checksum(sealed)
 }
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -1146,7 +1146,7 @@ mod tests {
     fn a_server_of_protocol_3_is_spoken_to_in_3() {
         let dir = tempfile::tempdir().unwrap();
         let config = crate::testkit::small_config();
-        crate::store::Store::create(dir.path(), &[("config", config.encode())]).unwrap();
+        crate::storage::redb::Store::create(dir.path(), &[("config", config.encode())]).unwrap();
         let asked_4 = Arc::new(Mutex::new(0));
         let store = RemoteStore::open(Box::new(OldServer {
             dir: dir.path().to_path_buf(),

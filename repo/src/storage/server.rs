@@ -12,7 +12,7 @@ use crate::crypto::{KeySlot, MAX_KEY_SLOTS};
 use crate::error::{Error, Result};
 use crate::format::Config;
 use crate::id::Id;
-use crate::store::{Store, DEFAULT_DB_CACHE};
+use crate::storage::redb::{Store, DEFAULT_DB_CACHE};
 use crate::sync::proto::{self, ReadAnswer, Request, Response, WireError, WireInfo, WireObject};
 use crate::sync::serve::{Policy, QUOTA_KEY};
 use std::io::{BufReader, BufWriter, Read, Write};

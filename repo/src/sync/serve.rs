@@ -193,8 +193,8 @@ mod tests {
     use crate::error::Error;
     use crate::format::Config;
     use crate::id::Id;
+    use crate::storage::redb::{Store, DEFAULT_DB_CACHE};
     use crate::storage::{Reader, Right};
-    use crate::store::{Store, DEFAULT_DB_CACHE};
 
     fn config() -> Config {
         crate::testkit::small_config()

@@ -3,8 +3,8 @@
 //! state record `sync.targets`, which its server can read (DESIGN.md §6).
 
 use crate::error::{Error, Result};
+use crate::storage::redb::{Store, TARGETS};
 use crate::storage::Storage;
-use crate::store::{Store, TARGETS};
 use redb::ReadableTable;
 
 /// The state record holding the named targets of a store that is not a local repository.

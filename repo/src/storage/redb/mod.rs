@@ -1,4 +1,24 @@
-//! The local redb repository behind the seam (an adapter over `crate::store`).
+//! The local redb repository: the store itself (`store`: tables, the piece cache, views), its
+//! pack writer (`packer`), its maintenance (`maint`: sweep, verification, compaction) and the
+//! read-only backend for a truncated file (`truncated`); the `Storage` impl below is the seam's
+//! adapter over them. Nothing of redb is visible outside this module but what is re-exported
+//! here for the rest of the crate (DESIGN.md §9).
+
+mod maint;
+mod packer;
+mod store;
+mod truncated;
+
+pub(crate) use maint::{PackCandidate, Sweep, SweepInput};
+pub use maint::{StorageProblem, StorageReport};
+pub(crate) use packer::Packer;
+#[cfg(any(test, feature = "testkit"))]
+pub(crate) use store::damage_object;
+pub use store::Store;
+pub(crate) use store::{
+    checksum, Location, View, DAMAGED_PREFIX, DB_FILE, DEFAULT_DB_CACHE, FORMAT_VERSION,
+    PIECE_CACHE_SLOTS, TARGETS,
+};
 
 use super::{
     Mark, ObjectInfo, PruneOptions, PruneReport, Reader, Space, Storage, Writer, WriterOptions,
@@ -7,8 +27,6 @@ use crate::crypto::Kind;
 use crate::error::{Error, Result};
 use crate::format::Config;
 use crate::id::Id;
-use crate::packer::Packer;
-use crate::store::{Location, Store, View};
 
 impl Storage for Store {
     fn location(&self) -> String {

@@ -1,4 +1,5 @@
-//! The redb layer: every redb type stays in this module.
+//! The redb store's tables, views and piece cache. Every redb type stays in `storage::redb`
+//! (this module and its siblings), private to it.
 //!
 //! Sealed objects are appended to *packs*; a pack is cut into fixed-size *pieces* (values of
 //! `piece_size` bytes, just under a power of two so redb wastes almost nothing; the last piece of
@@ -13,12 +14,12 @@ use std::fs::OpenOptions;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-pub const DB_FILE: &str = "cairn.redb";
-pub const FORMAT_VERSION: u32 = 1;
+pub(crate) const DB_FILE: &str = "cairn.redb";
+pub(crate) const FORMAT_VERSION: u32 = 1;
 /// `STATE` key prefix of a pack a writer has open (see `Store::give_back_abandoned`).
 const OPEN_PACK: &str = "open_pack.";
 /// Name prefix of a damaged database file moved aside by a rebuild.
-pub const DAMAGED_PREFIX: &str = "cairn.redb.damaged-";
+pub(crate) const DAMAGED_PREFIX: &str = "cairn.redb.damaged-";
 
 /// object id -> (pack, offset in pack, sealed length, kind, first 16 bytes of BLAKE3(sealed))
 pub(crate) type IndexValue = (u64, u64, u32, u8, [u8; 16]);
@@ -36,7 +37,7 @@ pub(crate) const STATE: TableDefinition<&str, &[u8]> = TableDefinition::new("sta
 
 /// Where one object lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Location {
+pub(crate) struct Location {
     pub pack: u64,
     pub offset: u64,
     pub len: u32,
@@ -70,7 +71,7 @@ impl Location {
 
 /// The ciphertext checksum kept in the index: lets `check` and replicas verify stored bytes
 /// without the password.
-pub fn checksum(sealed: &[u8]) -> [u8; 16] {
+pub(crate) fn checksum(sealed: &[u8]) -> [u8; 16] {
     let h = blake3::hash(sealed);
     let mut c = [0u8; 16];
     c.copy_from_slice(&h.as_bytes()[..16]);
@@ -134,7 +135,7 @@ fn builder(cache_bytes: usize) -> redb::Builder {
     b
 }
 
-pub const DEFAULT_DB_CACHE: usize = 16 << 20;
+pub(crate) const DEFAULT_DB_CACHE: usize = 16 << 20;
 
 /// An open for writing that failed only because the file cannot be written.
 fn not_writable(e: &std::io::Error) -> bool {
@@ -180,12 +181,12 @@ fn open_truncated(dir: &Path, file: &Path, cache_bytes: usize, e: Error) -> Resu
     let Error::Damaged { reason, .. } = &e else {
         return Err(e);
     };
-    let Some(len) = crate::store_truncated::recorded_len(reason) else {
+    let Some(len) = super::truncated::recorded_len(reason) else {
         return Err(e);
     };
     let f = std::fs::File::open(file)
         .map_err(|io| Error::io(format!("opening {}", file.display()), io))?;
-    let backend = crate::store_truncated::ZeroTail::new(f, len)
+    let backend = super::truncated::ZeroTail::new(f, len)
         .map_err(|io| Error::io(format!("opening {}", file.display()), io))?;
     let ro = Error::guard(|| {
         builder(cache_bytes)
@@ -213,7 +214,7 @@ fn damaged_at(dir: &Path, e: Error) -> Error {
 
 impl Store {
     /// Create a new, empty repository directory (mode 0700) and database (mode 0600).
-    pub fn create(dir: &Path, meta: &[(&str, Vec<u8>)]) -> Result<Store> {
+    pub(crate) fn create(dir: &Path, meta: &[(&str, Vec<u8>)]) -> Result<Store> {
         let file = dir.join(DB_FILE);
         if file.exists() {
             return Err(Error::RepoExists(dir.to_path_buf()));
@@ -338,16 +339,26 @@ impl Store {
         &self.dir
     }
 
+    /// Whether `dir` holds a local repository (its database file).
+    pub fn exists(dir: &Path) -> bool {
+        dir.join(DB_FILE).is_file()
+    }
+
+    /// The size of the repository file in `dir`, if there is one.
+    pub fn file_bytes(dir: &Path) -> Option<u64> {
+        std::fs::metadata(dir.join(DB_FILE)).ok().map(|m| m.len())
+    }
+
     /// Whether the repository was opened for reading only (its file cannot be written).
-    pub fn is_read_only(&self) -> bool {
+    pub(crate) fn is_read_only(&self) -> bool {
         self.db.is_read_only()
     }
 
-    pub fn db_file(&self) -> PathBuf {
+    pub(crate) fn db_file(&self) -> PathBuf {
         self.dir.join(DB_FILE)
     }
 
-    pub fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
+    pub(crate) fn meta(&self, key: &str) -> Result<Option<Vec<u8>>> {
         Error::guard(|| {
             let txn = self.db.begin_read()?;
             let t = match txn.open_table(META) {
@@ -386,11 +397,6 @@ impl Store {
     }
 
     // ----- key slots -----
-
-    /// The key slots as stored (still wrapped), for copying to a replica.
-    pub fn key_slot_blobs(&self) -> Result<Vec<Vec<u8>>> {
-        Ok(self.key_slots()?.into_iter().map(|(_, b)| b).collect())
-    }
 
     pub fn key_slots(&self) -> Result<Vec<(u64, Vec<u8>)>> {
         self.numbered_rows(KEYS)
@@ -500,13 +506,13 @@ impl Store {
 
     // ----- reading objects -----
 
-    pub fn view(&self) -> Result<View> {
+    pub(crate) fn view(&self) -> Result<View> {
         self.view_sharing(std::sync::Arc::new(PieceCache::new(PIECE_CACHE_SLOTS)))
     }
 
     /// Hold up to `pieces` pieces (about 1 MiB each) for the readers of the storage seam,
     /// which share them (0: none). Set before handing readers out.
-    pub fn set_piece_cache(&mut self, pieces: usize) {
+    pub(crate) fn set_piece_cache(&mut self, pieces: usize) {
         self.pieces = std::sync::Arc::new(PieceCache::new(pieces));
     }
 
@@ -518,7 +524,7 @@ impl Store {
     /// A view whose piece reads go through `cache`, which outlives it: for readers that take
     /// a fresh view per object (the mount) but still read neighbouring small objects, so one
     /// piece read serves many of them.
-    pub fn view_sharing(&self, cache: std::sync::Arc<PieceCache>) -> Result<View> {
+    pub(crate) fn view_sharing(&self, cache: std::sync::Arc<PieceCache>) -> Result<View> {
         let piece_size = match self.piece_size.get() {
             Some(p) => *p,
             None => {
@@ -531,7 +537,6 @@ impl Store {
         Ok(View {
             index: txn.open_table(INDEX)?,
             pieces: txn.open_table(PIECES)?,
-            packs: txn.open_table(PACKS)?,
             cache,
             piece_size,
         })
@@ -607,7 +612,7 @@ impl Store {
     /// each pack it opens (`STATE` `open_pack.<pack>` = its session info) in the commit that
     /// opens it and removes the record in the commit that closes it; a record whose process is
     /// gone marks such a pack. Returns the bytes given back.
-    pub fn give_back_abandoned(&self) -> Result<u64> {
+    pub(crate) fn give_back_abandoned(&self) -> Result<u64> {
         let mut freed = 0;
         for (pack, writer) in self.state_with_prefix(OPEN_PACK)? {
             if let (Ok(pack), false) = (pack.parse(), crate::util::session_alive(&writer)) {
@@ -739,10 +744,9 @@ pub(crate) struct Batch<'a> {
 }
 
 /// A consistent read-only view of the repository's objects (one redb read transaction).
-pub struct View {
+pub(crate) struct View {
     index: redb::ReadOnlyTable<[u8; 32], IndexValue>,
     pieces: redb::ReadOnlyTable<(u64, u32), &'static [u8]>,
-    packs: redb::ReadOnlyTable<u64, (u64, u64)>,
     cache: std::sync::Arc<PieceCache>,
     /// The repository's piece size (for reads through the storage seam).
     pub(crate) piece_size: u32,
@@ -755,7 +759,7 @@ pub struct View {
 /// before the pack grew (a later batch of the same backup rewrites it longer; earlier bytes
 /// never change, and pack numbers are never reused), so a cached piece too short for a read
 /// is read again.
-pub struct PieceCache {
+pub(crate) struct PieceCache {
     slots: std::sync::Mutex<Vec<PieceSlot>>,
     capacity: usize,
     clock: std::sync::atomic::AtomicU64,
@@ -963,10 +967,6 @@ impl View {
     pub fn object_count(&self) -> Result<u64> {
         Error::guard(|| Ok(self.index.len()?))
     }
-
-    pub fn pack_len(&self, pack: u64) -> Result<Option<u64>> {
-        Ok(self.packs.get(pack)?.map(|v| v.value().0))
-    }
 }
 
 /// Append `bytes[start..need]` of piece `n` to `out`; the number of bytes appended.
@@ -990,14 +990,10 @@ fn append_part(
     Ok(stop - start)
 }
 
-/// Overwrite bytes of a stored piece in place — only for tests that simulate disk damage.
-#[doc(hidden)]
-pub fn damage_object_for_tests(
-    store: &Store,
-    id: &Id,
-    piece_size: u32,
-    flip_at: u64,
-) -> Result<()> {
+/// Overwrite bytes of a stored piece in place — only for tests that simulate disk damage
+/// (`testkit::damage_object`).
+#[cfg(any(test, feature = "testkit"))]
+pub(crate) fn damage_object(store: &Store, id: &Id, piece_size: u32, flip_at: u64) -> Result<()> {
     let loc = store
         .view()?
         .locate(id)?

@@ -1,9 +1,9 @@
 //! The redb side of maintenance (prune's sweep, key-less storage checks, compaction, targets).
-//! Kept beside `store.rs` so that redb types stay in the store layer.
+//! Kept beside `store.rs` so that redb types stay in `storage::redb`.
 
+use super::store::{checksum, Location, Store, INDEX, PACKS, PIECES, SESSIONS, SNAPSHOTS, STATE};
 use crate::error::{Error, Result};
 use crate::id::Id;
-use crate::store::{checksum, Location, Store, INDEX, PACKS, PIECES, SESSIONS, SNAPSHOTS, STATE};
 
 /// `STATE` key prefix of a pack marked for rewriting (see `Store::mark_for_repack`).
 const REPACK: &str = "repack.";
@@ -123,7 +123,7 @@ impl Store {
 
     /// Key-less storage verification: every indexed object's stored bytes against the checksum
     /// kept in its index row, and every piece each pack needs present with the right size.
-    pub fn verify_storage(&self, piece_size: u32) -> Result<StorageReport> {
+    pub(crate) fn verify_storage(&self, piece_size: u32) -> Result<StorageReport> {
         Error::guard(|| self.verify_storage_unguarded(piece_size))
     }
 
@@ -177,7 +177,7 @@ impl Store {
     /// redb's own page checksums. Needs no transaction open on this handle; in multi-process
     /// mode it holds the writer lock while it runs. `Ok(false)`: redb found damage and repaired
     /// its structures (data in damaged pages may be gone: run a full check).
-    pub fn check_db_integrity(&mut self) -> Result<bool> {
+    pub(crate) fn check_db_integrity(&mut self) -> Result<bool> {
         Error::guard(|| self.db.check_integrity())
     }
 }
@@ -282,7 +282,7 @@ fn finish(txn: redb::WriteTransaction, removed: u64) -> Result<()> {
 }
 
 fn storage_problem(
-    view: &crate::store::View,
+    view: &super::store::View,
     id: &Id,
     loc: &Location,
     piece_size: u32,
@@ -322,24 +322,27 @@ pub struct StorageReport {
     pub marked_for_repack: u64,
 }
 
-/// Compact the database file so freed pages go back to the file system. redb needs the file to
-/// itself for this: it is opened exclusively, and if another process (a backup, a mount, a
-/// sync) has it open this fails with [`Error::Locked`].
-pub fn compact(dir: &Path) -> Result<bool> {
-    let file = dir.join(crate::store::DB_FILE);
-    let mut db = redb::Builder::new().open(&file).map_err(|e| match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked {
-            path: dir.to_path_buf(),
-            reason: "compaction needs exclusive access and another process has the repository open"
-                .into(),
-        },
-        other => other.into(),
-    })?;
-    db.compact().map_err(|e| match e {
-        redb::CompactionError::TransactionInProgress => Error::Locked {
-            path: dir.to_path_buf(),
-            reason: "compaction needs exclusive access and a transaction is in progress".into(),
-        },
-        other => Error::Db(other.to_string()),
-    })
+impl Store {
+    /// Compact the database file so freed pages go back to the file system. redb needs the file to
+    /// itself for this: it is opened exclusively, and if another process (a backup, a mount, a
+    /// sync) has it open this fails with [`Error::Locked`].
+    pub fn compact(dir: &Path) -> Result<bool> {
+        let file = dir.join(super::store::DB_FILE);
+        let mut db = redb::Builder::new().open(&file).map_err(|e| match e {
+            redb::DatabaseError::DatabaseAlreadyOpen => Error::Locked {
+                path: dir.to_path_buf(),
+                reason:
+                    "compaction needs exclusive access and another process has the repository open"
+                        .into(),
+            },
+            other => other.into(),
+        })?;
+        db.compact().map_err(|e| match e {
+            redb::CompactionError::TransactionInProgress => Error::Locked {
+                path: dir.to_path_buf(),
+                reason: "compaction needs exclusive access and a transaction is in progress".into(),
+            },
+            other => Error::Db(other.to_string()),
+        })
+    }
 }

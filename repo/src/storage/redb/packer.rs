@@ -5,12 +5,12 @@
 //! adds a tree only after its children, and a snapshot only in the final commit, a crash at any
 //! moment leaves every visible snapshot whole.
 
+use super::store::{checksum, Batch, Location, Store};
 use crate::crypto::Kind;
 use crate::error::Result;
 use crate::id::Id;
-use crate::store::{checksum, Batch, Location, Store};
 
-pub struct Packer<'s> {
+pub(crate) struct Packer<'s> {
     store: &'s Store,
     piece_size: usize,
     pack_max: u64,
