@@ -472,3 +472,67 @@ fn backed_up(s: &Server, work: &Path) -> (PathBuf, String) {
     ok(s.cairn(&url).arg("backup").arg(&src), 0);
     (src, url)
 }
+
+/// A repository on a server keeps a local cache of the trees it read (sealed, 0700): the
+/// second `ls` is answered from it even after the server's copy of the root tree is damaged,
+/// `--no-cache` reads the server and finds the damage, and `check --read-data` never trusts
+/// the cache.
+#[test]
+fn trees_read_from_a_server_are_cached_but_check_reads_the_server() {
+    let s = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let (_, url) = backed_up(&s, work.path());
+    let cache = work.path().join("xdg");
+    let cairn = |args: &[&str]| {
+        let mut c = s.cairn(&url);
+        c.args(args).env("XDG_CACHE_HOME", &cache);
+        c
+    };
+    let listed = ok(&mut cairn(&["ls", "latest"]), 0);
+    assert!(listed.contains("letter.txt"), "{listed}");
+    let objects = cache.join("cairn/objects");
+    let repo_dir = std::fs::read_dir(&objects)
+        .unwrap()
+        .next()
+        .unwrap()
+        .unwrap()
+        .path();
+    let mode = std::fs::metadata(&repo_dir).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o700
+    );
+    assert!(
+        std::fs::read_dir(&repo_dir).unwrap().count() > 0,
+        "trees were kept"
+    );
+
+    let on_server = s.root.join("acme");
+    let repo = cairn_repo::Repository::open(
+        &on_server,
+        PASSWORD.as_bytes(),
+        &cairn_repo::OpenOptions::default(),
+    )
+    .unwrap();
+    let root = repo.snapshots().unwrap()[0].snapshot.root;
+    let ps = repo.config().piece_size;
+    cairn_repo::testkit::damage_object(repo.local("test").unwrap(), &root, ps, 3).unwrap();
+    drop(repo);
+
+    let again = ok(&mut cairn(&["ls", "latest"]), 0);
+    assert_eq!(again, listed, "answered from the cache");
+    let r = run(&mut cairn(&["--no-cache", "ls", "latest"]));
+    assert_ne!(r.code, 0, "the server's copy is damaged: {}", r.stdout);
+    let r = run(&mut cairn(&["check", "--read-data"]));
+    assert_ne!(
+        r.code, 0,
+        "check reads the server, not the cache: {}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains(&root.to_hex()[..8]) || r.stderr.contains(&root.to_hex()[..8]),
+        "names the damaged tree: {} {}",
+        r.stdout,
+        r.stderr
+    );
+}
