@@ -7,7 +7,7 @@
 //! what is read from the cache is opened and verified with the key like anything else. Chunks
 //! are not kept (they are most of the bytes and a backup never rereads them).
 
-use super::{checksum, ObjectInfo, ReadEach, Reader};
+use super::{checksum, ObjectInfo, ReadEach, Reader, Writer};
 use crate::crypto::Kind;
 use crate::error::Result;
 use crate::id::Id;
@@ -164,6 +164,44 @@ impl Reader for CachedReader {
     }
 }
 
+/// A writer that also keeps the trees and content lists it stores (a backup's next run walks
+/// them as its parent). Kept before the store has them is harmless: the cache only answers
+/// reads by id, and whether the store holds an object is always asked of the store.
+pub(crate) struct CachedWriter<'a> {
+    inner: Box<dyn Writer + 'a>,
+    cache: Arc<ObjectCache>,
+}
+
+impl Writer for CachedWriter<'_> {
+    fn add(&mut self, id: Id, kind: Kind, sealed: &[u8]) -> Result<()> {
+        self.inner.add(id, kind, sealed)?;
+        self.cache.put(&id, kind, sealed);
+        Ok(())
+    }
+
+    fn checkpoint(&mut self) -> Result<()> {
+        self.inner.checkpoint()
+    }
+
+    fn commit(&mut self, snapshots: &[(Id, Vec<u8>)]) -> Result<()> {
+        self.inner.commit(snapshots)
+    }
+}
+
+/// `writer` keeping what it stores in the cache, when there is one.
+pub(crate) fn wrap_writer<'a>(
+    writer: Box<dyn Writer + 'a>,
+    cache: &Option<Arc<ObjectCache>>,
+) -> Box<dyn Writer + 'a> {
+    match cache {
+        Some(cache) => Box::new(CachedWriter {
+            inner: writer,
+            cache: cache.clone(),
+        }),
+        None => writer,
+    }
+}
+
 /// `reader` with the cache in front of it, when there is one.
 pub(crate) fn wrap(reader: Box<dyn Reader>, cache: &Option<Arc<ObjectCache>>) -> Box<dyn Reader> {
     match cache {
@@ -228,6 +266,16 @@ mod tests {
         );
         assert!(cache.get(&id(2)).is_some(), "a list read is kept");
         assert!(cache.get(&id(3)).is_none(), "chunks are not kept");
+        // A writer keeps the trees and lists it stores.
+        let mut w = wrap_writer(
+            store.writer(WriterOptions::default()).unwrap(),
+            &Some(cache.clone()),
+        );
+        w.add(id(4), Kind::Tree, b"tree four").unwrap();
+        w.add(id(5), Kind::Chunk, b"chunk five").unwrap();
+        w.commit(&[]).unwrap();
+        drop(w);
+        assert!(cache.get(&id(4)).is_some() && cache.get(&id(5)).is_none());
         // Answered from the cache even where the store no longer has it.
         let other = MemoryStore::new(crate::testkit::small_config());
         let r = CachedReader {

@@ -494,7 +494,8 @@ impl Storage for RemoteStore {
     }
 
     fn writer(&self, opts: WriterOptions) -> Result<Box<dyn Writer + '_>> {
-        Ok(Box::new(RemoteWriter::new(self.shared.clone(), opts)?))
+        let writer = Box::new(RemoteWriter::new(self.shared.clone(), opts)?);
+        Ok(super::cache::wrap_writer(writer, &self.cache))
     }
 
     fn begin_session(&self, _info: &[u8]) -> Result<u64> {

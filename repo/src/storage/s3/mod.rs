@@ -355,10 +355,8 @@ impl Storage for S3Store {
     }
 
     fn writer(&self, opts: WriterOptions) -> Result<Box<dyn Writer + '_>> {
-        Ok(Box::new(writer::S3Writer::new(
-            &self.shared,
-            opts.batch_bytes,
-        )))
+        let writer = Box::new(writer::S3Writer::new(&self.shared, opts.batch_bytes));
+        Ok(super::cache::wrap_writer(writer, &self.cache))
     }
 
     fn begin_session(&self, info: &[u8]) -> Result<u64> {
