@@ -407,15 +407,7 @@ fn history_figures_over_a_thousand_snapshots() {
                 repo.seal_snapshot(&s).unwrap()
             })
             .collect();
-        let mut writer = repo
-            .storage()
-            .writer(cairn_repo::storage::WriterOptions {
-                batch_bytes: 1 << 20,
-                ..Default::default()
-            })
-            .unwrap();
-        writer.commit(&sealed).unwrap();
-        drop(writer);
+        cairn_repo::testkit::commit_snapshots(repo.storage(), &sealed).unwrap();
         let ids: Vec<_> = real.iter().map(|r| r.id).collect();
         repo.local("test").unwrap().remove_snapshots(&ids).unwrap();
     }

@@ -1076,15 +1076,7 @@ fn history_over_a_thousand_identical_snapshots_costs_one_snapshots_trees() {
             repo.seal_snapshot(&snap).unwrap()
         })
         .collect();
-    let mut writer = repo
-        .storage()
-        .writer(cairn_repo::storage::WriterOptions {
-            batch_bytes: 1 << 20,
-            ..Default::default()
-        })
-        .unwrap();
-    writer.commit(&sealed).unwrap();
-    drop(writer);
+    cairn_repo::testkit::commit_snapshots(repo.storage(), &sealed).unwrap();
     let one = FsCore::new(repo.clone(), FsOptions::default()).unwrap();
     let snap = one.lookup(ROOT_INO, b"latest").unwrap();
     let target = String::from_utf8(one.readlink(snap.ino).unwrap()).unwrap();

@@ -78,3 +78,13 @@ pub fn replace_snapshot(store: &LocalStore, id: Id, sealed: Vec<u8>) -> Result<(
     crate::storage::redb::Packer::relocating(store, cfg.piece_size, cfg.pack_max, 1 << 20)
         .commit(true, &[(id, sealed)])
 }
+
+/// Store sealed snapshots (and nothing else) through `store`'s writer, in one commit.
+pub fn commit_snapshots(store: &dyn Storage, sealed: &[(Id, Vec<u8>)]) -> Result<()> {
+    store
+        .writer(crate::storage::WriterOptions {
+            batch_bytes: 1 << 20,
+            ..Default::default()
+        })?
+        .commit(sealed)
+}

@@ -65,8 +65,50 @@ fn sending_order(view: &dyn Reader, plan: &Plan) -> Result<Vec<(Id, ObjectInfo)>
     Ok(order)
 }
 
-fn read_verified(view: &dyn Reader, id: Id, info: &ObjectInfo) -> Result<WireObject> {
-    let (kind, sealed) = view.read(&id)?;
+/// Sealed bytes read ahead at most (one `read_many`: from a remote primary one round trip for
+/// many objects, not one each).
+const READ_AHEAD_BYTES: u64 = 16 << 20;
+
+/// Read the objects of `order` in groups of about `READ_AHEAD_BYTES`, each checked against
+/// its stored checksum, handing them to `each` in order.
+fn read_in_groups(
+    view: &dyn Reader,
+    order: &[(Id, ObjectInfo)],
+    mut each: impl FnMut(WireObject) -> Result<()>,
+) -> Result<()> {
+    let mut start = 0;
+    while start < order.len() {
+        let mut end = start;
+        let mut bytes = 0u64;
+        while end < order.len()
+            && (end == start || bytes + order[end].1.len as u64 <= READ_AHEAD_BYTES)
+        {
+            bytes += order[end].1.len as u64;
+            end += 1;
+        }
+        let group = &order[start..end];
+        let ids: Vec<Id> = group.iter().map(|(id, _)| *id).collect();
+        let mut got = Vec::with_capacity(group.len());
+        view.read_many(&ids, &mut |id, read| {
+            got.push((id, read));
+            Ok(())
+        })?;
+        for ((id, info), (read_id, read)) in group.iter().zip(got) {
+            if read_id != *id {
+                return Err(Error::Internal(format!("read {read_id} for {id}")));
+            }
+            each(verified(*id, info, read?)?)?;
+        }
+        start = end;
+    }
+    Ok(())
+}
+
+fn verified(
+    id: Id,
+    info: &ObjectInfo,
+    (kind, sealed): (crate::crypto::Kind, Vec<u8>),
+) -> Result<WireObject> {
     if checksum(&sealed) != info.check || kind != info.kind {
         return Err(Error::corrupt(
             id,
@@ -107,15 +149,15 @@ pub fn send_objects(
     };
     let mut batch: Vec<WireObject> = Vec::new();
     let mut batch_len = 0usize;
-    for (id, loc) in order {
-        let o = read_verified(view, id, &loc)?;
+    read_in_groups(view, &order, |o| {
         if batch_len + o.sealed.len() > limit && !batch.is_empty() {
             out.put(std::mem::take(&mut batch))?;
             batch_len = 0;
         }
         batch_len += o.sealed.len();
         batch.push(o);
-    }
+        Ok(())
+    })?;
     if !batch.is_empty() {
         out.put(batch)?;
     }
