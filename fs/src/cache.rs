@@ -91,6 +91,16 @@ struct Flight<V> {
     cv: Condvar,
 }
 
+impl<V> Flight<V> {
+    /// A load in flight, landed by its leader.
+    fn new() -> Arc<Flight<V>> {
+        Arc::new(Flight {
+            done: Mutex::new(None),
+            cv: Condvar::new(),
+        })
+    }
+}
+
 /// An LRU of decoded objects whose loads are shared between concurrent callers.
 pub struct Loader<K, V> {
     lru: Mutex<Lru<K, Arc<V>>>,
@@ -132,10 +142,7 @@ impl<K: Hash + Eq + Clone, V> Loader<K, V> {
             match inflight.get(key) {
                 Some(f) => (f.clone(), false),
                 None => {
-                    let f = Arc::new(Flight {
-                        done: Mutex::new(None),
-                        cv: Condvar::new(),
-                    });
+                    let f = Flight::new();
                     inflight.insert(key.clone(), f.clone());
                     (f, true)
                 }
@@ -178,10 +185,7 @@ impl<K: Hash + Eq + Clone, V> Loader<K, V> {
                 if lru.contains(k) || inflight.contains_key(k) {
                     continue;
                 }
-                let f = Arc::new(Flight {
-                    done: Mutex::new(None),
-                    cv: Condvar::new(),
-                });
+                let f = Flight::new();
                 inflight.insert(k.clone(), f.clone());
                 claimed.push((k.clone(), f));
             }

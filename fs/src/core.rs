@@ -523,8 +523,8 @@ impl FsCore {
                 crate::read::fetch_batch(source, push, whole, first_chunks);
             }
             _ => {
-                for ahead in whole {
-                    if let Some(push) = &push {
+                if let Some(push) = &push {
+                    for ahead in whole {
                         crate::read::push_ahead(source, push.clone(), ahead);
                     }
                 }

@@ -272,14 +272,14 @@ pub(crate) fn push_ahead(inner: &Arc<Source>, push: Pusher, ahead: Ahead) {
 }
 
 /// From a remote store: one job on the prefetch pool fetches the chunks of the small files
-/// `whole` and the `first` chunks of larger ones in one request, then pushes the small files.
+/// `whole` and the `first` chunks of larger ones (those not cached or loading) in one
+/// request, then pushes the small files.
 pub(crate) fn fetch_batch(inner: &Arc<Source>, push: Pusher, whole: Vec<Ahead>, first: Vec<Id>) {
     let Some(pool) = &inner.pool else { return };
     let mut ids: Vec<Id> = whole
         .iter()
         .flat_map(|a| a.extents.iter().filter_map(|x| x.id))
         .chain(first)
-        .filter(|id| !inner.chunks.present(id))
         .collect();
     ids.sort_unstable();
     ids.dedup();

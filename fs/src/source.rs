@@ -113,13 +113,9 @@ impl Source {
         // On a retry with a fresh reader, the objects already opened are simply ignored.
         let _ = self.with_view(|view| {
             view.read_many(wanted, &mut |id, r| {
-                let v = r.and_then(|(stored, sealed)| match stored == kind {
-                    true => open(&id, &sealed),
-                    false => Err(cairn_repo::Error::corrupt(
-                        id,
-                        format!("stored as a {stored:?}, expected a {kind:?}"),
-                    )),
-                });
+                let v = r
+                    .and_then(|read| cairn_repo::storage::as_kind(&id, kind, read))
+                    .and_then(|sealed| open(&id, &sealed));
                 lock(&got).push((id, v));
                 Ok(())
             })

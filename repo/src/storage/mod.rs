@@ -58,7 +58,12 @@ pub fn local<'a>(store: &'a dyn Storage, what: &str) -> Result<&'a LocalStore> {
 
 /// Read `id`, which must be a `kind`: another kind stored under its id is damage.
 pub fn read_as(reader: &dyn Reader, id: &Id, kind: Kind) -> Result<Vec<u8>> {
-    match reader.read(id)? {
+    as_kind(id, kind, reader.read(id)?)
+}
+
+/// The sealed bytes of `read` (what a read of `id` gave), which must be a `kind`.
+pub fn as_kind(id: &Id, kind: Kind, read: (Kind, Vec<u8>)) -> Result<Vec<u8>> {
+    match read {
         (stored, sealed) if stored == kind => Ok(sealed),
         (stored, _) => Err(Error::corrupt(
             id,

@@ -4,8 +4,8 @@
 //!
 //! Connections come from a `Connector` (ssh in use, a socket pair in tests). Store calls and
 //! readers share a pool of connections, opened lazily (one per thread calling at once, up to
-//! `POOL`; more callers wait a moment for one to come back); a writer and a session each have a connection of their own,
-//! because the server keeps a writer and the sessions it began per connection and drops them
+//! `POOL`; more callers wait a moment for one to come back); a writer and a session each have
+//! a connection of their own, because the server keeps a writer and the sessions it began per connection and drops them
 //! when it ends. A connection that fails is dropped and the next call opens another.
 
 use super::cache::ObjectCache;
@@ -24,8 +24,9 @@ use crate::sync::{SshOptions, SshUrl};
 use std::collections::{HashMap, VecDeque};
 use std::io::{BufReader, BufWriter, Read, Write};
 use std::process::{ChildStdin, ChildStdout};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 /// How a remote store reaches its server.
 pub trait Connector: Send + Sync {
@@ -41,7 +42,7 @@ pub trait Connector: Send + Sync {
 const POOL: usize = 8;
 /// How long a caller waits for a pooled connection before it opens one more anyway (a caller
 /// that holds one while it asks for another must not wait on itself).
-const POOL_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+const POOL_WAIT: Duration = Duration::from_millis(200);
 /// `PutObjects` batches a writer keeps in flight before it waits for a reply.
 const WINDOW: usize = 3;
 /// A writer sends its objects in batches of about this many bytes (or its `batch_bytes`
@@ -205,9 +206,9 @@ struct Shared {
     location: String,
     idle: Mutex<Vec<Conn>>,
     /// Signalled when a connection goes back to `idle` or is closed.
-    returned: std::sync::Condvar,
+    returned: Condvar,
     /// Pool connections open: lent or idle.
-    open: std::sync::atomic::AtomicUsize,
+    open: AtomicUsize,
     /// The store protocol version the server speaks (`proto::VERSION`, or 3 for an older
     /// server).
     version: AtomicU32,
@@ -260,7 +261,7 @@ impl Shared {
     /// back within `POOL_WAIT`, or a new one after all (so a caller that holds one while it
     /// asks for another cannot deadlock).
     fn lease(&self) -> Result<Lease<'_>> {
-        let deadline = std::time::Instant::now() + POOL_WAIT;
+        let deadline = Instant::now() + POOL_WAIT;
         let mut idle = lock(&self.idle);
         loop {
             if let Some(c) = idle.pop() {
@@ -270,7 +271,7 @@ impl Shared {
                     reused: true,
                 });
             }
-            let now = std::time::Instant::now();
+            let now = Instant::now();
             if self.open.load(Ordering::Acquire) < POOL || now >= deadline {
                 break;
             }
@@ -383,8 +384,8 @@ impl RemoteStore {
             location: connector.label(),
             connector,
             idle: Mutex::new(Vec::new()),
-            returned: std::sync::Condvar::new(),
-            open: std::sync::atomic::AtomicUsize::new(1),
+            returned: Condvar::new(),
+            open: AtomicUsize::new(1),
             version: AtomicU32::new(proto::VERSION),
         });
         let (mut conn, rights) = Conn::open(&shared, create)?;
