@@ -83,9 +83,9 @@ enum ReplicaArg {
     Store(cairn_repo::storage::Url),
 }
 
-/// A replica given as a path, an ssh:// or s3:// URL, or the name of a sync target.
+/// A replica given as a path, an ssh:// or s3:// URL, or the name of a sync target of `store`.
 fn replica_arg(
-    store: &cairn_repo::storage::LocalStore,
+    store: &dyn cairn_repo::storage::Storage,
     arg: &std::path::Path,
 ) -> Result<ReplicaArg, Failure> {
     if arg.exists() {
@@ -95,7 +95,8 @@ fn replica_arg(
     if name.starts_with("ssh://") || name.starts_with("s3://") {
         return url_arg(&name);
     }
-    match store.targets()?.into_iter().find(|(n, _)| *n == name) {
+    let targets = cairn_repo::sync::targets::list(store)?;
+    match targets.into_iter().find(|(n, _)| *n == name) {
         Some((_, url)) => url_arg(&url),
         None => Ok(ReplicaArg::Path(arg.to_path_buf())),
     }
@@ -139,7 +140,10 @@ impl Replica {
 }
 
 fn open_pair(g: &Global, arg: &std::path::Path) -> Result<(Repository, Option<Replica>), Failure> {
-    let path = g.repo_path("check --repair-from")?;
+    let path = match g.repo_url()? {
+        cairn_repo::storage::Url::Local(path) => path,
+        _ => return open_pair_elsewhere(g, arg),
+    };
     let replica = match cairn_repo::storage::LocalStore::open(&path, 1 << 20) {
         Ok(store) => replica_arg(&store, arg)?,
         Err(cairn_repo::Error::Damaged { reason, .. }) => return rebuild(g, &path, arg, &reason),
@@ -154,35 +158,65 @@ fn open_pair(g: &Global, arg: &std::path::Path) -> Result<(Repository, Option<Re
             let other = Repository::open(&replica, password.as_bytes(), &opts)?;
             Ok((repo, Some(Replica::Local(other))))
         }
-        ReplicaArg::Ssh(url) => {
-            let repo = g.open_tuned(&g.open_options_uncached())?;
-            let parsed = cairn_repo::sync::SshUrl::parse(&url)?;
-            let mut target = cairn_repo::sync::SshTarget::connect(&parsed, &g.ssh.options())?;
-            target.handshake_existing(&repo).map_err(|e| {
-                let f = Failure::from(e);
-                Failure {
-                    message: format!("{url}: {}", f.message),
-                    ..f
-                }
-            })?;
-            Ok((repo, Some(Replica::Ssh(Box::new(target), url))))
-        }
+        ReplicaArg::Ssh(url) => ssh_replica(g, g.open_tuned(&g.open_options_uncached())?, url),
         ReplicaArg::Store(url) => {
-            let store = match cairn_repo::storage::open(&url, &g.open_options_uncached()) {
-                Err(cairn_repo::Error::RepoNotFound { reason, .. }) => {
-                    return Err(cairn_repo::Error::NotFound(format!(
-                        "{url}: no replica there ({reason})"
-                    ))
-                    .into())
-                }
-                other => other?,
-            };
+            let store = open_replica(g, &url)?;
             let password = crate::secrets::password(g, false)?;
             let repo = Repository::open(&path, password.as_bytes(), &opts)?;
             let other = Repository::unlock(store, password.as_bytes())?;
             Ok((repo, Some(Replica::Local(other))))
         }
     }
+}
+
+/// The repository is on a server or in a bucket: it and the replica open through the seam,
+/// with one password, and the copies go back through `Storage::repair`.
+fn open_pair_elsewhere(
+    g: &Global,
+    arg: &std::path::Path,
+) -> Result<(Repository, Option<Replica>), Failure> {
+    let store = cairn_repo::storage::open(&g.repo_url()?, &g.open_options_uncached())?;
+    let password = crate::secrets::password(g, false)?;
+    let repo = Repository::unlock(store, password.as_bytes())?;
+    let replica = match replica_arg(repo.storage(), arg)? {
+        ReplicaArg::Ssh(url) => return ssh_replica(g, repo, url),
+        ReplicaArg::Path(p) => cairn_repo::storage::Url::Local(p),
+        ReplicaArg::Store(url) => url,
+    };
+    let other = open_replica(g, &replica)?;
+    let other = Repository::unlock(other, password.as_bytes())?;
+    Ok((repo, Some(Replica::Local(other))))
+}
+
+/// The replica's store at `url`; a missing one is `NotFound` naming it.
+fn open_replica(
+    g: &Global,
+    url: &cairn_repo::storage::Url,
+) -> Result<Box<dyn cairn_repo::storage::Storage>, Failure> {
+    match cairn_repo::storage::open(url, &g.open_options_uncached()) {
+        Err(cairn_repo::Error::RepoNotFound { reason, .. }) => {
+            Err(cairn_repo::Error::NotFound(format!("{url}: no replica there ({reason})")).into())
+        }
+        other => Ok(other?),
+    }
+}
+
+/// A replica behind `cairn serve` at `url`, spoken to with the sync protocol.
+fn ssh_replica(
+    g: &Global,
+    repo: Repository,
+    url: String,
+) -> Result<(Repository, Option<Replica>), Failure> {
+    let parsed = cairn_repo::sync::SshUrl::parse(&url)?;
+    let mut target = cairn_repo::sync::SshTarget::connect(&parsed, &g.ssh.options())?;
+    target.handshake_existing(&repo).map_err(|e| {
+        let f = Failure::from(e);
+        Failure {
+            message: format!("{url}: {}", f.message),
+            ..f
+        }
+    })?;
+    Ok((repo, Some(Replica::Ssh(Box::new(target), url))))
 }
 
 /// The repository's database does not open at all: rebuild it from a local replica, then
@@ -238,12 +272,7 @@ fn repair(
         }
         let ids: Vec<_> = report.damaged.iter().map(|d| d.id).collect();
         let r = replica.repair(repo, &ids)?;
-        for id in &r.repaired {
-            output::info(g, &format!("repaired {id} from {}", replica.label()));
-        }
-        for (id, why) in &r.failed {
-            output::warn(&format!("cannot repair {id}: {why}"));
-        }
+        print_repairs(g, &r, &replica.label());
         if r.repaired.is_empty() {
             break;
         }
@@ -254,34 +283,15 @@ fn repair(
 
 fn storage_only(g: &Global, repair: Option<&std::path::Path>) -> CmdResult {
     let url = g.repo_url()?;
-    if !matches!(url, cairn_repo::storage::Url::Local(_)) {
-        if repair.is_some() {
-            return Err(Failure::usage(
-                "--storage-only --repair-from works where the repository is, on its files; for a repository elsewhere run `cairn check --repair-from` without --storage-only (needs the password)",
-            ));
-        }
+    if let Some(arg) = repair {
+        repair_storage(g, &url, arg)?;
+    }
+    let cairn_repo::storage::Url::Local(path) = &url else {
         let store = cairn_repo::storage::open(&url, &g.open_options_uncached())?;
         let r = cairn_repo::check::check_storage_through(&*store)?;
         return report_storage(g, Some(&*store), r);
-    }
-    let path = g.repo_path("check --storage-only")?;
-    if let Some(arg) = repair {
-        let store = cairn_repo::storage::LocalStore::open(&path, 1 << 20)?;
-        let replica = match replica_arg(&store, arg)? {
-            ReplicaArg::Path(p) => p,
-            ReplicaArg::Ssh(url) => return Err(local_replicas_only(&url)),
-            ReplicaArg::Store(url) => return Err(local_replicas_only(&url.to_string())),
-        };
-        drop(store);
-        let r = repair_storage_from(&path, &replica)?;
-        for id in &r.repaired {
-            output::info(g, &format!("repaired {id} from {}", replica.display()));
-        }
-        for (id, why) in &r.failed {
-            output::warn(&format!("cannot repair {id}: {why}"));
-        }
-    }
-    let r: StorageReport = check_storage(&path)?;
+    };
+    let r: StorageReport = check_storage(path)?;
     match cairn_repo::storage::open(&url, &g.open_options_uncached()) {
         Ok(store) => report_storage(g, Some(&*store), r),
         Err(e) => {
@@ -291,11 +301,40 @@ fn storage_only(g: &Global, repair: Option<&std::path::Path>) -> CmdResult {
     }
 }
 
-fn local_replicas_only(url: &str) -> Failure {
-    Failure::usage(format!(
-        "--storage-only repairs from a local replica only; to repair from {url}, \
-         run `cairn check --repair-from` without --storage-only (needs the password)"
-    ))
+/// Key-less repair before the storage check: copies that match the checksums recorded here
+/// come back from the replica. A local repository with a local replica is repaired on its
+/// files (pieces included); any other pair through the seam.
+fn repair_storage(
+    g: &Global,
+    url: &cairn_repo::storage::Url,
+    arg: &std::path::Path,
+) -> Result<(), Failure> {
+    use cairn_repo::storage::Url;
+    let store = cairn_repo::storage::open(url, &g.open_options_uncached())?;
+    let replica = match (replica_arg(&*store, arg)?, url) {
+        (ReplicaArg::Path(p), Url::Local(path)) => {
+            drop(store);
+            let r = repair_storage_from(path, &p)?;
+            print_repairs(g, &r, &p.display().to_string());
+            return Ok(());
+        }
+        (ReplicaArg::Path(p), _) => Url::Local(p),
+        (ReplicaArg::Ssh(u), _) => Url::parse_target(&u)?,
+        (ReplicaArg::Store(u), _) => u,
+    };
+    let other = open_replica(g, &replica)?;
+    let r = cairn_repo::check::repair_storage_through(&*store, &*other)?;
+    print_repairs(g, &r, &other.location());
+    Ok(())
+}
+
+fn print_repairs(g: &Global, r: &RepairReport, from: &str) {
+    for id in &r.repaired {
+        output::info(g, &format!("repaired {id} from {from}"));
+    }
+    for (id, why) in &r.failed {
+        output::warn(&format!("cannot repair {id}: {why}"));
+    }
 }
 
 /// Walk every snapshot by its public references (a missing object is found, not only a

@@ -48,11 +48,6 @@ pub fn prune_with(
         ..Default::default()
     };
     let local = cairn_repo::storage::local(repo.storage(), "prune").is_ok();
-    if a.compact && !local {
-        return Err(Failure::usage(
-            "--compact works where the repository is: run `cairn prune --compact --repo PATH` on the server",
-        ));
-    }
     if a.dry_run && local {
         let (_, planned) = repo.with_fallback(g, |p| plan(p.source(), &opts))?;
         print_plan(g, Some(&planned), &planned.summary());
@@ -73,23 +68,34 @@ pub fn prune_with(
         print_plan(g, None, &report.plan);
         return Ok(0);
     }
-    let dir = cairn_repo::storage::local(repo.storage(), "prune --compact")
-        .ok()
-        .map(|s| s.dir().to_path_buf());
+    let space = repo.storage().space()?;
     drop(repo);
-    let compacted = match (&dir, a.compact) {
-        (Some(dir), true) => {
-            output::info(
-                g,
-                "compacting the repository file (needs exclusive access)…",
-            );
-            Some(cairn_repo::storage::LocalStore::compact(dir)?)
-        }
-        _ => None,
+    let (file_bytes, compacted) = match a.compact {
+        true => compact(g)?,
+        false => ((space.file_len > 0).then_some(space.file_len), None),
     };
-    let file_bytes = dir.and_then(|d| cairn_repo::storage::LocalStore::file_bytes(&d));
     print_report(g, &report, file_bytes, compacted, forget);
     Ok(0)
+}
+
+/// `--compact`, once every connection of the prune is closed: the repository's file length
+/// after it, and whether it changed (`None` for a store without a file to compact).
+fn compact(g: &Global) -> Result<(Option<u64>, Option<bool>), Failure> {
+    output::info(
+        g,
+        "compacting the repository file (needs exclusive access)…",
+    );
+    let store = cairn_repo::storage::open(&g.repo_url()?, &g.open_options())?;
+    match cairn_repo::storage::compact(store)? {
+        Some(c) => Ok((Some(c.file_len), Some(c.changed))),
+        None => {
+            output::info(
+                g,
+                "nothing to compact: this store gives space back when prune deletes packs",
+            );
+            Ok((None, None))
+        }
+    }
 }
 
 fn plan_json(s: &PlanSummary) -> serde_json::Value {

@@ -166,10 +166,6 @@ fn bad_urls_missing_repositories_and_unreachable_servers_are_clear_errors() {
         .arg("snapshots")
         .env("CAIRN_PASSWORD", "wrong"));
     assert_eq!(r.code, 12, "wrong password over ssh: {}", r.stderr);
-    // What needs the repository's own files says where to run it.
-    let r = run(s.cairn(&url).args(["prune", "--compact"]));
-    assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("where the repository is"), "{}", r.stderr);
     // The key-less check reads every object through the seam, without the password.
     let r = run(s
         .cairn(&url)
@@ -535,4 +531,103 @@ fn trees_read_from_a_server_are_cached_but_check_reads_the_server() {
         r.stdout,
         r.stderr
     );
+}
+
+/// A damaged repository on a server is repaired from a local replica through `cairn serve`:
+/// with the key (`check --read-data --repair-from`), and key-free by an append-only
+/// customer's key (`--storage-only`: the replica's bytes match the checksum recorded on
+/// the server, so even a key that may delete nothing may put them back).
+#[test]
+fn a_repository_on_a_server_is_repaired_from_a_replica() {
+    let s = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let (src, url) = backed_up(&s, work.path());
+    let replica = work.path().join("replica");
+    ok(s.cairn(&url).arg("sync").arg(&replica), 0);
+    let on_server = s.root.join("acme");
+    let (chunk, piece_size) = some_chunk(&on_server);
+    let damage = |seed: u64| {
+        let store = cairn_repo::storage::LocalStore::open(&on_server, 1 << 20).unwrap();
+        cairn_repo::testkit::damage_object(&store, &chunk, piece_size, seed).unwrap();
+    };
+    damage(21);
+    let r = run(s.cairn(&url).args(["check", "--read-data"]));
+    assert_eq!(r.code, 1, "the damage is found: {}", r.stdout);
+
+    let out = ok(
+        s.cairn(&url)
+            .args(["check", "--read-data", "--repair-from"])
+            .arg(&replica),
+        0,
+    );
+    assert!(
+        out.contains(&format!("repaired {chunk} from {}", replica.display())),
+        "{out}"
+    );
+    ok(s.cairn(&url).args(["check", "--read-data"]), 0);
+
+    damage(22);
+    let customer = s.customer("mender", "acme", "--append-only", "acme");
+    let out = ok(
+        customer
+            .cairn()
+            .args(["check", "--storage-only", "--repair-from"])
+            .arg(&replica)
+            .env_remove("CAIRN_PASSWORD"),
+        0,
+    );
+    assert!(out.contains(&format!("repaired {chunk}")), "{out}");
+    ok(s.cairn(&url).args(["check", "--read-data"]), 0);
+    let restored = work.path().join("out");
+    ok(
+        s.cairn(&url)
+            .args(["restore", "latest", "--target"])
+            .arg(&restored),
+        0,
+    );
+    assert_same_tree(&src, &restored.join(src.strip_prefix("/").unwrap()));
+}
+
+/// `prune --compact` of a repository on a server: the server closes it, compacts its file
+/// and says how long it is now; a key without the prune right is refused and changes nothing.
+#[test]
+fn prune_compact_shrinks_a_repository_file_on_a_server() {
+    let s = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let (src, url) = backed_up(&s, work.path());
+    // A hole in the middle of the file: the first big file's pages are freed, the second's
+    // stay after them.
+    std::fs::write(src.join("big"), cairn_repo::testkit::noise(5, 12 << 20)).unwrap();
+    ok(s.cairn(&url).arg("backup").arg(&src), 0);
+    std::fs::write(src.join("big2"), cairn_repo::testkit::noise(6, 4 << 20)).unwrap();
+    ok(s.cairn(&url).arg("backup").arg(&src), 0);
+    std::fs::remove_file(src.join("big")).unwrap();
+    ok(s.cairn(&url).arg("backup").arg(&src), 0);
+    ok(
+        s.cairn(&url)
+            .args(["forget", "--keep-last", "1", "--prune"]),
+        0,
+    );
+    let file = s.root.join("acme/cairn.redb");
+    let allocated =
+        || std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(&file).unwrap()) * 512;
+    let before = allocated();
+
+    let customer = s.customer("backup-only", "acme", "--append-only", "acme");
+    let r = run(customer.cairn().args(["prune", "--compact"]));
+    assert_ne!(r.code, 0, "{}", r.stderr);
+    assert!(r.stderr.contains("refused"), "{}", r.stderr);
+    assert_eq!(allocated(), before);
+
+    let done = json(s.cairn(&url).args(["prune", "--compact", "--json"]));
+    assert_eq!(done["compacted"], true, "{done}");
+    let len = std::fs::metadata(&file).unwrap().len();
+    assert_eq!(done["file_bytes"].as_u64(), Some(len), "{done}");
+    assert!(
+        allocated() + (8 << 20) < before,
+        "compaction gave the freed pages back: {before} -> {}",
+        allocated()
+    );
+    ok(s.cairn(&url).args(["check", "--read-data"]), 0);
+    assert_eq!(snapshot_count(&mut s.cairn(&url)), 1);
 }

@@ -406,18 +406,28 @@ fn check_repairs_from_a_replica_over_ssh() {
     ok(ssh_cairn(&repo, &sshd).args(["sync", "--quiet"]), 0);
 
     let (chunk, piece_size) = some_chunk(&repo);
-    {
+    let damage = |seed: u64| {
         let store = cairn_repo::storage::LocalStore::open(&repo, 1 << 20).unwrap();
-        cairn_repo::testkit::damage_object(&store, &chunk, piece_size, 11).unwrap();
-    }
+        cairn_repo::testkit::damage_object(&store, &chunk, piece_size, seed).unwrap();
+    };
+    damage(11);
     let r = run(cairn(&repo).args(["check", "--read-data"]));
     assert_eq!(r.code, 1, "the damage is found: {}", r.stdout);
 
-    // Key-less repair reads local replicas only: a usage error that says what to do.
-    let r =
-        run(ssh_cairn(&repo, &sshd).args(["check", "--storage-only", "--repair-from", "offsite"]));
-    assert_eq!(r.code, 2, "{}", r.stderr);
-    assert!(r.stderr.contains("without --storage-only"), "{}", r.stderr);
+    // Key-less: the replica's copy matches the checksum recorded here, so it comes back
+    // without the password.
+    let out = ok(
+        ssh_cairn(&repo, &sshd)
+            .args(["check", "--storage-only", "--repair-from", "offsite"])
+            .env_remove("CAIRN_PASSWORD"),
+        0,
+    );
+    assert!(
+        out.contains(&format!("repaired {chunk} from ssh://")),
+        "{out}"
+    );
+    ok(cairn(&repo).args(["check", "--read-data"]), 0);
+    damage(12);
 
     // An ssh URL with no replica behind it: refused, and nothing is created there.
     let nowhere = ssh_url(&sshd, &tmp.path().join("none"));

@@ -7,9 +7,8 @@ use crate::error::{Error, Result};
 use crate::format::{Content, Tree};
 use crate::id::Id;
 use crate::repo::Repository;
-use crate::storage::redb::Packer;
 use crate::storage::redb::{checksum, Location, Store, View};
-use crate::storage::{ObjectInfo, Reader, Space, Storage};
+use crate::storage::{ObjectCopy, ObjectInfo, Reader, Space, Storage};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap, HashSet};
 
@@ -433,42 +432,64 @@ trait Copies {
     fn snapshot(&mut self, id: &Id) -> Result<std::result::Result<Vec<u8>, String>>;
 }
 
-/// Store verified copies of the damaged objects and snapshots, relocating their index rows.
+/// Store verified copies of the damaged objects and snapshots through the seam
+/// (`Storage::repair`), in groups of about `REPAIR_GROUP` bytes.
 fn repair_with(repo: &Repository, damaged: &[Id], copies: &mut dyn Copies) -> Result<RepairReport> {
-    let store = repo.local("check --repair-from")?;
-    let own_snaps: HashSet<Id> = store
-        .snapshot_blobs()?
+    let own_snaps: HashSet<Id> = repo
+        .storage()
+        .snapshots()?
         .into_iter()
         .map(|(id, _)| id)
         .collect();
-    let cfg = repo.config();
-    let view = store.view()?;
-    let damaged_packs: HashSet<u64> = damaged
-        .iter()
-        .filter_map(|id| view.locate(id).ok().flatten().map(|l| l.pack))
-        .collect();
-    drop(view);
-    let mut packer = Packer::relocating(store, cfg.piece_size, cfg.pack_max, 32 << 20);
     let mut report = RepairReport::default();
-    let mut snapshot_copies = Vec::new();
+    let (mut objects, mut snapshots, mut bytes) = (Vec::new(), Vec::new(), 0);
     for id in damaged {
         let copy = if own_snaps.contains(id) {
-            copies
-                .snapshot(id)?
-                .map(|blob| snapshot_copies.push((*id, blob)))
+            copies.snapshot(id)?.map(|blob| snapshots.push((*id, blob)))
         } else {
-            copies.object(id)?.and_then(|(kind, sealed)| {
-                packer.add(*id, kind, &sealed).map_err(|e| e.to_string())
+            copies.object(id)?.map(|(kind, sealed)| {
+                bytes += sealed.len();
+                objects.push(ObjectCopy {
+                    id: *id,
+                    kind,
+                    sealed,
+                });
             })
         };
-        match copy {
-            Ok(()) => report.repaired.push(*id),
-            Err(why) => report.failed.push((*id, why)),
+        if let Err(why) = copy {
+            report.failed.push((*id, why));
+        }
+        if bytes >= REPAIR_GROUP {
+            store_copies(repo.storage(), &mut objects, &mut Vec::new(), &mut report)?;
+            bytes = 0;
         }
     }
-    packer.commit(true, &snapshot_copies)?;
-    store.mark_for_repack(&damaged_packs)?;
+    store_copies(repo.storage(), &mut objects, &mut snapshots, &mut report)?;
     Ok(report)
+}
+
+/// Bytes of copies handed to the store at once.
+const REPAIR_GROUP: usize = 32 << 20;
+
+/// Hand `objects` and `snapshots` to the store, noting which it took.
+fn store_copies(
+    store: &dyn Storage,
+    objects: &mut Vec<ObjectCopy>,
+    snapshots: &mut Vec<(Id, Vec<u8>)>,
+    report: &mut RepairReport,
+) -> Result<()> {
+    if objects.is_empty() && snapshots.is_empty() {
+        return Ok(());
+    }
+    let refused: HashMap<Id, String> = store.repair(objects, snapshots)?.into_iter().collect();
+    let ids = objects.drain(..).map(|o| o.id);
+    for id in ids.chain(snapshots.drain(..).map(|(id, _)| id)) {
+        match refused.get(&id) {
+            Some(why) => report.failed.push((id, why.clone())),
+            None => report.repaired.push(id),
+        }
+    }
+    Ok(())
 }
 
 /// A local replica, opened with its keys (the same as ours).
@@ -635,6 +656,46 @@ pub fn check_storage_through(store: &dyn Storage) -> Result<crate::storage::Stor
     Ok(report)
 }
 
+/// Key-less repair of any store through the seam: each object whose stored bytes fail their
+/// recorded checksum (`check_storage_through`) gets the replica's copy back, if that copy
+/// matches the checksum, through `Storage::repair` (which a server allows even a `backup`
+/// key: it can only bring back the bytes recorded).
+pub fn repair_storage_through(store: &dyn Storage, replica: &dyn Storage) -> Result<RepairReport> {
+    if store.config()?.repo_id != replica.config()?.repo_id {
+        return Err(Error::Usage(format!(
+            "{} is not a replica of this repository (different repository id)",
+            replica.location()
+        )));
+    }
+    let damaged = check_storage_through(store)?.problems.into_iter();
+    let (ours, theirs) = (store.reader()?, replica.reader()?);
+    let mut report = RepairReport::default();
+    let mut copies = Vec::new();
+    for p in damaged {
+        let crate::storage::StorageProblem::Object { id, .. } = p else {
+            continue;
+        };
+        let Some(recorded) = ours.info(&id)? else {
+            continue;
+        };
+        match theirs.read(&id) {
+            Ok((kind, sealed)) if ObjectInfo::of(kind, &sealed) == recorded => {
+                copies.push(ObjectCopy { id, kind, sealed })
+            }
+            Ok(_) => report.failed.push((
+                id,
+                "the replica's copy does not match the recorded checksum".into(),
+            )),
+            Err(e) => report.failed.push((id, format!("the replica's copy: {e}"))),
+        }
+        if copies.iter().map(|c| c.sealed.len()).sum::<usize>() >= REPAIR_GROUP {
+            store_copies(store, &mut copies, &mut Vec::new(), &mut report)?;
+        }
+    }
+    store_copies(store, &mut copies, &mut Vec::new(), &mut report)?;
+    Ok(report)
+}
+
 /// Key-less check for replicas: stored checksums, pieces, and redb's own page checksums.
 pub fn check_storage(dir: &std::path::Path) -> Result<crate::storage::StorageReport> {
     let mut store = Store::open(dir, crate::storage::redb::DEFAULT_DB_CACHE)?;
@@ -684,25 +745,31 @@ pub fn repair_storage_from(
         })
         .collect();
     let (view, theirs) = (store.view()?, other.view()?);
-    let mut packer = Packer::relocating(&store, cfg.piece_size, cfg.pack_max, 32 << 20);
     let mut report = RepairReport::default();
-    let mut damaged_packs = HashSet::new();
+    let (mut copies, mut bytes) = (Vec::new(), 0);
     for id in damaged {
         let Some(loc) = view.locate(&id)? else {
             continue;
         };
-        damaged_packs.insert(loc.pack);
         match verbatim_copy(&theirs, &id, &loc, other_cfg.piece_size) {
             Ok(sealed) => {
-                packer.add(id, loc.kind, &sealed)?;
+                bytes += sealed.len();
+                copies.push(ObjectCopy {
+                    id,
+                    kind: loc.kind,
+                    sealed,
+                });
                 report.repaired.push(id);
             }
             Err(why) => report.failed.push((id, why)),
         }
+        if bytes >= REPAIR_GROUP {
+            store.repair(&std::mem::take(&mut copies), &[])?;
+            bytes = 0;
+        }
     }
-    packer.commit(true, &[])?;
     drop(view);
-    store.mark_for_repack(&damaged_packs)?;
+    store.repair(&copies, &[])?;
     Ok(report)
 }
 

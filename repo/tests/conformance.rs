@@ -13,7 +13,7 @@ use cairn_repo::storage::memory::MemoryStore;
 use cairn_repo::storage::remote::{Connector, RemoteStore};
 use cairn_repo::storage::s3::{Endpoint, S3Store, S3Url};
 use cairn_repo::storage::LocalStore;
-use cairn_repo::storage::{checksum, Storage, WriterOptions};
+use cairn_repo::storage::{checksum, ObjectCopy, Storage, WriterOptions};
 use cairn_repo::sync::proto::{self, ReadAnswer, Request, Response, WireObject};
 use cairn_repo::testkit::noise;
 use cairn_repo::{Error, Id};
@@ -343,6 +343,61 @@ fn a_stored_snapshot_is_never_replaced() {
         );
         store.remove_snapshots(&[id(7), id(8)]).unwrap();
         assert!(store.snapshots().unwrap().is_empty(), "{at}");
+    }
+}
+
+/// `repair` puts copies in place: readers get the copy from then on, a missing object comes
+/// back, a snapshot's blob is replaced, and every other object stays as it was. (The store
+/// takes the caller's word that the copies are verified; what a server lets a client repair
+/// is tested in `storage::server`.)
+#[test]
+fn a_repair_replaces_objects_and_snapshots_and_keeps_the_rest() {
+    for (store, _dir) in stores() {
+        let at = store.location();
+        let mut w = store.writer(small()).unwrap();
+        for n in 0..20 {
+            w.add(id(n), Kind::Chunk, &noise(n, 3000)).unwrap();
+        }
+        w.commit(&[(id(900), b"snap".to_vec())]).unwrap();
+        drop(w);
+        let copies = [
+            ObjectCopy {
+                id: id(3),
+                kind: Kind::Chunk,
+                sealed: noise(1003, 3000),
+            },
+            ObjectCopy {
+                id: id(50),
+                kind: Kind::Tree,
+                sealed: noise(50, 100),
+            },
+        ];
+        let refused = store
+            .repair(&copies, &[(id(900), b"mended".to_vec())])
+            .unwrap();
+        assert!(refused.is_empty(), "{at}: {refused:?}");
+        let r = store.reader().unwrap();
+        assert_eq!(
+            r.read(&id(3)).unwrap(),
+            (Kind::Chunk, noise(1003, 3000)),
+            "{at}"
+        );
+        assert_eq!(
+            r.read(&id(50)).unwrap(),
+            (Kind::Tree, noise(50, 100)),
+            "{at}"
+        );
+        let info = r.info(&id(3)).unwrap().unwrap();
+        assert_eq!(info.check, checksum(&noise(1003, 3000)), "{at}");
+        for n in (0..20).filter(|n| *n != 3) {
+            assert_eq!(r.read(&id(n)).unwrap().1, noise(n, 3000), "{at}: {n}");
+        }
+        assert_eq!(r.count().unwrap(), 21, "{at}");
+        assert_eq!(
+            store.snapshots().unwrap(),
+            vec![(id(900), b"mended".to_vec())],
+            "{at}"
+        );
     }
 }
 

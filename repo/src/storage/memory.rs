@@ -2,7 +2,8 @@
 //! conformance suite is read against). Nothing survives the process.
 
 use super::{
-    Mark, ObjectInfo, PruneOptions, PruneReport, Reader, Space, Storage, Writer, WriterOptions,
+    Mark, ObjectCopy, ObjectInfo, PruneOptions, PruneReport, Reader, Space, Storage, Writer,
+    WriterOptions,
 };
 use crate::crypto::{Kind, MAX_KEY_SLOTS};
 use crate::error::{Error, Result};
@@ -193,6 +194,21 @@ impl Storage for MemoryStore {
             pack_bytes: object_bytes,
             ..Space::default()
         })
+    }
+
+    fn repair(
+        &self,
+        objects: &[ObjectCopy],
+        snapshots: &[(Id, Vec<u8>)],
+    ) -> Result<Vec<(Id, String)>> {
+        let mut inner = self.lock();
+        for o in objects {
+            inner
+                .objects
+                .insert(o.id, (o.kind, Arc::new(o.sealed.clone())));
+        }
+        inner.snapshots.extend(snapshots.iter().cloned());
+        Ok(Vec::new())
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

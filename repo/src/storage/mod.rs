@@ -94,6 +94,40 @@ pub fn open(url: &Url, opts: &crate::OpenOptions) -> Result<Box<dyn Storage>> {
     }
 }
 
+/// What `compact` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Compaction {
+    /// Whether the file changed.
+    pub changed: bool,
+    /// The repository file's length after it.
+    pub file_len: u64,
+}
+
+/// Give the free space inside a repository's file back to the file system (`prune
+/// --compact`). It needs the repository to itself: `store` is closed first, then a local
+/// file is compacted here and a server's by the server (`Error::Locked` while another
+/// process has it open). `None` for a store without such a file: S3 gives space back when
+/// a collection deletes packs.
+pub fn compact(store: Box<dyn Storage>) -> Result<Option<Compaction>> {
+    if let Some(local) = store.as_any().downcast_ref::<LocalStore>() {
+        let dir = local.dir().to_path_buf();
+        drop(store);
+        let changed = LocalStore::compact(&dir)?;
+        let file_len = LocalStore::file_bytes(&dir).unwrap_or(0);
+        return Ok(Some(Compaction { changed, file_len }));
+    }
+    match store.as_any().downcast_ref::<remote::RemoteStore>() {
+        Some(remote) => {
+            let (changed, space) = remote.compact()?;
+            Ok(Some(Compaction {
+                changed,
+                file_len: space.file_len,
+            }))
+        }
+        None => Ok(None),
+    }
+}
+
 /// The object cache of the repository `config` describes, if `opts` asks for one.
 fn object_cache(
     opts: &crate::OpenOptions,
@@ -121,6 +155,14 @@ pub fn create(url: &Url, config: &Config, opts: &crate::OpenOptions) -> Result<B
             Ok(Box::new(store))
         }
     }
+}
+
+/// A verified copy of an object, for `Storage::repair`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectCopy {
+    pub id: Id,
+    pub kind: Kind,
+    pub sealed: Vec<u8>,
 }
 
 /// What a store knows of one object without its key.
@@ -257,6 +299,17 @@ pub trait Storage: Send + Sync {
         opts: &PruneOptions,
         notify: &dyn Fn(&str),
     ) -> Result<PruneReport>;
+    /// Put intact copies in place of damaged objects and snapshots (`check --repair-from`):
+    /// sealed bytes the caller verified with the key. An object's copy is stored beside the
+    /// damaged one and read from then on (a later prune gives the damaged bytes back); a
+    /// snapshot's copy replaces its stored blob. Returns the ids not taken, each with why (a
+    /// server takes only what the client's rights allow, see DESIGN.md §9 "Repair"); the
+    /// rest are stored when it returns.
+    fn repair(
+        &self,
+        objects: &[ObjectCopy],
+        snapshots: &[(Id, Vec<u8>)],
+    ) -> Result<Vec<(Id, String)>>;
     /// What this store is like (see `Capabilities`).
     fn capabilities(&self) -> Capabilities {
         Capabilities::default()

@@ -7,7 +7,8 @@
 //! together they may pass the quota by what the other adds meanwhile; the next writer sees it.
 
 use super::{
-    Capabilities, Mark, PruneOptions, PruneReport, Reader, Space, Storage, Writer, WriterOptions,
+    Capabilities, Mark, ObjectCopy, PruneOptions, PruneReport, Reader, Space, Storage, Writer,
+    WriterOptions,
 };
 use crate::crypto::Kind;
 use crate::error::{Error, Result};
@@ -37,17 +38,22 @@ struct QuotaWriter<'a> {
 impl QuotaWriter<'_> {
     /// Count `n` more bytes, unless that passes the quota.
     fn take(&mut self, n: u64) -> Result<()> {
-        let after = self.used.saturating_add(n);
-        if after > self.quota {
-            return Err(Error::QuotaExceeded {
-                location: self.location.clone(),
-                quota: self.quota,
-                used: self.used,
-            });
-        }
-        self.used = after;
+        self.used = within(self.quota, self.used, n, &self.location)?;
         Ok(())
     }
+}
+
+/// `used + n`, unless that passes `quota`.
+fn within(quota: u64, used: u64, n: u64, location: &str) -> Result<u64> {
+    let after = used.saturating_add(n);
+    if after > quota {
+        return Err(Error::QuotaExceeded {
+            location: location.to_string(),
+            quota,
+            used,
+        });
+    }
+    Ok(after)
 }
 
 impl Writer for QuotaWriter<'_> {
@@ -125,6 +131,24 @@ impl Storage for Quota<'_> {
         notify: &dyn Fn(&str),
     ) -> Result<PruneReport> {
         self.inner.collect_garbage(marker, opts, notify)
+    }
+    fn repair(
+        &self,
+        objects: &[ObjectCopy],
+        snapshots: &[(Id, Vec<u8>)],
+    ) -> Result<Vec<(Id, String)>> {
+        // Copies of damaged objects take space too (and one of a missing object is an
+        // addition like any other).
+        let objects_bytes: u64 = objects.iter().map(|o| o.sealed.len() as u64).sum();
+        let snapshot_bytes: u64 = snapshots.iter().map(|(_, b)| b.len() as u64).sum();
+        let used = self.inner.space()?.used();
+        within(
+            self.bytes,
+            used,
+            objects_bytes + snapshot_bytes,
+            &self.inner.location(),
+        )?;
+        self.inner.repair(objects, snapshots)
     }
     fn capabilities(&self) -> Capabilities {
         self.inner.capabilities()

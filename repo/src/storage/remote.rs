@@ -10,8 +10,8 @@
 
 use super::cache::ObjectCache;
 use super::{
-    checksum, Capabilities, Mark, ObjectInfo, PruneOptions, PruneReport, ReadEach, Reader, Rights,
-    Space, Storage, Writer, WriterOptions,
+    checksum, Capabilities, Mark, ObjectCopy, ObjectInfo, PruneOptions, PruneReport, ReadEach,
+    Reader, Rights, Space, Storage, Writer, WriterOptions,
 };
 use crate::crypto::Kind;
 use crate::error::{Error, Result};
@@ -79,20 +79,21 @@ struct Conn {
 
 impl Conn {
     /// Connect and open the store (creating it from `create`); returns what the server lets
-    /// this client do. A server of store protocol 3 refuses version 4 in the hello: the
-    /// client then speaks 3 to it (from now on, for the whole store).
+    /// this client do. An older server refuses a newer version in the hello: the client then
+    /// asks again one version lower, down to 3, and speaks the version the server took (from
+    /// now on, for the whole store).
     fn open(shared: &Shared, create: Option<Vec<u8>>) -> Result<(Conn, Rights)> {
-        let version = shared.version.load(Ordering::Relaxed);
-        match Conn::open_in(shared, create.clone(), version) {
-            Err(Error::Protocol(m))
-                if version > proto::STORE_VERSION && m.contains("is not supported here") =>
-            {
-                shared
-                    .version
-                    .store(proto::STORE_VERSION, Ordering::Relaxed);
-                Conn::open_in(shared, create, proto::STORE_VERSION)
+        let mut version = shared.version.load(Ordering::Relaxed);
+        loop {
+            match Conn::open_in(shared, create.clone(), version) {
+                Err(Error::Protocol(m))
+                    if version > proto::STORE_VERSION && m.contains("is not supported here") =>
+                {
+                    version -= 1;
+                    shared.version.store(version, Ordering::Relaxed);
+                }
+                other => return other,
             }
-            other => other,
         }
     }
 
@@ -412,6 +413,58 @@ impl RemoteStore {
     pub fn append_only(&self) -> bool {
         self.rights.append_only()
     }
+
+    /// `prune --compact` on the server: it closes the repository, compacts its file (which
+    /// needs every other process to have closed it: it waits a few seconds for this
+    /// client's other connections to go), answers and ends the connection. Returns whether
+    /// the file changed, and the space after.
+    pub fn compact(&self) -> Result<(bool, Space)> {
+        self.needs(5, "prune --compact")?;
+        let loc = &self.shared.location;
+        let spare = {
+            let mut idle = lock(&self.shared.idle);
+            let spare = idle.pop();
+            idle.clear();
+            spare
+        };
+        let mut conn = match spare {
+            Some(c) => c,
+            None => Conn::open(&self.shared, None)?.0,
+        };
+        match conn.call(loc, &Request::Compact)? {
+            Response::Compacted { changed, space } => Ok((changed, space)),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// `Error::Protocol` unless the server speaks at least `version` (what `what` needs).
+    fn needs(&self, version: u32, what: &str) -> Result<()> {
+        let speaks = self.shared.version.load(Ordering::Relaxed);
+        if speaks < version {
+            return Err(proto::protocol_error(format!(
+                "the server's cairn at {} speaks store protocol {speaks}, and `{what}` needs {version}; upgrade cairn on the server",
+                self.shared.location
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Groups of copies for `Request::Repair`: at most `MAX_HAVE` objects and about 16 MiB each.
+fn repair_groups(objects: &[ObjectCopy]) -> Vec<&[ObjectCopy]> {
+    let mut groups = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (i, o) in objects.iter().enumerate() {
+        if i > start && (bytes + o.sealed.len() > 16 << 20 || i - start == proto::MAX_HAVE) {
+            groups.push(&objects[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += o.sealed.len();
+    }
+    if start < objects.len() || groups.is_empty() {
+        groups.push(&objects[start..]);
+    }
+    groups
 }
 
 /// A kind as the server sent it.
@@ -579,6 +632,38 @@ impl Storage for RemoteStore {
                 other => return Err(conn.unexpected(&other)),
             }
         }
+    }
+
+    fn repair(
+        &self,
+        objects: &[ObjectCopy],
+        snapshots: &[(Id, Vec<u8>)],
+    ) -> Result<Vec<(Id, String)>> {
+        self.needs(5, "check --repair-from")?;
+        let groups = repair_groups(objects);
+        let mut refused = Vec::new();
+        for (i, group) in groups.iter().enumerate() {
+            let req = Request::Repair {
+                objects: group
+                    .iter()
+                    .map(|o| WireObject {
+                        id: o.id,
+                        kind: o.kind as u8,
+                        check: checksum(&o.sealed),
+                        sealed: o.sealed.clone(),
+                    })
+                    .collect(),
+                snapshots: match i + 1 == groups.len() {
+                    true => snapshots.to_vec(),
+                    false => Vec::new(),
+                },
+            };
+            refused.extend(self.shared.ask(&req, false, |r| match r {
+                Response::Repaired(v) => Ok(v),
+                other => Err(other),
+            })?);
+        }
+        Ok(refused)
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -1099,14 +1184,17 @@ mod tests {
     /// such a server does, and serves version 3.
     struct OldServer {
         dir: std::path::PathBuf,
-        asked_4: Arc<Mutex<u32>>,
+        /// The newest store protocol version it serves.
+        speaks: u32,
+        /// How many hellos it refused.
+        refused: Arc<Mutex<u32>>,
     }
 
     impl Connector for OldServer {
         fn connect(&self) -> Result<(Box<dyn Read + Send>, Box<dyn Write + Send>)> {
             let (ours, theirs) =
                 std::os::unix::net::UnixStream::pair().map_err(|e| Error::io("pair", e))?;
-            let (dir, asked_4) = (self.dir.clone(), self.asked_4.clone());
+            let (dir, refused, speaks) = (self.dir.clone(), self.refused.clone(), self.speaks);
             std::thread::spawn(move || {
                 let (mut r, mut w) = (theirs.try_clone().unwrap(), theirs);
                 let Ok(Request::OpenStore {
@@ -1117,10 +1205,10 @@ mod tests {
                 else {
                     return;
                 };
-                if version != 3 {
-                    *lock(&asked_4) += 1;
+                if version > speaks {
+                    *lock(&refused) += 1;
                     let said = proto::protocol_error(format!(
-                        "store protocol version {version} is not supported here (this cairn serves stores in 3 to 3); use the same cairn version on both sides"
+                        "store protocol version {version} is not supported here (this cairn serves stores in 3 to {speaks}); use the same cairn version on both sides"
                     ));
                     let _ =
                         proto::write_msg(&mut w, &Response::Failed(proto::WireError::of(&said)));
@@ -1149,10 +1237,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let config = crate::testkit::small_config();
         crate::storage::redb::Store::create(dir.path(), &[("config", config.encode())]).unwrap();
-        let asked_4 = Arc::new(Mutex::new(0));
+        let refused = Arc::new(Mutex::new(0));
         let store = RemoteStore::open(Box::new(OldServer {
             dir: dir.path().to_path_buf(),
-            asked_4: asked_4.clone(),
+            speaks: 3,
+            refused: refused.clone(),
         }))
         .unwrap();
         assert_eq!(store.capabilities().rights, Rights::APPEND_ONLY);
@@ -1160,6 +1249,35 @@ mod tests {
         // A connection of its own, opened in 3 straight away.
         let session = store.begin_session(&[]).unwrap();
         store.end_session(session).unwrap();
-        assert_eq!(*lock(&asked_4), 1, "asked in 4 once, then in 3");
+        assert_eq!(
+            *lock(&refused),
+            proto::VERSION - 3,
+            "asked once in each newer version, then in 3"
+        );
+    }
+
+    #[test]
+    fn a_server_of_protocol_4_is_told_it_is_too_old_to_repair_or_compact() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::testkit::small_config();
+        crate::storage::redb::Store::create(dir.path(), &[("config", config.encode())]).unwrap();
+        let store = RemoteStore::open(Box::new(OldServer {
+            dir: dir.path().to_path_buf(),
+            speaks: 4,
+            refused: Arc::default(),
+        }))
+        .unwrap();
+        let copy = crate::storage::ObjectCopy {
+            id: Id([1; 32]),
+            kind: Kind::Chunk,
+            sealed: vec![1, 2, 3],
+        };
+        for e in [
+            store.repair(&[copy], &[]).unwrap_err(),
+            store.compact().unwrap_err(),
+        ] {
+            assert!(e.to_string().contains("upgrade cairn on the server"), "{e}");
+        }
+        assert_eq!(store.reader().unwrap().count().unwrap(), 0);
     }
 }

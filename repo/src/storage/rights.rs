@@ -242,11 +242,45 @@ pub(crate) fn needed(req: &Request) -> Need {
         | Request::Commit(_)
         | Request::BeginSession
         | Request::EndSession(_)
-        | Request::Recover => Need::Right(Backup),
+        | Request::Recover
+        | Request::Repair { .. } => Need::Right(Backup),
         Request::DeleteSnapshots(_) | Request::RemoveSnapshots(_) => Need::Right(Forget),
-        Request::RemoveKeySlot(_) | Request::SetState { .. } | Request::Collect(_) => {
-            Need::Right(Prune)
-        }
+        Request::RemoveKeySlot(_)
+        | Request::SetState { .. }
+        | Request::Collect(_)
+        | Request::Compact => Need::Right(Prune),
+    }
+}
+
+/// Whether a client with `rights` may store `copy` in place of what `reader` holds under
+/// its id (`Request::Repair`, which needs `backup`; DESIGN.md §9 "Repair"). With `prune`,
+/// any copy: that right can remove any object anyway. Without it, only a copy of an object
+/// that is missing, or whose stored bytes fail the checksum recorded for them, and only
+/// bytes that match that checksum: such a key can mend damage but never replace an intact
+/// object. `Err` says why not. (Replacing a snapshot blob needs `forget`, the server checks.)
+pub(crate) fn may_repair(
+    rights: Rights,
+    reader: &dyn super::Reader,
+    copy: &super::ObjectCopy,
+) -> std::result::Result<(), String> {
+    if rights.has(Right::Prune) {
+        return Ok(());
+    }
+    let Some(recorded) = reader.info(&copy.id).map_err(|e| e.to_string())? else {
+        return Ok(());
+    };
+    if recorded != super::ObjectInfo::of(copy.kind, &copy.sealed) {
+        return Err(
+            "the copy does not match the checksum recorded for this object; only a key with the prune right may store it"
+                .into(),
+        );
+    }
+    match reader.read(&copy.id) {
+        Ok((kind, sealed)) if super::ObjectInfo::of(kind, &sealed) == recorded => Err(
+            "the stored copy is intact (it matches its recorded checksum); only a key with the prune right may replace it"
+                .into(),
+        ),
+        _ => Ok(()),
     }
 }
 
@@ -346,6 +380,14 @@ mod tests {
             ),
             (Request::Marks(vec![]), Need::Nothing),
             (Request::MarksEnd, Need::Nothing),
+            (
+                Request::Repair {
+                    objects: vec![],
+                    snapshots: vec![],
+                },
+                B,
+            ),
+            (Request::Compact, Need::Right(Prune)),
         ]
     }
 

@@ -7,7 +7,7 @@
 //! without a snapshot, so the client's next backup reuses it) and the sessions it began, which it ends with the connection.
 
 use super::rights::{self, Rights};
-use super::{ObjectInfo, Quota, Storage, Writer, WriterOptions};
+use super::{ObjectCopy, ObjectInfo, Quota, Storage, Writer, WriterOptions};
 use crate::crypto::{KeySlot, MAX_KEY_SLOTS};
 use crate::error::{Error, Result};
 use crate::format::Config;
@@ -62,7 +62,46 @@ pub(crate) fn serve_dir<R: Read, W: Write>(
         Some(q) => q,
         None => &store,
     };
-    serve_storage(served, policy.rights, r, w, log)
+    match serve_storage(served, policy.rights, r, w, log)? {
+        Served::Closed => Ok(()),
+        Served::Compact => {
+            drop(store);
+            compact(dir, w, log)
+        }
+    }
+}
+
+/// How long a compaction waits for other processes to close the repository (a client's
+/// other connections, closed as it asks, take a moment to end their `cairn serve`).
+const COMPACT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `Request::Compact`, with this process's store closed: compact the repository file, then
+/// answer with the space after it; the connection ends.
+fn compact<W: Write>(dir: &Path, w: &mut W, log: &mut dyn FnMut(&str)) -> Result<()> {
+    let deadline = std::time::Instant::now() + COMPACT_WAIT;
+    let compacted = loop {
+        match Store::compact(dir) {
+            Err(Error::Locked { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(100))
+            }
+            other => break other,
+        }
+    };
+    let answer = compacted.and_then(|changed| {
+        let space = Store::open(dir, DEFAULT_DB_CACHE)?.space()?;
+        Ok(Response::Compacted { changed, space })
+    });
+    let resp = match answer {
+        Ok(r) => {
+            log("compacted the repository file for a client");
+            r
+        }
+        Err(e) => {
+            log(&e.to_string());
+            Response::Failed(WireError::of(&e))
+        }
+    };
+    proto::write_msg(w, &resp)
 }
 
 /// Creating the repository is adding to it: it needs `backup`.
@@ -102,16 +141,25 @@ fn check_hello(magic: &[u8; 8], version: u32) -> Result<()> {
     Ok(())
 }
 
+/// How a store connection ended.
+enum Served {
+    /// The client closed it, or said goodbye.
+    Closed,
+    /// The client asked for `Request::Compact` (and may): the caller closes the store,
+    /// compacts and answers.
+    Compact,
+}
+
 /// Answer store requests from `store` until the client closes the connection (after its
-/// `OpenStore` was answered). A request that fails is answered with `Response::Failed` and
-/// logged; a message that does not decode ends the connection.
-pub(crate) fn serve_storage<R: Read, W: Write>(
+/// `OpenStore` was answered) or asks for a compaction. A request that fails is answered with
+/// `Response::Failed` and logged; a message that does not decode ends the connection.
+fn serve_storage<R: Read, W: Write>(
     store: &dyn Storage,
     rights: Rights,
     r: &mut R,
     w: &mut W,
     log: &mut dyn FnMut(&str),
-) -> Result<()> {
+) -> Result<Served> {
     let mut r = BufReader::new(r);
     let mut w = BufWriter::new(w);
     let mut conn = Connection {
@@ -127,7 +175,7 @@ pub(crate) fn serve_storage<R: Read, W: Write>(
                 Ok(req) => req,
                 Err(e) => return Err(fail(&mut w, e, log)),
             },
-            Ok(None) => return Ok(()),
+            Ok(None) => return Ok(Served::Closed),
             Err(e) => return Err(fail(&mut w, e, log)),
         };
         if let Err(e) = conn.allowed(&req) {
@@ -136,7 +184,11 @@ pub(crate) fn serve_storage<R: Read, W: Write>(
             continue;
         }
         if req == Request::Bye {
-            return proto::write_msg(&mut w, &Response::Done);
+            proto::write_msg(&mut w, &Response::Done)?;
+            return Ok(Served::Closed);
+        }
+        if req == Request::Compact {
+            return Ok(Served::Compact);
         }
         if let Request::ReadMany(ids) = req {
             conn.read_many(&ids, &mut w, log)?;
@@ -435,8 +487,12 @@ impl<'s> Connection<'s> {
             Request::OpenStore { .. } | Request::Hello { .. } | Request::Create { .. } => {
                 return Err(proto::protocol_error("a hello after the session started"))
             }
+            Request::Repair { objects, snapshots } => {
+                Response::Repaired(self.repair(objects, &snapshots)?)
+            }
             Request::ReadMany(_)
             | Request::Bye
+            | Request::Compact
             | Request::Collect(_)
             | Request::Marks(_)
             | Request::MarksEnd => return Err(proto::protocol_error("unexpected request")),
@@ -452,6 +508,37 @@ impl<'s> Connection<'s> {
                 ))
             }
         })
+    }
+
+    /// `Request::Repair`: store the copies the client's rights allow (`rights::may_repair`);
+    /// returns the others, with why.
+    fn repair(
+        &self,
+        objects: Vec<WireObject>,
+        snapshots: &[(Id, Vec<u8>)],
+    ) -> Result<Vec<(Id, String)>> {
+        at_most("a repair", objects.len(), proto::MAX_HAVE)?;
+        if !snapshots.is_empty() {
+            // Replacing a snapshot's blob is removing it and storing another.
+            self.rights
+                .require(rights::Right::Forget, &self.store.location())?;
+        }
+        let reader = self.store.reader()?;
+        let (mut taken, mut refused) = (Vec::new(), Vec::new());
+        for o in objects {
+            let copy = ObjectCopy {
+                id: o.id,
+                kind: proto::check_store_object(&o)?,
+                sealed: o.sealed,
+            };
+            match rights::may_repair(self.rights, &*reader, &copy) {
+                Ok(()) => taken.push(copy),
+                Err(why) => refused.push((copy.id, why)),
+            }
+        }
+        drop(reader);
+        refused.extend(self.store.repair(&taken, snapshots)?);
+        Ok(refused)
     }
 
     /// Run `f` on the writer. A failure other than a refusal gives the writer up: nothing
@@ -564,5 +651,91 @@ fn read_one(
         })),
         Err(Error::Missing(_)) => Ok(ReadAnswer::Missing),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use crate::crypto::Kind;
+
+    fn wire(id: Id, sealed: &[u8]) -> WireObject {
+        WireObject {
+            id,
+            kind: Kind::Chunk as u8,
+            check: super::super::checksum(sealed),
+            sealed: sealed.to_vec(),
+        }
+    }
+
+    fn connection(store: &dyn Storage, rights: Rights) -> Connection<'_> {
+        Connection {
+            store,
+            rights,
+            writer: None,
+            writer_failed: None,
+            sessions: Vec::new(),
+        }
+    }
+
+    /// A key without `prune` may mend a damaged object with the bytes its checksum records,
+    /// and nothing else: not an intact object, not other bytes, not a snapshot blob.
+    #[test]
+    fn a_key_without_prune_mends_damage_but_replaces_nothing_intact() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = crate::testkit::small_config();
+        let store = Store::create(dir.path(), &[("config", config.encode())]).unwrap();
+        let (good, bad) = (Id([1; 32]), Id([2; 32]));
+        let (a, b) = (
+            crate::testkit::noise(1, 3000),
+            crate::testkit::noise(2, 3000),
+        );
+        let mut w = Storage::writer(&store, WriterOptions::default()).unwrap();
+        w.add(good, Kind::Chunk, &a).unwrap();
+        w.add(bad, Kind::Chunk, &b).unwrap();
+        w.commit(&[]).unwrap();
+        drop(w);
+        crate::storage::redb::damage_object(&store, &bad, config.piece_size, 10).unwrap();
+        drop(store);
+        let store = Store::open(dir.path(), DEFAULT_DB_CACHE).unwrap();
+        let read = Storage::reader(&store)
+            .unwrap()
+            .read(&bad)
+            .map(|r| r.1)
+            .ok();
+        assert_ne!(read.as_ref(), Some(&b), "damaged");
+
+        let conn = connection(&store, Rights::APPEND_ONLY);
+        let copies = vec![wire(good, &b), wire(good, &a), wire(bad, &a), wire(bad, &b)];
+        let refused = conn.repair(copies, &[]).unwrap();
+        let whys: Vec<(Id, &str)> = refused.iter().map(|(id, w)| (*id, w.as_str())).collect();
+        assert_eq!(whys.len(), 3, "{whys:?}");
+        assert!(whys[0].0 == good && whys[0].1.contains("does not match the checksum"));
+        assert!(whys[1].0 == good && whys[1].1.contains("intact"));
+        assert!(whys[2].0 == bad && whys[2].1.contains("does not match the checksum"));
+        let reader = Storage::reader(&store).unwrap();
+        assert_eq!(reader.read(&bad).unwrap().1, b, "the damage is mended");
+        assert_eq!(reader.read(&good).unwrap().1, a, "the intact copy stays");
+        drop(reader);
+
+        let e = conn
+            .repair(Vec::new(), &[(Id([9; 32]), vec![1])])
+            .unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::NotAllowed {
+                    right: rights::Right::Forget,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+        assert!(Storage::snapshots(&store).unwrap().is_empty());
+
+        // The prune right can remove any object anyway: it may replace one too.
+        let full = connection(&store, Rights::FULL);
+        assert!(full.repair(vec![wire(good, &a)], &[]).unwrap().is_empty());
     }
 }

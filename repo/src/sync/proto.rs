@@ -10,10 +10,10 @@ use std::io::{Read, Write};
 
 /// Protocol version spoken by this build. Version 2 appended `ListSnapshotChecks`; version 3
 /// the store protocol (`OpenStore` and what follows it, DESIGN.md §9); version 4 the rights a
-/// store client has (`Response::StoreOpenedWith`). A server answers clients of
+/// store client has (`Response::StoreOpenedWith`); version 5 `Repair` and `Compact`. A server answers clients of
 /// `MIN_VERSION..=VERSION` in the client's version, and an older server refuses a newer
 /// client in the hello, saying which versions it speaks.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 pub const MIN_VERSION: u32 = 1;
 /// The version a sync client says in its hello: sync's messages did not change in 3, so a
 /// new client still syncs to a version-2 server.
@@ -164,6 +164,16 @@ pub enum Request {
     Collect(WireGcOptions),
     Marks(Vec<Id>),
     MarksEnd,
+    // Version 5.
+    /// Put these copies in place of damaged objects and snapshots (`Storage::repair`, at
+    /// most `MAX_HAVE` objects and `PAGE_BYTES`-sized pages); answered by `Repaired`.
+    Repair {
+        objects: Vec<WireObject>,
+        snapshots: Vec<(Id, Vec<u8>)>,
+    },
+    /// Give the repository file's free space back (`prune --compact`): the server closes
+    /// the repository, compacts it, answers `Compacted` and ends the connection.
+    Compact,
 }
 
 /// `PruneOptions` on the wire.
@@ -297,6 +307,14 @@ pub enum Response {
     StoreOpenedWith {
         version: u32,
         rights: crate::storage::Rights,
+    },
+    // Version 5.
+    /// Answer to `Repair`: the ids not taken, each with why.
+    Repaired(Vec<(Id, String)>),
+    /// Answer to `Compact`: whether the file changed, and the space after it.
+    Compacted {
+        changed: bool,
+        space: crate::storage::Space,
     },
 }
 

@@ -128,6 +128,8 @@ pub fn unexpected(resp: &Response) -> Error {
         Response::Notice(_) => "notice",
         Response::Collected(_) => "collected",
         Response::StoreOpenedWith { .. } => "store opened",
+        Response::Repaired(_) => "repaired",
+        Response::Compacted { .. } => "compacted",
     };
     proto::protocol_error(format!("unexpected {name} reply"))
 }

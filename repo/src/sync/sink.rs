@@ -736,6 +736,13 @@ mod tests {
         fn space(&self) -> Result<crate::storage::Space> {
             self.inner.space()
         }
+        fn repair(
+            &self,
+            objects: &[crate::storage::ObjectCopy],
+            snapshots: &[(crate::id::Id, Vec<u8>)],
+        ) -> Result<Vec<(crate::id::Id, String)>> {
+            self.inner.repair(objects, snapshots)
+        }
         fn as_any(&self) -> &dyn std::any::Any {
             self
         }

@@ -92,6 +92,30 @@ impl Store {
         Ok(out)
     }
 
+    /// Store verified copies of damaged objects in a new pack, their index rows moving to the
+    /// copies, and replace damaged snapshot blobs, in one final commit; the packs that held
+    /// the damaged copies are marked for the next prune to rewrite. It takes every copy.
+    pub(crate) fn repair(
+        &self,
+        objects: &[crate::storage::ObjectCopy],
+        snapshots: &[(Id, Vec<u8>)],
+    ) -> Result<Vec<(Id, String)>> {
+        let cfg = self.config()?;
+        let view = self.view()?;
+        let damaged_packs: HashSet<u64> = objects
+            .iter()
+            .filter_map(|o| view.locate(&o.id).ok().flatten().map(|l| l.pack))
+            .collect();
+        drop(view);
+        let mut packer = super::Packer::relocating(self, cfg.piece_size, cfg.pack_max, 32 << 20);
+        for o in objects {
+            packer.add(o.id, o.kind, &o.sealed)?;
+        }
+        packer.commit(true, snapshots)?;
+        self.mark_for_repack(&damaged_packs)?;
+        Ok(Vec::new())
+    }
+
     /// Mark packs that still hold damaged bytes of repaired objects, for the next prune to
     /// rewrite whatever their live share (`STATE` `repack.<pack>`): otherwise the damage stays
     /// in the file, and redb's page check fails, for as long as the pack is mostly live.

@@ -21,7 +21,8 @@ pub(crate) use store::{
 };
 
 use super::{
-    Mark, ObjectInfo, PruneOptions, PruneReport, Reader, Space, Storage, Writer, WriterOptions,
+    Mark, ObjectCopy, ObjectInfo, PruneOptions, PruneReport, Reader, Space, Storage, Writer,
+    WriterOptions,
 };
 use crate::crypto::Kind;
 use crate::error::{Error, Result};
@@ -104,6 +105,14 @@ impl Storage for Store {
         notify: &dyn Fn(&str),
     ) -> Result<PruneReport> {
         crate::prune::collect(self, marker, opts, notify)
+    }
+
+    fn repair(
+        &self,
+        objects: &[ObjectCopy],
+        snapshots: &[(Id, Vec<u8>)],
+    ) -> Result<Vec<(Id, String)>> {
+        Store::repair(self, objects, snapshots)
     }
 
     fn as_any(&self) -> &dyn std::any::Any {

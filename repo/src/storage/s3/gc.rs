@@ -413,9 +413,8 @@ fn repack(
     plan: &Plan,
     report: &mut PruneReport,
 ) -> Result<Index> {
-    let mut fresh = Index::default();
     if plan.repack.is_empty() {
-        return Ok(fresh);
+        return Ok(Index::default());
     }
     let packs: HashSet<&str> = plan.repack.iter().map(String::as_str).collect();
     let ids: Vec<Id> = index
@@ -435,7 +434,13 @@ fn repack(
         report.bytes_repacked += bytes.len() as u64;
         crate::storage::Writer::add(&mut writer, id, kind, &bytes)
     })?;
+    written_index(shared, writer)
+}
+
+/// Store what `writer` holds; returns the index of what it stored.
+fn written_index(shared: &Shared, mut writer: S3Writer<'_>) -> Result<Index> {
     crate::storage::Writer::checkpoint(&mut writer)?;
+    let mut fresh = Index::default();
     for name in &writer.written {
         let bytes = shared
             .client
@@ -444,6 +449,39 @@ fn repack(
         fresh.add_file(name, &bytes)?;
     }
     Ok(fresh)
+}
+
+/// `Storage::repair` on S3. Like a collection (it waits for writers and other collections
+/// first), it stores the copies in new packs, then one merged index object naming the
+/// copies and every other object as before, then deletes the old index objects. Nothing
+/// names the damaged copies after that; the next collection gives their bytes back.
+pub(super) fn repair(
+    shared: &Arc<Shared>,
+    beats: &Heartbeat,
+    objects: &[crate::storage::ObjectCopy],
+    snapshots: &[(Id, Vec<u8>)],
+) -> Result<()> {
+    let _running = wait_for_writers(
+        shared,
+        beats,
+        &PruneOptions::default(),
+        &|_| {},
+        &mut PruneReport::default(),
+    )?;
+    if !objects.is_empty() {
+        let index = full_index(shared)?;
+        let mut writer = S3Writer::new(shared, 32 << 20);
+        for o in objects {
+            crate::storage::Writer::add(&mut writer, o.id, o.kind, &o.sealed)?;
+        }
+        let fresh = written_index(shared, writer)?;
+        let every: HashSet<Id> = index.iter().map(|(id, _)| id).collect();
+        replace_index(shared, &index, &fresh, &every)?;
+    }
+    for (id, blob) in snapshots {
+        shared.client.put(&super::snapshot_name(id), blob.clone())?;
+    }
+    Ok(())
 }
 
 /// One merged index object of every live object (copies from `fresh` first), then the old

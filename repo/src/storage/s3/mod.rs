@@ -389,6 +389,15 @@ impl Storage for S3Store {
         gc::collect(&self.shared, &self.beats, marker, opts, notify)
     }
 
+    fn repair(
+        &self,
+        objects: &[super::ObjectCopy],
+        snapshots: &[(Id, Vec<u8>)],
+    ) -> Result<Vec<(Id, String)>> {
+        gc::repair(&self.shared, &self.beats, objects, snapshots)?;
+        Ok(Vec::new())
+    }
+
     fn capabilities(&self) -> Capabilities {
         Capabilities {
             remote: true,
