@@ -337,9 +337,16 @@ impl<'r> Ctx<'r> {
         self.put(Kind::Tree, &tree.encode(), Some(&|| Refs::of_tree(tree)))
     }
 
+    /// The parent snapshot's tree `id`. It is stored (the parent references it), so a tree
+    /// built the same again needs no lookup: a no-change backup to a server asks for none.
     fn parent_tree(&self, id: Option<Id>) -> Option<Tree> {
         let id = id?;
-        self.repo.load_tree(&*self.view.get().ok()?, &id).ok()
+        let tree = self.repo.load_tree(&*self.view.get().ok()?, &id).ok()?;
+        self.known
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id);
+        Some(tree)
     }
 
     fn check_failed(&self) -> Result<()> {
