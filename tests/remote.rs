@@ -631,3 +631,78 @@ fn prune_compact_shrinks_a_repository_file_on_a_server() {
     ok(s.cairn(&url).args(["check", "--read-data"]), 0);
     assert_eq!(snapshot_count(&mut s.cairn(&url)), 1);
 }
+
+/// A mount of a repository on a server whose connections all die (every `cairn serve` of the
+/// repository and the mount's ssh processes killed, as a network cut would): a read then
+/// gives the file or EIO, never a hang, and the mount reconnects: every file reads exactly
+/// afterwards, with the mount still up.
+#[test]
+fn a_mount_of_a_server_reconnects_after_its_connections_die() {
+    let s = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let src = forty_files(&work.path().join("src"), 31);
+    let url = s.url("acme");
+    ok(s.cairn(&url).arg("init"), 0);
+    ok(s.cairn(&url).args(["backup", "--quiet"]).arg(&src), 0);
+    let mnt = work.path().join("mnt");
+    let mut cmd = s.cairn(&url);
+    cmd.stdin(Stdio::null());
+    let mut m = Mount::start_with(cmd, &mnt, &[]);
+    let inside = m.latest().join(src.strip_prefix("/").unwrap());
+    let same = |name: &str| {
+        std::fs::read(inside.join(name)).map(|b| b == std::fs::read(src.join(name)).unwrap())
+    };
+    assert!(same("f0").unwrap(), "read before the cut");
+
+    let serve = format!("serve --repo {}", s.root.join("acme").display());
+    let master = format!("cairn-ssh-{}-", m.child.id());
+    for pattern in [&serve, &master] {
+        let _ = Command::new("pkill").args(["-9", "-f", pattern]).status();
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    let path = inside.join("f20");
+    let expected = std::fs::read(src.join("f20")).unwrap();
+    std::thread::spawn(move || {
+        let _ = tx.send(std::fs::read(path));
+    });
+    match rx.recv_timeout(Duration::from_secs(90)) {
+        Ok(Ok(bytes)) => assert!(bytes == expected, "the file, or EIO"),
+        Ok(Err(e)) => assert_eq!(e.raw_os_error(), Some(libc::EIO), "{e}"),
+        Err(_) => panic!("a read after the cut hangs: {}", m.stderr()),
+    }
+    for i in 0..40 {
+        let name = format!("f{i}");
+        assert!(
+            same(&name).unwrap_or_else(|e| panic!("{name} after the cut: {e}: {}", m.stderr())),
+            "{name}"
+        );
+    }
+    assert!(m.child.try_wait().unwrap().is_none(), "the mount is up");
+}
+
+/// Many workers at once (`restore --threads 32`, four times the connections one ssh master
+/// carries): the store starts more masters, one login at a time, so sshd's `MaxStartups`
+/// never refuses a burst of logins, and the restore is whole.
+#[test]
+fn many_workers_share_a_few_logins() {
+    let s = Server::start();
+    let work = tempfile::tempdir().unwrap();
+    let src = forty_files(&work.path().join("src"), 51);
+    let url = s.url("acme");
+    ok(s.cairn(&url).arg("init"), 0);
+    ok(s.cairn(&url).args(["backup", "--quiet"]).arg(&src), 0);
+    let before = s.sshd.logins();
+    let out = work.path().join("out");
+    ok(
+        s.cairn(&url)
+            .args(["restore", "latest", "--threads", "32", "--target"])
+            .arg(&out),
+        0,
+    );
+    assert_same_tree(&src, &out.join(src.strip_prefix("/").unwrap()));
+    let logins = s.sshd.logins() - before;
+    assert!(
+        (1..=5).contains(&logins),
+        "{logins} logins for up to 40 connections"
+    );
+}

@@ -1031,38 +1031,54 @@ pub fn ssh(url: &SshUrl, opts: &SshOptions) -> Box<dyn Connector> {
     Box::new(SshConnector {
         url: url.clone(),
         opts: opts.clone(),
-        master: Mutex::new(None),
+        multiplex: std::sync::atomic::AtomicBool::new(crate::sync::mux::applies(opts)),
+        masters: Mutex::new(Vec::new()),
     })
 }
 
 struct SshConnector {
     url: SshUrl,
     opts: SshOptions,
-    /// The ssh connection the others are multiplexed over, once started (`Some(None)`: this
-    /// ssh command is not multiplexed; see `sync::mux`).
-    master: Mutex<Option<Option<Arc<Master>>>>,
+    /// Whether connections are multiplexed (`sync::mux`): the ssh command allows it, and no
+    /// master failed to come up.
+    multiplex: std::sync::atomic::AtomicBool,
+    /// The ssh connections the others are multiplexed over, each carrying up to
+    /// `mux::SESSIONS`.
+    masters: Mutex<Vec<Arc<Master>>>,
 }
 
 impl SshConnector {
-    /// The master, started by the first connection (the others wait for it to be up).
-    fn master(&self) -> Result<Option<Arc<Master>>> {
-        let mut m = lock(&self.master);
-        if m.is_none() {
-            let started = Master::start(&self.url, &self.opts).map_err(|e| match e {
-                Error::Connection(said) => {
-                    Error::Connection(format!("cannot reach {}: {said}", self.label()))
-                }
-                e => e,
-            })?;
-            *m = Some(started);
+    /// A session over a live master with room for one; when every master is full or dead, a
+    /// new one, started while the other callers wait (one login at a time). `None`: not
+    /// multiplexed.
+    fn slot(&self) -> Result<Option<Slot>> {
+        if !self.multiplex.load(Ordering::Relaxed) {
+            return Ok(None);
         }
-        Ok(m.clone().flatten())
+        let mut masters = lock(&self.masters);
+        masters.retain(|m| m.alive());
+        if let Some(slot) = masters.iter().find_map(|m| m.slot()) {
+            return Ok(Some(slot));
+        }
+        let started = Master::start(&self.url, &self.opts).map_err(|e| match e {
+            Error::Connection(said) => {
+                Error::Connection(format!("cannot reach {}: {said}", self.label()))
+            }
+            e => e,
+        })?;
+        let Some(master) = started else {
+            self.multiplex.store(false, Ordering::Relaxed);
+            return Ok(None);
+        };
+        let slot = master.slot();
+        masters.push(master);
+        Ok(slot)
     }
 }
 
 impl Connector for SshConnector {
     fn connect(&self) -> Result<(Box<dyn Read + Send>, Box<dyn Write + Send>)> {
-        let slot = self.master()?.and_then(|m| m.slot());
+        let slot = self.slot()?;
         let extra = slot.as_ref().map(Slot::options).unwrap_or_default();
         let argv = ssh_argv_with(&self.url, &self.opts, &extra, true);
         let (process, out, inp) = SshProcess::spawn_argv(&self.url, argv)?;

@@ -7,8 +7,9 @@
 //!
 //! Used only when the ssh command is OpenSSH's `ssh` and the user's own options name no
 //! `ControlMaster`/`ControlPath` (theirs are kept; `-o ControlPath=none` switches this off).
-//! Beyond `SESSIONS` connections at once (sshd's `MaxSessions` is 10 by default) a connection
-//! is a plain ssh of its own again.
+//! A master carries `SESSIONS` connections at once (sshd's `MaxSessions` is 10 by default);
+//! beyond that the store starts another master (one login at a time, so a burst of
+//! connections never meets sshd's `MaxStartups`), and a master whose ssh died is replaced.
 
 use super::remote::{ssh_argv_with, SshProcess};
 use super::{SshOptions, SshUrl};
@@ -28,7 +29,7 @@ const READY_WITHIN: Duration = Duration::from_secs(120);
 
 /// A running `ssh -M -N` and the private directory holding its socket.
 pub(crate) struct Master {
-    process: SshProcess,
+    process: std::sync::Mutex<SshProcess>,
     dir: PathBuf,
     socket: PathBuf,
     live: AtomicUsize,
@@ -81,7 +82,7 @@ impl Master {
             }
         };
         let mut master = Master {
-            process,
+            process: std::sync::Mutex::new(process),
             dir,
             socket,
             live: AtomicUsize::new(0),
@@ -92,12 +93,13 @@ impl Master {
     /// Wait until the socket is there (connected and authenticated), or ssh has failed.
     fn ready(&mut self) -> Result<bool> {
         let start = Instant::now();
+        let process = self.process.get_mut().unwrap_or_else(|e| e.into_inner());
         while start.elapsed() < READY_WITHIN {
             if self.socket.exists() {
                 return Ok(true);
             }
-            if self.process.has_exited() {
-                let said = self.process.failure();
+            if process.has_exited() {
+                let said = process.failure();
                 return Err(Error::Connection(
                     said.unwrap_or_else(|| "ssh ended before it connected".into()),
                 ));
@@ -105,6 +107,13 @@ impl Master {
             std::thread::sleep(Duration::from_millis(5));
         }
         Ok(false)
+    }
+
+    /// Whether its ssh still runs (a network cut, or ssh's `ServerAlive` giving up, ends it:
+    /// its sessions fail, and later connections need another master).
+    pub(crate) fn alive(&self) -> bool {
+        let mut process = self.process.lock().unwrap_or_else(|e| e.into_inner());
+        !process.has_exited()
     }
 
     /// A session over this master, unless `SESSIONS` are open already.
@@ -142,7 +151,10 @@ impl Drop for Slot {
 
 impl Drop for Master {
     fn drop(&mut self) {
-        self.process.kill();
+        self.process
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .kill();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
