@@ -202,10 +202,25 @@ fn a_client_killed_mid_backup_leaves_no_partial_snapshot() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
+    let killed = child.id();
     let _ = child.kill();
     let _ = child.wait();
+    // Its ssh master goes with it (nothing else would end it).
+    let master = format!("cairn-ssh-{killed}-");
+    let start = Instant::now();
+    let alive = || {
+        Command::new("pgrep")
+            .args(["-f", &master])
+            .stdout(Stdio::null())
+            .status()
+            .unwrap()
+            .success()
+    };
+    while alive() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!alive(), "the killed client's ssh master ended too");
     // The server notices the closed connection and drops what was not committed.
-    std::thread::sleep(Duration::from_millis(500));
     let before = snapshot_count(&mut s.cairn(&url));
     assert!(before <= 1, "at most the whole snapshot, if it finished");
     ok(s.cairn(&url).args(["check", "--read-data"]), 0);

@@ -74,7 +74,7 @@ impl Master {
         .map(|s| s.to_string())
         .collect();
         let argv = ssh_argv_with(url, opts, &extra, false);
-        let (process, _out, _in) = match SshProcess::spawn_argv(url, argv) {
+        let (process, _out, _in) = match SshProcess::spawn_tied(url, argv) {
             Ok(p) => p,
             Err(e) => {
                 let _ = std::fs::remove_dir_all(&dir);
@@ -166,6 +166,7 @@ fn private_dir() -> Result<PathBuf> {
         .map(PathBuf::from)
         .filter(|d| d.is_dir())
         .unwrap_or_else(std::env::temp_dir);
+    remove_stale(&base);
     for attempt in 0..100u32 {
         let nonce: u32 = rand::random();
         let dir = base.join(format!("cairn-ssh-{}-{nonce:08x}", std::process::id()));
@@ -178,6 +179,35 @@ fn private_dir() -> Result<PathBuf> {
     unreachable!("the loop returns on its last attempt")
 }
 
+/// Remove the socket directories of cairn processes that are gone (killed before they could
+/// remove their own): `cairn-ssh-PID-…` of this user whose process does not exist.
+fn remove_stale(base: &std::path::Path) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(entries) = std::fs::read_dir(base) else {
+        return;
+    };
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("cairn-ssh-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let ours = entry.metadata().is_ok_and(|m| m.is_dir() && m.uid() == uid);
+        // SAFETY: signal 0 only asks whether the process exists.
+        let gone = unsafe { libc::kill(pid, 0) } != 0
+            && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+        if ours && gone {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -187,6 +217,23 @@ mod tests {
             command: command.iter().map(|s| s.to_string()).collect(),
             remote_binary: "cairn".into(),
         }
+    }
+
+    #[test]
+    fn the_socket_directories_of_dead_processes_are_removed() {
+        let base = tempfile::tempdir().unwrap();
+        let mine = base
+            .path()
+            .join(format!("cairn-ssh-{}-00000001", std::process::id()));
+        // Far above any pid the kernel hands out (pid_max is at most 2^22).
+        let dead = base.path().join("cairn-ssh-99999999-00000002");
+        let other = base.path().join("something-else");
+        for d in [&mine, &dead, &other] {
+            std::fs::create_dir(d).unwrap();
+        }
+        remove_stale(base.path());
+        assert!(mine.exists() && other.exists());
+        assert!(!dead.exists());
     }
 
     #[test]

@@ -280,6 +280,63 @@ pub(crate) struct SshProcess {
     label: String,
 }
 
+/// The ssh of `argv`, with pipes for its three streams.
+fn ssh_command(argv: &[String]) -> Command {
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        // ssh and what it runs (ProxyCommand, askpass) never see a repository password.
+        .env_remove("CAIRN_PASSWORD")
+        .env_remove("CAIRN_PASSWORD_FILE")
+        .env_remove("CAIRN_PASSWORD_COMMAND")
+        .env_remove("CAIRN_NEW_PASSWORD")
+        .env_remove("CAIRN_NEW_PASSWORD_FILE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Spawn `cmd` with `PR_SET_PDEATHSIG`: the kernel sends the child SIGKILL when its parent
+/// ends (not SIGTERM: an ssh master keeps SIGTERM blocked outside its session loop, and it
+/// stays pending for good). The kernel means the spawning *thread*, so every such child is
+/// spawned by one thread that lives as long as the process (a worker thread that ends must
+/// not end the child).
+fn spawn_tied(mut cmd: Command) -> std::io::Result<Child> {
+    use std::os::unix::process::CommandExt;
+    use std::sync::mpsc;
+    type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
+    static SPAWNER: std::sync::OnceLock<Mutex<mpsc::Sender<Request>>> = std::sync::OnceLock::new();
+    // SAFETY: the closure runs in the child between fork and exec and only calls prctl,
+    // which is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(
+            || match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            },
+        );
+    }
+    let spawner = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<Request>();
+        let _ = std::thread::Builder::new()
+            .name("cairn-spawner".into())
+            .spawn(move || {
+                for (mut cmd, back) in rx {
+                    let _ = back.send(cmd.spawn());
+                }
+            });
+        Mutex::new(tx)
+    });
+    let gone = || std::io::Error::other("the spawning thread is gone");
+    let (back, answer) = mpsc::channel();
+    spawner
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .send((cmd, back))
+        .map_err(|_| gone())?;
+    answer.recv().map_err(|_| gone())?
+}
+
 impl SshProcess {
     /// Start ssh running `cairn serve` on the far side; returns its stdout (the server's
     /// replies) and stdin (our requests).
@@ -295,19 +352,24 @@ impl SshProcess {
         url: &SshUrl,
         argv: Vec<String>,
     ) -> Result<(SshProcess, ChildStdout, ChildStdin)> {
-        let mut child = Command::new(&argv[0])
-            .args(&argv[1..])
-            // ssh and what it runs (ProxyCommand, askpass) never see a repository password.
-            .env_remove("CAIRN_PASSWORD")
-            .env_remove("CAIRN_PASSWORD_FILE")
-            .env_remove("CAIRN_PASSWORD_COMMAND")
-            .env_remove("CAIRN_NEW_PASSWORD")
-            .env_remove("CAIRN_NEW_PASSWORD_FILE")
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
+        let child = ssh_command(&argv)
             .spawn()
             .map_err(|e| Error::io(format!("running {}", argv[0]), e))?;
+        SshProcess::wrap(url, child)
+    }
+
+    /// `spawn_argv` for an ssh that must not outlive this process even when it is killed
+    /// (an ssh master: nothing else ends it): the kernel kills it when cairn ends.
+    pub(crate) fn spawn_tied(
+        url: &SshUrl,
+        argv: Vec<String>,
+    ) -> Result<(SshProcess, ChildStdout, ChildStdin)> {
+        let child = spawn_tied(ssh_command(&argv))
+            .map_err(|e| Error::io(format!("running {}", argv[0]), e))?;
+        SshProcess::wrap(url, child)
+    }
+
+    fn wrap(url: &SshUrl, mut child: Child) -> Result<(SshProcess, ChildStdout, ChildStdin)> {
         let stderr = Arc::new(Mutex::new(String::new()));
         if let Some(mut pipe) = child.stderr.take() {
             let sink = stderr.clone();
