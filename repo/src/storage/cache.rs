@@ -6,27 +6,64 @@
 //! sealed`. A file whose checksum does not match is removed and read from the store again;
 //! what is read from the cache is opened and verified with the key like anything else. Chunks
 //! are not kept (they are most of the bytes and a backup never rereads them).
+//!
+//! Bounded: a repository's cache holds at most `MAX_BYTES`. A file read from the cache has
+//! its modification time brought forward (at most once a day), and a sweep removes the
+//! files read or written longest ago until a fifth of the bound is free: once a day, in the
+//! background of a command that opens the cache, and whenever a process has written a
+//! tenth of the bound.
 
 use super::{checksum, ObjectInfo, ReadEach, Reader, Writer};
 use crate::crypto::Kind;
 use crate::error::Result;
 use crate::id::Id;
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Most bytes one repository's cache holds (trees and lists are about 1–2 % of a
+/// repository: this bound starts to bite past about 100 GiB of data).
+const MAX_BYTES: u64 = 2 << 30;
+/// A file read from the cache counts as used now when its time is older than this.
+const TOUCH_AFTER: Duration = Duration::from_secs(24 * 3600);
+/// How often a sweep runs in the background of the commands that open the cache.
+const SWEEP_EVERY: Duration = Duration::from_secs(24 * 3600);
+/// The marker whose time says when the last sweep ran.
+const SWEPT: &str = ".swept";
 
 /// Where one repository's cached objects live.
 #[derive(Debug)]
 pub(crate) struct ObjectCache {
     dir: PathBuf,
+    max_bytes: u64,
+    /// Bytes this process wrote since its last sweep.
+    written: AtomicU64,
 }
 
 impl ObjectCache {
     /// The cache of repository `repo_id` under `root`; `None` when it cannot be made (the
-    /// cache is only ever a shortcut).
+    /// cache is only ever a shortcut). Sweeps it in the background when the last sweep is
+    /// a day old.
     pub(crate) fn open(root: &Path, repo_id: &[u8; 16]) -> Option<Arc<ObjectCache>> {
+        let cache = ObjectCache::with_bound(root, repo_id, MAX_BYTES)?;
+        let marker = cache.dir.join(SWEPT);
+        let last = std::fs::metadata(&marker).and_then(|m| m.modified()).ok();
+        let due = last.is_none_or(|t| t.elapsed().map_or(true, |age| age > SWEEP_EVERY));
+        if due {
+            let _ = std::fs::write(&marker, b"");
+            let background = cache.clone();
+            let _ = std::thread::Builder::new()
+                .name("cairn-cache-sweep".into())
+                .spawn(move || background.sweep());
+        }
+        Some(cache)
+    }
+
+    fn with_bound(root: &Path, repo_id: &[u8; 16], max_bytes: u64) -> Option<Arc<ObjectCache>> {
         let hex: String = repo_id.iter().map(|b| format!("{b:02x}")).collect();
         let dir = root.join(hex);
         std::fs::DirBuilder::new()
@@ -34,7 +71,42 @@ impl ObjectCache {
             .mode(0o700)
             .create(&dir)
             .ok()?;
-        Some(Arc::new(ObjectCache { dir }))
+        Some(Arc::new(ObjectCache {
+            dir,
+            max_bytes,
+            written: AtomicU64::new(0),
+        }))
+    }
+
+    /// Remove the files used longest ago until at most four fifths of the bound is used,
+    /// if the cache holds more than the bound.
+    fn sweep(&self) {
+        let mut files: Vec<(SystemTime, u64, PathBuf)> = Vec::new();
+        for sub in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            for f in std::fs::read_dir(sub.path())
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                if let Ok(m) = f.metadata() {
+                    let when = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                    files.push((when, m.len(), f.path()));
+                }
+            }
+        }
+        let mut total: u64 = files.iter().map(|f| f.1).sum();
+        if total <= self.max_bytes {
+            return;
+        }
+        files.sort();
+        for (_, len, path) in files {
+            if total <= self.max_bytes / 5 * 4 {
+                break;
+            }
+            if std::fs::remove_file(&path).is_ok() {
+                total -= len;
+            }
+        }
     }
 
     fn path(&self, id: &Id) -> PathBuf {
@@ -42,10 +114,19 @@ impl ObjectCache {
         self.dir.join(&hex[..2]).join(hex)
     }
 
-    /// The cached object `id`, if it is there and intact.
+    /// The cached object `id`, if it is there and intact (and then marked as used now).
     fn get(&self, id: &Id) -> Option<(Kind, Vec<u8>)> {
         let path = self.path(id);
-        let bytes = std::fs::read(&path).ok()?;
+        let mut file = std::fs::File::open(&path).ok()?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).ok()?;
+        let old = file
+            .metadata()
+            .and_then(|m| m.modified())
+            .is_ok_and(|t| t.elapsed().is_ok_and(|age| age > TOUCH_AFTER));
+        if old {
+            let _ = file.set_modified(SystemTime::now());
+        }
         let (kind, sealed) = match bytes.split_first() {
             Some((&k, rest)) if rest.len() >= 16 => (Kind::from_u8(k), &rest[16..]),
             _ => (None, &[][..]),
@@ -80,6 +161,12 @@ impl ObjectCache {
             });
         if written.and_then(|()| std::fs::rename(&tmp, &path)).is_err() {
             let _ = std::fs::remove_file(&tmp);
+            return;
+        }
+        let n = sealed.len() as u64 + 17;
+        if self.written.fetch_add(n, Ordering::Relaxed) + n > self.max_bytes / 10 {
+            self.written.store(0, Ordering::Relaxed);
+            self.sweep();
         }
     }
 }
@@ -283,6 +370,43 @@ mod tests {
             cache,
         };
         assert_eq!(r.read(&id(2)).unwrap(), (Kind::List, b"list two".to_vec()));
+    }
+
+    /// Past its bound the cache drops the files used longest ago, down to four fifths of
+    /// the bound; a file read recently stays.
+    #[test]
+    fn the_cache_stays_within_its_bound_and_keeps_what_was_used() {
+        let root = tempfile::tempdir().unwrap();
+        let cache = ObjectCache::with_bound(root.path(), &[3; 16], 100 * 1017).unwrap();
+        let long_ago = SystemTime::now() - Duration::from_secs(10 * 24 * 3600);
+        for n in 0..90u8 {
+            cache.put(&id(n), Kind::Tree, &[n; 1000]);
+            let f = std::fs::File::options()
+                .write(true)
+                .open(cache.path(&id(n)))
+                .unwrap();
+            f.set_modified(long_ago + Duration::from_secs(n as u64))
+                .unwrap();
+        }
+        // Read the oldest one: it counts as used now.
+        assert!(cache.get(&id(0)).is_some());
+        for n in 90..120u8 {
+            cache.put(&id(n), Kind::Tree, &[n; 1000]);
+        }
+        cache.sweep();
+        let kept: Vec<u8> = (0..120u8)
+            .filter(|n| cache.path(&id(*n)).exists())
+            .collect();
+        let bytes = kept.len() as u64 * 1017;
+        assert!(bytes <= 100 * 1017, "{} files kept", kept.len());
+        assert!(
+            kept.len() >= 70,
+            "down to four fifths, not further: {}",
+            kept.len()
+        );
+        assert!(kept.contains(&0), "the file read recently stays");
+        assert!(!kept.contains(&1), "the file used longest ago goes");
+        assert!((90..120).all(|n| kept.contains(&n)), "new files stay");
     }
 
     #[test]
