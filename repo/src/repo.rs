@@ -29,7 +29,9 @@ pub struct OpenOptions {
     /// How to reach a repository on a server (`ssh://`).
     pub ssh: crate::sync::SshOptions,
     /// Where a repository on a server or in a bucket keeps its local cache of trees and
-    /// content lists (`None`: no cache; DESIGN.md §9, "The object cache").
+    /// content lists (`None`: no cache; DESIGN.md §9, "The object cache"). Open without it
+    /// for `check::check` and the repairs: with it, they would verify this machine's copies
+    /// of trees and lists instead of the store's.
     pub object_cache: Option<std::path::PathBuf>,
 }
 
