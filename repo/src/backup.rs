@@ -1000,7 +1000,34 @@ pub fn backup(
         .map(|s| s.as_os_str().as_bytes().to_vec())
         .collect();
     let host = opts.host.clone().unwrap_or_else(crate::util::hostname);
-    let parent = match opts.parent {
+    // What a writer that died left unindexed (a full disk, a kill) goes back first, so it
+    // does not wait for a prune (best effort: a read-only or full repository stays as it is).
+    let _ = repo.storage().recover();
+    // The session begins before the parent is chosen: a prune either sees the session and
+    // deletes nothing, or ended before it, and then a parent it took away is not listed. The
+    // parent's objects are reused without a lookup (its files' contents, and its trees).
+    let session = repo.storage().begin_session(&crate::util::session_info())?;
+    let result = choose_parent(repo, opts.parent, &host, &paths).and_then(|parent| {
+        crate::util::pool(opts.threads)?.install(|| {
+            run(
+                repo, opts, progress, &trie, parent, paths, host, started, warnings,
+            )
+        })
+    });
+    // The session marker only protects unreferenced objects from a concurrent prune; a failure
+    // to remove it is harmless (prune treats dead processes' sessions as ended).
+    let _ = repo.storage().end_session(session);
+    result
+}
+
+/// The snapshot given as `--parent`, or the latest of the same host and paths.
+fn choose_parent(
+    repo: &Repository,
+    given: Option<Id>,
+    host: &str,
+    paths: &[Vec<u8>],
+) -> Result<Option<(Id, Snapshot)>> {
+    match given {
         Some(id) => {
             let s = repo
                 .snapshots_tolerant()?
@@ -1008,23 +1035,10 @@ pub fn backup(
                 .into_iter()
                 .find(|s| s.id == id)
                 .ok_or_else(|| Error::NotFound(format!("no parent snapshot {id}")))?;
-            Some((s.id, s.snapshot))
+            Ok(Some((s.id, s.snapshot)))
         }
-        None => find_parent(repo, &host, &paths)?,
-    };
-    // What a writer that died left unindexed (a full disk, a kill) goes back first, so it
-    // does not wait for a prune (best effort: a read-only or full repository stays as it is).
-    let _ = repo.storage().recover();
-    let session = repo.storage().begin_session(&crate::util::session_info())?;
-    let result = crate::util::pool(opts.threads)?.install(|| {
-        run(
-            repo, opts, progress, &trie, parent, paths, host, started, warnings,
-        )
-    });
-    // The session marker only protects unreferenced objects from a concurrent prune; a failure
-    // to remove it is harmless (prune treats dead processes' sessions as ended).
-    let _ = repo.storage().end_session(session);
-    result
+        None => find_parent(repo, host, paths),
+    }
 }
 
 struct Walked {

@@ -21,7 +21,7 @@ use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -42,6 +42,8 @@ pub(crate) struct ObjectCache {
     max_bytes: u64,
     /// Bytes this process wrote since its last sweep.
     written: AtomicU64,
+    /// A sweep of this cache runs.
+    sweeping: Arc<AtomicBool>,
 }
 
 impl ObjectCache {
@@ -54,11 +56,7 @@ impl ObjectCache {
         let last = std::fs::metadata(&marker).and_then(|m| m.modified()).ok();
         let due = last.is_none_or(|t| t.elapsed().map_or(true, |age| age > SWEEP_EVERY));
         if due {
-            let _ = std::fs::write(&marker, b"");
-            let background = cache.clone();
-            let _ = std::thread::Builder::new()
-                .name("cairn-cache-sweep".into())
-                .spawn(move || background.sweep());
+            cache.sweep_in_background();
         }
         Some(cache)
     }
@@ -75,38 +73,32 @@ impl ObjectCache {
             dir,
             max_bytes,
             written: AtomicU64::new(0),
+            sweeping: Arc::new(AtomicBool::new(false)),
         }))
     }
 
-    /// Remove the files used longest ago until at most four fifths of the bound is used,
-    /// if the cache holds more than the bound.
-    fn sweep(&self) {
-        let mut files: Vec<(SystemTime, u64, PathBuf)> = Vec::new();
-        for sub in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
-            for f in std::fs::read_dir(sub.path())
-                .into_iter()
-                .flatten()
-                .flatten()
-            {
-                if let Ok(m) = f.metadata() {
-                    let when = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
-                    files.push((when, m.len(), f.path()));
-                }
-            }
-        }
-        let mut total: u64 = files.iter().map(|f| f.1).sum();
-        if total <= self.max_bytes {
+    /// Sweep on a thread of its own, unless a sweep of this cache runs already; the marker
+    /// records when one finished (a command that ends first leaves the next one to sweep).
+    fn sweep_in_background(&self) {
+        if self.sweeping.swap(true, Ordering::AcqRel) {
             return;
         }
-        files.sort();
-        for (_, len, path) in files {
-            if total <= self.max_bytes / 5 * 4 {
-                break;
-            }
-            if std::fs::remove_file(&path).is_ok() {
-                total -= len;
-            }
+        let (dir, max_bytes, sweeping) = (self.dir.clone(), self.max_bytes, self.sweeping.clone());
+        let spawned = std::thread::Builder::new()
+            .name("cairn-cache-sweep".into())
+            .spawn(move || {
+                sweep(&dir, max_bytes);
+                let _ = std::fs::write(dir.join(SWEPT), b"");
+                sweeping.store(false, Ordering::Release);
+            });
+        if spawned.is_err() {
+            self.sweeping.store(false, Ordering::Release);
         }
+    }
+
+    #[cfg(test)]
+    fn sweep(&self) {
+        sweep(&self.dir, self.max_bytes)
     }
 
     fn path(&self, id: &Id) -> PathBuf {
@@ -166,7 +158,38 @@ impl ObjectCache {
         let n = sealed.len() as u64 + 17;
         if self.written.fetch_add(n, Ordering::Relaxed) + n > self.max_bytes / 10 {
             self.written.store(0, Ordering::Relaxed);
-            self.sweep();
+            self.sweep_in_background();
+        }
+    }
+}
+
+/// Remove the files of the cache at `dir` used longest ago until at most four fifths of
+/// `max_bytes` is used, if it holds more than `max_bytes`.
+fn sweep(dir: &Path, max_bytes: u64) {
+    let mut files: Vec<(SystemTime, u64, PathBuf)> = Vec::new();
+    for sub in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        for f in std::fs::read_dir(sub.path())
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            if let Ok(m) = f.metadata() {
+                let when = m.modified().unwrap_or(SystemTime::UNIX_EPOCH);
+                files.push((when, m.len(), f.path()));
+            }
+        }
+    }
+    let mut total: u64 = files.iter().map(|f| f.1).sum();
+    if total <= max_bytes {
+        return;
+    }
+    files.sort();
+    for (_, len, path) in files {
+        if total <= max_bytes / 5 * 4 {
+            break;
+        }
+        if std::fs::remove_file(&path).is_ok() {
+            total -= len;
         }
     }
 }
@@ -392,6 +415,10 @@ mod tests {
         assert!(cache.get(&id(0)).is_some());
         for n in 90..120u8 {
             cache.put(&id(n), Kind::Tree, &[n; 1000]);
+        }
+        // The sweeps the writes started run in the background: one at a time, then this one.
+        while cache.sweeping.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(5));
         }
         cache.sweep();
         let kept: Vec<u8> = (0..120u8)

@@ -1032,7 +1032,7 @@ pub fn ssh(url: &SshUrl, opts: &SshOptions) -> Box<dyn Connector> {
         url: url.clone(),
         opts: opts.clone(),
         multiplex: std::sync::atomic::AtomicBool::new(crate::sync::mux::applies(opts)),
-        masters: Mutex::new(Vec::new()),
+        masters: Mutex::new(Masters::default()),
     })
 }
 
@@ -1043,9 +1043,19 @@ struct SshConnector {
     /// master failed to come up.
     multiplex: std::sync::atomic::AtomicBool,
     /// The ssh connections the others are multiplexed over, each carrying up to
-    /// `mux::SESSIONS`.
-    masters: Mutex<Vec<Arc<Master>>>,
+    /// `mux::SESSIONS`, and when a master last failed to start and why.
+    masters: Mutex<Masters>,
 }
+
+#[derive(Default)]
+struct Masters {
+    live: Vec<Arc<Master>>,
+    failed: Option<(Instant, String)>,
+}
+
+/// How long a failure to start a master is the answer for every connection (the callers
+/// waiting for the first one would otherwise each try again, one after another).
+const MASTER_RETRY: Duration = Duration::from_secs(10);
 
 impl SshConnector {
     /// A session over a live master with room for one; when every master is full or dead, a
@@ -1056,22 +1066,34 @@ impl SshConnector {
             return Ok(None);
         }
         let mut masters = lock(&self.masters);
-        masters.retain(|m| m.alive());
-        if let Some(slot) = masters.iter().find_map(|m| m.slot()) {
+        // Decided while this caller waited for the lock: no multiplexing, or a fresh failure.
+        if !self.multiplex.load(Ordering::Relaxed) {
+            return Ok(None);
+        }
+        if let Some((when, said)) = &masters.failed {
+            if when.elapsed() < MASTER_RETRY {
+                return Err(Error::Connection(said.clone()));
+            }
+        }
+        masters.live.retain(|m| m.alive());
+        if let Some(slot) = masters.live.iter().find_map(|m| m.slot()) {
             return Ok(Some(slot));
         }
-        let started = Master::start(&self.url, &self.opts).map_err(|e| match e {
-            Error::Connection(said) => {
-                Error::Connection(format!("cannot reach {}: {said}", self.label()))
+        let started = match Master::start(&self.url, &self.opts) {
+            Err(Error::Connection(said)) => {
+                let said = format!("cannot reach {}: {said}", self.label());
+                masters.failed = Some((Instant::now(), said.clone()));
+                return Err(Error::Connection(said));
             }
-            e => e,
-        })?;
+            other => other?,
+        };
         let Some(master) = started else {
             self.multiplex.store(false, Ordering::Relaxed);
             return Ok(None);
         };
+        masters.failed = None;
         let slot = master.slot();
-        masters.push(master);
+        masters.live.push(master);
         Ok(slot)
     }
 }

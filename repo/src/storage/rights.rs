@@ -252,23 +252,33 @@ pub(crate) fn needed(req: &Request) -> Need {
     }
 }
 
+/// How a repair's copy is stored (`may_repair`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Mend {
+    /// The object is missing: added as a writer adds it (the first copy stored wins).
+    Add,
+    /// The copy takes the stored object's place (`Storage::repair`).
+    Replace,
+}
+
 /// Whether a client with `rights` may store `copy` in place of what `reader` holds under
-/// its id (`Request::Repair`, which needs `backup`; DESIGN.md §9 "Repair"). With `prune`,
-/// any copy: that right can remove any object anyway. Without it, only a copy of an object
-/// that is missing, or whose stored bytes fail the checksum recorded for them, and only
-/// bytes that match that checksum: such a key can mend damage but never replace an intact
-/// object. `Err` says why not. (Replacing a snapshot blob needs `forget`, the server checks.)
+/// its id (`Request::Repair`, which needs `backup`; DESIGN.md §9 "Repair through the
+/// seam"), and how. A missing object is added, like any backup's. With `prune`, any stored
+/// object may be replaced: that right can remove any object anyway. Without it, only one
+/// whose stored bytes fail the checksum recorded for them, and only by bytes that match that
+/// checksum: such a key can mend damage but never replace an intact object. `Err` says why
+/// not. (Replacing a snapshot blob needs `forget`; the server checks that.)
 pub(crate) fn may_repair(
     rights: Rights,
     reader: &dyn super::Reader,
     copy: &super::ObjectCopy,
-) -> std::result::Result<(), String> {
-    if rights.has(Right::Prune) {
-        return Ok(());
-    }
+) -> std::result::Result<Mend, String> {
     let Some(recorded) = reader.info(&copy.id).map_err(|e| e.to_string())? else {
-        return Ok(());
+        return Ok(Mend::Add);
     };
+    if rights.has(Right::Prune) {
+        return Ok(Mend::Replace);
+    }
     if recorded != super::ObjectInfo::of(copy.kind, &copy.sealed) {
         return Err(
             "the copy does not match the checksum recorded for this object; only a key with the prune right may store it"
@@ -280,7 +290,7 @@ pub(crate) fn may_repair(
             "the stored copy is intact (it matches its recorded checksum); only a key with the prune right may replace it"
                 .into(),
         ),
-        _ => Ok(()),
+        _ => Ok(Mend::Replace),
     }
 }
 

@@ -511,20 +511,17 @@ impl<'s> Connection<'s> {
     }
 
     /// `Request::Repair`: store the copies the client's rights allow (`rights::may_repair`);
-    /// returns the others, with why.
+    /// returns the others, with why. A copy of an object that was missing is added as a
+    /// writer adds (the first copy stored wins, so a writer that stores the object meanwhile
+    /// keeps its own); only a copy of a damaged object replaces what is stored.
     fn repair(
         &self,
         objects: Vec<WireObject>,
         snapshots: &[(Id, Vec<u8>)],
     ) -> Result<Vec<(Id, String)>> {
         at_most("a repair", objects.len(), proto::MAX_HAVE)?;
-        if !snapshots.is_empty() {
-            // Replacing a snapshot's blob is removing it and storing another.
-            self.rights
-                .require(rights::Right::Forget, &self.store.location())?;
-        }
         let reader = self.store.reader()?;
-        let (mut taken, mut refused) = (Vec::new(), Vec::new());
+        let (mut added, mut replaced, mut refused) = (Vec::new(), Vec::new(), Vec::new());
         for o in objects {
             let copy = ObjectCopy {
                 id: o.id,
@@ -532,12 +529,33 @@ impl<'s> Connection<'s> {
                 sealed: o.sealed,
             };
             match rights::may_repair(self.rights, &*reader, &copy) {
-                Ok(()) => taken.push(copy),
+                Ok(rights::Mend::Add) => added.push(copy),
+                Ok(rights::Mend::Replace) => replaced.push(copy),
                 Err(why) => refused.push((copy.id, why)),
             }
         }
         drop(reader);
-        refused.extend(self.store.repair(&taken, snapshots)?);
+        if !added.is_empty() {
+            let mut w = self.store.writer(WriterOptions::default())?;
+            for c in &added {
+                w.add(c.id, c.kind, &c.sealed)?;
+            }
+            w.commit(&[])?;
+        }
+        // Replacing a snapshot's blob is removing it and storing another.
+        let snapshots = match self.rights.has(rights::Right::Forget) {
+            true => snapshots,
+            false => {
+                refused.extend(snapshots.iter().map(|(id, _)| {
+                    (
+                        *id,
+                        "replacing a snapshot's blob needs the forget right".to_string(),
+                    )
+                }));
+                &[]
+            }
+        };
+        refused.extend(self.store.repair(&replaced, snapshots)?);
         Ok(refused)
     }
 
@@ -719,20 +737,21 @@ mod tests {
         assert_eq!(reader.read(&good).unwrap().1, a, "the intact copy stays");
         drop(reader);
 
-        let e = conn
-            .repair(Vec::new(), &[(Id([9; 32]), vec![1])])
-            .unwrap_err();
-        assert!(
-            matches!(
-                e,
-                Error::NotAllowed {
-                    right: rights::Right::Forget,
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        // A snapshot's blob needs `forget`: refused, while the objects beside it are stored.
+        let missing = Id([5; 32]);
+        let refused = conn
+            .repair(vec![wire(missing, &b)], &[(Id([9; 32]), vec![1])])
+            .unwrap();
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(refused[0].0 == Id([9; 32]) && refused[0].1.contains("forget"));
         assert!(Storage::snapshots(&store).unwrap().is_empty());
+        let reader = Storage::reader(&store).unwrap();
+        assert_eq!(
+            reader.read(&missing).unwrap().1,
+            b,
+            "a missing object is added"
+        );
+        drop(reader);
 
         // The prune right can remove any object anyway: it may replace one too.
         let full = connection(&store, Rights::FULL);

@@ -202,7 +202,10 @@ fn remove_stale(base: &std::path::Path) {
         // SAFETY: signal 0 only asks whether the process exists.
         let gone = unsafe { libc::kill(pid, 0) } != 0
             && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-        if ours && gone {
+        // A process of another pid namespace may share this directory: a socket that still
+        // answers is a live master's.
+        let answers = std::os::unix::net::UnixStream::connect(entry.path().join("s")).is_ok();
+        if ours && gone && !answers {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }

@@ -165,8 +165,9 @@ pub enum Request {
     Marks(Vec<Id>),
     MarksEnd,
     // Version 5.
-    /// Put these copies in place of damaged objects and snapshots (`Storage::repair`, at
-    /// most `MAX_HAVE` objects and `PAGE_BYTES`-sized pages); answered by `Repaired`.
+    /// Put these copies in place of damaged objects and snapshots (`Storage::repair`; at
+    /// most `MAX_HAVE` objects, the client sends groups of about 16 MiB); answered by
+    /// `Repaired`.
     Repair {
         objects: Vec<WireObject>,
         snapshots: Vec<(Id, Vec<u8>)>,

@@ -306,15 +306,21 @@ fn spawn_tied(mut cmd: Command) -> std::io::Result<Child> {
     use std::sync::mpsc;
     type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
     static SPAWNER: std::sync::OnceLock<Mutex<mpsc::Sender<Request>>> = std::sync::OnceLock::new();
-    // SAFETY: the closure runs in the child between fork and exec and only calls prctl,
-    // which is async-signal-safe.
+    // SAFETY: getpid has no preconditions. The closure runs in the child between fork and
+    // exec and only calls prctl and getppid, which are async-signal-safe. A parent that died
+    // before prctl took effect shows in getppid (the child was reparented): the spawn fails
+    // instead of leaving an ssh that nothing ends.
+    let parent = unsafe { libc::getpid() };
     unsafe {
-        cmd.pre_exec(
-            || match libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) {
-                0 => Ok(()),
-                _ => Err(std::io::Error::last_os_error()),
-            },
-        );
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            match libc::getppid() == parent {
+                true => Ok(()),
+                false => Err(std::io::Error::other("cairn ended while starting ssh")),
+            }
+        });
     }
     let spawner = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<Request>();

@@ -461,13 +461,13 @@ pub(super) fn repair(
     objects: &[crate::storage::ObjectCopy],
     snapshots: &[(Id, Vec<u8>)],
 ) -> Result<()> {
-    let _running = wait_for_writers(
-        shared,
-        beats,
-        &PruneOptions::default(),
-        &|_| {},
-        &mut PruneReport::default(),
-    )?;
+    // Running backups end within minutes; past ten the repair gives up (`Locked`) and says
+    // so, rather than wait an hour in silence.
+    let opts = PruneOptions {
+        wait: Duration::from_secs(600),
+        ..PruneOptions::default()
+    };
+    let _running = wait_for_writers(shared, beats, &opts, &|_| {}, &mut PruneReport::default())?;
     if !objects.is_empty() {
         let index = full_index(shared)?;
         let mut writer = S3Writer::new(shared, 32 << 20);
