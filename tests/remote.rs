@@ -55,13 +55,7 @@ fn every_command_works_on_a_repository_over_ssh() {
     );
 
     let out = work.path().join("out");
-    ok(
-        s.cairn(&url)
-            .args(["restore", "latest", "--target"])
-            .arg(&out),
-        0,
-    );
-    assert_same_tree(&src, &out.join(src.strip_prefix("/").unwrap()));
+    restores_the_same(&s, &url, &src, &out);
 
     ok(s.cairn(&url).args(["check", "--read-data"]), 0);
     ok(s.cairn(&url).arg("stats"), 0);
@@ -232,13 +226,7 @@ fn a_client_killed_mid_backup_leaves_no_partial_snapshot() {
     assert_eq!(snapshot_count(&mut s.cairn(&url)), before + 1);
     ok(s.cairn(&url).args(["check", "--read-data"]), 0);
     let out = work.path().join("out");
-    ok(
-        s.cairn(&url)
-            .args(["restore", "latest", "--target"])
-            .arg(&out),
-        0,
-    );
-    assert_same_tree(&src, &out.join(src.strip_prefix("/").unwrap()));
+    restores_the_same(&s, &url, &src, &out);
 }
 
 #[test]
@@ -326,13 +314,7 @@ fn a_server_killed_mid_backup_is_a_clear_error_and_loses_nothing() {
     ok(s.cairn(&url).arg("backup").arg(&src), 0);
     assert_eq!(snapshot_count(&mut s.cairn(&url)), 2);
     let out = work.path().join("out");
-    ok(
-        s.cairn(&url)
-            .args(["restore", "latest", "--target"])
-            .arg(&out),
-        0,
-    );
-    assert_same_tree(&src, &out.join(src.strip_prefix("/").unwrap()));
+    restores_the_same(&s, &url, &src, &out);
 }
 
 /// A command reaches the server over one ssh connection, however many it uses: the others
@@ -594,13 +576,7 @@ fn a_repository_on_a_server_is_repaired_from_a_replica() {
     assert!(out.contains(&format!("repaired {chunk}")), "{out}");
     ok(s.cairn(&url).args(["check", "--read-data"]), 0);
     let restored = work.path().join("out");
-    ok(
-        s.cairn(&url)
-            .args(["restore", "latest", "--target"])
-            .arg(&restored),
-        0,
-    );
-    assert_same_tree(&src, &restored.join(src.strip_prefix("/").unwrap()));
+    restores_the_same(&s, &url, &src, &restored);
 }
 
 /// `prune --compact` of a repository on a server: the server closes it, compacts its file
@@ -655,10 +631,7 @@ fn prune_compact_shrinks_a_repository_file_on_a_server() {
 fn a_mount_of_a_server_reconnects_after_its_connections_die() {
     let s = Server::start();
     let work = tempfile::tempdir().unwrap();
-    let src = forty_files(&work.path().join("src"), 31);
-    let url = s.url("acme");
-    ok(s.cairn(&url).arg("init"), 0);
-    ok(s.cairn(&url).args(["backup", "--quiet"]).arg(&src), 0);
+    let (src, url) = forty_backed_up(&s, work.path(), 31);
     let mnt = work.path().join("mnt");
     let mut cmd = s.cairn(&url);
     cmd.stdin(Stdio::null());
@@ -702,10 +675,7 @@ fn a_mount_of_a_server_reconnects_after_its_connections_die() {
 fn many_workers_share_a_few_logins() {
     let s = Server::start();
     let work = tempfile::tempdir().unwrap();
-    let src = forty_files(&work.path().join("src"), 51);
-    let url = s.url("acme");
-    ok(s.cairn(&url).arg("init"), 0);
-    ok(s.cairn(&url).args(["backup", "--quiet"]).arg(&src), 0);
+    let (src, url) = forty_backed_up(&s, work.path(), 51);
     let before = s.sshd.logins();
     let out = work.path().join("out");
     ok(
@@ -720,4 +690,25 @@ fn many_workers_share_a_few_logins() {
         (1..=5).contains(&logins),
         "{logins} logins for up to 40 connections"
     );
+}
+
+/// `restore latest` from the server into `out` gives back the tree `src`.
+fn restores_the_same(s: &Server, url: &str, src: &Path, out: &Path) {
+    ok(
+        s.cairn(url)
+            .args(["restore", "latest", "--target"])
+            .arg(out),
+        0,
+    );
+    assert_same_tree(src, &out.join(src.strip_prefix("/").unwrap()));
+}
+
+/// Repository `acme` on the server with one backup of `forty_files` (seed `seed`) in
+/// `work/src`; returns the tree and the repository's URL.
+fn forty_backed_up(s: &Server, work: &Path, seed: u64) -> (PathBuf, String) {
+    let src = forty_files(&work.join("src"), seed);
+    let url = s.url("acme");
+    ok(s.cairn(&url).arg("init"), 0);
+    ok(s.cairn(&url).args(["backup", "--quiet"]).arg(&src), 0);
+    (src, url)
 }
