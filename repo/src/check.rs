@@ -670,7 +670,7 @@ pub fn repair_storage_through(store: &dyn Storage, replica: &dyn Storage) -> Res
     let damaged = check_storage_through(store)?.problems.into_iter();
     let (ours, theirs) = (store.reader()?, replica.reader()?);
     let mut report = RepairReport::default();
-    let mut copies = Vec::new();
+    let (mut copies, mut bytes) = (Vec::new(), 0);
     for p in damaged {
         let crate::storage::StorageProblem::Object { id, .. } = p else {
             continue;
@@ -680,6 +680,7 @@ pub fn repair_storage_through(store: &dyn Storage, replica: &dyn Storage) -> Res
         };
         match theirs.read(&id) {
             Ok((kind, sealed)) if ObjectInfo::of(kind, &sealed) == recorded => {
+                bytes += sealed.len();
                 copies.push(ObjectCopy { id, kind, sealed })
             }
             Ok(_) => report.failed.push((
@@ -688,8 +689,9 @@ pub fn repair_storage_through(store: &dyn Storage, replica: &dyn Storage) -> Res
             )),
             Err(e) => report.failed.push((id, format!("the replica's copy: {e}"))),
         }
-        if copies.iter().map(|c| c.sealed.len()).sum::<usize>() >= REPAIR_GROUP {
+        if bytes >= REPAIR_GROUP {
             store_copies(store, &mut copies, &mut Vec::new(), &mut report)?;
+            bytes = 0;
         }
     }
     store_copies(store, &mut copies, &mut Vec::new(), &mut report)?;
