@@ -68,11 +68,14 @@ pub fn prune_with(
         print_plan(g, None, &report.plan);
         return Ok(0);
     }
-    let space = repo.storage().space()?;
+    let file_len = match a.compact {
+        true => None,
+        false => Some(repo.storage().space()?.file_len).filter(|len| *len > 0),
+    };
     drop(repo);
     let (file_bytes, compacted) = match a.compact {
         true => compact(g)?,
-        false => ((space.file_len > 0).then_some(space.file_len), None),
+        false => (file_len, None),
     };
     print_report(g, &report, file_bytes, compacted, forget);
     Ok(0)

@@ -442,54 +442,89 @@ fn repair_with(repo: &Repository, damaged: &[Id], copies: &mut dyn Copies) -> Re
         .map(|(id, _)| id)
         .collect();
     let mut report = RepairReport::default();
-    let (mut objects, mut snapshots, mut bytes) = (Vec::new(), Vec::new(), 0);
+    let mut pending = Pending::new(repo.storage());
+    let mut snapshots = Vec::new();
     for id in damaged {
-        let copy = if own_snaps.contains(id) {
-            copies.snapshot(id)?.map(|blob| snapshots.push((*id, blob)))
-        } else {
-            copies.object(id)?.map(|(kind, sealed)| {
-                bytes += sealed.len();
-                objects.push(ObjectCopy {
+        if own_snaps.contains(id) {
+            match copies.snapshot(id)? {
+                Ok(blob) => snapshots.push((*id, blob)),
+                Err(why) => report.failed.push((*id, why)),
+            }
+            continue;
+        }
+        match copies.object(id)? {
+            Ok((kind, sealed)) => pending.push(
+                ObjectCopy {
                     id: *id,
                     kind,
                     sealed,
-                });
-            })
-        };
-        if let Err(why) = copy {
-            report.failed.push((*id, why));
-        }
-        if bytes >= REPAIR_GROUP {
-            store_copies(repo.storage(), &mut objects, &mut Vec::new(), &mut report)?;
-            bytes = 0;
+                },
+                &mut report,
+            )?,
+            Err(why) => report.failed.push((*id, why)),
         }
     }
-    store_copies(repo.storage(), &mut objects, &mut snapshots, &mut report)?;
+    pending.finish(snapshots, &mut report)?;
     Ok(report)
 }
 
 /// Bytes of copies handed to the store at once.
 const REPAIR_GROUP: usize = 32 << 20;
 
-/// Hand `objects` and `snapshots` to the store, noting which it took.
-fn store_copies(
-    store: &dyn Storage,
-    objects: &mut Vec<ObjectCopy>,
-    snapshots: &mut Vec<(Id, Vec<u8>)>,
-    report: &mut RepairReport,
-) -> Result<()> {
-    if objects.is_empty() && snapshots.is_empty() {
-        return Ok(());
-    }
-    let refused: HashMap<Id, String> = store.repair(objects, snapshots)?.into_iter().collect();
-    let ids = objects.drain(..).map(|o| o.id);
-    for id in ids.chain(snapshots.drain(..).map(|(id, _)| id)) {
-        match refused.get(&id) {
-            Some(why) => report.failed.push((id, why.clone())),
-            None => report.repaired.push(id),
+/// Copies on their way to `Storage::repair`, handed over every `REPAIR_GROUP` bytes; the
+/// report notes which the store took.
+struct Pending<'s> {
+    store: &'s dyn Storage,
+    objects: Vec<ObjectCopy>,
+    bytes: usize,
+}
+
+impl<'s> Pending<'s> {
+    fn new(store: &'s dyn Storage) -> Pending<'s> {
+        Pending {
+            store,
+            objects: Vec::new(),
+            bytes: 0,
         }
     }
-    Ok(())
+
+    fn push(&mut self, copy: ObjectCopy, report: &mut RepairReport) -> Result<()> {
+        self.bytes += copy.sealed.len();
+        self.objects.push(copy);
+        if self.bytes >= REPAIR_GROUP {
+            self.hand_over(Vec::new(), report)?;
+        }
+        Ok(())
+    }
+
+    /// Hand over what is left, with `snapshots`.
+    fn finish(mut self, snapshots: Vec<(Id, Vec<u8>)>, report: &mut RepairReport) -> Result<()> {
+        self.hand_over(snapshots, report)
+    }
+
+    fn hand_over(
+        &mut self,
+        snapshots: Vec<(Id, Vec<u8>)>,
+        report: &mut RepairReport,
+    ) -> Result<()> {
+        if self.objects.is_empty() && snapshots.is_empty() {
+            return Ok(());
+        }
+        let refused: HashMap<Id, String> = self
+            .store
+            .repair(&self.objects, &snapshots)?
+            .into_iter()
+            .collect();
+        let ids = self.objects.drain(..).map(|o| o.id);
+        for id in ids.chain(snapshots.into_iter().map(|(id, _)| id)) {
+            match refused.get(&id) {
+                Some(why) => report.failed.push((id, why.clone())),
+                None => report.repaired.push(id),
+            }
+        }
+        self.bytes = 0;
+        Ok(())
+    }
 }
 
 /// A local replica, opened with its keys (the same as ours).
@@ -670,7 +705,7 @@ pub fn repair_storage_through(store: &dyn Storage, replica: &dyn Storage) -> Res
     let damaged = check_storage_through(store)?.problems.into_iter();
     let (ours, theirs) = (store.reader()?, replica.reader()?);
     let mut report = RepairReport::default();
-    let (mut copies, mut bytes) = (Vec::new(), 0);
+    let mut pending = Pending::new(store);
     for p in damaged {
         let crate::storage::StorageProblem::Object { id, .. } = p else {
             continue;
@@ -680,8 +715,7 @@ pub fn repair_storage_through(store: &dyn Storage, replica: &dyn Storage) -> Res
         };
         match theirs.read(&id) {
             Ok((kind, sealed)) if ObjectInfo::of(kind, &sealed) == recorded => {
-                bytes += sealed.len();
-                copies.push(ObjectCopy { id, kind, sealed })
+                pending.push(ObjectCopy { id, kind, sealed }, &mut report)?
             }
             Ok(_) => report.failed.push((
                 id,
@@ -689,12 +723,8 @@ pub fn repair_storage_through(store: &dyn Storage, replica: &dyn Storage) -> Res
             )),
             Err(e) => report.failed.push((id, format!("the replica's copy: {e}"))),
         }
-        if bytes >= REPAIR_GROUP {
-            store_copies(store, &mut copies, &mut Vec::new(), &mut report)?;
-            bytes = 0;
-        }
     }
-    store_copies(store, &mut copies, &mut Vec::new(), &mut report)?;
+    pending.finish(Vec::new(), &mut report)?;
     Ok(report)
 }
 
@@ -748,30 +778,21 @@ pub fn repair_storage_from(
         .collect();
     let (view, theirs) = (store.view()?, other.view()?);
     let mut report = RepairReport::default();
-    let (mut copies, mut bytes) = (Vec::new(), 0);
+    let mut pending = Pending::new(&store);
     for id in damaged {
         let Some(loc) = view.locate(&id)? else {
             continue;
         };
         match verbatim_copy(&theirs, &id, &loc, other_cfg.piece_size) {
             Ok(sealed) => {
-                bytes += sealed.len();
-                copies.push(ObjectCopy {
-                    id,
-                    kind: loc.kind,
-                    sealed,
-                });
-                report.repaired.push(id);
+                let kind = loc.kind;
+                pending.push(ObjectCopy { id, kind, sealed }, &mut report)?
             }
             Err(why) => report.failed.push((id, why)),
         }
-        if bytes >= REPAIR_GROUP {
-            store.repair(&std::mem::take(&mut copies), &[])?;
-            bytes = 0;
-        }
     }
     drop(view);
-    store.repair(&copies, &[])?;
+    pending.finish(Vec::new(), &mut report)?;
     Ok(report)
 }
 

@@ -118,11 +118,8 @@ pub fn compact(store: Box<dyn Storage>) -> Result<Option<Compaction>> {
     }
     match store.as_any().downcast_ref::<remote::RemoteStore>() {
         Some(remote) => {
-            let (changed, space) = remote.compact()?;
-            Ok(Some(Compaction {
-                changed,
-                file_len: space.file_len,
-            }))
+            let (changed, file_len) = remote.compact()?;
+            Ok(Some(Compaction { changed, file_len }))
         }
         None => Ok(None),
     }

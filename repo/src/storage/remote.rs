@@ -417,8 +417,8 @@ impl RemoteStore {
     /// `prune --compact` on the server: it closes the repository, compacts its file (which
     /// needs every other process to have closed it: it waits a few seconds for this
     /// client's other connections to go), answers and ends the connection. Returns whether
-    /// the file changed, and the space after.
-    pub fn compact(&self) -> Result<(bool, Space)> {
+    /// the file changed, and its length after.
+    pub fn compact(&self) -> Result<(bool, u64)> {
         self.needs(5, "prune --compact")?;
         let loc = &self.shared.location;
         let spare = {
@@ -432,7 +432,7 @@ impl RemoteStore {
             None => Conn::open(&self.shared, None)?.0,
         };
         match conn.call(loc, &Request::Compact)? {
-            Response::Compacted { changed, space } => Ok((changed, space)),
+            Response::Compacted { changed, file_len } => Ok((changed, file_len)),
             other => Err(unexpected(&other)),
         }
     }
@@ -465,6 +465,16 @@ fn repair_groups(objects: &[ObjectCopy]) -> Vec<&[ObjectCopy]> {
         groups.push(&objects[start..]);
     }
     groups
+}
+
+/// An object as it crosses the wire to the server, with its checksum.
+fn wire_object(id: Id, kind: Kind, sealed: &[u8]) -> WireObject {
+    WireObject {
+        id,
+        kind: kind as u8,
+        check: checksum(sealed),
+        sealed: sealed.to_vec(),
+    }
 }
 
 /// A kind as the server sent it.
@@ -646,12 +656,7 @@ impl Storage for RemoteStore {
             let req = Request::Repair {
                 objects: group
                     .iter()
-                    .map(|o| WireObject {
-                        id: o.id,
-                        kind: o.kind as u8,
-                        check: checksum(&o.sealed),
-                        sealed: o.sealed.clone(),
-                    })
+                    .map(|o| wire_object(o.id, o.kind, &o.sealed))
                     .collect(),
                 snapshots: match i + 1 == groups.len() {
                     true => snapshots.to_vec(),
@@ -1003,12 +1008,7 @@ impl Writer for RemoteWriter {
         if self.batch_bytes + sealed.len() > proto::MAX_FRAME - FRAME_SLACK {
             self.flush_batch()?;
         }
-        self.batch.push(WireObject {
-            id,
-            kind: kind as u8,
-            check: checksum(sealed),
-            sealed: sealed.to_vec(),
-        });
+        self.batch.push(wire_object(id, kind, sealed));
         self.batch_bytes += sealed.len() + 64;
         if self.batch_bytes >= self.send_at {
             self.flush_batch()?;

@@ -76,7 +76,7 @@ pub(crate) fn serve_dir<R: Read, W: Write>(
 const COMPACT_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// `Request::Compact`, with this process's store closed: compact the repository file, then
-/// answer with the space after it; the connection ends.
+/// answer with its length after it; the connection ends.
 fn compact<W: Write>(dir: &Path, w: &mut W, log: &mut dyn FnMut(&str)) -> Result<()> {
     let deadline = std::time::Instant::now() + COMPACT_WAIT;
     let compacted = loop {
@@ -87,9 +87,9 @@ fn compact<W: Write>(dir: &Path, w: &mut W, log: &mut dyn FnMut(&str)) -> Result
             other => break other,
         }
     };
-    let answer = compacted.and_then(|changed| {
-        let space = Store::open(dir, DEFAULT_DB_CACHE)?.space()?;
-        Ok(Response::Compacted { changed, space })
+    let answer = compacted.map(|changed| Response::Compacted {
+        changed,
+        file_len: Store::file_bytes(dir).unwrap_or(0),
     });
     let resp = match answer {
         Ok(r) => {

@@ -312,10 +312,10 @@ pub enum Response {
     // Version 5.
     /// Answer to `Repair`: the ids not taken, each with why.
     Repaired(Vec<(Id, String)>),
-    /// Answer to `Compact`: whether the file changed, and the space after it.
+    /// Answer to `Compact`: whether the file changed, and its length after it.
     Compacted {
         changed: bool,
-        space: crate::storage::Space,
+        file_len: u64,
     },
 }
 

@@ -305,7 +305,7 @@ fn spawn_tied(mut cmd: Command) -> std::io::Result<Child> {
     use std::os::unix::process::CommandExt;
     use std::sync::mpsc;
     type Request = (Command, mpsc::Sender<std::io::Result<Child>>);
-    static SPAWNER: std::sync::OnceLock<Mutex<mpsc::Sender<Request>>> = std::sync::OnceLock::new();
+    static SPAWNER: std::sync::OnceLock<mpsc::Sender<Request>> = std::sync::OnceLock::new();
     // SAFETY: getpid has no preconditions. The closure runs in the child between fork and
     // exec and only calls prctl and getppid, which are async-signal-safe. A parent that died
     // before prctl took effect shows in getppid (the child was reparented): the spawn fails
@@ -331,15 +331,11 @@ fn spawn_tied(mut cmd: Command) -> std::io::Result<Child> {
                     let _ = back.send(cmd.spawn());
                 }
             });
-        Mutex::new(tx)
+        tx
     });
     let gone = || std::io::Error::other("the spawning thread is gone");
     let (back, answer) = mpsc::channel();
-    spawner
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .send((cmd, back))
-        .map_err(|_| gone())?;
+    spawner.send((cmd, back)).map_err(|_| gone())?;
     answer.recv().map_err(|_| gone())?
 }
 
