@@ -18,13 +18,17 @@ regenerating everything, and checks it against the tree digest recorded when it 
 
 Used as a module by scripts/bench; also a small CLI:
 
-    scripts/gen_dataset.py generate DIR [--size-mb N] [--seed S]   make (or reuse) the dataset
+    scripts/gen_dataset.py generate DIR [--size-mb N | --files N] [--seed S]   make (or reuse) it
     scripts/gen_dataset.py change   DIR [--size-mb N] [--seed S]   apply the 5 % change
     scripts/gen_dataset.py revert   DIR [--size-mb N] [--seed S]   undo it
     scripts/gen_dataset.py digest   DIR                            tree digest of any directory
 
 The state (size, seed, pristine digest, original/changed) lives in DIR.json, beside DIR and not
 inside it, so it is never part of a backup.
+
+With --files N the dataset is N small text files instead (0-4 KiB each, about 64 to a
+directory, directories nested four deep: mail spools, source checkouts, package caches), and
+the change rewrites 1 % of them, deletes 0.2 % and adds 0.5 % in a new directory.
 """
 
 import argparse
@@ -48,6 +52,8 @@ PIECE = 4 * MiB  # unit of bulk generation; the random file is seeded per piece
 SHARE = {"text": 0.40, "binary": 0.20, "random": 0.25, "log": 0.15}
 TEXT_SIZE = (1 * KiB, 64 * KiB)
 BINARY_SIZE = (100 * KiB, 8 * MiB)
+SMALL_SIZE = 4 * KiB  # --files: sizes uniform in 0..SMALL_SIZE
+SMALL_PER_DIR = 64
 
 # --------------------------------------------------------------------------------------------
 # Plan: the list of entries, derived from (size, seed) alone.
@@ -262,6 +268,48 @@ def plan(total, seed):
     return entries
 
 
+def _small_dirs(rng, count):
+    """`count` directory paths under files/, fanning out 16 ways per level, four levels."""
+    dirs = []
+    for i in range(count):
+        parts, n = [], i
+        for _ in range(3):
+            parts.append(f"{WORDS[n % 16 + 16]}{n % 16}")
+            n //= 16
+        dirs.append("files/" + "/".join(reversed(parts)) + f"/{rng.choice(WORDS)}{i}")
+    return dirs
+
+
+def _small_entries(rng, count, seed, dirs, tag):
+    entries = []
+    for i in range(count):
+        name = f"{rng.choice(dirs)}/{_ident(rng)}_{i}.txt"
+        entries.append(Entry(name, "small", rng.randrange(SMALL_SIZE + 1), f"{tag}:{seed}:{i}"))
+    return entries
+
+
+def plan_files(count, seed):
+    """All entries of the pristine many-small-files dataset of `count` files."""
+    rng = random.Random(f"plan-files:{seed}:{count}")
+    return _small_entries(rng, count, seed, _small_dirs(rng, max(1, count // SMALL_PER_DIR)),
+                          "small")
+
+
+def change_plan_files(entries, seed):
+    """The change of the many-small-files dataset: 1 % rewritten, 0.2 % deleted, 0.5 % added."""
+    rng = random.Random(f"change-files:{seed}:{len(entries)}")
+    picked = rng.sample(entries, len(entries) // 100 + len(entries) // 500)
+    change = Change()
+    for old in picked[: len(entries) // 100]:
+        size = rng.randrange(SMALL_SIZE + 1)
+        change.rewrite.append((old, Entry(old.path, "small", size, old.seed + ":changed")))
+    change.delete = picked[len(entries) // 100:]
+    added = max(1, len(entries) // 200)
+    dirs = [f"files/new/{rng.choice(WORDS)}{i}" for i in range(max(1, added // SMALL_PER_DIR))]
+    change.add = _small_entries(rng, added, seed, dirs, "newsmall")
+    return change
+
+
 def change_plan(entries, total, seed):
     """The deterministic '5 % change' of the dataset planned by plan(total, seed)."""
     rng = random.Random(f"change:{seed}:{total}")
@@ -323,6 +371,18 @@ def text_bytes(entry, pool):
         n += len(parts[-1])
     data = b"".join(parts).replace(b"@M@", module)[: entry.size]
     yield data[:-1] + b"\n" if data else data
+
+
+def small_bytes(entry, pool):
+    """A small text file: a header and whole function blocks of one module, cut to size."""
+    rng = random.Random(entry.seed)
+    blocks = pool[rng.randrange(MODULES)]
+    parts = [f"// {entry.path}\n".encode()]
+    n = len(parts[0])
+    while n < entry.size:
+        parts.append(rng.choice(blocks))
+        n += len(parts[-1])
+    yield b"".join(parts)[: entry.size]
 
 
 _CODE_TABLE = bytes(0 if i < 112 else i for i in range(256))  # skewed: like machine code
@@ -412,8 +472,9 @@ def log_bytes(entry, pool):
     return log_stream(entry.seed, LOG_START_MS, entry.size)
 
 
-GENERATORS = {"text": text_bytes, "binary": binary_bytes, "random": random_bytes, "log": log_bytes}
-MODES = {"text": 0o644, "binary": 0o755, "random": 0o644, "log": 0o640}
+GENERATORS = {"text": text_bytes, "binary": binary_bytes, "random": random_bytes, "log": log_bytes,
+              "small": small_bytes}
+MODES = {"text": 0o644, "binary": 0o755, "random": 0o644, "log": 0o640, "small": 0o644}
 
 # --------------------------------------------------------------------------------------------
 # Writing, changing, reverting.
@@ -446,6 +507,9 @@ def apply_change(root, change, pool):
         os.unlink(os.path.join(root, entry.path))
     for entry in change.add:
         write_entry(root, entry, pool)
+    _fix_dir_modes(root)
+    if change.log_append is None:
+        return
     log, length, seed = change.log_append
     with open(os.path.join(root, log.path), "ab") as f:
         for piece in log_stream(seed, LOG_APPEND_START_MS, length):
@@ -456,7 +520,6 @@ def apply_change(root, change, pool):
         rng = random.Random(seed)
         for start in range(0, length, PIECE):
             f.write(rng.randbytes(min(PIECE, length - start)))
-    _fix_dir_modes(root)
 
 
 def revert_change(root, change, pool):
@@ -471,6 +534,9 @@ def revert_change(root, change, pool):
         write_entry(root, old, pool)
     for entry in change.delete:
         write_entry(root, entry, pool)
+    _fix_dir_modes(root)
+    if change.log_append is None:
+        return
     log = change.log_append[0]
     os.truncate(os.path.join(root, log.path), log.size)
     os.utime(os.path.join(root, log.path), (FIXED_MTIME, FIXED_MTIME))
@@ -481,7 +547,6 @@ def revert_change(root, change, pool):
             f.seek(index * PIECE)
             f.write(random_piece(rand.seed, index)[: rand.size - index * PIECE])
     os.utime(path, (FIXED_MTIME, FIXED_MTIME))
-    _fix_dir_modes(root)
 
 
 def _remove_empty_dirs(root, rel):
@@ -551,10 +616,11 @@ def _file_digest(path, buf):
 class Dataset:
     """A generated dataset at `root`, its state kept in `root`.json."""
 
-    def __init__(self, root, size_mb, seed, log=print):
+    def __init__(self, root, size_mb, seed, log=print, files=None):
         self.root = os.path.realpath(root)
-        self.total = size_mb * MiB
-        self.size_mb = size_mb
+        self.files = files  # N: the many-small-files dataset of N files (size_mb unused)
+        self.total = size_mb * MiB if files is None else files * SMALL_SIZE // 2
+        self.size_mb = size_mb if files is None else None
         self.seed = seed
         self.log = log
         self.state_path = self.root + ".json"
@@ -563,11 +629,21 @@ class Dataset:
     @property
     def entries(self):
         if self._entries is None:
-            self._entries = plan(self.total, self.seed)
+            if self.files is None:
+                self._entries = plan(self.total, self.seed)
+            else:
+                self._entries = plan_files(self.files, self.seed)
         return self._entries
 
     def change(self):
+        if self.files is not None:
+            return change_plan_files(self.entries, self.seed)
         return change_plan(self.entries, self.total, self.seed)
+
+    def describe(self):
+        if self.files is not None:
+            return f"{self.files} small files"
+        return f"{self.size_mb} MiB"
 
     def _read_state(self):
         try:
@@ -584,6 +660,7 @@ class Dataset:
 
     def _matches(self, state):
         return (state.get("format") == FORMAT and state.get("size_mb") == self.size_mb
+                and state.get("files_planned") == self.files
                 and state.get("seed") == self.seed and os.path.isdir(self.root))
 
     def state(self):
@@ -600,7 +677,7 @@ class Dataset:
         """Make sure the pristine dataset is on disk: reuse, revert or regenerate it."""
         state = self.state()
         if state == "original":
-            self.log(f"dataset: reusing {self.root} ({self.size_mb} MiB, seed {self.seed})")
+            self.log(f"dataset: reusing {self.root} ({self.describe()}, seed {self.seed})")
             return
         if state in ("changed", "changing"):
             self.log("dataset: reverting the 5% change")
@@ -614,7 +691,7 @@ class Dataset:
 
     def generate(self):
         t0 = time.monotonic()
-        self.log(f"dataset: generating {self.size_mb} MiB (seed {self.seed}) in {self.root}")
+        self.log(f"dataset: generating {self.describe()} (seed {self.seed}) in {self.root}")
         if os.path.lexists(self.state_path):
             os.unlink(self.state_path)
         if os.path.exists(self.root):
@@ -624,8 +701,9 @@ class Dataset:
             write_entry(self.root, entry, pool)
         _fix_dir_modes(self.root)
         digest, files, total = tree_digest(self.root)
-        self._write_state(format=FORMAT, size_mb=self.size_mb, seed=self.seed, digest=digest,
-                          files=files, bytes=total, state="original")
+        self._write_state(format=FORMAT, size_mb=self.size_mb, files_planned=self.files,
+                          seed=self.seed, digest=digest, files=files, bytes=total,
+                          state="original")
         self.log(f"dataset: {files} files, {total} bytes in {time.monotonic() - t0:.1f} s")
 
     def apply_change(self):
@@ -647,13 +725,14 @@ def main(argv=None):
     ap.add_argument("action", choices=("generate", "change", "revert", "digest"))
     ap.add_argument("dir")
     ap.add_argument("--size-mb", type=int, default=2048)
+    ap.add_argument("--files", type=int, help="N small files instead (--size-mb unused)")
     ap.add_argument("--seed", type=int, default=1)
     args = ap.parse_args(argv)
     if args.action == "digest":
         digest, files, total = tree_digest(args.dir)
         print(f"{digest}  {files} files  {total} bytes")
         return 0
-    ds = Dataset(args.dir, args.size_mb, args.seed)
+    ds = Dataset(args.dir, args.size_mb, args.seed, files=args.files)
     if args.action == "generate":
         ds.ensure_original()
     elif args.action == "change":

@@ -4,6 +4,7 @@
 
 use crate::cache::{lock, Loader};
 use crate::error::{FsError, FsResult};
+use crate::inodes::Inodes;
 use crate::layout::{Layout, SnapView};
 use crate::node::{self, entry_node, Attr, Node, ViewKind, What, ROOT_INO};
 use crate::read::OpenFile;
@@ -34,6 +35,14 @@ const BY_INO: usize = 256;
 
 pub type Logger = Arc<dyn Fn(&str) + Send + Sync>;
 
+/// Asks the kernel to drop its entry `name` in directory `parent` (a FUSE entry
+/// invalidation); false if it could not be sent. Set by the FUSE adapter once mounted.
+pub type Evictor = Arc<dyn Fn(u64, &[u8]) -> bool + Send + Sync>;
+
+/// The evicting thread's pause after each pass, so that a kernel which keeps its entries (in
+/// use) is not asked again and again.
+const EVICT_PAUSE: Duration = Duration::from_millis(100);
+
 pub use crate::source::Pusher;
 
 /// Files up to this size are pushed whole to the kernel ahead of an in-order reader; larger
@@ -59,6 +68,9 @@ pub struct FsOptions {
     /// Owner of the synthetic top-level directories.
     pub uid: u32,
     pub gid: u32,
+    /// Bytes (estimated) of inodes remembered for the kernel; above it, the kernel is asked to
+    /// drop the least recently looked-up ones (see `inodes.rs`).
+    pub inode_bytes: usize,
     /// Where log lines go (damaged objects, failed refreshes); `None` drops them.
     pub log: Option<Logger>,
 }
@@ -74,6 +86,7 @@ impl Default for FsOptions {
             prefetch_threads: 4,
             uid: 0,
             gid: 0,
+            inode_bytes: 32 << 20,
             log: None,
         }
     }
@@ -91,17 +104,13 @@ pub struct DirItem<'a> {
     pub immutable: bool,
 }
 
-struct Slot {
-    node: Arc<Node>,
-    lookups: u64,
-}
-
 pub(crate) struct Inner {
     pub(crate) repo: Arc<Repository>,
     pub(crate) opts: FsOptions,
     layout: RwLock<Arc<Layout>>,
     refreshed: Mutex<Instant>,
-    nodes: Mutex<HashMap<u64, Slot>>,
+    /// The inodes the kernel holds (bounded, see `inodes.rs`).
+    inodes: Inodes,
     trees: Loader<Id, Tree>,
     /// Where bytes come from (shared with `read`).
     pub(crate) source: Arc<Source>,
@@ -159,7 +168,7 @@ impl FsCore {
             source: Arc::new(source),
             layout: RwLock::new(Arc::new(layout)),
             refreshed: Mutex::new(Instant::now()),
-            nodes: Mutex::new(HashMap::new()),
+            inodes: Inodes::new(opts.inode_bytes),
             trees: Loader::new(opts.tree_cache_bytes),
             files: Mutex::new(HashMap::new()),
             by_ino: Mutex::new(crate::cache::Lru::new(BY_INO)),
@@ -202,7 +211,7 @@ impl FsCore {
         let dir = self.node(parent)?;
         let child = self.child(&dir, name)?.ok_or_else(FsError::noent)?;
         let attr = self.attr_of(&child)?;
-        self.inner.remember(vec![child]);
+        self.inner.inodes.remember(vec![child]);
         Ok(attr)
     }
 
@@ -211,24 +220,66 @@ impl FsCore {
         if ino == ROOT_INO {
             return;
         }
-        let gone = {
-            let mut nodes = lock(&self.inner.nodes);
-            match nodes.get_mut(&ino) {
-                Some(slot) => {
-                    slot.lookups = slot.lookups.saturating_sub(n);
-                    slot.lookups == 0 && nodes.remove(&ino).is_some()
-                }
-                None => false,
-            }
-        };
-        if gone {
+        if self.inner.inodes.forget(ino, n) {
             lock(&self.inner.by_ino).remove(&ino);
         }
     }
 
     /// Number of inodes the core currently remembers (for tests and memory accounting).
     pub fn known_inodes(&self) -> usize {
-        lock(&self.inner.nodes).len()
+        self.inner.inodes.len()
+    }
+
+    /// The most inodes remembered before the kernel is asked to drop some.
+    pub fn inode_limit(&self) -> usize {
+        self.inner.inodes.limit()
+    }
+
+    /// Let the mount ask the kernel to drop the least recently used entries when it holds
+    /// more inodes than the limit: a thread of its own does it, woken when the table grows
+    /// past the limit, and ends with the filesystem.
+    pub fn set_evictor(&self, evict: Evictor) {
+        let wakeups = self.inner.inodes.wakeups();
+        let inner = Arc::downgrade(&self.inner);
+        let spawned = std::thread::Builder::new()
+            .name("cairn-evict".into())
+            .spawn(move || {
+                while wakeups.recv().is_ok() {
+                    let Some(inner) = inner.upgrade() else { return };
+                    FsCore { inner }.evict_oldest(&evict);
+                    std::thread::sleep(EVICT_PAUSE);
+                }
+            });
+        if let Err(e) = spawned {
+            self.log(&format!("cannot start the inode eviction thread: {e}"));
+        }
+    }
+
+    /// Ask the kernel to drop the entries of the least recently looked-up inodes beyond three
+    /// quarters of the limit; returns how many were asked for. Entries of one tree are asked
+    /// for together, so each tree is loaded once.
+    pub fn evict_oldest(&self, evict: &Evictor) -> usize {
+        let mut old = self.inner.inodes.oldest();
+        old.sort_by_key(|n| match &n.what {
+            What::Entry { tree, index, .. } => (*tree, *index),
+            _ => (Id([0; 32]), 0),
+        });
+        old.iter()
+            .filter_map(|n| Some((n.parent, self.name_of(n)?)))
+            .filter(|(parent, name)| evict(*parent, name))
+            .count()
+    }
+
+    /// The name a node has in its parent directory (only for nodes `Inodes::oldest` gives).
+    fn name_of(&self, n: &Node) -> Option<Vec<u8>> {
+        match &n.what {
+            What::Entry { tree, index, .. } => {
+                let t = self.tree(tree).ok()?;
+                Some(t.entries.get(*index as usize)?.name.clone())
+            }
+            What::History { path, .. } => path.rsplit(|b| *b == b'/').next().map(<[u8]>::to_vec),
+            _ => None,
+        }
     }
 
     pub fn getattr(&self, ino: u64) -> FsResult<Attr> {
@@ -305,7 +356,7 @@ impl FsCore {
             Ok(false)
         };
         let r = self.list_children(&dir, start, full, &mut accepted);
-        self.inner.remember(accepted);
+        self.inner.inodes.remember(accepted);
         r
     }
 
@@ -612,10 +663,7 @@ impl FsCore {
                 what: What::Root,
             }));
         }
-        lock(&self.inner.nodes)
-            .get(&ino)
-            .map(|s| s.node.clone())
-            .ok_or_else(FsError::noent)
+        self.inner.inodes.get(ino).ok_or_else(FsError::noent)
     }
 
     pub(crate) fn tree(&self, id: &Id) -> FsResult<Arc<Tree>> {
@@ -802,23 +850,6 @@ impl Inner {
                 self.log(m);
             }
             *last = damaged;
-        }
-    }
-
-    /// Record nodes the kernel now holds one more reference to.
-    fn remember(&self, list: Vec<Node>) {
-        if list.is_empty() {
-            return;
-        }
-        let mut nodes = lock(&self.nodes);
-        for n in list {
-            let node = Arc::new(n);
-            let slot = nodes.entry(node.ino).or_insert_with(|| Slot {
-                node: node.clone(),
-                lookups: 0,
-            });
-            slot.node = node;
-            slot.lookups += 1;
         }
     }
 }

@@ -73,6 +73,12 @@ pub fn mount(core: FsCore, mountpoint: &Path, opts: &MountOptions) -> io::Result
     core.set_pusher(Arc::new(move |ino, offset, data| {
         notifier.store(INodeNo(ino), offset, data).is_ok()
     }));
+    let notifier = session.notifier();
+    core.set_evictor(Arc::new(move |parent, name| {
+        notifier
+            .inval_entry(INodeNo(parent), OsStr::from_bytes(name))
+            .is_ok()
+    }));
     Ok(Mounted {
         session,
         path: mountpoint.to_path_buf(),

@@ -10,12 +10,13 @@ pub mod core;
 pub mod error;
 pub mod fuse;
 mod history;
+mod inodes;
 pub mod layout;
 pub mod node;
 mod pool;
 mod read;
 mod source;
 
-pub use crate::core::{DirItem, FsCore, FsOptions, Logger};
+pub use crate::core::{DirItem, Evictor, FsCore, FsOptions, Logger};
 pub use crate::error::{FsError, FsResult};
 pub use crate::node::{Attr, ROOT_INO};

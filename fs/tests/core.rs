@@ -573,6 +573,85 @@ fn large_directory_lists_in_pages_and_forget_frees_every_inode() {
     );
 }
 
+/// Above its limit the core asks the kernel to drop the least recently looked-up entries, by
+/// their real (parent, name), down to three quarters of the limit; a node leaves only when the
+/// kernel forgets it, and the ones it still holds keep resolving.
+#[test]
+fn over_the_inode_limit_the_oldest_entries_are_handed_back_to_the_kernel() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("many");
+    for d in 0..4 {
+        std::fs::create_dir_all(src.join(format!("d{d}"))).unwrap();
+        for i in 0..500 {
+            std::fs::write(src.join(format!("d{d}/f{i:03}")), b"x").unwrap();
+        }
+    }
+    let repo = backed_up(tmp.path(), &src);
+    let c = FsCore::new(
+        Arc::new(repo),
+        FsOptions {
+            inode_bytes: 1,
+            ..FsOptions::default()
+        },
+    )
+    .unwrap();
+    let limit = c.inode_limit();
+    assert_eq!(limit, 1024, "the smallest limit");
+    let top = walk(&c, only_snapshot(&c), &src);
+    // Looked up in order: d0's files first, so they are the oldest.
+    let mut by_place = std::collections::HashMap::new();
+    let mut newest = (0, Vec::new());
+    for d in 0..4 {
+        let dir = c.lookup(top.ino, format!("d{d}").as_bytes()).unwrap();
+        newest = (dir.ino, b"f499".to_vec());
+        for i in 0..500 {
+            let name = format!("f{i:03}").into_bytes();
+            let a = c.lookup(dir.ino, &name).unwrap();
+            by_place.insert((dir.ino, name), a.ino);
+        }
+    }
+    let held = c.known_inodes();
+    assert!(held > 2000, "{held}");
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let record = asked.clone();
+    let evict: cairn_fs::Evictor = Arc::new(move |parent, name: &[u8]| {
+        record.lock().unwrap().push((parent, name.to_vec()));
+        true
+    });
+    assert_eq!(c.evict_oldest(&evict), held - limit * 3 / 4);
+    let asked = std::mem::take(&mut *asked.lock().unwrap());
+    let mut files = 0;
+    for (parent, name) in &asked {
+        match by_place.get(&(*parent, name.clone())) {
+            Some(ino) => {
+                files += 1;
+                c.forget(*ino, 1); // what the kernel does once it has dropped the entry
+            }
+            None => {
+                let name = String::from_utf8_lossy(name);
+                assert!(
+                    name.starts_with('d') || src.to_string_lossy().contains(&*name),
+                    "asked for {name:?}: neither a looked-up file nor a directory above them"
+                )
+            }
+        }
+    }
+    assert!(files > 1000, "{files} files asked for");
+    assert!(!asked.contains(&newest), "the newest entry is kept");
+    let last = by_place[&newest];
+    assert!(c.known_inodes() <= limit, "{} held", c.known_inodes());
+    assert_eq!(
+        c.getattr(last).unwrap().size,
+        1,
+        "a held inode still resolves"
+    );
+    assert_eq!(
+        c.evict_oldest(&evict),
+        0,
+        "within the limit nothing more is asked"
+    );
+}
+
 #[test]
 fn a_damaged_snapshot_is_skipped_and_named_not_fatal() {
     let f = fixture();
