@@ -624,16 +624,15 @@ class Dataset:
         self.seed = seed
         self.log = log
         self.state_path = self.root + ".json"
-        self._entries = None
 
     @property
     def entries(self):
-        if self._entries is None:
-            if self.files is None:
-                self._entries = plan(self.total, self.seed)
-            else:
-                self._entries = plan_files(self.files, self.seed)
-        return self._entries
+        # Planned afresh each time, never kept: a million entries are ~350 MiB, which every
+        # child the bench forks would count in its peak RSS (ru_maxrss includes the forked
+        # image before exec).
+        if self.files is None:
+            return plan(self.total, self.seed)
+        return plan_files(self.files, self.seed)
 
     def change(self):
         if self.files is not None:

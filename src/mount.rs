@@ -18,8 +18,9 @@ const DB_CACHE: usize = 16 << 20;
 pub struct Args {
     /// Existing empty directory to mount on
     mountpoint: PathBuf,
-    /// Memory for decoded file chunks, in MiB; a quarter of it again bounds the inodes kept
-    /// for the kernel (beyond that, it is asked to drop the least recently used)
+    /// Memory for decoded file chunks, in MiB; a quarter of it again holds decoded directories
+    /// (at least 8 MiB), and another quarter the inodes kept for the kernel (beyond that, it
+    /// is asked to drop the least recently used)
     #[arg(long, value_name = "MiB", default_value_t = 128, value_parser = parse_cache_mib)]
     cache_size: usize,
     /// Threads serving requests [default: number of CPUs, at least 2, at most 8]
@@ -128,6 +129,7 @@ fn single_malloc_arena() {
 fn fs_options(a: &Args, cpus: usize) -> FsOptions {
     FsOptions {
         chunk_cache_bytes: a.cache_size.saturating_mul(1 << 20),
+        tree_cache_bytes: a.cache_size.saturating_mul(1 << 18).max(8 << 20),
         inode_bytes: a.cache_size.saturating_mul(1 << 18),
         refresh: Duration::from_secs(a.refresh.max(1)),
         prefetch_threads: (cpus * 2).clamp(4, 16),

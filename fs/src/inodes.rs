@@ -110,7 +110,7 @@ impl Inodes {
 
     /// The least recently looked-up nodes the kernel can be asked to drop, enough to bring the
     /// table to three quarters of its limit (none while it is within the limit). Only nodes
-    /// with a name of their own in a directory qualify: entries inside snapshots and in
+    /// named in their directory as stored qualify: entries inside snapshots and the paths of
     /// `history/`; the few synthetic directories above them stay.
     pub(crate) fn oldest(&self) -> Vec<Arc<Node>> {
         let t = lock(&self.table);
@@ -121,7 +121,7 @@ impl Inodes {
         let mut aged: Vec<(u64, &Arc<Node>)> = t
             .slots
             .values()
-            .filter(|s| evictable(&s.node))
+            .filter(|s| evictable(&s.node, &t.slots))
             .map(|s| (s.used, &s.node))
             .collect();
         if aged.len() > want {
@@ -132,9 +132,14 @@ impl Inodes {
     }
 }
 
-fn evictable(n: &Node) -> bool {
+/// Whether the kernel can be asked to drop `n` by the name `FsCore::name_of` gives: not the
+/// versions in `history/` (named by date there; they go with their directory).
+fn evictable(n: &Node, slots: &HashMap<u64, Slot>) -> bool {
     match &n.what {
-        What::Entry { .. } => true,
+        What::Entry { .. } => !matches!(
+            slots.get(&n.parent).map(|p| &p.node.what),
+            Some(What::History { .. })
+        ),
         What::History { path, .. } => !path.is_empty(),
         _ => false,
     }
