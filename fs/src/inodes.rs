@@ -16,7 +16,7 @@ use std::sync::mpsc::{Receiver, SyncSender};
 use std::sync::{Arc, Mutex};
 
 /// Bytes one remembered node costs, about: the node, its `Arc`, the table's slot.
-pub(crate) const NODE_BYTES: usize = std::mem::size_of::<Node>() + 96;
+const NODE_BYTES: usize = std::mem::size_of::<Node>() + 96;
 
 struct Slot {
     node: Arc<Node>,
